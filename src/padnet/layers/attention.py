@@ -1,0 +1,36 @@
+"""Kernel attention of Dynamic Convolution / CondConv: alpha(x) from globally pooled features."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ._validate import check_choice, check_positive_int
+
+ROUTINGS = ("softmax", "sigmoid")
+MIN_HIDDEN = 4  # SPEC section 2: a floor for narrow layers, so C_in // r never collapses to 1 unit
+
+
+class KernelAttention(nn.Module):
+    """alpha(x) = softmax(FC2(ReLU(FC1(GAP(x)))) / tau) (DY-Conv) or sigmoid(...) (CondConv).
+
+    FC1 has no bias; FC2's bias starts at 0 so every kernel starts with the same weight.
+    """
+
+    def __init__(self, in_channels: int, num_kernels: int, reduction: int = 16, routing: str = "softmax"):
+        super().__init__()
+        check_positive_int("num_kernels", num_kernels)
+        check_positive_int("reduction", reduction)
+        check_choice("routing", routing, ROUTINGS)
+        self.routing = routing
+        hidden = max(MIN_HIDDEN, in_channels // reduction)
+        self.fc1 = nn.Linear(in_channels, hidden, bias=False)
+        self.fc2 = nn.Linear(hidden, num_kernels)
+        nn.init.zeros_(self.fc2.bias)
+
+    def forward(self, x: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
+        logits = self.fc2(F.relu(self.fc1(x.mean(dim=(2, 3)))))
+        if self.routing == "sigmoid":
+            return torch.sigmoid(logits)
+        return torch.softmax(logits / temperature, dim=1)

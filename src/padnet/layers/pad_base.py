@@ -1,0 +1,137 @@
+"""The machinery every PAD layer shares: mode mask, scale factors and the compact storage form.
+
+A PAD layer owns K (or E) full dynamic kernels ``weight`` (K kernels, each of ``kernel_shape``,
+flattened for convolutions so ``model.to(memory_format=torch.channels_last)`` works) and one
+static kernel ``static_weight`` of ``kernel_shape``; the bool buffer ``mask`` (kernel shape, shared by
+all K kernels) marks the dynamic entries (SPEC section 3). Like ``torch.nn.utils.prune``, the mask is a
+buffer beside the parameters; ``compact()`` makes the mask permanent by keeping only the entries each
+side uses (``dynamic_values`` (K, nnz), ``static_values`` (N - nnz)), which shrinks parameters,
+gradients and optimizer state.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from ._validate import check_choice
+
+LAMBDA_MODES = ("both", "static", "dynamic", "none")
+
+
+class PartiallyDynamic:
+    """Mixin for ``nn.Module`` subclasses; call ``_init_pad`` after the dynamic ``weight`` exists."""
+
+    kernel_shape: tuple[int, ...]
+    lambda_mode: str
+    compacted: bool
+
+    def _init_pad(self, kernel_shape: tuple[int, ...], lambda_mode: str) -> None:
+        check_choice("lambda_mode", lambda_mode, LAMBDA_MODES)
+        self.lambda_mode = lambda_mode
+        self.kernel_shape = tuple(kernel_shape)
+        self.compacted = False
+        self.static_weight = nn.Parameter(torch.empty(self.kernel_shape))
+        # phi is unused in mode "none"; it stays a (frozen) parameter so state dicts keep one layout.
+        self.phi = nn.Parameter(torch.zeros(()), requires_grad=lambda_mode != "none")
+        self.register_buffer("mask", torch.ones(self.kernel_shape, dtype=torch.bool))
+        self.register_buffer("dynamic_index", torch.arange(self.kernel_numel), persistent=False)
+        self.register_buffer("static_index", torch.zeros(0, dtype=torch.long), persistent=False)
+        # Set by the partition while it scores: a float copy of the mask that carries gradient.
+        self.relaxed_mask: torch.Tensor | None = None
+
+    # ----------------------------------------------------------------- mask and scales
+    @property
+    def kernel_numel(self) -> int:
+        return math.prod(self.kernel_shape)
+
+    @property
+    def num_dynamic(self) -> int:
+        return int(self.dynamic_index.numel())
+
+    @property
+    def dynamic_ratio(self) -> float:
+        """kappa = mean(M): the fraction of one kernel's entries that are dynamic."""
+        return self.num_dynamic / self.kernel_numel
+
+    @property
+    def scales(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(lambda_s, lambda_d) as SPEC section 3 defines them for ``lambda_mode``."""
+        one = torch.ones((), dtype=self.phi.dtype, device=self.phi.device)
+        two_sigmoid = 2 * torch.sigmoid(self.phi)
+        if self.lambda_mode == "both":
+            return 2 - two_sigmoid, two_sigmoid
+        if self.lambda_mode == "static":
+            return 2 - two_sigmoid, one
+        if self.lambda_mode == "dynamic":
+            return one, two_sigmoid
+        return one, one
+
+    @torch.no_grad()
+    def set_mask(self, mask: torch.Tensor) -> None:
+        """Set the mode mask: a bool tensor of one kernel's shape, True = dynamic entry."""
+        if not isinstance(mask, torch.Tensor) or mask.dtype != torch.bool:
+            got = mask.dtype if isinstance(mask, torch.Tensor) else type(mask).__name__
+            raise ValueError(f"mask must be a torch.bool tensor; got {got}")
+        if tuple(mask.shape) != self.kernel_shape:
+            raise ValueError(f"mask shape {tuple(mask.shape)} does not match the kernel shape {self.kernel_shape}")
+        if self.compacted:
+            if torch.equal(mask.to(self.mask.device), self.mask):
+                return
+            raise ValueError("this layer is compacted: its mask is final and cannot change")
+        self.mask.copy_(mask)
+        self._refresh_index()
+
+    def _refresh_index(self) -> None:
+        flat = self.mask.reshape(-1)
+        self.dynamic_index = flat.nonzero().squeeze(1)
+        self.static_index = (~flat).nonzero().squeeze(1)
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+        self._refresh_index()
+
+    # ----------------------------------------------------------------- stored entries
+    def dynamic_entries(self) -> torch.Tensor:
+        """The dynamic entries of all K kernels, (K, nnz), in mask order."""
+        if self.compacted:
+            return self.dynamic_values
+        return self.weight.reshape(self.weight.shape[0], -1).index_select(1, self.dynamic_index)
+
+    def masked_static_kernel(self) -> torch.Tensor:
+        """(1 - M) (.) W_s, flattened to (N,): zero at the dynamic entries."""
+        if self.compacted:
+            return self.static_values.new_zeros(self.kernel_numel).index_copy(0, self.static_index, self.static_values)
+        flat = self.static_weight.reshape(-1)
+        return torch.where(self.mask.reshape(-1), torch.zeros((), dtype=flat.dtype, device=flat.device), flat)
+
+    def masked_dynamic_kernels(self) -> torch.Tensor:
+        """M (.) W_k for all K kernels, (K, N): zero at the static entries."""
+        if self.compacted:
+            dense = self.dynamic_values.new_zeros(self.dynamic_values.shape[0], self.kernel_numel)
+            return dense.index_copy(1, self.dynamic_index, self.dynamic_values)
+        flat = self.weight.reshape(self.weight.shape[0], -1)
+        return torch.where(self.mask.reshape(1, -1), flat, torch.zeros((), dtype=flat.dtype, device=flat.device))
+
+    @torch.no_grad()
+    def compact(self) -> "PartiallyDynamic":
+        """Make the mask permanent: keep only the dynamic entries of the K kernels and the static
+        entries of W_s. Outputs are unchanged; parameters (and optimizer state built afterwards) shrink
+        from (K + 1) N to K nnz + (N - nnz). Idempotent."""
+        if self.compacted:
+            return self
+        dynamic = self.dynamic_entries().detach().clone()
+        static = self.static_weight.reshape(-1).index_select(0, self.static_index).detach().clone()
+        del self.weight
+        del self.static_weight
+        self.dynamic_values = nn.Parameter(dynamic)
+        self.static_values = nn.Parameter(static)
+        self.compacted = True
+        return self
+
+    def pad_extra_repr(self) -> str:
+        return f"dynamic_ratio={self.dynamic_ratio:.3f}, lambda_mode={self.lambda_mode!r}" + (
+            ", compacted=True" if self.compacted else ""
+        )

@@ -1,0 +1,38 @@
+"""PAD Dynamic Convolution: W(x) = lambda_d M (.) sum_k alpha_k(x) W_k + lambda_s (1 - M) (.) W_s."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from .dynamic_conv import DynamicConv2d
+from .pad_base import PartiallyDynamic
+
+
+class PADConv2d(PartiallyDynamic, DynamicConv2d):
+    """Partially dynamic convolution (SPEC section 3).
+
+    Takes DynamicConv2d's arguments plus ``lambda_mode``. Only the nnz dynamic entries are aggregated
+    per sample (``alpha @ W_dyn[:, idx]``, (B, nnz)) and written into the shared static kernel; no
+    B x K x N tensor and no dense float mask exist. Biases stay fully dynamic.
+    """
+
+    def __init__(self, *args, lambda_mode: str = "both", **kwargs):
+        super().__init__(*args, **kwargs)
+        self._init_pad(self.weight_shape, lambda_mode)
+        # W_s is initialised independently of the kernels, with the same init (SPEC section 3).
+        nn.init.normal_(self.static_weight, 0.0, self.init_std)
+
+    def per_sample_kernels(self, alpha: torch.Tensor) -> torch.Tensor:
+        lambda_s, lambda_d = self.scales
+        if self.relaxed_mask is not None:
+            # Scoring only (partition): the mask is a float that carries gradient, so the dense form.
+            m = self.relaxed_mask.reshape(-1)
+            dynamic = alpha @ self.weight
+            return lambda_d * m * dynamic + lambda_s * (1 - m) * self.static_weight.reshape(-1)
+        static = lambda_s * self.masked_static_kernel()
+        dynamic = lambda_d * (alpha @ self.dynamic_entries())
+        return static.expand(alpha.shape[0], -1).index_copy(1, self.dynamic_index, dynamic)
+
+    def extra_repr(self) -> str:
+        return f"{super().extra_repr()}, {self.pad_extra_repr()}"

@@ -1,0 +1,176 @@
+"""SPEC section 3 identities for MoE and PAD MoE, routing and the load-balancing loss."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import padnet
+from padnet.layers import MoELinear, PADMoELinear
+from padnet.layers.router import cv_squared
+from padnet.reference import per_expert_pad_moe
+from tests.conftest import random_mask
+
+
+def randomise_router(layer):
+    torch.nn.init.normal_(layer.router.w_gate)
+    if layer.router.w_noise is not None:
+        torch.nn.init.normal_(layer.router.w_noise, std=0.1)
+
+
+def pad_like(moe: MoELinear, **kw) -> PADMoELinear:
+    pad = PADMoELinear(moe.in_features, moe.out_features, moe.num_experts, moe.top_k,
+                       bias=moe.bias is not None, **kw)
+    pad.load_state_dict(moe.state_dict(), strict=False)
+    return pad
+
+
+def test_moe_matches_its_definition():
+    moe = MoELinear(6, 5, num_experts=4, top_k=2).eval()
+    randomise_router(moe)
+    x = torch.randn(2, 3, 6)
+    tokens = x.reshape(-1, 6)
+    logits = tokens @ moe.router.w_gate
+    top_v, top_i = logits.topk(2, dim=1)
+    gates = torch.softmax(top_v, dim=1)
+    expected = torch.zeros(6, 5)
+    for t in range(6):
+        for slot in range(2):
+            e = top_i[t, slot]
+            expected[t] += gates[t, slot] * F.linear(tokens[t], moe.weight[e], moe.bias[e])
+    torch.testing.assert_close(moe(x), expected.reshape(2, 3, 5), atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("bias", [True, False])
+def test_kappa_one_pad_moe_equals_moe(bias):
+    moe = MoELinear(6, 5, num_experts=4, top_k=2, bias=bias).eval()
+    randomise_router(moe)
+    pad = pad_like(moe).eval()
+    x = torch.randn(4, 7, 6)
+    torch.testing.assert_close(pad(x), moe(x), atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("mode", ["both", "static", "dynamic", "none"])
+@pytest.mark.parametrize("ratio", [0.0, 0.5, 1.0])
+def test_static_factored_form_equals_per_expert_form(mode, ratio):
+    pad = PADMoELinear(6, 5, num_experts=4, top_k=2, lambda_mode=mode).eval()
+    randomise_router(pad)
+    with torch.no_grad():
+        pad.phi.fill_(0.8)
+    pad.set_mask(random_mask(pad.kernel_shape, ratio))
+    x = torch.randn(3, 4, 6)
+    expected = per_expert_pad_moe(pad, x)
+    torch.testing.assert_close(pad(x), expected, atol=1e-5, rtol=0)
+    pad.compact()
+    torch.testing.assert_close(pad(x), expected, atol=1e-5, rtol=0)
+
+
+def test_upcycled_pad_moe_equals_the_dense_linear():
+    dense = torch.nn.Linear(6, 5)
+    pad = PADMoELinear(6, 5, num_experts=4, top_k=2)
+    with torch.no_grad():
+        pad.weight.copy_(dense.weight.expand(4, 5, 6))
+        pad.static_weight.copy_(dense.weight)
+        pad.bias.copy_(dense.bias.expand(4, 5))
+    pad.set_mask(random_mask(pad.kernel_shape, 0.5))
+    x = torch.randn(2, 9, 6)
+    for mode in ("eval", "train"):  # gates are 0 at init, and even noisy routing keeps the identity
+        getattr(pad, mode)()
+        torch.testing.assert_close(pad(x), dense(x), atol=1e-5, rtol=0)
+
+
+def test_static_path_runs_once_per_token():
+    pad = PADMoELinear(6, 5, num_experts=8, top_k=2).eval()
+    calls = []
+    original = F.linear
+
+    def counting(inp, w, b=None):
+        calls.append(tuple(inp.shape))
+        return original(inp, w, b)
+
+    F.linear = counting
+    try:
+        pad(torch.randn(10, 6))
+    finally:
+        F.linear = original
+    # one static matmul over all 10 tokens, then each of the 8 experts on only its routed tokens:
+    # the per-expert form would instead apply a full W_i' to 10 * 2 token slots twice (static + dynamic)
+    assert len(calls) == 1 + 8
+    assert sum(c[0] for c in calls) == 10 + 10 * 2
+
+
+def test_gradients_and_masked_entries():
+    pad = PADMoELinear(6, 5, num_experts=4, top_k=2)
+    randomise_router(pad)
+    mask = random_mask(pad.kernel_shape, 0.4)
+    pad.set_mask(mask)
+    pad.train()
+    out = pad(torch.randn(32, 6))
+    (out.square().mean() + padnet.aux_loss(pad)).backward()
+    for name in ("phi", "weight", "static_weight", "bias", "router.w_gate", "router.w_noise"):
+        grad = pad.get_parameter(name).grad
+        assert grad is not None and grad.abs().sum() > 0, name
+    assert torch.all(pad.weight.grad[:, ~mask] == 0)
+    assert torch.all(pad.static_weight.grad[mask] == 0)
+
+
+def test_experts_without_tokens_still_get_a_gradient():
+    moe = MoELinear(4, 3, num_experts=6, top_k=1, noisy_gating=False)
+    moe.train()
+    moe(torch.randn(1, 4)).sum().backward()  # one token reaches one expert
+    assert moe.weight.grad is not None
+    assert (moe.weight.grad.flatten(1).abs().sum(1) > 0).sum() == 1
+
+
+def test_aux_loss_is_coef_times_cv_squared_and_summed_over_layers():
+    moe = MoELinear(6, 5, num_experts=4, top_k=2, noisy_gating=False, aux_loss_coef=0.5).eval()
+    randomise_router(moe)
+    x = torch.randn(40, 6)
+    moe(x)
+    gates = moe.router(x).gates
+    expected = 0.5 * (cv_squared(gates.sum(0)) + cv_squared((gates > 0).sum(0).float()))
+    torch.testing.assert_close(moe.last_aux_loss, expected)
+    model = torch.nn.Sequential(moe, torch.nn.ReLU(), MoELinear(5, 5, num_experts=4, top_k=2))
+    model.eval()
+    model(x)
+    torch.testing.assert_close(padnet.aux_loss(model), model[0].last_aux_loss + model[2].last_aux_loss)
+    assert float(padnet.aux_loss(torch.nn.Linear(2, 2))) == 0.0
+
+
+def test_noisy_smooth_load_is_differentiable_in_the_noise_weights():
+    moe = MoELinear(6, 5, num_experts=4, top_k=2).train()
+    randomise_router(moe)
+    moe(torch.randn(64, 6))
+    moe.last_aux_loss.backward()
+    assert moe.router.w_noise.grad.abs().sum() > 0
+
+
+def test_routing_over_any_leading_dims_is_tokenwise():
+    moe = MoELinear(6, 5, num_experts=4, top_k=2).eval()
+    randomise_router(moe)
+    x = torch.randn(2, 3, 4, 6)
+    torch.testing.assert_close(moe(x).reshape(-1, 5), moe(x.reshape(-1, 6)), atol=1e-6, rtol=0)
+
+
+@pytest.mark.parametrize(
+    "kw, match",
+    [
+        (dict(top_k=5, num_experts=4), "top_k=5 must be <= num_experts=4"),
+        (dict(num_experts=0), "num_experts=0"),
+        (dict(top_k=0), "top_k=0"),
+        (dict(lambda_mode="x"), "lambda_mode='x'"),
+        (dict(aux_loss_coef=-1.0), "aux_loss_coef=-1.0"),
+    ],
+)
+def test_bad_arguments(kw, match):
+    with pytest.raises(ValueError, match=match):
+        PADMoELinear(6, 5, **kw)
+
+
+def test_bad_mask_and_input():
+    pad = PADMoELinear(6, 5, num_experts=2, top_k=1)
+    with pytest.raises(ValueError, match="shape"):
+        pad.set_mask(torch.ones(6, 5, dtype=torch.bool))
+    with pytest.raises(ValueError, match="torch.bool"):
+        pad.set_mask(torch.ones(5, 6, dtype=torch.uint8))
+    with pytest.raises(ValueError, match=r"\(\.\.\., 6\)"):
+        pad(torch.randn(3, 4))
