@@ -1,16 +1,26 @@
 """padnet: partially dynamic networks (PAD-Net, ACL 2023) for PyTorch."""
 
+from .convert import ConvertConfig, convert
 from .layers import DynamicConv2d, MoELinear, PADConv2d, PADMoELinear, aux_loss
+from .partition import PartitionError, PartitionReport, partition
+from .summary import ModelSummary, summary
 from .temperature import TemperatureSchedule, set_temperature
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "ConvertConfig",
     "DynamicConv2d",
+    "ModelSummary",
     "MoELinear",
     "PADConv2d",
     "PADMoELinear",
+    "PartitionError",
+    "PartitionReport",
     "TemperatureSchedule",
     "aux_loss",
+    "convert",
+    "partition",
     "set_temperature",
+    "summary",
 ]

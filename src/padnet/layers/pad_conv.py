@@ -27,9 +27,11 @@ class PADConv2d(PartiallyDynamic, DynamicConv2d):
         lambda_s, lambda_d = self.scales
         if self.relaxed_mask is not None:
             # Scoring only (partition): the mask is a float that carries gradient, so the dense form.
+            # Written as lambda_s W_s + m (lambda_d W(x) - lambda_s W_s) so dL/dm is exactly the
+            # Taylor term of SPEC section 4.
             m = self.relaxed_mask.reshape(-1)
-            dynamic = alpha @ self.weight
-            return lambda_d * m * dynamic + lambda_s * (1 - m) * self.static_weight.reshape(-1)
+            static = lambda_s * self.static_weight.reshape(-1)
+            return static + m * (lambda_d * (alpha @ self.weight) - static)
         static = lambda_s * self.masked_static_kernel()
         dynamic = lambda_d * (alpha @ self.dynamic_entries())
         return static.expand(alpha.shape[0], -1).index_copy(1, self.dynamic_index, dynamic)

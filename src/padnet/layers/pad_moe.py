@@ -30,13 +30,15 @@ class PADMoELinear(PartiallyDynamic, MoELinear):
     def mix(self, tokens: torch.Tensor, routing: Routing) -> torch.Tensor:
         lambda_s, lambda_d = self.scales
         shape = (self.out_features, self.in_features)
-        if self.relaxed_mask is not None:  # scoring only: the float mask carries gradient
-            m = self.relaxed_mask
-            static = lambda_s * (1 - m) * self.static_weight
-            experts = lambda_d * m * self.weight
-        else:
-            static = (lambda_s * self.masked_static_kernel()).reshape(shape)
-            experts = (lambda_d * self.masked_dynamic_kernels()).reshape(-1, *shape)
+        if self.relaxed_mask is not None:
+            # Scoring only: the per-expert form W_i' = lambda_s W_s + m (lambda_d W_i - lambda_s W_s),
+            # so dL/dm sums (lambda_d W_i - lambda_s W_s) * dL/dW_i' per expert and is exactly 0 when
+            # every expert equals W_s (upcycled at init), which the partition must detect (SPEC 4).
+            static = lambda_s * self.static_weight
+            experts = static + self.relaxed_mask * (lambda_d * self.weight - static)
+            return mix_experts(tokens, routing, experts, self.bias)
+        static = (lambda_s * self.masked_static_kernel()).reshape(shape)
+        experts = (lambda_d * self.masked_dynamic_kernels()).reshape(-1, *shape)
         return F.linear(tokens, static) + mix_experts(tokens, routing, experts, self.bias)
 
     def extra_repr(self) -> str:

@@ -1,0 +1,239 @@
+"""Iterative Mode Partition (SPEC section 4): choose which kernel entries stay dynamic.
+
+Each round relaxes every PAD layer's mask to a float that carries gradient, accumulates
+dL/dM over the scoring batches (the first-order Taylor estimate of the loss change of making an entry
+static), and keeps the top kappa_t fraction. kappa_t follows the schedule and reaches kappa in the
+last round; entries dropped in one round can come back in a later one.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import asdict, dataclass, field
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from .convert import pad_layers
+from .layers._validate import check_choice
+
+SCORERS = ("taylor", "magnitude", "random")
+SCHEDULES = ("exponential", "linear")
+SCOPES = ("global", "local")
+
+
+class PartitionError(RuntimeError):
+    """The partition cannot produce a meaningful mask (all-zero scores, a non-finite loss)."""
+
+
+@dataclass
+class PartitionReport:
+    dynamic_ratio: float  # achieved overall ratio (dynamic entries / entries, all PAD layers)
+    target_ratio: float
+    layers: dict[str, dict]  # name -> {"entries", "dynamic", "dynamic_ratio"}
+    round_ratios: list[float]  # the target kappa_t of each round
+    scorer: str
+    scope: str
+    schedule: str
+    rounds: int
+    seed: int
+    num_batches: int
+    wall_time_s: float
+    round_revived: list[int] = field(default_factory=list)  # static entries made dynamic again, per round
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    def to_json(self, **kwargs) -> str:
+        return json.dumps(self.to_dict(), indent=2, **kwargs)
+
+    def table(self) -> str:
+        width = max([len("layer")] + [len(n) for n in self.layers])
+        lines = [
+            f"Iterative Mode Partition: scorer={self.scorer} scope={self.scope} schedule={self.schedule} "
+            f"rounds={self.rounds} seed={self.seed} batches={self.num_batches} time={self.wall_time_s:.2f}s",
+            "round targets: " + ", ".join(f"{r:.4f}" for r in self.round_ratios),
+            f"{'layer':<{width}}  {'entries':>10}  {'dynamic':>10}  {'ratio':>7}",
+        ]
+        for name, row in self.layers.items():
+            lines.append(f"{name:<{width}}  {row['entries']:>10,}  {row['dynamic']:>10,}  {row['dynamic_ratio']:>7.4f}")
+        total = sum(r["entries"] for r in self.layers.values())
+        dynamic = sum(r["dynamic"] for r in self.layers.values())
+        lines.append(f"{'total':<{width}}  {total:>10,}  {dynamic:>10,}  {self.dynamic_ratio:>7.4f}")
+        return "\n".join(lines)
+
+    def __str__(self) -> str:
+        return self.table()
+
+
+def round_targets(dynamic_ratio: float, rounds: int, schedule: str) -> list[float]:
+    """kappa_t for t = 1..T: kappa^(t/T) (exponential) or 1 - (1 - kappa) t / T (linear)."""
+    if schedule == "exponential":
+        targets = [dynamic_ratio ** (t / rounds) for t in range(1, rounds + 1)]
+    else:
+        targets = [1 - (1 - dynamic_ratio) * t / rounds for t in range(1, rounds + 1)]
+    targets[-1] = dynamic_ratio  # exactly, whatever the float arithmetic did
+    return targets
+
+
+def keep_count(ratio: float, entries: int) -> int:
+    """round(ratio * entries), halves rounded up, so the count does not depend on banker's rounding."""
+    return min(entries, math.floor(ratio * entries + 0.5))
+
+
+def top_entries(scores: torch.Tensor, count: int) -> torch.Tensor:
+    """A bool mask of the ``count`` highest scores; ties go to the lower index (a stable sort)."""
+    order = torch.sort(scores, descending=True, stable=True).indices
+    mask = torch.zeros_like(scores, dtype=torch.bool)
+    mask[order[:count]] = True
+    return mask
+
+
+def partition(
+    model: nn.Module,
+    batches: Iterable | None,
+    loss_fn: Callable[[nn.Module, object], torch.Tensor] | None,
+    dynamic_ratio: float,
+    rounds: int = 5,
+    schedule: str = "exponential",
+    scope: str = "global",
+    scorer: str = "taylor",
+    seed: int = 0,
+) -> PartitionReport:
+    """Set the mode mask of every PAD layer in ``model`` so a fraction ``dynamic_ratio`` stays dynamic.
+
+    ``batches`` is iterated once and kept (it is a small scoring set: the reference uses 10 batches of
+    the training batch size); ``loss_fn(model, batch)`` returns the scalar loss. The ``magnitude`` and
+    ``random`` scorers need neither. With ``scope="global"`` the total number of dynamic entries is
+    round(kappa * N) over all PAD layers; with ``"local"`` each layer gets round(kappa * N_l).
+    Scoring runs in eval mode (no dropout, no router noise), changes no weight, leaves no ``.grad``,
+    and restores the model's mode. Under torch.distributed, taylor scores are summed over ranks before
+    ranking, so every rank gets the same mask.
+    """
+    _check_arguments(dynamic_ratio, rounds, schedule, scope, scorer)
+    layers = pad_layers(model)
+    if not layers:
+        raise ValueError(f"{type(model).__name__} has no PAD layers; convert it first with padnet.convert(..., pad=True)")
+    compacted = [name for name, layer in layers if layer.compacted]
+    if compacted:
+        raise ValueError(f"PAD layers are compacted (their masks are final): {compacted[:5]}; partition before compact()")
+    batch_list = list(batches) if batches is not None else []
+    if scorer == "taylor":
+        if not batch_list:
+            raise ValueError("batches is empty: the taylor scorer needs at least one scoring batch")
+        if loss_fn is None:
+            raise ValueError("loss_fn is None: the taylor scorer needs loss_fn(model, batch) -> scalar loss")
+
+    start = time.perf_counter()
+    generator = torch.Generator().manual_seed(seed)
+    targets = round_targets(dynamic_ratio, rounds, schedule)
+    revived = []
+    was_training = model.training
+    model.eval()
+    try:
+        for target in targets:
+            if scorer == "taylor":
+                scores = _taylor_scores(model, layers, batch_list, loss_fn, seed)
+            elif scorer == "magnitude":
+                scores = [_magnitude_scores(layer) for _, layer in layers]
+            else:
+                scores = [torch.rand(layer.kernel_numel, generator=generator) for _, layer in layers]
+            masks = _select(scores, target, scope)
+            count = 0
+            for (_, layer), mask in zip(layers, masks):
+                mask = mask.reshape(layer.kernel_shape).to(layer.mask.device)
+                count += int((mask & ~layer.mask).sum())
+                layer.set_mask(mask)
+            revived.append(count)
+    finally:
+        for _, layer in layers:
+            layer.relaxed_mask = None
+        model.train(was_training)
+
+    per_layer = {
+        name: {"entries": layer.kernel_numel, "dynamic": layer.num_dynamic, "dynamic_ratio": layer.dynamic_ratio}
+        for name, layer in layers
+    }
+    total = sum(r["entries"] for r in per_layer.values())
+    return PartitionReport(
+        dynamic_ratio=sum(r["dynamic"] for r in per_layer.values()) / total,
+        target_ratio=dynamic_ratio,
+        layers=per_layer,
+        round_ratios=targets,
+        scorer=scorer,
+        scope=scope,
+        schedule=schedule,
+        rounds=rounds,
+        seed=seed,
+        num_batches=len(batch_list) if scorer == "taylor" else 0,
+        wall_time_s=time.perf_counter() - start,
+        round_revived=revived,
+    )
+
+
+def _check_arguments(dynamic_ratio, rounds, schedule, scope, scorer) -> None:
+    if isinstance(dynamic_ratio, bool) or not isinstance(dynamic_ratio, (int, float)) or not 0 < dynamic_ratio <= 1:
+        raise ValueError(f"dynamic_ratio={dynamic_ratio!r} must be a number in (0, 1]")
+    if isinstance(rounds, bool) or not isinstance(rounds, int) or rounds < 1:
+        raise ValueError(f"rounds={rounds!r} must be an integer >= 1 (1 is one-shot)")
+    check_choice("schedule", schedule, SCHEDULES)
+    check_choice("scope", scope, SCOPES)
+    check_choice("scorer", scorer, SCORERS)
+
+
+def _taylor_scores(model, layers, batch_list, loss_fn, seed) -> list[torch.Tensor]:
+    """|sum over the scoring set of dL/dM| per layer, flattened."""
+    relaxed = []
+    for _, layer in layers:
+        m = layer.mask.to(layer.phi.dtype).detach().requires_grad_(True)
+        layer.relaxed_mask = m
+        relaxed.append(m)
+    sums = [torch.zeros_like(m) for m in relaxed]
+    # The user's RNG state is left as it was; scoring itself is deterministic in eval mode.
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        for index, batch in enumerate(batch_list):
+            loss = loss_fn(model, batch)
+            if not isinstance(loss, torch.Tensor) or loss.dim() != 0:
+                raise ValueError(f"loss_fn must return a scalar tensor; got {type(loss).__name__} on scoring batch {index}")
+            if not torch.isfinite(loss):
+                raise PartitionError(f"the loss is {loss.item()} on scoring batch {index}; cannot score the entries")
+            # autograd.grad w.r.t. the masks only: no parameter .grad is created, and the graph is
+            # freed before the next batch.
+            grads = torch.autograd.grad(loss, relaxed, allow_unused=True)
+            for acc, grad in zip(sums, grads):
+                if grad is not None:
+                    acc += grad.detach()
+    if dist.is_available() and dist.is_initialized():
+        flat = torch.cat([s.reshape(-1) for s in sums])
+        dist.all_reduce(flat, op=dist.ReduceOp.SUM)
+        sums = list(torch.split(flat, [s.numel() for s in sums]))
+    scores = [s.reshape(-1).abs().cpu() for s in sums]
+    if not all(torch.isfinite(s).all() for s in scores):
+        raise PartitionError("some taylor scores are not finite; check the model and the scoring batches")
+    if all(float(s.max()) == 0.0 for s in scores if s.numel()):
+        raise PartitionError(
+            "every taylor score is exactly 0: the dynamic kernels equal the static weight (as in an MoE "
+            "upcycled from a dense layer, before any training), so no entry changes the loss by becoming "
+            "static. Partition after a warm-up of fully dynamic training (some hundred steps) so the "
+            "experts have diverged."
+        )
+    return scores
+
+
+def _magnitude_scores(layer) -> torch.Tensor:
+    """mean_k |W_k| - |W_s|: dynamic where the kernels are large relative to the static weight."""
+    dynamic = layer.weight.detach().reshape(layer.weight.shape[0], -1).abs().mean(0)
+    return (dynamic - layer.static_weight.detach().reshape(-1).abs()).cpu()
+
+
+def _select(scores: list[torch.Tensor], ratio: float, scope: str) -> list[torch.Tensor]:
+    if scope == "local":
+        return [top_entries(s, keep_count(ratio, s.numel())) for s in scores]
+    flat = torch.cat(scores)
+    mask = top_entries(flat, keep_count(ratio, flat.numel()))
+    return list(torch.split(mask, [s.numel() for s in scores]))

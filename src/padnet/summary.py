@@ -1,0 +1,145 @@
+"""``padnet.summary(model)``: what each dynamic layer holds, and the model beside its static and fully
+dynamic twins (PEFT's ``print_trainable_parameters``, per layer).
+
+Counts follow SPEC section 6. A PAD layer with N entries per kernel, K kernels and dynamic ratio kappa
+deploys (1 - kappa) N static values + kappa K N dynamic values (+ its dynamic biases) + the
+attention/router; the mask (or index list) is metadata, reported apart. The same layer fully dynamic
+holds K N (+ biases, + attention); fully static it holds N (+ one bias).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict, dataclass
+
+from torch import nn
+
+from .convert import dynamic_layers
+from .layers import DynamicConv2d, PartiallyDynamic
+
+
+@dataclass
+class LayerSummary:
+    name: str
+    kind: str
+    kernel_shape: tuple[int, ...]
+    num_kernels: int
+    dynamic_ratio: float
+    lambda_s: float
+    lambda_d: float
+    static_params: int
+    dynamic_params: int
+    router_params: int
+    stored_params: int  # what the module holds now (training form, compacted or not)
+    fully_static_params: int
+    fully_dynamic_params: int
+
+    @property
+    def deployable_params(self) -> int:
+        return self.static_params + self.dynamic_params + self.router_params
+
+
+@dataclass
+class ModelSummary:
+    layers: list[LayerSummary]
+    other_params: int  # everything outside the dynamic layers (stem, norms, classifier, embeddings)
+    stored_params: int
+    deployable_params: int
+    fully_static_params: int
+    fully_dynamic_params: int
+    dynamic_entries: int
+    entries: int
+
+    @property
+    def dynamic_ratio(self) -> float:
+        return self.dynamic_entries / self.entries if self.entries else 0.0
+
+    def to_dict(self) -> dict:
+        out = asdict(self)
+        out["dynamic_ratio"] = self.dynamic_ratio
+        return out
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2)
+
+    def table(self) -> str:
+        head = ("layer", "kind", "shape", "K", "kappa", "l_s", "l_d", "static", "dynamic", "router")
+        rows = [
+            (
+                s.name, s.kind, "x".join(map(str, s.kernel_shape)), str(s.num_kernels), f"{s.dynamic_ratio:.3f}",
+                f"{s.lambda_s:.3f}", f"{s.lambda_d:.3f}", f"{s.static_params:,}", f"{s.dynamic_params:,}",
+                f"{s.router_params:,}",
+            )
+            for s in self.layers
+        ]
+        widths = [max(len(r[i]) for r in [head, *rows]) for i in range(len(head))]
+        fmt = lambda r: "  ".join(c.ljust(w) if i < 3 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths)))  # noqa: E731
+        lines = [fmt(head), "  ".join("-" * w for w in widths), *map(fmt, rows), ""]
+        lines += [
+            f"dynamic layers: {len(self.layers)}   dynamic entries: {self.dynamic_entries:,} / {self.entries:,} "
+            f"({self.dynamic_ratio:.1%})",
+            f"parameters  deployable: {self.deployable_params:,}   stored now: {self.stored_params:,}   "
+            f"fully static: {self.fully_static_params:,}   fully dynamic: {self.fully_dynamic_params:,}",
+        ]
+        return "\n".join(lines)
+
+    def __str__(self) -> str:
+        return self.table()
+
+
+def _layer_summary(name: str, layer: nn.Module) -> LayerSummary:
+    is_conv = isinstance(layer, DynamicConv2d)
+    kernels = layer.num_kernels if is_conv else layer.num_experts
+    shape = layer.weight_shape if is_conv else (layer.out_features, layer.in_features)
+    entries = math.prod(shape)
+    router = layer.attention if is_conv else layer.router
+    router_params = sum(p.numel() for p in router.parameters())
+    bias = layer.bias.numel() if layer.bias is not None else 0
+    one_bias = bias // kernels
+    if isinstance(layer, PartiallyDynamic):
+        nnz = layer.num_dynamic
+        lambda_s, lambda_d = (float(v.detach()) for v in layer.scales)
+        static, dynamic, ratio = entries - nnz, kernels * nnz + bias, layer.dynamic_ratio
+        router_params += layer.phi.numel()
+    else:
+        lambda_s, lambda_d = 0.0, 1.0
+        static, dynamic, ratio = 0, kernels * entries + bias, 1.0
+    return LayerSummary(
+        name=name,
+        kind=type(layer).__name__,
+        kernel_shape=tuple(shape),
+        num_kernels=kernels,
+        dynamic_ratio=ratio,
+        lambda_s=lambda_s,
+        lambda_d=lambda_d,
+        static_params=static,
+        dynamic_params=dynamic,
+        router_params=router_params,
+        stored_params=sum(p.numel() for p in layer.parameters()),
+        fully_static_params=entries + one_bias,
+        fully_dynamic_params=kernels * entries + bias + sum(p.numel() for p in router.parameters()),
+    )
+
+
+def summary(model: nn.Module) -> ModelSummary:
+    """Per dynamic layer: shape, dynamic ratio, lambda_s, lambda_d and parameter counts; totals beside
+    what the same model would hold fully static and fully dynamic."""
+    found = dynamic_layers(model)
+    # Nested dynamic layers do not exist, so a layer's parameters belong to it alone.
+    layers = [_layer_summary(name, layer) for name, layer in found]
+    inside = sum(s.stored_params for s in layers)
+    other = sum(p.numel() for p in model.parameters()) - inside
+    entries = sum(math.prod(s.kernel_shape) for s in layers)
+    dynamic_entries = sum(round(s.dynamic_ratio * math.prod(s.kernel_shape)) for s in layers)
+    return ModelSummary(
+        layers=layers,
+        other_params=other,
+        stored_params=other + inside,
+        deployable_params=other + sum(s.deployable_params for s in layers),
+        fully_static_params=other + sum(s.fully_static_params for s in layers),
+        fully_dynamic_params=other + sum(s.fully_dynamic_params for s in layers),
+        dynamic_entries=dynamic_entries,
+        entries=entries,
+    )
+

@@ -1,0 +1,61 @@
+"""padnet.summary: per-layer counts and the totals of SPEC section 6."""
+
+import pytest
+import torch
+import torchvision
+
+import padnet
+from padnet.layers import PADConv2d
+
+
+def test_pad_layer_counts_follow_the_formula():
+    layer = PADConv2d(8, 16, 3, num_kernels=4, bias=True)
+    mask = torch.zeros(layer.kernel_shape, dtype=torch.bool)
+    mask.view(-1)[:100] = True
+    layer.set_mask(mask)
+    with torch.no_grad():
+        layer.phi.fill_(1.0)
+    s = padnet.summary(torch.nn.Sequential(layer)).layers[0]
+    n = 16 * 8 * 9
+    assert (s.static_params, s.dynamic_params) == (n - 100, 4 * 100 + 4 * 16)
+    assert s.router_params == 8 * 4 + 4 * 4 + 4 + 1  # fc1 (8 -> 4 hidden), fc2 with bias, phi
+    assert s.dynamic_ratio == pytest.approx(100 / n)
+    assert s.lambda_d == pytest.approx(2 * torch.sigmoid(torch.tensor(1.0)).item())
+    assert s.lambda_s + s.lambda_d == pytest.approx(2.0)
+    assert s.fully_static_params == n + 16 and s.stored_params == 5 * n + 4 * 16 + s.router_params
+    layer.compact()
+    assert padnet.summary(torch.nn.Sequential(layer)).layers[0].stored_params == s.deployable_params
+
+
+# SPEC section 6 (K = 4, attention hidden C_in / 16), in millions
+SPEC_COUNTS = {
+    "resnet18": dict(static=11.7, dynamic=45.2, pad30=21.8, pad50=28.5),
+    "resnet50": dict(static=25.6, dynamic=97.1, pad30=47.9, pad50=62.0),
+}
+
+
+@pytest.mark.parametrize("arch", ["resnet18", "resnet50"])
+def test_torchvision_counts_match_spec_section_6(arch):
+    model = padnet.convert(getattr(torchvision.models, arch)())
+    expected = SPEC_COUNTS[arch]
+    s = padnet.summary(model)
+    assert s.fully_static_params / 1e6 == pytest.approx(expected["static"], rel=0.01)
+    assert s.fully_dynamic_params / 1e6 == pytest.approx(expected["dynamic"], rel=0.01)
+    for ratio, key in ((0.3, "pad30"), (0.5, "pad50")):
+        padnet.partition(model, None, None, ratio, rounds=1, scope="local", scorer="random")
+        s = padnet.summary(model)
+        assert s.dynamic_ratio == pytest.approx(ratio, abs=1e-4)
+        assert s.deployable_params / 1e6 == pytest.approx(expected[key], rel=0.01), key
+        for layer in model.modules():
+            if isinstance(layer, PADConv2d):
+                layer.set_mask(torch.ones_like(layer.mask))
+
+
+def test_table_and_dict():
+    model = padnet.convert(torchvision.models.resnet18(num_classes=10))
+    padnet.partition(model, None, None, 0.3, rounds=1, scorer="random")
+    s = padnet.summary(model)
+    text = s.table()
+    assert "layer1.0.conv1" in text and "fully dynamic" in text
+    d = s.to_dict()
+    assert len(d["layers"]) == 19 and d["dynamic_ratio"] == pytest.approx(0.3, abs=1e-6)
