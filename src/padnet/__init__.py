@@ -24,3 +24,10 @@ __all__ = [
     "set_temperature",
     "summary",
 ]
+
+# Deployment form and model files (issue 6); counting lives in padnet.cost.
+from .deploy import deploy  # noqa: E402
+from .serialization import ModelFileError, build_arch, load, register_arch, save, tag_arch  # noqa: E402
+
+__all__ += ["ModelFileError", "build_arch", "deploy", "load", "register_arch", "save", "tag_arch"]
+

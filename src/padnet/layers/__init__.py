@@ -1,7 +1,9 @@
 """padnet's layers: the fully dynamic hosts and their partially dynamic (PAD) forms."""
 
 from .attention import KernelAttention
-from .dynamic_conv import DynamicConv2d, apply_per_sample_kernels
+from .deployed_conv import DeployedPADConv2d
+from .deployed_moe import DeployedPADMoELinear
+from .dynamic_conv import KERNEL_STRATEGIES, DynamicConv2d, apply_per_sample_kernels, choose_kernel_strategy
 from .moe import MoELinear, aux_loss, mix_experts
 from .pad_base import LAMBDA_MODES, PartiallyDynamic
 from .pad_conv import PADConv2d
@@ -9,7 +11,10 @@ from .pad_moe import PADMoELinear
 from .router import NoisyTopKRouter, Routing
 
 __all__ = [
+    "KERNEL_STRATEGIES",
     "LAMBDA_MODES",
+    "DeployedPADConv2d",
+    "DeployedPADMoELinear",
     "DynamicConv2d",
     "KernelAttention",
     "MoELinear",
@@ -19,6 +24,7 @@ __all__ = [
     "PartiallyDynamic",
     "Routing",
     "apply_per_sample_kernels",
+    "choose_kernel_strategy",
     "aux_loss",
     "mix_experts",
 ]

@@ -12,6 +12,38 @@ from ._validate import check_positive_int, pair
 from .attention import KernelAttention
 
 
+KERNEL_STRATEGIES = ("auto", "grouped", "loop", "unfold", "bmm")
+
+# Threshold of the "auto" rule below, from micro-benchmarks on a shared 2-core CPU (torch 2.14); noisy.
+UNFOLD_MAX_POSITIONS = 49  # up to 7x7 outputs, unfold + bmm beats the grouped conv
+
+
+def choose_kernel_strategy(x: torch.Tensor, kernel_size, stride, padding, dilation, groups: int) -> str:
+    """The fastest way to apply B per-sample kernels to x, by layer shape and batch size.
+
+    Why each rule (CPU micro-benchmarks, 2 shared cores; ``benchmarks/layers.py`` prints the pick per row):
+    - 1x1, unpadded, ungrouped: the conv is a batched matrix product (B, C_out, C_in) @ (B, C_in, HW);
+      ``bmm`` skips the conv machinery and was 1.6x (B=1) to 3.5x (B=64) faster than the grouped conv.
+    - batch 1: a plain conv with the one kernel; nothing to group.
+    - ungrouped with at most 7x7 output positions: ``unfold`` + bmm. Few positions and many channels make
+      the grouped conv (groups = B) slow on CPU; im2col there is tiny and bmm runs at full GEMM speed.
+    - otherwise ``grouped``: one conv call over the batch folded into channels. One conv per sample
+      (``loop``) looked faster at B=64 in one run but was 2.5x-5x slower in a controlled A/B
+      (alternating runs, 3x3 64->64 @56 and 256->256 @14, B=64), so it is never picked automatically.
+    """
+    batch = x.shape[0]
+    if groups == 1 and tuple(kernel_size) == (1, 1) and tuple(padding) == (0, 0) and tuple(dilation) == (1, 1):
+        return "bmm"
+    if batch == 1:
+        return "grouped"
+    if groups == 1:
+        out_h = (x.shape[2] + 2 * padding[0] - dilation[0] * (kernel_size[0] - 1) - 1) // stride[0] + 1
+        out_w = (x.shape[3] + 2 * padding[1] - dilation[1] * (kernel_size[1] - 1) - 1) // stride[1] + 1
+        if out_h * out_w <= UNFOLD_MAX_POSITIONS:
+            return "unfold"
+    return "grouped"
+
+
 def apply_per_sample_kernels(
     x: torch.Tensor,
     kernels: torch.Tensor,
@@ -22,25 +54,76 @@ def apply_per_sample_kernels(
     padding,
     dilation,
     groups: int,
+    strategy: str = "auto",
 ) -> torch.Tensor:
-    """Convolve sample b of ``x`` with ``kernels[b]`` (flattened (C_out, C_in/g, kh, kw)).
+    """Convolve sample b of ``x`` with ``kernels[b]`` (flattened (C_out, C_in/g, kh, kw)), plus ``bias[b]``.
 
-    One grouped convolution over the batch folded into channels (groups = B * g): a single conv call
-    whatever the batch size, and the per-sample kernel is used exactly once.
+    ``strategy`` picks how (all give the same result): "grouped" (one conv with groups = B * g),
+    "loop" (one conv per sample), "unfold" (im2col + bmm; groups = 1), "bmm" (1x1 unpadded
+    ungrouped convs as a batched matmul) or "auto" (``choose_kernel_strategy``).
     """
+    kernel_size, stride, padding, dilation = (tuple(v) for v in (kernel_size, stride, padding, dilation))
+    if strategy == "auto":
+        strategy = choose_kernel_strategy(x, kernel_size, stride, padding, dilation, groups)
+    if strategy == "grouped":
+        return _grouped(x, kernels, bias, out_channels, kernel_size, stride, padding, dilation, groups)
+    if strategy == "loop":
+        return _loop(x, kernels, bias, out_channels, kernel_size, stride, padding, dilation, groups)
+    if strategy in ("unfold", "bmm"):
+        if groups != 1:
+            raise ValueError(f"strategy={strategy!r} needs groups=1; got groups={groups} (use 'grouped' or 'loop')")
+        if strategy == "bmm":
+            if kernel_size != (1, 1) or padding != (0, 0) or dilation != (1, 1):
+                raise ValueError(
+                    f"strategy='bmm' needs a 1x1 unpadded undilated conv; got kernel_size={kernel_size}, "
+                    f"padding={padding}, dilation={dilation}"
+                )
+            return _bmm_1x1(x, kernels, bias, out_channels, stride)
+        return _unfold(x, kernels, bias, out_channels, kernel_size, stride, padding, dilation)
+    raise ValueError(f"strategy={strategy!r} is not supported; allowed: {', '.join(map(repr, KERNEL_STRATEGIES))}")
+
+
+def _grouped(x, kernels, bias, out_channels, kernel_size, stride, padding, dilation, groups):
     batch, in_channels, height, width = x.shape
     weight = kernels.reshape(batch * out_channels, in_channels // groups, *kernel_size)
     flat_bias = bias.reshape(-1) if bias is not None else None
     out = F.conv2d(
-        x.reshape(1, batch * in_channels, height, width),
-        weight,
-        flat_bias,
-        stride,
-        padding,
-        dilation,
-        batch * groups,
+        x.reshape(1, batch * in_channels, height, width), weight, flat_bias, stride, padding, dilation, batch * groups
     )
     return out.reshape(batch, out_channels, *out.shape[2:])
+
+
+def _loop(x, kernels, bias, out_channels, kernel_size, stride, padding, dilation, groups):
+    in_per_group = x.shape[1] // groups
+    outs = [
+        F.conv2d(
+            x[b : b + 1], kernels[b].reshape(out_channels, in_per_group, *kernel_size),
+            None if bias is None else bias[b], stride, padding, dilation, groups,
+        )
+        for b in range(x.shape[0])
+    ]
+    return torch.cat(outs, 0)
+
+
+def _add_bias(out: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    return out if bias is None else out + bias.reshape(*bias.shape, 1, 1)
+
+
+def _unfold(x, kernels, bias, out_channels, kernel_size, stride, padding, dilation):
+    batch, _, height, width = x.shape
+    out_h = (height + 2 * padding[0] - dilation[0] * (kernel_size[0] - 1) - 1) // stride[0] + 1
+    out_w = (width + 2 * padding[1] - dilation[1] * (kernel_size[1] - 1) - 1) // stride[1] + 1
+    cols = F.unfold(x, kernel_size, dilation, padding, stride)  # (B, C_in kh kw, L)
+    out = torch.bmm(kernels.reshape(batch, out_channels, -1), cols)
+    return _add_bias(out.reshape(batch, out_channels, out_h, out_w), bias)
+
+
+def _bmm_1x1(x, kernels, bias, out_channels, stride):
+    if stride != (1, 1):
+        x = x[:, :, :: stride[0], :: stride[1]]
+    batch, in_channels, height, width = x.shape
+    out = torch.bmm(kernels.reshape(batch, out_channels, in_channels), x.reshape(batch, in_channels, height * width))
+    return _add_bias(out.reshape(batch, out_channels, height, width), bias)
 
 
 class DynamicConv2d(nn.Module):

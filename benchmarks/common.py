@@ -1,0 +1,99 @@
+"""Shared pieces of the benchmarks: layer variants, exact-kappa masks, timing, markdown."""
+
+from __future__ import annotations
+
+import copy
+import os
+import platform
+
+import torch
+from torch import nn
+from torch.utils import benchmark
+
+from padnet.convert import pad_layers
+from padnet.layers import DeployedPADConv2d, DynamicConv2d, PADConv2d
+from padnet.reference import DenseMaskPADConv2d
+
+# ResNet-50 layer shapes of issue 2: (C_in, C_out, kernel, H = W)
+LAYER_SHAPES = [(64, 64, 3, 56), (256, 256, 3, 14), (1024, 256, 1, 14)]
+
+
+def exact_mask(shape, kappa: float, generator: torch.Generator) -> torch.Tensor:
+    n = int(torch.Size(shape).numel())
+    nnz = round(kappa * n)
+    r = torch.rand(n, generator=generator)
+    return (r <= r.kthvalue(nnz).values).reshape(shape) if nnz else torch.zeros(shape, dtype=torch.bool)
+
+
+def set_masks(model: nn.Module, kappa: float, seed: int = 0) -> nn.Module:
+    g = torch.Generator().manual_seed(seed)
+    for _, layer in pad_layers(model):
+        layer.set_mask(exact_mask(layer.kernel_shape, kappa, g))
+    return model
+
+
+def layer_variants(c_in, c_out, k, kappa, with_deployed=False, with_timm=False):
+    """name -> module for one conv shape: static, DY-Conv, dense-mask PAD, padnet PAD (compacted)."""
+    torch.manual_seed(0)
+    pad = PADConv2d(c_in, c_out, k, padding=k // 2)
+    pad.set_mask(exact_mask(pad.kernel_shape, kappa, torch.Generator().manual_seed(0)))
+    out = {
+        "static": nn.Conv2d(c_in, c_out, k, padding=k // 2, bias=False),
+        "DY-Conv": DynamicConv2d(c_in, c_out, k, padding=k // 2),
+        "dense-mask PAD": DenseMaskPADConv2d(pad),
+        "padnet PAD": copy.deepcopy(pad).compact(),
+    }
+    if with_deployed:
+        out["padnet PAD deployed"] = DeployedPADConv2d.from_pad(pad.eval())
+    if with_timm:
+        peer = timm_condconv(c_in, c_out, k, padding=k // 2)
+        if peer is not None:
+            out["timm CondConv"] = peer
+    return out
+
+
+class TimmCondConv(nn.Module):
+    """timm's CondConv2d with the routing its EfficientNet blocks use: sigmoid(Linear(GAP(x)))."""
+
+    def __init__(self, conv):
+        super().__init__()
+        self.conv = conv
+        self.routing = nn.Linear(conv.in_channels, conv.num_experts)
+
+    def forward(self, x):
+        return self.conv(x, torch.sigmoid(self.routing(x.mean((2, 3)))))
+
+
+def timm_available() -> bool:
+    try:
+        import timm  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def timm_condconv(c_in, c_out, k, stride=1, padding=0, dilation=1, groups=1, bias=False, num_experts=4):
+    if not timm_available():
+        return None
+    from timm.layers import CondConv2d
+
+    conv = CondConv2d(c_in, c_out, k, stride=stride, padding=padding, dilation=dilation, groups=groups,
+                      bias=bias, num_experts=num_experts)
+    return TimmCondConv(conv)
+
+
+def time_fn(fn, min_run_time: float) -> float:
+    """Median seconds per call (torch.utils.benchmark, 2 threads unless PADNET_BENCH_THREADS)."""
+    threads = int(os.environ.get("PADNET_BENCH_THREADS", torch.get_num_threads()))
+    timer = benchmark.Timer("fn()", globals={"fn": fn}, num_threads=threads)
+    fn()  # warm-up (allocator, oneDNN primitive cache)
+    return timer.blocked_autorange(min_run_time=min_run_time).median
+
+
+def environment() -> str:
+    return (f"torch {torch.__version__}, {platform.processor() or platform.machine()}, "
+            f"{torch.get_num_threads()} threads, {os.cpu_count()} CPUs visible")
+
+
+def ratio(t, base):
+    return f"{t / base:.2f}x"

@@ -1,0 +1,218 @@
+"""Stored parameters, bytes and multiply-accumulates (MACs) of a model, per layer and in total.
+
+What counts (SPEC section 6):
+- ``params``: elements of the module's parameters (what ``nn.Module.parameters`` yields), so
+  torchvision resnet50 counts 25.6M; a PAD layer's mask or a deployed layer's index list is not a
+  parameter but is in ``bytes``.
+- ``bytes``: every tensor the state dict (and so a saved file) holds: parameters and persistent buffers
+  (masks, index lists, BatchNorm statistics).
+- MACs per sample, measured with forward hooks on ``example_input`` (nothing runs without one):
+  ``conv_macs`` are convolutions and matrix products (including attention and routers);
+  ``aggregation_macs`` are the per-sample kernel aggregations of dynamic convs: K N for DY-Conv,
+  K nnz for padnet's PAD forms (only dynamic entries are aggregated). PAD does not change conv MACs.
+
+``padnet.summary`` builds on ``cost(model, example_input)``; ``ModelCost.table()`` is a markdown table.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+
+import torch
+from torch import nn
+
+from .layers import (
+    DeployedPADConv2d,
+    DeployedPADMoELinear,
+    DynamicConv2d,
+    MoELinear,
+    PADConv2d,
+    PADMoELinear,
+)
+
+DYNAMIC_UNITS = (DynamicConv2d, MoELinear, DeployedPADConv2d, DeployedPADMoELinear)
+
+
+@dataclass
+class LayerCost:
+    name: str
+    kind: str
+    params: int = 0
+    bytes: int = 0
+    conv_macs: int = 0
+    aggregation_macs: int = 0
+    dynamic_ratio: float | None = None
+
+
+@dataclass
+class ModelCost:
+    layers: list[LayerCost] = field(default_factory=list)
+    batch_size: int | None = None  # of the example input the MACs came from (None: MACs not measured)
+
+    @property
+    def params(self) -> int:
+        return sum(layer.params for layer in self.layers)
+
+    @property
+    def bytes(self) -> int:
+        return sum(layer.bytes for layer in self.layers)
+
+    @property
+    def conv_macs(self) -> int:
+        return sum(layer.conv_macs for layer in self.layers)
+
+    @property
+    def aggregation_macs(self) -> int:
+        return sum(layer.aggregation_macs for layer in self.layers)
+
+    @property
+    def macs(self) -> int:
+        return self.conv_macs + self.aggregation_macs
+
+    def as_dict(self) -> dict:
+        return {
+            "params": self.params, "bytes": self.bytes, "conv_macs": self.conv_macs,
+            "aggregation_macs": self.aggregation_macs, "batch_size": self.batch_size,
+            "layers": [asdict(layer) for layer in self.layers],
+        }
+
+    def table(self, only_dynamic: bool = False) -> str:
+        rows = ["| layer | kind | kappa | params | bytes | conv/matmul MACs | aggregation MACs |", "|---|---|---|---|---|---|---|"]
+        for layer in self.layers:
+            if only_dynamic and layer.dynamic_ratio is None and layer.aggregation_macs == 0:
+                continue
+            kappa = "" if layer.dynamic_ratio is None else f"{layer.dynamic_ratio:.3f}"
+            rows.append(
+                f"| {layer.name} | {layer.kind} | {kappa} | {layer.params:,} | {layer.bytes:,} | "
+                f"{layer.conv_macs:,} | {layer.aggregation_macs:,} |"
+            )
+        rows.append(f"| total | | | {self.params:,} | {self.bytes:,} | {self.conv_macs:,} | {self.aggregation_macs:,} |")
+        return "\n".join(rows)
+
+
+def _state_bytes(module: nn.Module, recurse: bool) -> int:
+    tensors = list(module.parameters(recurse=recurse))
+    if recurse:
+        tensors += [b for n, b in module.named_buffers() if _persistent(module, n)]
+    else:
+        tensors += [b for n, b in module.named_buffers(recurse=False) if n not in module._non_persistent_buffers_set]
+    return sum(t.numel() * t.element_size() for t in tensors)
+
+
+def _persistent(root: nn.Module, dotted: str) -> bool:
+    owner_name, _, leaf = dotted.rpartition(".")
+    owner = root.get_submodule(owner_name) if owner_name else root
+    return leaf not in owner._non_persistent_buffers_set
+
+
+def _units(model: nn.Module) -> list[tuple[str, nn.Module, bool]]:
+    """(name, module, recurse): dynamic layers count their whole subtree (attention/router included),
+    every other module only what it owns directly."""
+    units, skip = [], []
+    for name, module in model.named_modules():
+        if any(name.startswith(p + ".") for p in skip):
+            continue
+        if isinstance(module, DYNAMIC_UNITS):
+            units.append((name, module, True))
+            skip.append(name)
+        elif any(True for _ in module.parameters(recurse=False)) or any(True for _ in module.buffers(recurse=False)):
+            units.append((name, module, False))
+    return units
+
+
+def _dynamic_ratio(module: nn.Module) -> float | None:
+    if isinstance(module, (PADConv2d, PADMoELinear, DeployedPADConv2d, DeployedPADMoELinear)):
+        return float(module.dynamic_ratio)
+    return None
+
+
+def _macs(module: nn.Module, inputs, output) -> tuple[int, int]:
+    """(conv/matmul MACs, aggregation MACs) of one call, for the whole batch."""
+    x = inputs[0]
+    if isinstance(module, (DynamicConv2d, DeployedPADConv2d)):
+        batch = x.shape[0]
+        kernel = math.prod(module.weight_shape)
+        conv = batch * kernel * output.shape[2] * output.shape[3]
+        fc1 = module.attention.fc1
+        attention = batch * (fc1.in_features * fc1.out_features + fc1.out_features * module.num_kernels)
+        if isinstance(module, (PADConv2d, DeployedPADConv2d)):
+            aggregation = batch * module.num_kernels * module.num_dynamic
+        else:
+            aggregation = batch * module.num_kernels * kernel
+        if getattr(module, "bias", None) is not None:
+            aggregation += batch * module.num_kernels * module.out_channels
+        return conv + attention, aggregation
+    if isinstance(module, (MoELinear, DeployedPADMoELinear)):
+        tokens = x.numel() // x.shape[-1]
+        dense = module.in_features * module.out_features
+        per_token = module.in_features * module.num_experts + module.top_k * dense
+        if isinstance(module, (PADMoELinear, DeployedPADMoELinear)):
+            per_token += dense  # the static path, once per token
+        return tokens * per_token, 0
+    if isinstance(module, nn.Conv2d):
+        return output.numel() * (module.in_channels // module.groups) * math.prod(module.kernel_size), 0
+    if isinstance(module, nn.Linear):
+        return output.numel() * module.in_features, 0
+    return 0, 0
+
+
+def _kind(module: nn.Module) -> str:
+    if isinstance(module, DynamicConv2d) and not isinstance(module, PADConv2d):
+        return "CondConv" if module.routing == "sigmoid" else "DY-Conv"
+    return type(module).__name__
+
+
+@torch.no_grad()
+def cost(model: nn.Module, example_input: torch.Tensor | None = None) -> ModelCost:
+    """Per-layer and total stored parameters and bytes; with ``example_input``, also MACs per sample
+    (one forward pass in eval mode under hooks; the model's train/eval mode is restored)."""
+    units = _units(model)
+    layers = {
+        name: LayerCost(name or "(root)", _kind(m), sum(p.numel() for p in m.parameters(recurse=rec)),
+                        _state_bytes(m, rec), dynamic_ratio=_dynamic_ratio(m))
+        for name, m, rec in units
+    }
+    result = ModelCost(list(layers.values()))
+    if example_input is None:
+        return result
+    if not isinstance(example_input, torch.Tensor) or example_input.dim() < 1 or example_input.shape[0] < 1:
+        raise ValueError("example_input must be a tensor with a batch dimension of size >= 1")
+    batch = example_input.shape[0]
+    dynamic_names = [n for n, m in model.named_modules() if isinstance(m, DYNAMIC_UNITS)]
+    # Attention / router Linears inside a dynamic layer are counted by that layer's own hook.
+    counted = {name: m for name, m in model.named_modules()
+               if isinstance(m, (*DYNAMIC_UNITS, nn.Conv2d, nn.Linear))
+               and not any(name.startswith(d + ".") for d in dynamic_names)}
+    totals: dict[str, list[int]] = {}
+    handles = []
+    for name, module in counted.items():
+        def hook(mod, inputs, output, name=name):
+            conv, agg = _macs(mod, inputs, output)
+            acc = totals.setdefault(name, [0, 0])
+            acc[0] += conv
+            acc[1] += agg
+        handles.append(module.register_forward_hook(hook))
+    was_training = model.training
+    try:
+        model.eval()
+        model(example_input)
+    finally:
+        for h in handles:
+            h.remove()
+        model.train(was_training)
+    for name, (conv, agg) in totals.items():
+        owner = next((u for u, _, rec in units if rec and name.startswith(u + ".")), name)
+        layer = layers.get(owner)
+        if layer is None:  # a parameter-free module (cannot happen for Conv2d/Linear, kept for safety)
+            layer = layers[owner] = LayerCost(owner, _kind(counted[name]))
+            result.layers.append(layer)
+        layer.conv_macs += conv // batch
+        layer.aggregation_macs += agg // batch
+    result.batch_size = batch
+    return result
+
+
+def stored_parameters(model: nn.Module) -> int:
+    """Parameter elements the model stores (SPEC section 6's count)."""
+    return cost(model).params

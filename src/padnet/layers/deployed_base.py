@@ -1,0 +1,102 @@
+"""Storage shared by the deployed (inference) forms of PAD layers.
+
+A deployed layer stores, per SPEC section 6, only: the N - nnz static entries with lambda_s folded in
+(``static_values``), the K x nnz dynamic entries with lambda_d folded in (``dynamic_values``) and the
+sorted flat positions of the dynamic entries (``dynamic_index``, an index list instead of a mask).
+The static positions and a dense static kernel (zeros at the dynamic positions) are derived from
+these at construction and load time and are not saved: the dense kernel lets each forward build a
+sample's kernel with one copy plus one scatter of nnz values.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+
+class DeployedPartiallyDynamic:
+    """Mixin for ``nn.Module`` subclasses; call ``_init_deployed`` in ``__init__``."""
+
+    kernel_shape: tuple[int, ...]
+
+    def _init_deployed(self, kernel_shape, num_kernels: int, dynamic_index: torch.Tensor | None) -> None:
+        self.kernel_shape = tuple(kernel_shape)
+        numel = math.prod(self.kernel_shape)
+        if dynamic_index is None:
+            dynamic_index = torch.arange(numel)
+        dynamic_index = self._check_index(dynamic_index, numel)
+        nnz = dynamic_index.numel()
+        self.dynamic_values = nn.Parameter(torch.zeros(num_kernels, nnz), requires_grad=False)
+        self.static_values = nn.Parameter(torch.zeros(numel - nnz), requires_grad=False)
+        self.register_buffer("dynamic_index", dynamic_index.clone())
+        self.register_buffer("static_index", torch.zeros(0, dtype=torch.long), persistent=False)
+        self.register_buffer("static_kernel", torch.zeros(numel), persistent=False)
+        self._refresh_static()
+
+    @staticmethod
+    def _check_index(index: torch.Tensor, numel: int) -> torch.Tensor:
+        if not isinstance(index, torch.Tensor) or index.dim() != 1 or index.dtype != torch.long:
+            raise ValueError("dynamic_index must be a 1-D torch.long tensor of flat kernel positions")
+        if index.numel() and (int(index.min()) < 0 or int(index.max()) >= numel):
+            raise ValueError(f"dynamic_index holds positions outside [0, {numel}) for kernel size {numel}")
+        if index.numel() > 1 and not bool((index[1:] > index[:-1]).all()):
+            raise ValueError("dynamic_index must be strictly increasing (sorted, no repeats)")
+        return index
+
+    @property
+    def kernel_numel(self) -> int:
+        return math.prod(self.kernel_shape)
+
+    @property
+    def num_dynamic(self) -> int:
+        return int(self.dynamic_index.numel())
+
+    @property
+    def dynamic_ratio(self) -> float:
+        return self.num_dynamic / self.kernel_numel
+
+    @torch.no_grad()
+    def _refresh_static(self, index_changed: bool = True) -> None:
+        numel = self.kernel_numel
+        if index_changed:
+            is_dynamic = torch.zeros(numel, dtype=torch.bool, device=self.dynamic_index.device)
+            is_dynamic[self.dynamic_index] = True
+            self.static_index = (~is_dynamic).nonzero().squeeze(1)
+        values = self.static_values.detach()
+        self.static_kernel = values.new_zeros(numel).index_copy(0, self.static_index.to(values.device), values)
+
+    @torch.no_grad()
+    def load_folded(self, static_values: torch.Tensor, dynamic_values: torch.Tensor) -> None:
+        """Set the stored entries (lambdas already folded in) and refresh the derived dense kernel."""
+        self.static_values.copy_(static_values)
+        self.dynamic_values.copy_(dynamic_values)
+        self._refresh_static(index_changed=False)
+
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing, unexpected, errors):
+        # A file may hold another index list (another mask) than this layer was built with: adopt its
+        # size so a strict load of a deployed model needs no mask up front.
+        index = state_dict.get(prefix + "dynamic_index")
+        if isinstance(index, torch.Tensor) and index.dim() == 1 and index.numel() != self.num_dynamic:
+            device = self.dynamic_index.device
+            nnz = index.numel()
+            self.dynamic_index = torch.zeros(nnz, dtype=torch.long, device=device)
+            dtype = self.static_values.dtype
+            self.dynamic_values = nn.Parameter(
+                torch.zeros(self.dynamic_values.shape[0], nnz, dtype=dtype, device=device), requires_grad=False
+            )
+            self.static_values = nn.Parameter(
+                torch.zeros(self.kernel_numel - nnz, dtype=dtype, device=device), requires_grad=False
+            )
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing, unexpected, errors)
+        if isinstance(index, torch.Tensor):
+            try:
+                self._check_index(self.dynamic_index, self.kernel_numel)
+            except ValueError as exc:
+                errors.append(f"{prefix}dynamic_index: {exc}")
+                return
+        self._refresh_static()
+
+    def deployed_extra_repr(self) -> str:
+        return f"dynamic_ratio={self.dynamic_ratio:.3f}, stored={self.kernel_numel - self.num_dynamic}+{tuple(self.dynamic_values.shape)}"

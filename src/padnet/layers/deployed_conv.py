@@ -1,0 +1,108 @@
+"""Deployed PAD DY-Conv: W(x) = S + scatter(alpha(x) @ D) with the lambdas folded into S and D."""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+from torch import nn
+
+from ._validate import check_positive_int, pair
+from .attention import KernelAttention
+from .deployed_base import DeployedPartiallyDynamic
+from .dynamic_conv import apply_per_sample_kernels
+from .pad_conv import PADConv2d
+
+
+class DeployedPADConv2d(DeployedPartiallyDynamic, nn.Module):
+    """Inference form of ``PADConv2d``: the same outputs as the training form in eval mode.
+
+    Stores ``static_values`` (N - nnz, times lambda_s), ``dynamic_values`` (K, nnz, times lambda_d),
+    ``dynamic_index`` (nnz), the dynamic bias (K, C_out) if any, and the unchanged ``attention``.
+    Build one with ``DeployedPADConv2d.from_pad(layer)`` or ``padnet.deploy(model)``.
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size,
+        stride=1,
+        padding=0,
+        dilation=1,
+        groups: int = 1,
+        bias: bool = False,
+        num_kernels: int = 4,
+        reduction: int = 16,
+        routing: str = "softmax",
+        dynamic_index: torch.Tensor | None = None,
+    ):
+        super().__init__()
+        check_positive_int("num_kernels", num_kernels)
+        check_positive_int("groups", groups)
+        self.in_channels = in_channels
+        self.out_channels = out_channels
+        self.kernel_size = pair("kernel_size", kernel_size, 1)
+        self.stride = pair("stride", stride, 1)
+        self.padding = pair("padding", padding, 0)
+        self.dilation = pair("dilation", dilation, 1)
+        self.groups = groups
+        self.num_kernels = num_kernels
+        self.routing = routing
+        self.temperature = 1.0
+        self.attention = KernelAttention(in_channels, num_kernels, reduction, routing)
+        self.weight_shape = (out_channels, in_channels // groups, *self.kernel_size)
+        self._init_deployed(self.weight_shape, num_kernels, dynamic_index)
+        self.bias = nn.Parameter(torch.zeros(num_kernels, out_channels), requires_grad=False) if bias else None
+
+    @classmethod
+    @torch.no_grad()
+    def from_pad(cls, layer: PADConv2d) -> "DeployedPADConv2d":
+        if layer.relaxed_mask is not None:
+            raise ValueError("cannot deploy a PADConv2d while it is being scored (relaxed_mask is set)")
+        new = cls(
+            layer.in_channels, layer.out_channels, layer.kernel_size, layer.stride, layer.padding, layer.dilation,
+            layer.groups, bias=layer.bias is not None, num_kernels=layer.num_kernels,
+            routing=layer.routing,
+            dynamic_index=layer.dynamic_index.detach().cpu(),
+        )
+        # Attention unchanged: a copy, whatever reduction built it.
+        new.attention = copy.deepcopy(layer.attention)
+        new.temperature = layer.temperature
+        ref = layer.dynamic_entries()
+        new.to(device=ref.device, dtype=ref.dtype)
+        lambda_s, lambda_d = layer.scales
+        static = layer.masked_static_kernel().index_select(0, layer.static_index.to(ref.device))
+        new.load_folded(lambda_s * static, lambda_d * layer.dynamic_entries())
+        if layer.bias is not None:
+            new.bias.copy_(layer.bias)
+        return new.train(layer.training)
+
+    def per_sample_kernels(self, alpha: torch.Tensor) -> torch.Tensor:
+        """W(x) flattened, (B, N): the dense static kernel with the nnz aggregated dynamic entries written in."""
+        dynamic = alpha @ self.dynamic_values
+        return self.static_kernel.expand(alpha.shape[0], -1).index_copy(1, self.dynamic_index, dynamic)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dim() != 4 or x.shape[1] != self.in_channels:
+            raise ValueError(f"expected input (B, {self.in_channels}, H, W); got {tuple(x.shape)}")
+        alpha = self.attention(x, self.temperature)
+        bias = alpha @ self.bias if self.bias is not None else None
+        return apply_per_sample_kernels(
+            x, self.per_sample_kernels(alpha), bias, self.out_channels, self.kernel_size, self.stride,
+            self.padding, self.dilation, self.groups,
+        )
+
+    def extra_repr(self) -> str:
+        s = (
+            f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, stride={self.stride}, "
+            f"num_kernels={self.num_kernels}, routing={self.routing!r}"
+        )
+        if self.padding != (0, 0):
+            s += f", padding={self.padding}"
+        if self.dilation != (1, 1):
+            s += f", dilation={self.dilation}"
+        if self.groups != 1:
+            s += f", groups={self.groups}"
+        return f"{s}, bias={self.bias is not None}, {self.deployed_extra_repr()}"
+
