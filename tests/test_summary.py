@@ -59,3 +59,21 @@ def test_table_and_dict():
     assert "layer1.0.conv1" in text and "fully dynamic" in text
     d = s.to_dict()
     assert len(d["layers"]) == 19 and d["dynamic_ratio"] == pytest.approx(0.3, abs=1e-6)
+
+
+def test_deployed_form_reports_stored_entries_and_macs():
+    model = padnet.convert(torchvision.models.resnet18(num_classes=10))
+    padnet.partition(model, None, None, 0.3, rounds=1, scope="local", scorer="random")
+    x = torch.randn(1, 3, 32, 32)
+    training = padnet.summary(model, x)
+    model.eval()
+    deployed = padnet.summary(padnet.deploy(model), x)
+    assert [s.kind for s in deployed.layers] == ["DeployedPADConv2d"] * 19
+    assert deployed.deployable_params == training.deployable_params - 19  # each layer's phi is folded in
+    assert deployed.stored_params == deployed.deployable_params  # it holds exactly the deployable entries
+    assert deployed.stored_bytes < training.stored_bytes / 2
+    # the convolutions are unchanged; the aggregation touches only the K x nnz dynamic entries
+    assert deployed.conv_macs == training.conv_macs
+    assert deployed.aggregation_macs == training.aggregation_macs == 4 * deployed.dynamic_entries
+    assert "kernel aggregation" in deployed.table()
+    assert padnet.summary(model).conv_macs is None

@@ -24,6 +24,7 @@ import torch
 from torch import nn
 
 from .layers import LAMBDA_MODES, DynamicConv2d, MoELinear, PADConv2d, PADMoELinear
+from .layers.deployed_base import DeployedPartiallyDynamic
 from .layers._validate import check_choice, check_positive_int
 from .layers.attention import ROUTINGS
 
@@ -215,8 +216,9 @@ def _moe_from(linear: nn.Linear, config: ConvertConfig) -> MoELinear:
 
 
 def dynamic_layers(model: nn.Module) -> list[tuple[str, nn.Module]]:
-    """(name, module) of every dynamic layer (DY-Conv, CondConv, MoE and their PAD forms)."""
-    return [(n, m) for n, m in model.named_modules() if isinstance(m, (DynamicConv2d, MoELinear))]
+    """(name, module) of every dynamic layer (DY-Conv, CondConv, MoE, their PAD and deployed forms)."""
+    kinds = (DynamicConv2d, MoELinear, DeployedPartiallyDynamic)
+    return [(n, m) for n, m in model.named_modules() if isinstance(m, kinds)]
 
 
 def pad_layers(model: nn.Module) -> list[tuple[str, nn.Module]]:

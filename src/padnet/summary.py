@@ -13,10 +13,13 @@ import json
 import math
 from dataclasses import asdict, dataclass
 
+import torch
 from torch import nn
 
 from .convert import dynamic_layers
+from .cost import cost
 from .layers import DynamicConv2d, PartiallyDynamic
+from .layers.deployed_base import DeployedPartiallyDynamic
 
 
 @dataclass
@@ -50,6 +53,9 @@ class ModelSummary:
     fully_dynamic_params: int
     dynamic_entries: int
     entries: int
+    stored_bytes: int  # parameters and persistent buffers (masks, index lists) as held now
+    conv_macs: int | None = None  # per sample, when summary() was given an example input
+    aggregation_macs: int | None = None  # per sample: building the per-sample kernels / expert mixing
 
     @property
     def dynamic_ratio(self) -> float:
@@ -81,7 +87,12 @@ class ModelSummary:
             f"({self.dynamic_ratio:.1%})",
             f"parameters  deployable: {self.deployable_params:,}   stored now: {self.stored_params:,}   "
             f"fully static: {self.fully_static_params:,}   fully dynamic: {self.fully_dynamic_params:,}",
+            f"stored bytes (parameters and buffers): {self.stored_bytes:,}",
         ]
+        if self.conv_macs is not None:
+            lines.append(
+                f"MACs per sample  conv/matmul: {self.conv_macs:,}   kernel aggregation: {self.aggregation_macs:,}"
+            )
         return "\n".join(lines)
 
     def __str__(self) -> str:
@@ -89,7 +100,7 @@ class ModelSummary:
 
 
 def _layer_summary(name: str, layer: nn.Module) -> LayerSummary:
-    is_conv = isinstance(layer, DynamicConv2d)
+    is_conv = hasattr(layer, "attention")  # DY-Conv, CondConv and their PAD and deployed forms
     kernels = layer.num_kernels if is_conv else layer.num_experts
     shape = layer.weight_shape if is_conv else (layer.out_features, layer.in_features)
     entries = math.prod(shape)
@@ -97,7 +108,12 @@ def _layer_summary(name: str, layer: nn.Module) -> LayerSummary:
     router_params = sum(p.numel() for p in router.parameters())
     bias = layer.bias.numel() if layer.bias is not None else 0
     one_bias = bias // kernels
-    if isinstance(layer, PartiallyDynamic):
+    if isinstance(layer, DeployedPartiallyDynamic):
+        # The scales are folded into the stored values: report them as 1.
+        nnz = layer.num_dynamic
+        lambda_s, lambda_d = 1.0, 1.0
+        static, dynamic, ratio = entries - nnz, kernels * nnz + bias, layer.dynamic_ratio
+    elif isinstance(layer, PartiallyDynamic):
         nnz = layer.num_dynamic
         lambda_s, lambda_d = (float(v.detach()) for v in layer.scales)
         static, dynamic, ratio = entries - nnz, kernels * nnz + bias, layer.dynamic_ratio
@@ -122,9 +138,11 @@ def _layer_summary(name: str, layer: nn.Module) -> LayerSummary:
     )
 
 
-def summary(model: nn.Module) -> ModelSummary:
+def summary(model: nn.Module, example_input: torch.Tensor | None = None) -> ModelSummary:
     """Per dynamic layer: shape, dynamic ratio, lambda_s, lambda_d and parameter counts; totals beside
-    what the same model would hold fully static and fully dynamic."""
+    what the same model would hold fully static and fully dynamic, and the bytes it stores now. Given
+    an ``example_input``, also the MACs per sample split into convolution/matmul and kernel
+    aggregation (``padnet.cost``), for the training and the deployed form alike."""
     found = dynamic_layers(model)
     # Nested dynamic layers do not exist, so a layer's parameters belong to it alone.
     layers = [_layer_summary(name, layer) for name, layer in found]
@@ -132,6 +150,7 @@ def summary(model: nn.Module) -> ModelSummary:
     other = sum(p.numel() for p in model.parameters()) - inside
     entries = sum(math.prod(s.kernel_shape) for s in layers)
     dynamic_entries = sum(round(s.dynamic_ratio * math.prod(s.kernel_shape)) for s in layers)
+    measured = cost(model, example_input)
     return ModelSummary(
         layers=layers,
         other_params=other,
@@ -141,5 +160,8 @@ def summary(model: nn.Module) -> ModelSummary:
         fully_dynamic_params=other + sum(s.fully_dynamic_params for s in layers),
         dynamic_entries=dynamic_entries,
         entries=entries,
+        stored_bytes=measured.bytes,
+        conv_macs=measured.conv_macs if example_input is not None else None,
+        aggregation_macs=measured.aggregation_macs if example_input is not None else None,
     )
 
