@@ -77,3 +77,16 @@ def test_deployed_form_reports_stored_entries_and_macs():
     assert deployed.aggregation_macs == training.aggregation_macs == 4 * deployed.dynamic_entries
     assert "kernel aggregation" in deployed.table()
     assert padnet.summary(model).conv_macs is None
+
+
+def test_compact_shrinks_the_model_to_its_deployable_entries_without_changing_outputs():
+    model = padnet.convert(torchvision.models.resnet18(num_classes=10)).eval()
+    padnet.partition(model, None, None, 0.3, rounds=1, scorer="random")
+    x = torch.randn(2, 3, 32, 32)
+    before, expected = padnet.summary(model), model(x)
+    padnet.compact(model)
+    after = padnet.summary(model)
+    assert after.stored_params == before.deployable_params < before.stored_params
+    torch.testing.assert_close(model(x), expected, atol=1e-5, rtol=0)
+    with pytest.raises(ValueError, match="no PAD layer"):
+        padnet.compact(torch.nn.Linear(2, 2))

@@ -1,6 +1,6 @@
 """padnet: partially dynamic networks (PAD-Net, ACL 2023) for PyTorch."""
 
-from .convert import ConvertConfig, convert
+from .convert import ConvertConfig, compact, convert
 from .layers import DynamicConv2d, MoELinear, PADConv2d, PADMoELinear, aux_loss
 from .partition import PartitionError, PartitionReport, partition
 from .summary import ModelSummary, summary
@@ -19,6 +19,7 @@ __all__ = [
     "PartitionReport",
     "TemperatureSchedule",
     "aux_loss",
+    "compact",
     "convert",
     "partition",
     "set_temperature",

@@ -224,3 +224,15 @@ def dynamic_layers(model: nn.Module) -> list[tuple[str, nn.Module]]:
 def pad_layers(model: nn.Module) -> list[tuple[str, nn.Module]]:
     """(name, module) of every PAD layer, in registration order."""
     return [(n, m) for n, m in model.named_modules() if isinstance(m, (PADConv2d, PADMoELinear))]
+
+
+def compact(model: nn.Module) -> nn.Module:
+    """Make every PAD layer's mask permanent (``PADConv2d.compact`` / ``PADMoELinear.compact``): only the
+    used entries stay, so parameters and optimizer state built afterwards shrink. Call it after
+    ``padnet.partition`` and before creating the optimizer. Returns ``model``."""
+    layers = pad_layers(model)
+    if not layers:
+        raise ValueError(f"compact() found no PAD layer in {type(model).__name__}")
+    for _, layer in layers:
+        layer.compact()
+    return model
