@@ -68,8 +68,8 @@ def main(argv=None):
     for c_in, c_out, k, hw in LAYER_SHAPES:
         for batch in args.batches:
             x = torch.empty(batch, c_in, hw, hw)
-            strategy = choose_kernel_strategy(x, (k, k), (1, 1), (k // 2, k // 2), (1, 1), 1)
             for backward in passes:
+                strategy = choose_kernel_strategy(x, (k, k), (1, 1), (k // 2, k // 2), (1, 1), 1, backward)
                 t = measure(c_in, c_out, k, hw, batch, args.kappa, min_run_time, backward)
                 raw.append(dict(shape=[c_in, c_out, k, hw], batch=batch, backward=backward, strategy=strategy,
                                 seconds=t))

@@ -18,8 +18,11 @@ KERNEL_STRATEGIES = ("auto", "grouped", "loop", "unfold", "bmm")
 UNFOLD_MAX_POSITIONS = 49  # up to 7x7 outputs, unfold + bmm beats the grouped conv
 
 
-def choose_kernel_strategy(x: torch.Tensor, kernel_size, stride, padding, dilation, groups: int) -> str:
-    """The fastest way to apply B per-sample kernels to x, by layer shape and batch size.
+def choose_kernel_strategy(
+    x: torch.Tensor, kernel_size, stride, padding, dilation, groups: int, needs_grad: bool = False
+) -> str:
+    """The fastest way to apply B per-sample kernels to x, by layer shape, batch size and whether
+    autograd records.
 
     Why each rule (CPU micro-benchmarks, 2 shared cores; ``benchmarks/layers.py`` prints the pick per row):
     - 1x1, unpadded, ungrouped: the conv is a batched matrix product (B, C_out, C_in) @ (B, C_in, HW);
@@ -30,8 +33,14 @@ def choose_kernel_strategy(x: torch.Tensor, kernel_size, stride, padding, dilati
     - otherwise ``grouped``: one conv call over the batch folded into channels. One conv per sample
       (``loop``) looked faster at B=64 in one run but was 2.5x-5x slower in a controlled A/B
       (alternating runs, 3x3 64->64 @56 and 256->256 @14, B=64), so it is never picked automatically.
+    - with autograd recording (training, the partition's scoring): always ``grouped``. The backward
+      of ``unfold`` is a scatter-add (fold) and of ``bmm`` two more batched products; in fwd+bwd
+      measurements of narrow layers (8-64 channels, 7x7 to 28x28, B = 16-128) they were 1.5x-9x
+      slower than the grouped conv, whose backward mkldnn handles in one call.
     """
     batch = x.shape[0]
+    if needs_grad:
+        return "grouped"
     if groups == 1 and tuple(kernel_size) == (1, 1) and tuple(padding) == (0, 0) and tuple(dilation) == (1, 1):
         return "bmm"
     if batch == 1:
@@ -64,7 +73,8 @@ def apply_per_sample_kernels(
     """
     kernel_size, stride, padding, dilation = (tuple(v) for v in (kernel_size, stride, padding, dilation))
     if strategy == "auto":
-        strategy = choose_kernel_strategy(x, kernel_size, stride, padding, dilation, groups)
+        needs_grad = torch.is_grad_enabled() and (x.requires_grad or kernels.requires_grad)
+        strategy = choose_kernel_strategy(x, kernel_size, stride, padding, dilation, groups, needs_grad)
     if strategy == "grouped":
         return _grouped(x, kernels, bias, out_channels, kernel_size, stride, padding, dilation, groups)
     if strategy == "loop":

@@ -1,0 +1,227 @@
+"""The ``padnet`` command: train, eval, sweep, report, demo.
+
+    padnet train --config configs/fmnist_demo.yaml --set seed=1 --set optim.lr=0.05
+    padnet eval --run runs/demo/pad-0.3        (or --checkpoint FILE)
+    padnet sweep --config configs/fmnist_sweep.yaml
+    padnet report runs/fmnist_sweep --out docs/results/vision.md
+    padnet demo
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+import time
+from pathlib import Path
+
+
+def _train(args) -> int:
+    from .train import Trainer, load_config
+
+    config = load_config(args.config, args.set)
+    results = Trainer(config).train()
+    print(json.dumps({k: results[k] for k in ("name", "seed", "dynamic_ratio", "test", "time_per_epoch_s")}
+                     | {"deployable_params": results["parameters"]["deployable"], "run_dir": config.run_dir}, indent=2))
+    return 0
+
+
+def _eval(args) -> int:
+    from .train import evaluate_run
+
+    if not (args.run or args.checkpoint):
+        raise SystemExit("padnet eval: give --run DIR or --checkpoint FILE")
+    print(json.dumps(evaluate_run(args.run, args.checkpoint, args.set), indent=2))
+    return 0
+
+
+def _sweep(args) -> int:
+    from .train import Trainer
+    from .train.sweep import load_sweep, run_status
+
+    configs = load_sweep(args.config, args.set)
+    statuses = [run_status(c) for c in configs]
+    print(f"sweep {args.config}: {len(configs)} runs ({statuses.count('finished')} finished, "
+          f"{statuses.count('interrupted')} interrupted, {statuses.count('pending')} pending)", flush=True)
+    if args.dry_run:
+        for c, s in zip(configs, statuses):
+            print(f"  {s:<11} {c.run_dir}")
+        return 0
+    for i, (config, status) in enumerate(zip(configs, statuses)):
+        if status == "finished":
+            continue
+        print(f"[{i + 1}/{len(configs)}] {'resuming' if status == 'interrupted' else 'starting'} {config.run_dir}", flush=True)
+        started = time.perf_counter()
+        results = Trainer(config).train()
+        print(f"[{i + 1}/{len(configs)}] {config.run_dir}: {results['main_metric']} "
+              f"{results['test'][results['main_metric']]:.4f} ({time.perf_counter() - started:.0f}s)", flush=True)
+    return 0
+
+
+def _report(args) -> int:
+    from .train.sweep import collect_results, markdown_table, plot, summarize
+
+    root = Path(args.dir)
+    if not root.is_dir():
+        raise SystemExit(f"padnet report: {root} is not a directory")
+    results = collect_results(root)
+    if not results:
+        raise SystemExit(f"padnet report: no results.json under {root} (runs write it when they finish)")
+    rows = summarize(results)
+    table = markdown_table(rows)
+    unfinished = sorted(str(p.parent) for p in root.rglob("checkpoint.pt") if not (p.parent / "results.json").exists())
+    print(table)
+    if args.out:
+        out = Path(args.out)
+        plot_path = Path(args.plot) if args.plot else out.with_suffix(".png")
+        plot(rows, plot_path)
+        first = results[0]
+        cfg = first.get("config", {})
+        text = [
+            f"# Results: {root.name}",
+            "",
+            f"{len(results)} finished runs under `{root}`; mean ± sample std over seeds of the final-epoch "
+            f"test {rows[0]['metric']}. Time per epoch is training time only (no evaluation), on this machine.",
+            "",
+            table,
+            "",
+            f"![accuracy vs dynamic ratio]({_relpath(plot_path, out.parent)})",
+            "",
+        ]
+        if unfinished:
+            text += [f"Unfinished runs (checkpoint, no results yet): {', '.join(unfinished)}", ""]
+        text += ["Per-seed values:", ""]
+        text += [f"- {r['name']}: " + ", ".join(f"seed {s}: {v:.4f}" for s, v in zip(r["seeds"], r["values"])) for r in rows]
+        if cfg:
+            text += ["", "Shared recipe (from the first run's config):", "", "```yaml", _recipe(cfg), "```", ""]
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text("\n".join(text))
+        print(f"wrote {out} and {plot_path}", file=sys.stderr)
+    if args.copy_results:
+        dest = Path(args.copy_results)
+        for path in sorted(root.rglob("results.json")):
+            target = dest / path.parent.relative_to(root) / "results.json"
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(path, target)
+        print(f"copied {len(results)} results.json files to {dest}", file=sys.stderr)
+    return 0
+
+
+def _relpath(path: Path, start: Path) -> str:
+    import os
+
+    return os.path.relpath(path, start)
+
+
+def _recipe(cfg: dict) -> str:
+    import yaml
+
+    keep = {k: v for k, v in cfg.items() if k not in ("name", "seed", "run_dir", "progress", "tensorboard", "log_every")}
+    return yaml.safe_dump(keep, sort_keys=False).rstrip()
+
+
+# The recipe of configs/fmnist_demo.yaml (kept in code so an installed package needs no config file):
+# a few minutes on a 2-core CPU. One thread: the per-sample convs are many small ops.
+DEMO_BASE = {
+    "task": "image_classification",
+    "epochs": 2,
+    "batch_size": 32,
+    "threads": 1,
+    "eval_batch_size": 250,
+    "eval_every": 2,
+    "data": {"name": "fashion_mnist", "train_subset": 5000, "test_subset": 1000},
+    "model": {"name": "small_resnet", "width": 8, "layers": [1, 1, 1]},
+    "optim": {"name": "sgd", "lr": 0.05, "momentum": 0.9, "weight_decay": 5e-4},
+    "dynamic": {"num_kernels": 4, "temperature_epochs": 1},
+    "partition": {"scoring_batches": 10, "rounds": 5},
+    "tensorboard": False,
+}
+
+
+def _demo(args) -> int:
+    from .data import find_fashion_mnist
+    from .train import Trainer, config_from_dict
+    from .train.sweep import collect_results, markdown_table, summarize
+
+    base = json.loads(json.dumps(DEMO_BASE))
+    try:
+        find_fashion_mnist(args.data)
+        base["data"]["root"] = args.data
+    except FileNotFoundError as err:
+        print(f"{err}\nFalling back to scikit-learn's 8x8 digits for the demo.", file=sys.stderr)
+        base["data"] = {"name": "digits"}
+        base["epochs"] = 5
+    runs = {"static": {"dynamic": {"mode": "static"}},
+            "pad-0.3": {"dynamic": {"mode": "pad", "dynamic_ratio": 0.3}}}
+    out = Path(args.out)
+    for name, update in runs.items():
+        raw = json.loads(json.dumps(base))
+        raw["dynamic"].update(update["dynamic"])
+        raw.update(name=name, seed=args.seed, run_dir=str(out / name / f"seed{args.seed}"), progress=not args.quiet)
+        config = config_from_dict(raw, source="padnet demo")
+        print(f"== {name}: training {config.epochs} epochs -> {config.run_dir}", file=sys.stderr, flush=True)
+        Trainer(config).train()
+    rows = summarize([r for r in collect_results(out) if r["seed"] == args.seed])
+    print(markdown_table(rows))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="padnet", description="Partially dynamic networks (PAD-Net): train, "
+                                     "evaluate, sweep and report.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("train", help="train one run from a YAML config (resumes if its run_dir holds a checkpoint)")
+    p.add_argument("--config", required=True, help="YAML run config")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a key, e.g. optim.lr=0.05")
+    p.set_defaults(func=_train)
+
+    p = sub.add_parser("eval", help="evaluate a run's last checkpoint on its eval set")
+    p.add_argument("--run", help="run directory (holding checkpoint.pt)")
+    p.add_argument("--checkpoint", help="a checkpoint file instead of --run")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a key of the stored config, e.g. data.root=/other/dir")
+    p.set_defaults(func=_eval)
+
+    p = sub.add_parser("sweep", help="run every run of a sweep file (skips finished, resumes interrupted)")
+    p.add_argument("--config", required=True, help="sweep YAML (base, output_dir, seeds, runs)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a key of the base config")
+    p.add_argument("--dry-run", action="store_true", help="list the runs and their status, run nothing")
+    p.set_defaults(func=_sweep)
+
+    p = sub.add_parser("report", help="markdown table (mean ± std over seeds) and plots of finished runs under DIR")
+    p.add_argument("dir", help="directory searched recursively for results.json")
+    p.add_argument("--out", help="write the markdown report here (and the plot beside it)")
+    p.add_argument("--plot", help="PNG path of the plot (default: --out with .png)")
+    p.add_argument("--copy-results", metavar="DIR", help="copy every results.json here (keeping the layout)")
+    p.set_defaults(func=_report)
+
+    p = sub.add_parser("demo", help="a short Fashion-MNIST run: static vs PAD (kappa 0.3), prints the table")
+    p.add_argument("--data", help="Fashion-MNIST directory (default: auto-detect)")
+    p.add_argument("--out", default="runs/demo", help="run directory root (default: runs/demo)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(func=_demo)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    from .train.config import ConfigError
+    from .train.trainer import NonFiniteLossError, RunDirError
+
+    args = build_parser().parse_args(argv)
+    try:
+        code = args.func(args)
+    except ConfigError as err:
+        print(f"padnet {args.command}: invalid config: {err}", file=sys.stderr)
+        code = 2
+    except (RunDirError, FileNotFoundError) as err:
+        print(f"padnet {args.command}: {err}", file=sys.stderr)
+        code = 2
+    except NonFiniteLossError as err:
+        print(f"padnet {args.command}: {err}", file=sys.stderr)
+        code = 1
+    if argv is None:
+        sys.exit(code)
+    return code

@@ -1,0 +1,381 @@
+"""Typed run configuration: dataclasses loaded from YAML, with ``--set key=value`` overrides.
+
+One config = one run. The top level holds the run settings (seed, epochs, batch size, run_dir) and the
+sections ``dynamic``, ``partition`` and ``optim``; the task named by ``task`` adds its own sections
+(``image_classification``: ``data`` and ``model``), declared where the task is registered
+(``padnet.train.tasks``). ``load_config`` validates every key before any work starts (unknown keys,
+wrong types, out-of-range values, cross-field rules, and the task's own pre-flight checks such as
+"is the data there") and raises one ``ConfigError`` listing all problems, each naming the key, the
+value and what is allowed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+MODES = ("static", "dynamic", "pad")
+KINDS = ("conv", "moe")
+ROUTINGS = ("softmax", "sigmoid")
+INITS = ("fresh", "upcycle")
+LAMBDA_MODES = ("both", "static", "dynamic", "none")
+SCORERS = ("taylor", "magnitude", "random")
+SCHEDULES = ("exponential", "linear")
+SCOPES = ("global", "local")
+OPTIMIZERS = ("sgd", "adamw")
+LR_SCHEDULERS = ("cosine", "constant")
+DEVICES = ("cpu", "cuda", "auto")
+
+
+class ConfigError(ValueError):
+    """Every problem found in a config, one per line."""
+
+    def __init__(self, problems: list[str], source: str | None = None):
+        self.problems = list(problems)
+        where = f" in {source}" if source else ""
+        head = f"{len(self.problems)} problem{'s' if len(self.problems) != 1 else ''}{where}:"
+        super().__init__("\n".join([head] + [f"  - {p}" for p in self.problems]))
+
+
+@dataclass
+class DynamicConfig:
+    """How the model is made dynamic: ``mode`` static (untouched), dynamic (fully, kappa = 1) or pad."""
+
+    mode: str = "static"
+    kind: str = "conv"  # conv: DY-Conv / CondConv in place of convolutions; moe: FFN outputs as MoE
+    num_kernels: int = 4
+    routing: str = "softmax"  # softmax = DY-Conv, sigmoid = CondConv
+    reduction: int = 16
+    init: str = "fresh"  # fresh (SPEC) or upcycle (every kernel from the existing weight)
+    lambda_mode: str = "both"
+    dynamic_ratio: float = 0.3  # kappa, for mode=pad
+    num_experts: int = 8
+    top_k: int = 2
+    temperature_start: float = 30.0  # DY-Conv softmax temperature, annealed linearly ...
+    temperature_end: float = 1.0
+    temperature_epochs: float = 10.0  # ... over this many epochs
+
+    def problems(self) -> list[str]:
+        out = _choices("dynamic", self, mode=MODES, kind=KINDS, routing=ROUTINGS, init=INITS, lambda_mode=LAMBDA_MODES)
+        out += _at_least("dynamic", self, num_kernels=1, reduction=1, num_experts=1, top_k=1)
+        if not 0 < self.dynamic_ratio <= 1:
+            out.append(f"dynamic.dynamic_ratio={self.dynamic_ratio!r} must be in (0, 1]")
+        if self.top_k > self.num_experts:
+            out.append(f"dynamic.top_k={self.top_k!r} must be <= dynamic.num_experts={self.num_experts!r}")
+        for key in ("temperature_start", "temperature_end"):
+            if not getattr(self, key) > 0:
+                out.append(f"dynamic.{key}={getattr(self, key)!r} must be > 0")
+        if not self.temperature_epochs >= 0:
+            out.append(f"dynamic.temperature_epochs={self.temperature_epochs!r} must be >= 0")
+        return out
+
+
+@dataclass
+class PartitionConfig:
+    """Iterative Mode Partition before training (mode=pad only)."""
+
+    scorer: str = "taylor"
+    rounds: int = 5
+    schedule: str = "exponential"
+    scope: str = "global"
+    scoring_batches: int = 10  # scoring set: this many training batches (reference: 10)
+    batch_size: int | None = None  # scoring batch size; None: the training batch size
+    warmup_steps: int = 0  # fully dynamic training steps before partitioning (needed for upcycled MoE)
+    compact: bool = True  # drop the unused entries after partitioning, so optimizer state shrinks
+
+    def problems(self) -> list[str]:
+        out = _choices("partition", self, scorer=SCORERS, schedule=SCHEDULES, scope=SCOPES)
+        out += _at_least("partition", self, rounds=1, scoring_batches=1, warmup_steps=0)
+        if self.batch_size is not None and self.batch_size < 1:
+            out.append(f"partition.batch_size={self.batch_size!r} must be >= 1 or null (the training batch size)")
+        return out
+
+
+@dataclass
+class OptimConfig:
+    name: str = "sgd"
+    lr: float = 0.1
+    momentum: float = 0.9  # sgd
+    nesterov: bool = False  # sgd
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])  # adamw
+    weight_decay: float = 5e-4
+    scheduler: str = "cosine"  # per-step cosine decay to 0, or constant
+    warmup_epochs: float = 0.0  # linear warm-up (fraction of epochs allowed)
+    grad_clip: float | None = None  # max gradient norm
+
+    def problems(self) -> list[str]:
+        out = _choices("optim", self, name=OPTIMIZERS, scheduler=LR_SCHEDULERS)
+        if not self.lr > 0:
+            out.append(f"optim.lr={self.lr!r} must be > 0")
+        if not 0 <= self.momentum < 1:
+            out.append(f"optim.momentum={self.momentum!r} must be in [0, 1)")
+        if self.nesterov and self.momentum == 0:
+            out.append("optim.nesterov=true needs optim.momentum > 0")
+        if len(self.betas) != 2 or not all(0 <= b < 1 for b in self.betas):
+            out.append(f"optim.betas={self.betas!r} must be two numbers in [0, 1)")
+        if not self.weight_decay >= 0:
+            out.append(f"optim.weight_decay={self.weight_decay!r} must be >= 0")
+        if not self.warmup_epochs >= 0:
+            out.append(f"optim.warmup_epochs={self.warmup_epochs!r} must be >= 0")
+        if self.grad_clip is not None and not self.grad_clip > 0:
+            out.append(f"optim.grad_clip={self.grad_clip!r} must be > 0 or null (no clipping)")
+        return out
+
+
+@dataclass
+class RunConfig:
+    """A whole run. Task sections (e.g. ``data``, ``model``) live in ``sections`` and read as
+    attributes: ``config.data.root``."""
+
+    task: str = "image_classification"
+    name: str | None = None  # label of the run in reports, e.g. "pad-0.3"; default: derived
+    run_dir: str = "runs/default"
+    seed: int = 0
+    epochs: int = 3
+    batch_size: int = 128
+    eval_batch_size: int = 256
+    eval_every: int = 1  # evaluate every N epochs (the last epoch always)
+    num_workers: int = 0  # DataLoader worker processes
+    device: str = "cpu"
+    threads: int | None = None  # torch.set_num_threads; None leaves torch's default
+    progress: bool = True  # tqdm bars
+    tensorboard: bool = True  # if tensorboard is importable
+    log_every: int = 50  # steps between loss lines in the log file
+    dynamic: DynamicConfig = field(default_factory=DynamicConfig)
+    partition: PartitionConfig = field(default_factory=PartitionConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    sections: dict[str, Any] = field(default_factory=dict)
+
+    def __getattr__(self, key: str):
+        # Only called when normal lookup fails: expose task sections as attributes.
+        sections = self.__dict__.get("sections", {})
+        if key in sections:
+            return sections[key]
+        raise AttributeError(f"RunConfig has no attribute or task section {key!r}")
+
+    def problems(self) -> list[str]:
+        out = _at_least("", self, epochs=1, batch_size=1, eval_batch_size=1, eval_every=1, log_every=1)
+        out += _choices("", self, device=DEVICES)
+        if self.num_workers < 0:
+            out.append(f"num_workers={self.num_workers!r} must be >= 0")
+        if self.threads is not None and self.threads < 1:
+            out.append(f"threads={self.threads!r} must be >= 1 or null")
+        if self.seed < 0:
+            out.append(f"seed={self.seed!r} must be >= 0")
+        return out
+
+    @property
+    def label(self) -> str:
+        if self.name:
+            return self.name
+        d = self.dynamic
+        if d.mode == "static":
+            return "static"
+        if d.mode == "dynamic":
+            return f"dynamic-{d.kind}"
+        return f"pad-{d.dynamic_ratio:g}-{self.partition.scorer}"
+
+    def to_dict(self) -> dict:
+        out = {}
+        for f in dataclasses.fields(self):
+            if f.name == "sections":
+                continue
+            value = getattr(self, f.name)
+            out[f.name] = dataclasses.asdict(value) if dataclasses.is_dataclass(value) else value
+        for name, section in self.sections.items():
+            out[name] = dataclasses.asdict(section)
+        return out
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
+
+# ---------------------------------------------------------------------------------------- helpers
+def _choices(section: str, obj, **allowed) -> list[str]:
+    prefix = f"{section}." if section else ""
+    return [
+        f"{prefix}{key}={getattr(obj, key)!r} is not supported; allowed: {', '.join(map(repr, values))}"
+        for key, values in allowed.items()
+        if getattr(obj, key) not in values
+    ]
+
+
+def _at_least(section: str, obj, **minimum) -> list[str]:
+    prefix = f"{section}." if section else ""
+    return [
+        f"{prefix}{key}={getattr(obj, key)!r} must be an integer >= {low}"
+        for key, low in minimum.items()
+        if getattr(obj, key) < low
+    ]
+
+
+_MISSING = object()
+
+
+def _type_name(hint) -> str:
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):
+        return " or ".join(_type_name(a) for a in typing.get_args(hint))
+    if origin is list:
+        return f"list of {_type_name(typing.get_args(hint)[0])}"
+    if hint is type(None):
+        return "null"
+    return getattr(hint, "__name__", str(hint))
+
+
+def _coerce(value, hint):
+    """``value`` as type ``hint``, or _MISSING when it does not fit. ints are accepted for floats."""
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):
+        for arg in typing.get_args(hint):
+            out = _coerce(value, arg)
+            if out is not _MISSING:
+                return out
+        return _MISSING
+    if hint is type(None):
+        return None if value is None else _MISSING
+    if hint is Any:
+        return value
+    if origin is list:
+        if not isinstance(value, (list, tuple)):
+            return _MISSING
+        (item,) = typing.get_args(hint)
+        items = [_coerce(v, item) for v in value]
+        return _MISSING if any(v is _MISSING for v in items) else items
+    if origin is dict or hint is dict:
+        return dict(value) if isinstance(value, dict) else _MISSING
+    if hint is bool:
+        return value if isinstance(value, bool) else _MISSING
+    if hint is int:
+        return value if isinstance(value, int) and not isinstance(value, bool) else _MISSING
+    if hint is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        return _MISSING
+    if hint is str:
+        return value if isinstance(value, str) else _MISSING
+    return _MISSING
+
+
+def build_section(cls, raw, prefix: str, problems: list[str], extra_keys: tuple[str, ...] = ()):
+    """An instance of dataclass ``cls`` from dict ``raw``; every problem is appended to ``problems``."""
+    hints = typing.get_type_hints(cls)
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        problems.append(f"{prefix.rstrip('.') or 'config'} must be a mapping of keys to values; got {type(raw).__name__}")
+        return cls()
+    names = [f.name for f in dataclasses.fields(cls) if f.name != "sections"]
+    kwargs = {}
+    for key, value in raw.items():
+        if key not in names:
+            problems.append(f"unknown key '{prefix}{key}'; allowed keys{' in ' + prefix.rstrip('.') if prefix else ''}: "
+                            f"{', '.join(names + list(extra_keys))}")
+            continue
+        hint = hints[key]
+        if dataclasses.is_dataclass(hint):
+            kwargs[key] = build_section(hint, value, f"{prefix}{key}.", problems)
+            continue
+        out = _coerce(value, hint)
+        if out is _MISSING:
+            problems.append(f"{prefix}{key}={value!r} has type {type(value).__name__}; expected {_type_name(hint)}")
+        else:
+            kwargs[key] = out
+    return cls(**kwargs)
+
+
+def parse_overrides(overrides: list[str] | None, problems: list[str]) -> dict:
+    """``["optim.lr=0.05", "data.root=/x"]`` -> nested dict; values are parsed as YAML scalars/lists."""
+    nested: dict = {}
+    for item in overrides or []:
+        key, sep, text = item.partition("=")
+        if not sep or not key.strip():
+            problems.append(f"--set {item!r} must look like key=value (e.g. optim.lr=0.05)")
+            continue
+        try:
+            value = yaml.safe_load(text) if text.strip() else ""
+        except yaml.YAMLError:
+            value = text
+        node = nested
+        parts = key.strip().split(".")
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                problems.append(f"--set {item!r}: {part!r} is both a value and a section")
+                break
+        else:
+            node[parts[-1]] = value
+    return nested
+
+
+def merge(base: dict, update: dict) -> dict:
+    """Recursive dict merge (``update`` wins); returns a new dict."""
+    out = dict(base)
+    for key, value in update.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def read_yaml(path: str | Path) -> dict:
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError([f"config file {path} does not exist"])
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as err:
+        raise ConfigError([f"{path} is not valid YAML: {err}"]) from err
+    if raw is None:
+        return {}
+    if not isinstance(raw, dict):
+        raise ConfigError([f"{path} must hold a mapping of keys to values; got {type(raw).__name__}"])
+    return raw
+
+
+def config_from_dict(raw: dict, overrides: list[str] | None = None, source: str | None = None,
+                     preflight: bool = True) -> RunConfig:
+    """Validate ``raw`` (plus ``--set`` overrides) into a ``RunConfig``; raise ``ConfigError`` with
+    all problems. ``preflight`` also runs the task's checks (e.g. that the data exists)."""
+    from .tasks import get_task
+
+    problems: list[str] = []
+    raw = merge(raw or {}, parse_overrides(overrides, problems))
+    task_name = raw.get("task", RunConfig.task)
+    try:
+        task = get_task(task_name)
+    except (KeyError, TypeError) as err:
+        problems.append(str(err.args[0]) if err.args else str(err))
+        task = None
+    section_types = task.sections if task else {}
+    top = {k: v for k, v in raw.items() if k not in section_types}
+    config = build_section(RunConfig, top, "", problems, tuple(section_types))
+    for name, cls in section_types.items():
+        config.sections[name] = build_section(cls, raw.get(name), f"{name}.", problems)
+    # Range checks only on values that parsed; a wrong type already has its problem listed.
+    for part in [config, config.dynamic, config.partition, config.optim, *config.sections.values()]:
+        check = getattr(part, "problems", None)
+        if check is not None:
+            try:
+                problems.extend(check())
+            except TypeError:
+                pass
+    if task is not None and task.check is not None and preflight:
+        try:
+            problems.extend(task.check(config))
+        except Exception as err:  # a check must never hide the problems already found
+            problems.append(f"task {task.name!r} pre-flight check failed: {err}")
+    if problems:
+        raise ConfigError(problems, source)
+    return config
+
+
+def load_config(path: str | Path, overrides: list[str] | None = None, preflight: bool = True) -> RunConfig:
+    return config_from_dict(read_yaml(path), overrides, str(path), preflight)

@@ -1,0 +1,559 @@
+"""A plain training loop for one run (torchvision references / transformers Trainer style).
+
+``Trainer(config).train()`` does, in order: validate the run directory, seed, build the task
+(``padnet.train.tasks``), convert the model (``config.dynamic``), for PAD runs partition it before
+training on a scoring set drawn from the training data and optionally ``compact()`` it, then train
+with SGD or AdamW, a per-step cosine schedule and DY-Conv temperature annealing, evaluate, and write
+an atomic checkpoint after every epoch. A run directory holds:
+
+    config.yaml        the resolved config            train.log        human-readable log
+    partition.json/.txt the partition report (PAD)   summary.json/.txt padnet.summary of the model
+    metrics.csv/.json  one row per epoch              tensorboard/     event files (if installed)
+    checkpoint.pt      last finished epoch            results.json     written last: the run is finished
+
+Resume: ``train()`` on a run directory holding ``checkpoint.pt`` continues from it and, on CPU, ends
+bit-identically to an uninterrupted run: the checkpoint holds the model (mask included), optimizer,
+scheduler, the RNG states and the metrics history, and the data order of epoch e comes from a
+generator seeded with (seed, e), not from the global RNG.
+
+Distributed training is not implemented yet; the places it goes are marked: ``RunWriter`` writes on
+rank 0 only, ``train_sampler`` is the sampler hook (a ``DistributedSampler`` with ``set_epoch``), and
+``_unwrap`` strips a DDP wrapper.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import random
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, RandomSampler
+
+from ..convert import convert, dynamic_layers, pad_layers
+from ..layers import DynamicConv2d, MoELinear, aux_loss
+from ..temperature import TemperatureSchedule, set_temperature
+from .config import ConfigError, RunConfig, config_from_dict
+from .io import RunWriter, is_main_process, load_checkpoint
+from .tasks import TaskParts, get_task
+
+CHECKPOINT = "checkpoint.pt"
+RESULTS = "results.json"
+CHECKPOINT_FORMAT = "padnet.train.checkpoint"
+# Keys that may differ between a run and its resumption without changing its results.
+RESUME_FREE_KEYS = {"run_dir", "progress", "tensorboard", "log_every", "threads", "num_workers", "device"}
+
+
+class NonFiniteLossError(RuntimeError):
+    """The loss became NaN or inf; the run stopped and its last good checkpoint is kept."""
+
+
+class RunDirError(RuntimeError):
+    """The run directory holds a different run."""
+
+
+# --------------------------------------------------------------------------------------- helpers
+def to_device(batch, device):
+    """Move tensors, and tensors inside dicts/lists/tuples, to ``device``."""
+    if isinstance(batch, torch.Tensor):
+        return batch.to(device, non_blocking=True)
+    if isinstance(batch, dict):
+        return type(batch)({k: to_device(v, device) for k, v in batch.items()})
+    if isinstance(batch, (list, tuple)):
+        moved = [to_device(v, device) for v in batch]
+        return type(batch)(*moved) if hasattr(batch, "_fields") else type(batch)(moved)
+    if hasattr(batch, "to") and callable(batch.to):  # e.g. transformers.BatchEncoding
+        return batch.to(device)
+    return batch
+
+
+class _OnDevice:
+    def __init__(self, loader, device):
+        self.loader, self.device = loader, device
+
+    def __iter__(self):
+        for batch in self.loader:
+            yield to_device(batch, self.device)
+
+    def __len__(self):
+        return len(self.loader)
+
+
+def _unwrap(model: nn.Module) -> nn.Module:
+    return model.module if hasattr(model, "module") else model
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def get_rng_state() -> dict:
+    """RNG states as tensors and plain values (loadable with weights_only=True)."""
+    np_state = np.random.get_state()
+    state = {
+        "torch": torch.get_rng_state(),
+        "numpy": {"keys": torch.from_numpy(np_state[1].astype(np.int64)), "pos": int(np_state[2]),
+                  "has_gauss": int(np_state[3]), "cached_gaussian": float(np_state[4])},
+        "python": _to_lists(random.getstate()),
+    }
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    torch.set_rng_state(state["torch"])
+    n = state["numpy"]
+    np.random.set_state(("MT19937", n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["cached_gaussian"]))
+    random.setstate(_to_tuples(state["python"]))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _to_lists(value):
+    return [_to_lists(v) for v in value] if isinstance(value, (list, tuple)) else value
+
+
+def _to_tuples(value):
+    return tuple(_to_tuples(v) for v in value) if isinstance(value, list) else value
+
+
+def make_dynamic(model: nn.Module, config: RunConfig) -> nn.Module:
+    """Apply ``config.dynamic`` to a static model (no-op for mode=static)."""
+    d = config.dynamic
+    if d.mode == "static":
+        return model
+    return convert(
+        model, dynamic=d.kind, pad=d.mode == "pad", num_kernels=d.num_kernels, routing=d.routing,
+        reduction=d.reduction, init=d.init, lambda_mode=d.lambda_mode, num_experts=d.num_experts, top_k=d.top_k,
+    )
+
+
+def restore_model(model: nn.Module, state_dict: dict, compacted: bool) -> None:
+    """Load a trained state into a freshly converted model: masks first, then compact, then weights."""
+    for name, layer in pad_layers(model):
+        key = f"{name}.mask" if name else "mask"
+        if key not in state_dict:
+            raise ValueError(f"checkpoint has no mask for PAD layer {name!r} (key {key!r})")
+        layer.set_mask(state_dict[key].to(torch.bool))
+        if compacted:
+            layer.compact()
+    model.load_state_dict(state_dict)
+
+
+def deployable_parameters(model: nn.Module) -> int:
+    from ..summary import summary
+
+    model = _unwrap(model)
+    if not dynamic_layers(model):
+        return sum(p.numel() for p in model.parameters())
+    return int(summary(model).deployable_params)
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ConfigError([f"device={name!r} but CUDA is not available; allowed here: 'cpu', 'auto'"])
+    return torch.device(name)
+
+
+# --------------------------------------------------------------------------------------- trainer
+class Trainer:
+    def __init__(self, config: RunConfig, run_dir: str | Path | None = None):
+        self.config = config
+        self.run_dir = Path(run_dir or config.run_dir)
+        self.writer = RunWriter(self.run_dir)
+        self.logger = logging.getLogger(f"padnet.run.{id(self)}")
+        self.logger.propagate = False
+        self.logger.setLevel(logging.INFO)
+
+    # ------------------------------------------------------------------ hooks (DDP goes here)
+    def train_sampler(self, dataset, epoch: int):
+        """Data order of ``epoch``: a generator seeded with (seed, epoch), independent of the global
+        RNG, so a resumed run sees the same order. Under DDP: DistributedSampler(seed=seed).set_epoch."""
+        generator = torch.Generator().manual_seed(self.config.seed * 1_000_003 + epoch)
+        return RandomSampler(dataset, generator=generator)
+
+    def train_loader(self, parts: TaskParts, epoch: int, batch_size: int | None = None) -> DataLoader:
+        sampler = self.train_sampler(parts.train_dataset, epoch)
+        # The loader's own generator seeds worker processes; tie it to the epoch as well.
+        generator = torch.Generator().manual_seed(self.config.seed * 1_000_003 + epoch + 7_919)
+        return DataLoader(
+            parts.train_dataset, batch_size=batch_size or self.config.batch_size, sampler=sampler,
+            collate_fn=parts.collate_fn, num_workers=self.config.num_workers, drop_last=True,
+            generator=generator, persistent_workers=False,
+        )
+
+    def eval_loader(self, parts: TaskParts) -> DataLoader:
+        generator = torch.Generator().manual_seed(0)  # keeps eval from drawing on the global RNG
+        return DataLoader(parts.eval_dataset, batch_size=self.config.eval_batch_size, shuffle=False,
+                          collate_fn=parts.collate_fn, num_workers=self.config.num_workers, generator=generator)
+
+    # ------------------------------------------------------------------ setup
+    def _open_log(self) -> None:
+        fmt = logging.Formatter("%(asctime)s %(message)s", "%Y-%m-%d %H:%M:%S")
+        if is_main_process():
+            file_handler = logging.FileHandler(self.run_dir / "train.log")
+            file_handler.setFormatter(fmt)
+            self.logger.addHandler(file_handler)
+            console = logging.StreamHandler(sys.stderr)
+            console.setFormatter(logging.Formatter("%(message)s"))
+            self.logger.addHandler(console)
+
+    def _close_log(self) -> None:
+        for handler in list(self.logger.handlers):
+            handler.close()
+            self.logger.removeHandler(handler)
+
+    def _check_run_dir(self) -> None:
+        saved = self.run_dir / "config.yaml"
+        if not saved.is_file():
+            return
+        import yaml
+
+        previous = yaml.safe_load(saved.read_text()) or {}
+        current = self.config.to_dict()
+        differ = sorted(
+            _diff_keys({k: v for k, v in previous.items() if k not in RESUME_FREE_KEYS},
+                       {k: v for k, v in current.items() if k not in RESUME_FREE_KEYS})
+        )
+        if differ:
+            raise RunDirError(
+                f"{self.run_dir} holds a run with a different config (keys: {', '.join(differ)}); "
+                "use another run_dir, or delete that directory to start over"
+            )
+
+    def _build_optimizer(self, model: nn.Module, steps_per_epoch: int):
+        o = self.config.optim
+        params = [p for p in model.parameters() if p.requires_grad]
+        if o.name == "sgd":
+            optimizer = torch.optim.SGD(params, lr=o.lr, momentum=o.momentum, nesterov=o.nesterov,
+                                        weight_decay=o.weight_decay)
+        else:
+            optimizer = torch.optim.AdamW(params, lr=o.lr, betas=tuple(o.betas), weight_decay=o.weight_decay)
+        total = self.config.epochs * steps_per_epoch
+        warmup = int(round(o.warmup_epochs * steps_per_epoch))
+
+        def factor(step: int) -> float:
+            if step < warmup:
+                return (step + 1) / warmup
+            if o.scheduler == "constant":
+                return 1.0
+            progress = (step - warmup) / max(1, total - warmup)
+            return 0.5 * (1.0 + math.cos(math.pi * min(progress, 1.0)))
+
+        return optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+    # ------------------------------------------------------------------ run
+    def train(self, stop_after_epoch: int | None = None) -> dict | None:
+        """Run (or resume, or skip if finished) and return the results dict.
+
+        ``stop_after_epoch=e`` stops right after epoch e's checkpoint, as if the process had been
+        killed there, and returns None (for tests of resume, and to split a run across sessions)."""
+        self._stop_after = stop_after_epoch
+        results_path = self.run_dir / RESULTS
+        if results_path.is_file():
+            import json
+
+            self._check_run_dir()
+            return json.loads(results_path.read_text())
+        self._check_run_dir()
+        self.writer.yaml("config.yaml", self.config.to_dict())
+        self._open_log()
+        try:
+            return self._train()
+        except NonFiniteLossError as err:
+            self.logger.error(str(err))
+            raise
+        finally:
+            self._close_log()
+
+    def _train(self) -> dict:
+        config, log = self.config, self.logger
+        if config.threads:
+            torch.set_num_threads(config.threads)
+        device = resolve_device(config.device)
+        seed_everything(config.seed)
+        task = get_task(config.task)
+        parts = task.builder(config)
+        model = make_dynamic(parts.model, config)
+        steps_per_epoch = len(parts.train_dataset) // config.batch_size
+        if steps_per_epoch < 1:
+            raise ConfigError([f"batch_size={config.batch_size} is larger than the training set "
+                               f"({len(parts.train_dataset)} examples); allowed: <= {len(parts.train_dataset)}"])
+        tau = TemperatureSchedule(config.dynamic.temperature_start, config.dynamic.temperature_end,
+                                  config.dynamic.temperature_epochs)
+        has_moe = any(isinstance(m, MoELinear) for m in model.modules())
+        has_dyconv = any(isinstance(m, DynamicConv2d) for m in model.modules())
+
+        checkpoint_path = self.run_dir / CHECKPOINT
+        state = load_checkpoint(checkpoint_path) if checkpoint_path.is_file() else None
+        partition_info: dict = {}
+        if state is not None:
+            if state.get("format") != CHECKPOINT_FORMAT:
+                raise ValueError(f"{checkpoint_path}: not a padnet training checkpoint (format={state.get('format')!r})")
+            restore_model(model, state["model"], state["compacted"])
+            model.to(device)
+            partition_info = state.get("partition", {})
+            log.info(f"resuming {self.run_dir} from epoch {state['epoch']} (step {state['global_step']})")
+        else:
+            log.info(f"run {config.label} -> {self.run_dir}  (task {config.task}, seed {config.seed}, "
+                     f"{len(parts.train_dataset)} train / {len(parts.eval_dataset)} eval examples)")
+            model.to(device)
+            if config.dynamic.mode == "pad":
+                partition_info = self._partition(model, parts, device, tau, steps_per_epoch)
+        compacted = bool(pad_layers(model)) and all(layer.compacted for _, layer in pad_layers(model))
+        optimizer, scheduler = self._build_optimizer(model, steps_per_epoch)
+        history: list[dict] = []
+        start_epoch = global_step = 0
+        if state is not None:
+            optimizer.load_state_dict(state["optimizer"])
+            scheduler.load_state_dict(state["scheduler"])
+            history = list(state["history"])
+            start_epoch, global_step = int(state["epoch"]), int(state["global_step"])
+            set_rng_state(state["rng"])
+        self._write_summary(model)
+
+        tb = self._tensorboard(global_step)
+        eval_loader = _OnDevice(self.eval_loader(parts), device)
+        last_eval = {k[5:]: v for k, v in history[-1].items() if k.startswith("eval_")} if history else {}
+        try:
+            for epoch in range(start_epoch, config.epochs):
+                model.train()
+                loader = self.train_loader(parts, epoch)
+                bar = _progress(loader, config.progress and is_main_process(), f"epoch {epoch + 1}/{config.epochs}")
+                loss_sum, steps, started = 0.0, 0, time.perf_counter()
+                for batch in bar:
+                    batch = to_device(batch, device)
+                    temperature = tau.at_step(global_step, steps_per_epoch)
+                    if has_dyconv:
+                        set_temperature(model, temperature)
+                    loss = parts.loss_fn(model, batch)
+                    if has_moe:
+                        loss = loss + aux_loss(_unwrap(model))
+                    if not torch.isfinite(loss):
+                        raise NonFiniteLossError(
+                            f"non-finite loss ({float(loss.detach())}) at epoch {epoch + 1}, step {global_step}: the run stopped. "
+                            + (f"The last good checkpoint ({checkpoint_path}, end of epoch {epoch}) is kept. "
+                               if epoch > 0 else "No checkpoint was written yet. ")
+                            + "Lower optim.lr or set optim.grad_clip and start a new run_dir, or resume this one to retry."
+                        )
+                    optimizer.zero_grad(set_to_none=True)
+                    loss.backward()
+                    if config.optim.grad_clip:
+                        torch.nn.utils.clip_grad_norm_(model.parameters(), config.optim.grad_clip)
+                    optimizer.step()
+                    scheduler.step()
+                    global_step += 1
+                    steps += 1
+                    loss_sum += float(loss.detach())
+                    if hasattr(bar, "set_postfix"):
+                        bar.set_postfix(loss=f"{loss_sum / steps:.4f}", refresh=False)
+                    if global_step % config.log_every == 0:
+                        log.info(f"epoch {epoch + 1} step {global_step} loss {loss_sum / steps:.4f} "
+                                 f"lr {scheduler.get_last_lr()[0]:.5f} tau {temperature:.3f}")
+                    if tb is not None:
+                        tb.add_scalar("train/loss", float(loss.detach()), global_step)
+                epoch_time = time.perf_counter() - started
+                row = {"epoch": epoch + 1, "step": global_step, "train_loss": loss_sum / max(steps, 1),
+                       "lr": scheduler.get_last_lr()[0], "temperature": tau.at_step(global_step, steps_per_epoch),
+                       "epoch_time_s": epoch_time}
+                if (epoch + 1) % config.eval_every == 0 or epoch + 1 == config.epochs:
+                    if has_dyconv:
+                        set_temperature(model, tau.at_step(global_step, steps_per_epoch))
+                    last_eval = self._evaluate(model, parts, eval_loader)
+                    row.update({f"eval_{k}": v for k, v in last_eval.items()})
+                history.append(row)
+                log.info("epoch {epoch} done in {epoch_time_s:.1f}s: train_loss {train_loss:.4f}".format(**row)
+                         + "".join(f", {k} {v:.4f}" for k, v in row.items() if k.startswith("eval_") and isinstance(v, float)))
+                if tb is not None:
+                    for k, v in row.items():
+                        if k.startswith("eval_") and isinstance(v, (int, float)):
+                            tb.add_scalar(f"eval/{k[5:]}", v, global_step)
+                    tb.add_scalar("train/epoch_time_s", epoch_time, global_step)
+                    tb.flush()
+                self.writer.metrics(history)
+                self.writer.checkpoint(CHECKPOINT, {
+                    "format": CHECKPOINT_FORMAT, "version": 1, "epoch": epoch + 1, "global_step": global_step,
+                    "model": _unwrap(model).state_dict(), "compacted": compacted,
+                    "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                    "rng": get_rng_state(), "history": history, "partition": partition_info,
+                    "config": config.to_dict(),
+                })
+                if self._stop_after is not None and epoch + 1 >= self._stop_after and epoch + 1 < config.epochs:
+                    log.info(f"stopping after epoch {epoch + 1} as asked; resume with the same command")
+                    return None
+        finally:
+            if tb is not None:
+                tb.close()
+
+        results = self._results(model, parts, history, last_eval, partition_info)
+        self.writer.json(RESULTS, results)
+        log.info(f"finished: {parts.main_metric} {results['test'].get(parts.main_metric)}  "
+                 f"deployable parameters {results['parameters']['deployable']:,}")
+        return results
+
+    def _partition(self, model, parts, device, tau, steps_per_epoch) -> dict:
+        from ..partition import partition
+
+        config, p, log = self.config, self.config.partition, self.logger
+        if p.warmup_steps:
+            self._warmup(model, parts, device, tau, steps_per_epoch)
+        set_temperature(model, tau.at_step(0, steps_per_epoch))
+        batches = []
+        if p.scorer == "taylor":
+            # The scoring set: the first batches of a fixed, seeded draw from the training data.
+            loader = self.train_loader(parts, epoch=-1, batch_size=p.batch_size or config.batch_size)
+            for i, batch in enumerate(loader):
+                if i == p.scoring_batches:
+                    break
+                batches.append(to_device(batch, device))
+        report = partition(model, batches, parts.loss_fn, config.dynamic.dynamic_ratio, rounds=p.rounds,
+                           schedule=p.schedule, scope=p.scope, scorer=p.scorer, seed=config.seed)
+        self.writer.json("partition.json", report.to_dict())
+        self.writer.text("partition.txt", report.table() + "\n")
+        log.info(f"partition ({p.scorer}, {len(batches)} scoring batches): dynamic ratio {report.dynamic_ratio:.4f} "
+                 f"in {report.wall_time_s:.1f}s")
+        if p.compact:
+            for _, layer in pad_layers(model):
+                layer.compact()
+        return {"dynamic_ratio": report.dynamic_ratio, "wall_time_s": report.wall_time_s,
+                "scoring_batches": len(batches)}
+
+    def _warmup(self, model, parts, device, tau, steps_per_epoch) -> None:
+        """Fully dynamic steps before the partition (a throwaway optimizer of the same kind)."""
+        optimizer, _ = self._build_optimizer(model, steps_per_epoch)
+        has_moe = any(isinstance(m, MoELinear) for m in model.modules())
+        model.train()
+        step = 0
+        while step < self.config.partition.warmup_steps:
+            for batch in self.train_loader(parts, epoch=-2 - step):
+                set_temperature(model, tau.at_step(0, steps_per_epoch))
+                loss = parts.loss_fn(model, to_device(batch, device))
+                if has_moe:
+                    loss = loss + aux_loss(model)
+                if not torch.isfinite(loss):
+                    raise NonFiniteLossError(f"non-finite loss ({float(loss.detach())}) in partition warm-up step {step}")
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                step += 1
+                if step == self.config.partition.warmup_steps:
+                    break
+        self.logger.info(f"partition warm-up: {step} fully dynamic steps")
+
+    def _evaluate(self, model, parts, loader) -> dict:
+        model.eval()
+        with torch.no_grad():
+            metrics = parts.evaluate(model, loader)
+        model.train()
+        if parts.main_metric not in metrics:
+            raise KeyError(f"task {self.config.task!r}: evaluate() returned {sorted(metrics)}, without its "
+                           f"main_metric {parts.main_metric!r}")
+        return {k: (float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else v) for k, v in metrics.items()}
+
+    def _tensorboard(self, global_step: int):
+        if not (self.config.tensorboard and is_main_process()):
+            return None
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+        except ImportError:
+            self.logger.info("tensorboard is not installed; skipping TensorBoard logging")
+            return None
+        return SummaryWriter(str(self.run_dir / "tensorboard"), purge_step=global_step or None)
+
+    def _write_summary(self, model) -> None:
+        from ..summary import summary
+
+        if dynamic_layers(_unwrap(model)):
+            s = summary(_unwrap(model))
+            self.writer.json("summary.json", s.to_dict())
+            self.writer.text("summary.txt", s.table() + "\n")
+        else:
+            total = sum(p.numel() for p in model.parameters())
+            self.writer.json("summary.json", {"deployable_params": total, "stored_params": total, "layers": []})
+            self.writer.text("summary.txt", f"static model: {total:,} parameters\n")
+
+    def _results(self, model, parts, history, last_eval, partition_info) -> dict:
+        config = self.config
+        mode = config.dynamic.mode
+        ratio = {"static": 0.0, "dynamic": 1.0}.get(mode, partition_info.get("dynamic_ratio"))
+        times = [row["epoch_time_s"] for row in history]
+        return {
+            "name": config.label,
+            "task": config.task,
+            "seed": config.seed,
+            "mode": mode,
+            "dynamic_ratio": ratio,
+            "target_dynamic_ratio": config.dynamic.dynamic_ratio if mode == "pad" else ratio,
+            "scorer": config.partition.scorer if mode == "pad" else None,
+            "epochs": config.epochs,
+            "main_metric": parts.main_metric,
+            "test": last_eval,
+            "parameters": {
+                "deployable": deployable_parameters(model),
+                "stored": sum(p.numel() for p in model.parameters()),
+            },
+            "time_per_epoch_s": sum(times) / len(times) if times else None,
+            "partition": partition_info,
+            "info": parts.info,
+            "config": config.to_dict(),
+        }
+
+
+def _progress(iterable, enabled: bool, desc: str):
+    if not enabled:
+        return iterable
+    try:
+        from tqdm.auto import tqdm
+    except ImportError:
+        return iterable
+    return tqdm(iterable, desc=desc, leave=False, dynamic_ncols=True)
+
+
+def _diff_keys(a, b, prefix: str = "") -> list[str]:
+    if isinstance(a, dict) and isinstance(b, dict):
+        out = []
+        for key in sorted(set(a) | set(b)):
+            out += _diff_keys(a.get(key), b.get(key), f"{prefix}{key}.")
+        return out
+    return [] if a == b else [prefix.rstrip(".")]
+
+
+# --------------------------------------------------------------------------------------- eval
+def evaluate_run(run_dir: str | Path | None = None, checkpoint: str | Path | None = None,
+                 overrides: list[str] | None = None) -> dict:
+    """Rebuild a run's model from its checkpoint and evaluate it on the task's eval set."""
+    if checkpoint is None:
+        if run_dir is None:
+            raise ValueError("give a run directory or a checkpoint file")
+        checkpoint = Path(run_dir) / CHECKPOINT
+    checkpoint = Path(checkpoint)
+    if not checkpoint.is_file():
+        raise FileNotFoundError(f"no checkpoint at {checkpoint} (a run writes {CHECKPOINT} after its first epoch)")
+    state = load_checkpoint(checkpoint)
+    if state.get("format") != CHECKPOINT_FORMAT:
+        raise ValueError(f"{checkpoint}: not a padnet training checkpoint (format={state.get('format')!r})")
+    config = config_from_dict(state["config"], overrides, source=str(checkpoint))
+    seed_everything(config.seed)
+    device = resolve_device(config.device)
+    parts = get_task(config.task).builder(config)
+    model = make_dynamic(parts.model, config)
+    restore_model(model, state["model"], state["compacted"])
+    model.to(device)
+    tau = TemperatureSchedule(config.dynamic.temperature_start, config.dynamic.temperature_end,
+                              config.dynamic.temperature_epochs)
+    steps_per_epoch = max(1, len(parts.train_dataset) // config.batch_size)
+    set_temperature(model, tau.at_step(int(state["global_step"]), steps_per_epoch))
+    trainer = Trainer(config, run_dir or checkpoint.parent)
+    metrics = trainer._evaluate(model, parts, _OnDevice(trainer.eval_loader(parts), device))
+    return {"checkpoint": str(checkpoint), "epoch": int(state["epoch"]), "name": config.label, **metrics,
+            "deployable_params": deployable_parameters(model)}

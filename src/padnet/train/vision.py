@@ -1,0 +1,94 @@
+"""The ``image_classification`` task: torchvision-style models on Fashion-MNIST, ImageFolder or digits."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+
+from .. import models
+from ..data import DataConfig, build_datasets, find_fashion_mnist
+from .tasks import TaskParts, register_task
+
+
+@dataclass
+class ModelConfig:
+    """The ``model`` section: ``padnet.models.build`` arguments."""
+
+    name: str = "small_resnet"
+    width: int = 16  # small_resnet: channels of the first stage (doubling per stage)
+    layers: list[int] = field(default_factory=lambda: [1, 1, 1])  # small_resnet: blocks per stage
+    small_input: bool | None = None  # None: decided by the dataset (True for 28x28 / 8x8 images)
+
+    def problems(self) -> list[str]:
+        out = []
+        if self.name not in models.MODELS:
+            out.append(f"model.name={self.name!r} is not supported; allowed: {', '.join(models.MODELS)}")
+        if self.width < 1:
+            out.append(f"model.width={self.width!r} must be an integer >= 1")
+        if not self.layers or any(n < 1 for n in self.layers):
+            out.append(f"model.layers={self.layers!r} must be a non-empty list of integers >= 1")
+        return out
+
+
+def loss_fn(model, batch):
+    images, targets = batch
+    return F.cross_entropy(model(images), targets)
+
+
+@torch.no_grad()
+def evaluate(model, batches) -> dict[str, float]:
+    correct = total = 0
+    loss_sum = 0.0
+    for images, targets in batches:
+        logits = model(images)
+        loss_sum += float(F.cross_entropy(logits, targets, reduction="sum"))
+        correct += int((logits.argmax(1) == targets).sum())
+        total += int(targets.numel())
+    return {"accuracy": correct / max(total, 1), "loss": loss_sum / max(total, 1)}
+
+
+def build(config) -> TaskParts:
+    train, test, info = build_datasets(config.data)
+    m = config.model
+    kwargs = {"width": m.width, "layers": list(m.layers)} if m.name == "small_resnet" else {}
+    small = info.small_input if m.small_input is None else m.small_input
+    model = models.build(m.name, info.num_classes, info.in_channels, small_input=small, **kwargs)
+    return TaskParts(
+        model=model,
+        train_dataset=train,
+        eval_dataset=test,
+        loss_fn=loss_fn,
+        evaluate=evaluate,
+        main_metric="accuracy",
+        info={
+            "dataset": config.data.name,
+            "data_source": info.source,
+            "num_classes": info.num_classes,
+            "train_examples": len(train),
+            "eval_examples": len(test),
+            "image_size": info.image_size,
+        },
+    )
+
+
+def check(config) -> list[str]:
+    """Pre-flight: the data must be there before any work starts."""
+    data = config.data
+    if data.name == "fashion_mnist" and not data.download:
+        try:
+            find_fashion_mnist(data.root)
+        except FileNotFoundError as err:
+            return [f"data.root={data.root!r}: {err}"]
+    if data.name == "imagefolder" and data.root:
+        from pathlib import Path
+
+        missing = [s for s in ("train", "val") if not (Path(data.root) / s).is_dir()]
+        if missing:
+            return [f"data.root={data.root!r}: missing {', '.join(missing)}/ (expected {data.root}/train/<class>/<image> "
+                    f"and {data.root}/val/<class>/<image>)"]
+    return []
+
+
+register_task("image_classification", build, sections={"data": DataConfig, "model": ModelConfig}, check=check)

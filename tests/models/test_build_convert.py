@@ -1,0 +1,115 @@
+"""padnet.models.build and what padnet.convert replaces in torchvision models (no full-size forwards)."""
+
+import copy
+
+import pytest
+import torch
+from torch import nn
+
+from padnet import models
+from padnet.convert import convert, pad_layers
+from padnet.layers import DynamicConv2d, PADConv2d
+
+
+def conv_names(model):
+    return [n for n, m in model.named_modules() if type(m) is nn.Conv2d]
+
+
+@pytest.mark.parametrize(
+    "name, stem, n_convs, n_shortcuts, n_depthwise",
+    [("resnet18", "conv1", 20, 3, 0), ("resnet50", "conv1", 53, 4, 0), ("mobilenet_v2", "features.0.0", 52, 0, 17)],
+)
+def test_convert_replaces_every_conv_but_the_stem(name, stem, n_convs, n_shortcuts, n_depthwise):
+    model = models.build(name, num_classes=10)
+    before = conv_names(model)
+    assert len(before) == n_convs and before[0] == stem
+    depthwise = [n for n, m in model.named_modules() if type(m) is nn.Conv2d and m.groups > 1]
+    convert(model, pad=True)
+    assert model.padnet_config["converted"] == before[1:]
+    assert type(model.get_submodule(stem)) is nn.Conv2d  # stem stays static
+    assert conv_names(model) == [stem]
+    replaced = [n for n, m in model.named_modules() if isinstance(m, PADConv2d)]
+    assert replaced == before[1:]
+    assert sum("downsample" in n for n in replaced) == n_shortcuts  # 1x1 projection shortcuts included
+    assert len(depthwise) == n_depthwise
+    assert all(model.get_submodule(n).groups > 1 for n in depthwise)  # depthwise convs included
+    classifier = model.fc if hasattr(model, "fc") else model.classifier[-1]
+    assert type(classifier) is nn.Linear
+
+
+def test_dynamic_baseline_has_no_pad_layers():
+    model = convert(models.build("resnet18", 10), pad=False)
+    assert not pad_layers(model)
+    assert sum(isinstance(m, DynamicConv2d) for m in model.modules()) == 19
+
+
+def test_resnet50_parameters_at_kappa_03_match_spec():
+    from padnet import summary
+
+    model = models.build("resnet50", 1000)
+    static = sum(p.numel() for p in model.parameters())
+    convert(model, pad=True)
+    for _, layer in pad_layers(model):
+        n = layer.kernel_numel
+        mask = torch.zeros(n, dtype=torch.bool)
+        mask[: round(0.3 * n)] = True
+        layer.set_mask(mask.reshape(layer.kernel_shape))
+    s = summary(model)
+    assert static == pytest.approx(25.56e6, rel=0.01)
+    assert s.deployable_params == pytest.approx(47.9e6, rel=0.03)  # SPEC section 6
+    assert s.fully_dynamic_params == pytest.approx(97.1e6, rel=0.03)
+
+
+@pytest.mark.parametrize("name", ["resnet18", "mobilenet_v2", "small_resnet"])
+def test_small_input_stem(name):
+    model = models.build(name, 10, in_channels=1, small_input=True)
+    stem = model.get_submodule(conv_names(model)[0])
+    assert stem.in_channels == 1 and stem.kernel_size == (3, 3) and stem.stride == (1, 1)
+    if hasattr(model, "maxpool"):
+        assert isinstance(model.maxpool, nn.Identity)
+
+
+def test_small_resnet_shapes_and_widths():
+    model = models.build("small_resnet", 7, in_channels=1, small_input=True, width=4, layers=[1, 2])
+    assert model(torch.randn(2, 1, 28, 28)).shape == (2, 7)
+    assert model.layer2[1].conv1.in_channels == 8
+    assert model.fc.in_features == 8
+
+
+def test_unknown_model_lists_known_ones():
+    with pytest.raises(ValueError, match="unknown model 'resnet9'.*small_resnet.*resnet50.*mobilenet_v2"):
+        models.build("resnet9", 10)
+    with pytest.raises(ValueError, match="num_classes=0"):
+        models.build("resnet18", 0)
+    with pytest.raises(ValueError, match="width=0"):
+        models.build("small_resnet", 10, width=0)
+
+
+def _randomize_bn(model):
+    g = torch.Generator().manual_seed(1)
+    for m in model.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            m.running_mean.copy_(torch.randn(m.num_features, generator=g) * 0.1)
+            m.running_var.copy_(torch.rand(m.num_features, generator=g) + 0.5)
+            m.weight.data.copy_(torch.rand(m.num_features, generator=g) + 0.5)
+
+
+@pytest.mark.parametrize("pad", [False, True])
+def test_upcycle_keeps_the_function(pad):
+    torch.manual_seed(0)
+    model = models.build("small_resnet", 10, in_channels=3, small_input=True, width=8, layers=[1, 1])
+    _randomize_bn(model)
+    model.eval()
+    x = torch.randn(3, 3, 16, 16)
+    with torch.no_grad():
+        expected = model(x)
+    fresh = convert(copy.deepcopy(model), pad=pad, init="fresh")
+    convert(model, pad=pad, init="upcycle")
+    if pad:  # any mask: every kernel and W_s equal the original weight
+        for _, layer in pad_layers(model):
+            layer.set_mask(torch.rand(layer.kernel_shape) < 0.3)
+    with torch.no_grad():
+        got = model(x)
+        other = fresh(x)
+    torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-5)
+    assert not torch.allclose(other, expected, atol=1e-3)  # fresh init does not keep it: the check can fail

@@ -1,0 +1,131 @@
+"""End to end from the CLI: train (static and PAD) with interruption and resume, eval, sweep, report."""
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from padnet.cli import main
+from padnet.train import Trainer, load_config
+from padnet.train.io import load_checkpoint
+
+TINY = {
+    "epochs": 2,
+    "batch_size": 16,  # below the layers' per-sample-loop threshold: the fast grouped path on CPU
+    "eval_batch_size": 60,
+    "progress": False,
+    "tensorboard": False,
+    "data": {"name": "digits", "train_subset": 48, "test_subset": 60},
+    "model": {"name": "small_resnet", "width": 4, "layers": [1]},
+    "optim": {"name": "sgd", "lr": 0.05},
+    "dynamic": {"mode": "static", "temperature_epochs": 1},
+    "partition": {"scoring_batches": 1, "rounds": 2},
+}
+
+
+def write_config(tmp_path, name, **updates):
+    raw = yaml.safe_load(yaml.safe_dump(TINY))
+    for key, value in updates.items():
+        if isinstance(value, dict):
+            raw[key].update(value)
+        else:
+            raw[key] = value
+    path = tmp_path / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    return path
+
+
+def history_without_times(run_dir):
+    rows = json.loads((Path(run_dir) / "metrics.json").read_text())
+    return [{k: v for k, v in row.items() if k != "epoch_time_s"} for row in rows]
+
+
+@pytest.mark.parametrize("mode", ["static", "pad"])
+def test_train_resume_matches_uninterrupted_run(tmp_path, mode, capsys):
+    config = write_config(tmp_path, mode, dynamic={"mode": mode, "dynamic_ratio": 0.3})
+    full, split = tmp_path / "full", tmp_path / "split"
+    assert main(["train", "--config", str(config), "--set", f"run_dir={full}"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["run_dir"] == str(full)
+    for name in ("config.yaml", "checkpoint.pt", "metrics.csv", "metrics.json", "results.json", "summary.json", "train.log"):
+        assert (full / name).is_file(), name
+    results = json.loads((full / "results.json").read_text())
+    assert results["epochs"] == 2 and 0 <= results["test"]["accuracy"] <= 1
+    assert results["parameters"]["deployable"] > 0
+    if mode == "pad":
+        assert abs(results["dynamic_ratio"] - 0.3) < 0.01
+        assert (full / "partition.json").is_file()
+
+    # Interrupted after epoch 1's checkpoint, then resumed from the CLI with the same command.
+    assert Trainer(load_config(config, [f"run_dir={split}"])).train(stop_after_epoch=1) is None
+    assert load_checkpoint(split / "checkpoint.pt")["epoch"] == 1 and not (split / "results.json").exists()
+    assert main(["train", "--config", str(config), "--set", f"run_dir={split}"]) == 0
+    assert "resuming" in (split / "train.log").read_text()
+    resumed = json.loads((split / "results.json").read_text())
+    assert resumed["test"] == results["test"]
+    assert history_without_times(split) == history_without_times(full)
+    a, b = load_checkpoint(full / "checkpoint.pt")["model"], load_checkpoint(split / "checkpoint.pt")["model"]
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+    # eval rebuilds the model from the checkpoint and gets the same accuracy
+    capsys.readouterr()
+    assert main(["eval", "--run", str(full)]) == 0
+    evaluated = json.loads(capsys.readouterr().out)
+    assert evaluated["accuracy"] == results["test"]["accuracy"]
+
+
+def test_same_seed_same_metrics_other_seed_differs(tmp_path):
+    config = write_config(tmp_path, "s", epochs=1, dynamic={"mode": "pad", "dynamic_ratio": 0.3})
+    runs = {}
+    for name, seed in (("a", 0), ("b", 0), ("c", 1)):
+        Trainer(load_config(config, [f"run_dir={tmp_path / name}", f"seed={seed}"])).train()
+        runs[name] = history_without_times(tmp_path / name)
+        runs[name + "mask"] = json.loads((tmp_path / name / "partition.json").read_text())["layers"]
+    assert runs["a"] == runs["b"] and runs["amask"] == runs["bmask"]
+    assert runs["a"] != runs["c"]
+
+
+def test_config_errors_exit_2_with_all_problems(tmp_path, capsys):
+    config = write_config(tmp_path, "bad", bogus=1, optim={"lr": -1}, data={"name": "fashion_mnist", "root": str(tmp_path / "nope")})
+    assert main(["train", "--config", str(config)]) == 2
+    err = capsys.readouterr().err
+    assert "unknown key 'bogus'" in err and "optim.lr=-1.0 must be > 0" in err
+    assert "apt-get install -y dataset-fashion-mnist" in err
+    assert not (tmp_path / "runs").exists()
+
+
+def test_run_dir_with_other_config_is_refused(tmp_path, capsys):
+    config = write_config(tmp_path, "r", epochs=1, run_dir=str(tmp_path / "run"))
+    assert main(["train", "--config", str(config)]) == 0
+    assert main(["train", "--config", str(config), "--set", "optim.lr=0.01"]) == 2
+    assert "different config (keys: optim.lr)" in capsys.readouterr().err
+
+
+def test_sweep_skips_finished_and_report_writes_table_and_plot(tmp_path, capsys):
+    base = write_config(tmp_path, "base", epochs=1)
+    sweep = tmp_path / "sweep.yaml"
+    out = tmp_path / "sweep"
+    sweep.write_text(yaml.safe_dump({
+        "base": "base.yaml", "output_dir": str(out), "seeds": [0, 1],
+        "runs": [{"name": "static", "set": {"dynamic.mode": "static"}},
+                 {"name": "pad-0.5", "set": {"dynamic.mode": "pad", "dynamic.dynamic_ratio": 0.5}}],
+    }))
+    assert base.exists()
+    assert main(["sweep", "--config", str(sweep)]) == 0
+    assert len(list(out.rglob("results.json"))) == 4
+    stamp = (out / "pad-0.5" / "seed1" / "results.json").stat().st_mtime_ns
+    assert main(["sweep", "--config", str(sweep)]) == 0
+    assert "4 finished" in capsys.readouterr().out
+    assert (out / "pad-0.5" / "seed1" / "results.json").stat().st_mtime_ns == stamp
+
+    md, copies = tmp_path / "docs" / "vision.md", tmp_path / "docs" / "vision"
+    assert main(["report", str(out), "--out", str(md), "--copy-results", str(copies)]) == 0
+    text = md.read_text()
+    assert "| static | static |" in text and "| pad-0.5 | pad (taylor) |" in text
+    static = [json.loads(p.read_text())["test"]["accuracy"] for p in out.glob("static/seed*/results.json")]
+    mean = 100 * sum(static) / 2
+    assert f"{mean:.2f} ±" in text
+    assert md.with_suffix(".png").stat().st_size > 1000
+    assert len(list(copies.rglob("results.json"))) == 4

@@ -1,0 +1,102 @@
+"""Config validation: every problem at once, each naming the key, the value and what is allowed."""
+
+import pytest
+import yaml
+
+from padnet.train import ConfigError, config_from_dict, load_config
+from padnet.train.sweep import load_sweep
+
+
+def problems_of(raw, overrides=None):
+    with pytest.raises(ConfigError) as err:
+        config_from_dict(raw, overrides)
+    return err.value.problems, str(err.value)
+
+
+def test_valid_config_and_overrides():
+    config = config_from_dict({"data": {"name": "digits"}}, ["optim.lr=0.02", "dynamic.mode=pad", "model.layers=[2, 1]"])
+    assert config.optim.lr == 0.02 and config.dynamic.mode == "pad" and config.model.layers == [2, 1]
+    assert config.data.name == "digits"  # task sections read as attributes
+    assert config_from_dict(config.to_dict()).to_dict() == config.to_dict()  # the written YAML round-trips
+
+
+def test_all_problems_reported_at_once():
+    problems, text = problems_of({
+        "bogus": 1,
+        "epochs": "three",
+        "optim": {"lr": -0.1, "name": "adam"},
+        "dynamic": {"dynamic_ratio": 1.5, "top_k": 9, "num_experts": 8, "temperature_start": 0},
+        "data": {"name": "digits", "train_subset": 0},
+        "model": {"widht": 8},
+    })
+    expected = [
+        "unknown key 'bogus'",
+        "epochs='three' has type str; expected int",
+        "optim.lr=-0.1 must be > 0",
+        "optim.name='adam' is not supported; allowed: 'sgd', 'adamw'",
+        "dynamic.dynamic_ratio=1.5 must be in (0, 1]",
+        "dynamic.top_k=9 must be <= dynamic.num_experts=8",
+        "dynamic.temperature_start=0.0 must be > 0",
+        "data.train_subset=0 must be >= 1",
+        "unknown key 'model.widht'",
+    ]
+    for fragment in expected:
+        assert any(fragment in p for p in problems), (fragment, problems)
+    assert len(problems) == len(expected)
+    assert text.startswith(f"{len(expected)} problems")
+
+
+def test_unknown_key_lists_allowed_keys_and_wrong_types():
+    problems, _ = problems_of({"data": {"name": "digits"}, "optim": {"momentom": 0.9}, "seed": 1.5, "progress": "yes"})
+    assert any("unknown key 'optim.momentom'; allowed keys in optim: name, lr, momentum" in p for p in problems)
+    assert "seed=1.5 has type float; expected int" in problems
+    assert "progress='yes' has type str; expected bool" in problems
+
+
+def test_bad_set_syntax_and_unknown_task():
+    problems, _ = problems_of({"data": {"name": "digits"}}, ["optim.lr"])
+    assert any("--set 'optim.lr' must look like key=value" in p for p in problems)
+    problems, _ = problems_of({"task": "speech"})
+    assert any("task='speech' is not supported; known tasks:" in p and "image_classification" in p for p in problems)
+
+
+def test_missing_data_dir_says_how_to_get_the_data(tmp_path):
+    problems, _ = problems_of({"data": {"name": "fashion_mnist", "root": str(tmp_path / "missing")}})
+    assert len(problems) == 1
+    assert f"data.root='{tmp_path / 'missing'}'" in problems[0]
+    assert "apt-get install -y dataset-fashion-mnist" in problems[0]
+    problems, _ = problems_of({"data": {"name": "imagefolder", "root": str(tmp_path)}})
+    assert "missing train, val/" in problems[0]
+
+
+def test_load_config_errors_name_the_file(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("epochs: [1\n")
+    with pytest.raises(ConfigError, match="c.yaml is not valid YAML"):
+        load_config(path)
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_config(tmp_path / "none.yaml")
+
+
+def test_sweep_validates_every_run_before_starting(tmp_path):
+    base = tmp_path / "base.yaml"
+    base.write_text(yaml.safe_dump({"data": {"name": "digits"}, "epochs": 1}))
+    sweep = tmp_path / "sweep.yaml"
+    sweep.write_text(yaml.safe_dump({
+        "base": "base.yaml", "output_dir": str(tmp_path / "out"), "seeds": [0, 1],
+        "runs": [{"name": "static", "set": {"dynamic.mode": "static"}},
+                 {"name": "pad", "set": {"dynamic.mode": "pad", "dynamic.dynamic_ratio": 0.3}}],
+    }))
+    configs = load_sweep(sweep)
+    assert [(c.name, c.seed) for c in configs] == [("static", 0), ("pad", 0), ("static", 1), ("pad", 1)]
+    assert configs[1].run_dir == str(tmp_path / "out" / "pad" / "seed0")
+    sweep.write_text(yaml.safe_dump({
+        "base": "base.yaml", "seeds": [0], "extra": 1,
+        "runs": [{"name": "bad", "set": {"dynamic.dynamic_ratio": 2}}, {"name": "bad2", "set": {"optim.lr": 0}}],
+    }))
+    with pytest.raises(ConfigError) as err:
+        load_sweep(sweep)
+    text = str(err.value)
+    assert "unknown sweep key 'extra'" in text
+    assert "runs[0] (bad, seed 0): dynamic.dynamic_ratio=2.0 must be in (0, 1]" in text
+    assert "runs[1] (bad2, seed 0): optim.lr=0.0 must be > 0" in text

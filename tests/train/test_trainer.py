@@ -1,0 +1,101 @@
+"""Trainer behaviour through the task registry: non-finite loss, atomic files, plug-in tasks."""
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+import yaml
+
+from padnet.data import Digits
+from padnet.models import build
+from padnet.train import NonFiniteLossError, TaskParts, Trainer, config_from_dict, register_task
+from padnet.train.io import atomic_write_bytes, load_checkpoint
+from padnet.train.vision import evaluate
+
+BASE = {
+    "epochs": 3, "batch_size": 16, "progress": False, "tensorboard": False,
+    "optim": {"lr": 0.05}, "dynamic": {"temperature_epochs": 1},
+}
+
+
+def _nan_task(config):
+    train = torch.utils.data.Subset(Digits(True), range(64))  # 4 steps of 16 per epoch
+    calls = {"n": 0}
+
+    def loss_fn(model, batch):
+        images, targets = batch
+        calls["n"] += 1
+        loss = F.cross_entropy(model(images), targets)
+        return loss * math.nan if calls["n"] > 5 else loss  # epoch 2 (4 steps per epoch) goes NaN
+
+    return TaskParts(model=build("small_resnet", 10, 1, True, width=4, layers=[1]), train_dataset=train,
+                     eval_dataset=Digits(False), loss_fn=loss_fn, evaluate=evaluate, info={"plugin": True})
+
+
+register_task("nan_test", _nan_task)
+
+
+def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
+    config = config_from_dict({**BASE, "task": "nan_test", "run_dir": str(tmp_path / "run")})
+    with pytest.raises(NonFiniteLossError, match="non-finite loss .* at epoch 2"):
+        Trainer(config).train()
+    state = load_checkpoint(tmp_path / "run" / "checkpoint.pt")
+    assert state["epoch"] == 1
+    assert not (tmp_path / "run" / "results.json").exists()
+    assert "non-finite loss" in (tmp_path / "run" / "train.log").read_text()
+
+
+def test_plugin_task_runs_without_trainer_changes(tmp_path):
+    calls = []
+
+    def build_task(config):
+        calls.append(config.toy.size)
+        data = torch.utils.data.TensorDataset(torch.randn(config.toy.size, 1, 8, 8), torch.randint(0, 3, (config.toy.size,)))
+        return TaskParts(model=build("small_resnet", 3, 1, True, width=4, layers=[1]), train_dataset=data,
+                         eval_dataset=data, loss_fn=lambda m, b: F.cross_entropy(m(b[0]), b[1]), evaluate=evaluate)
+
+    from dataclasses import dataclass
+
+    @dataclass
+    class ToyConfig:
+        size: int = 32
+
+        def problems(self):
+            return [] if self.size >= 16 else [f"toy.size={self.size!r} must be >= 16"]
+
+    register_task("toy_test", build_task, sections={"toy": ToyConfig})
+    with pytest.raises(ValueError, match="toy.size=4 must be >= 16"):
+        config_from_dict({"task": "toy_test", "toy": {"size": 4}})
+    config = config_from_dict({**BASE, "epochs": 1, "task": "toy_test", "toy": {"size": 48},
+                               "dynamic": {"mode": "dynamic"}, "run_dir": str(tmp_path / "toy")})
+    results = Trainer(config).train()
+    assert calls == [48] and results["mode"] == "dynamic" and results["dynamic_ratio"] == 1.0
+    assert yaml.safe_load((tmp_path / "toy" / "config.yaml").read_text())["toy"] == {"size": 48}
+
+
+def test_atomic_write_keeps_old_file_when_writing_fails(tmp_path, monkeypatch):
+    path = tmp_path / "f.json"
+    atomic_write_bytes(path, b"old")
+
+    def fail(*args):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr("os.fsync", fail)
+    with pytest.raises(OSError, match="No space left"):
+        atomic_write_bytes(path, b"new")
+    assert path.read_bytes() == b"old"
+    assert [p.name for p in tmp_path.iterdir()] == ["f.json"]  # no temp file left behind
+
+
+def test_checkpoint_refuses_code_execution(tmp_path):
+    marker = tmp_path / "pwned"
+
+    class Evil:
+        def __reduce__(self):
+            return (open, (str(marker), "w"))
+
+    torch.save({"format": "padnet.train.checkpoint", "x": Evil()}, tmp_path / "checkpoint.pt")
+    with pytest.raises(ValueError, match="not a loadable padnet checkpoint"):
+        load_checkpoint(tmp_path / "checkpoint.pt")
+    assert not marker.exists()
