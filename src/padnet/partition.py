@@ -193,6 +193,7 @@ def _taylor_scores(model, layers, batch_list, loss_fn, seed) -> list[torch.Tenso
         layer.relaxed_mask = m
         relaxed.append(m)
     sums = [torch.zeros_like(m) for m in relaxed]
+    failure = None
     # The user's RNG state is left as it was; scoring itself is deterministic in eval mode.
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
@@ -201,14 +202,24 @@ def _taylor_scores(model, layers, batch_list, loss_fn, seed) -> list[torch.Tenso
             if not isinstance(loss, torch.Tensor) or loss.dim() != 0:
                 raise ValueError(f"loss_fn must return a scalar tensor; got {type(loss).__name__} on scoring batch {index}")
             if not torch.isfinite(loss):
-                raise PartitionError(f"the loss is {loss.item()} on scoring batch {index}; cannot score the entries")
+                failure = f"the loss is {loss.item()} on scoring batch {index}; cannot score the entries"
+                break
             # autograd.grad w.r.t. the masks only: no parameter .grad is created, and the graph is
             # freed before the next batch.
             grads = torch.autograd.grad(loss, relaxed, allow_unused=True)
             for acc, grad in zip(sums, grads):
                 if grad is not None:
                     acc += grad.detach()
-    if dist.is_available() and dist.is_initialized():
+    distributed = dist.is_available() and dist.is_initialized()
+    if distributed:
+        # Every rank must learn of a failure on any rank, or the others would wait in all_reduce forever.
+        failed = torch.tensor([float(failure is not None)], device=sums[0].device)
+        dist.all_reduce(failed, op=dist.ReduceOp.MAX)
+        if failed.item() and failure is None:
+            failure = "a non-finite loss on another rank's scoring batch; cannot score the entries"
+    if failure is not None:
+        raise PartitionError(failure)
+    if distributed:
         flat = torch.cat([s.reshape(-1) for s in sums])
         dist.all_reduce(flat, op=dist.ReduceOp.SUM)
         sums = list(torch.split(flat, [s.numel() for s in sums]))

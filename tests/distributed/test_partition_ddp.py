@@ -3,6 +3,8 @@ ranks, and every rank ends with the mask one process would get from the union of
 
 import os
 import socket
+import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -42,3 +44,35 @@ def test_two_rank_partition_equals_single_process_union(tmp_path):
     model, batches = two_layer_problem(seed=0)
     padnet.partition(model, batches, mse_loss, 0.3, rounds=3)
     assert torch.equal(masks[0]["a"], model.a.mask) and torch.equal(masks[0]["b"], model.b.mask)
+
+
+def nan_worker(rank: int, port: int, out_dir: str) -> None:
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", rank=rank, world_size=WORLD)
+    try:
+        model, batches = two_layer_problem(seed=0)
+
+        def loss(model_, batch):  # only rank 1 sees a non-finite loss
+            value = mse_loss(model_, batch)
+            return value * float("nan") if rank == 1 else value
+
+        try:
+            padnet.partition(model, batches[rank::WORLD], loss, 0.3, rounds=2)
+        except padnet.PartitionError as err:
+            (Path(out_dir) / f"raised{rank}.txt").write_text(str(err))
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.mark.skipif(not dist.is_available(), reason="torch.distributed is not available in this build")
+def test_a_non_finite_loss_on_one_rank_stops_every_rank(tmp_path):
+    context = mp.spawn(nan_worker, args=(free_port(), str(tmp_path)), nprocs=WORLD, join=False)
+    deadline = time.monotonic() + 120
+    while not context.join(timeout=5):
+        if time.monotonic() > deadline:  # a rank waiting forever in all_reduce: the bug this guards
+            for process in context.processes:
+                process.kill()
+            pytest.fail("ranks did not finish: a failure on one rank left the other waiting")
+    assert "scoring batch 0" in (tmp_path / "raised1.txt").read_text()
+    assert "another rank" in (tmp_path / "raised0.txt").read_text()

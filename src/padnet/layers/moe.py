@@ -22,9 +22,12 @@ def mix_experts(
     DistributedDataParallel from reporting unused parameters.
     """
     out = tokens.new_zeros(tokens.shape[0], weights.shape[1])
-    for expert in range(weights.shape[0]):
+    # unbind, not weights[e]: its backward stacks the E gradients once instead of allocating a
+    # full (E, out, in) gradient per expert.
+    biases = bias.unbind(0) if bias is not None else [None] * weights.shape[0]
+    for expert, (weight, expert_bias) in enumerate(zip(weights.unbind(0), biases)):
         token_idx, slot = (routing.top_indices == expert).nonzero(as_tuple=True)
-        y = F.linear(tokens.index_select(0, token_idx), weights[expert], None if bias is None else bias[expert])
+        y = F.linear(tokens.index_select(0, token_idx), weight, expert_bias)
         out = out.index_add(0, token_idx, routing.top_gates[token_idx, slot].unsqueeze(1) * y)
     return out
 
