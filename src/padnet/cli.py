@@ -5,6 +5,12 @@
     padnet sweep --config configs/fmnist_sweep.yaml
     padnet report runs/fmnist_sweep --out docs/results/vision.md
     padnet demo
+
+Under torchrun (several processes, one per GPU or several on CPU) ``train``, ``sweep`` and ``demo`` train
+with DistributedDataParallel; only rank 0 prints and writes:
+
+    torchrun --standalone --nproc_per_node 4 -m padnet train --config FILE
+    torchrun --standalone --nproc_per_node 4 --no-python padnet train --config FILE
 """
 
 from __future__ import annotations
@@ -19,17 +25,31 @@ from pathlib import Path
 
 def _train(args) -> int:
     from .train import Trainer, load_config
+    from .train import distributed
 
     config = load_config(args.config, args.set)
-    results = Trainer(config).train()
+    with distributed.process_group(config.device):
+        results = Trainer(config).train()
+        if not distributed.is_main_process():
+            return 0
     print(json.dumps({k: results[k] for k in ("name", "seed", "dynamic_ratio", "test", "time_per_epoch_s")}
                      | {"deployable_params": results["parameters"]["deployable"], "run_dir": config.run_dir}, indent=2))
     return 0
 
 
+def _one_process_only(command: str) -> None:
+    from .train.distributed import launch_env
+
+    env = launch_env()
+    if env is not None and env.world_size > 1:
+        raise SystemExit(f"padnet {command}: runs in one process (it got WORLD_SIZE={env.world_size} from torchrun); "
+                         f"run `padnet {command} ...` without torchrun")
+
+
 def _eval(args) -> int:
     from .train import evaluate_run
 
+    _one_process_only("eval")
     if not (args.run or args.checkpoint):
         raise SystemExit("padnet eval: give --run DIR or --checkpoint FILE")
     print(json.dumps(evaluate_run(args.run, args.checkpoint, args.set), indent=2))
@@ -37,10 +57,21 @@ def _eval(args) -> int:
 
 
 def _sweep(args) -> int:
-    from .train import Trainer
-    from .train.sweep import load_sweep, run_status
+    from .train import distributed
+    from .train.sweep import load_sweep
 
     configs = load_sweep(args.config, args.set)
+    if args.dry_run or not configs:
+        return _sweep_runs(args, configs, print)
+    with distributed.process_group(configs[0].device):
+        say = print if distributed.is_main_process() else (lambda *a, **k: None)
+        return _sweep_runs(args, configs, say)
+
+
+def _sweep_runs(args, configs, print) -> int:  # noqa: A002 - print: rank 0's print, a no-op elsewhere
+    from .train import Trainer
+    from .train.sweep import run_status
+
     statuses = [run_status(c) for c in configs]
     print(f"sweep {args.config}: {len(configs)} runs ({statuses.count('finished')} finished, "
           f"{statuses.count('interrupted')} interrupted, {statuses.count('pending')} pending)", flush=True)
@@ -62,6 +93,7 @@ def _sweep(args) -> int:
 def _report(args) -> int:
     from .train.sweep import collect_results, markdown_table, plot, summarize
 
+    _one_process_only("report")
     root = Path(args.dir)
     if not root.is_dir():
         raise SystemExit(f"padnet report: {root} is not a directory")
@@ -140,6 +172,13 @@ DEMO_BASE = {
 
 
 def _demo(args) -> int:
+    from .train import distributed
+
+    with distributed.process_group("cpu"):
+        return _demo_runs(args, distributed.is_main_process())
+
+
+def _demo_runs(args, main_process: bool) -> int:
     from .data import find_fashion_mnist
     from .train import Trainer, config_from_dict
     from .train.sweep import collect_results, markdown_table, summarize
@@ -149,7 +188,8 @@ def _demo(args) -> int:
         find_fashion_mnist(args.data)
         base["data"]["root"] = args.data
     except FileNotFoundError as err:
-        print(f"{err}\nFalling back to scikit-learn's 8x8 digits for the demo.", file=sys.stderr)
+        if main_process:
+            print(f"{err}\nFalling back to scikit-learn's 8x8 digits for the demo.", file=sys.stderr)
         base["data"] = {"name": "digits"}
         base["epochs"] = 5
     runs = {"static": {"dynamic": {"mode": "static"}},
@@ -160,8 +200,11 @@ def _demo(args) -> int:
         raw["dynamic"].update(update["dynamic"])
         raw.update(name=name, seed=args.seed, run_dir=str(out / name / f"seed{args.seed}"), progress=not args.quiet)
         config = config_from_dict(raw, source="padnet demo")
-        print(f"== {name}: training {config.epochs} epochs -> {config.run_dir}", file=sys.stderr, flush=True)
+        if main_process:
+            print(f"== {name}: training {config.epochs} epochs -> {config.run_dir}", file=sys.stderr, flush=True)
         Trainer(config).train()
+    if not main_process:
+        return 0
     rows = summarize([r for r in collect_results(out) if r["seed"] == args.seed])
     print(markdown_table(rows))
     return 0
@@ -207,21 +250,37 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from .data.folder import ImageFileError
+    from .data.idx import IDXError
+    from .serialization import ModelFileError
     from .train.config import ConfigError
+    from .train.distributed import DistributedSetupError, launch_env
     from .train.trainer import NonFiniteLossError, RunDirError
 
     args = build_parser().parse_args(argv)
     try:
+        env = launch_env()
+    except DistributedSetupError as err:
+        print(f"padnet {args.command}: {err}", file=sys.stderr)
+        return _exit(2, argv)
+    # Under torchrun every rank reports its own error; say which one it is.
+    where = f" (rank {env.rank} of {env.world_size})" if env is not None and env.world_size > 1 else ""
+    try:
         code = args.func(args)
     except ConfigError as err:
-        print(f"padnet {args.command}: invalid config: {err}", file=sys.stderr)
+        print(f"padnet {args.command}{where}: invalid config: {err}", file=sys.stderr)
         code = 2
-    except (RunDirError, FileNotFoundError) as err:
-        print(f"padnet {args.command}: {err}", file=sys.stderr)
+    except (RunDirError, FileNotFoundError, DistributedSetupError, IDXError, ImageFileError, ModelFileError) as err:
+        # Bad input the user can fix: one clear line, no traceback.
+        print(f"padnet {args.command}{where}: {err}", file=sys.stderr)
         code = 2
     except NonFiniteLossError as err:
-        print(f"padnet {args.command}: {err}", file=sys.stderr)
+        print(f"padnet {args.command}{where}: {err}", file=sys.stderr)
         code = 1
+    return _exit(code, argv)
+
+
+def _exit(code: int, argv) -> int:
     if argv is None:
         sys.exit(code)
     return code

@@ -38,6 +38,22 @@ def image_folder(root: str | Path, train: bool, image_size: int = 224):
             transforms.Normalize(MEAN, STD),
         ])
     try:
-        return datasets.ImageFolder(str(split), transform=transform)
+        return datasets.ImageFolder(str(split), transform=transform, loader=load_image)
     except (FileNotFoundError, RuntimeError) as err:
         raise FileNotFoundError(f"{split}: {err}") from err
+
+
+class ImageFileError(ValueError):
+    """An image file that cannot be decoded; the message names the file."""
+
+
+def load_image(path: str):
+    """torchvision's default loader (PIL, RGB), with errors that name the file: PIL's own message for a
+    truncated JPEG ("image file is truncated") does not."""
+    from torchvision.datasets.folder import default_loader
+
+    try:
+        return default_loader(path)  # PIL's convert("RGB") decodes the whole file
+    except (OSError, ValueError, SyntaxError) as err:
+        raise ImageFileError(f"{path}: cannot read this image ({type(err).__name__}: {err}); "
+                             "replace or delete the file") from err

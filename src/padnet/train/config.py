@@ -12,6 +12,8 @@ value and what is allowed.
 from __future__ import annotations
 
 import dataclasses
+import math
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -216,6 +218,14 @@ def _at_least(section: str, obj, **minimum) -> list[str]:
 
 
 _MISSING = object()
+_YAML11_FLOAT = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+")
+
+
+def _non_finite(value) -> bool:
+    """A float (or a list holding one) that is nan or +-inf."""
+    if isinstance(value, float):
+        return not math.isfinite(value)
+    return isinstance(value, list) and any(_non_finite(v) for v in value)
 
 
 def _type_name(hint) -> str:
@@ -257,6 +267,9 @@ def _coerce(value, hint):
     if hint is float:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             return float(value)
+        if isinstance(value, str) and _YAML11_FLOAT.fullmatch(value.strip()):
+            # YAML 1.1 (PyYAML) reads 1e-3 / 5E4 (no dot) as strings; they are plain numbers here.
+            return float(value)
         return _MISSING
     if hint is str:
         return value if isinstance(value, str) else _MISSING
@@ -285,6 +298,8 @@ def build_section(cls, raw, prefix: str, problems: list[str], extra_keys: tuple[
         out = _coerce(value, hint)
         if out is _MISSING:
             problems.append(f"{prefix}{key}={value!r} has type {type(value).__name__}; expected {_type_name(hint)}")
+        elif _non_finite(out):
+            problems.append(f"{prefix}{key}={out!r} must be a finite number (not nan or inf)")
         else:
             kwargs[key] = out
     return cls(**kwargs)
@@ -356,6 +371,10 @@ def config_from_dict(raw: dict, overrides: list[str] | None = None, source: str 
         task = None
     section_types = task.sections if task else {}
     top = {k: v for k, v in raw.items() if k not in section_types}
+    if task is None:
+        # The task's own sections are unknown: do not call them unknown keys (the task problem says it).
+        run_keys = {f.name for f in dataclasses.fields(RunConfig)} - {"sections"}
+        top = {k: v for k, v in top.items() if k in run_keys or not isinstance(v, dict)}
     config = build_section(RunConfig, top, "", problems, tuple(section_types))
     for name, cls in section_types.items():
         config.sections[name] = build_section(cls, raw.get(name), f"{name}.", problems)

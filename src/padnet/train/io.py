@@ -2,7 +2,14 @@
 writes (``is_main_process``), and every file is replaced atomically (temp file, fsync, ``os.replace``).
 
 Checkpoints are ``torch.save`` of tensors and plain containers only and are read back with
-``torch.load(weights_only=True)``: a checkpoint can never run code when it is loaded.
+``torch.load(weights_only=True)``: a checkpoint can never run code when it is loaded. A checkpoint
+whose tensors hold nan/inf is never written (the previous, good one stays), and a checkpoint save
+first removes the temp files that a killed save of the same file left behind.
+
+Test hook (off by default; used by tests/reliability to kill a run at a known point): with
+``PADNET_TEST_PAUSE_WRITE=NAME@N`` in the environment, the N-th atomic write of a file called NAME in
+this process stops after the temp file is written and fsynced and before the rename, prints
+``padnet test hook: paused writing NAME`` to stderr, and sleeps up to 10 minutes (the test kills it).
 """
 
 from __future__ import annotations
@@ -11,7 +18,9 @@ import csv
 import io
 import json
 import os
+import sys
 import tempfile
+import time
 from pathlib import Path
 
 import torch
@@ -34,6 +43,7 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
+        _test_pause(path.name)
         os.replace(tmp, path)
     except BaseException:
         try:
@@ -51,21 +61,78 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
         pass
 
 
+_PAUSE_ENV = "PADNET_TEST_PAUSE_WRITE"
+_write_counts: dict[str, int] = {}
+
+
+def _test_pause(name: str) -> None:
+    """The test hook described in the module docstring; a no-op unless PADNET_TEST_PAUSE_WRITE is set."""
+    spec = os.environ.get(_PAUSE_ENV)
+    if not spec:
+        return
+    target, _, nth = spec.partition("@")
+    if name != target:
+        return
+    _write_counts[name] = _write_counts.get(name, 0) + 1
+    if _write_counts[name] == int(nth or 1):
+        print(f"padnet test hook: paused writing {name}", file=sys.stderr, flush=True)
+        time.sleep(600)
+
+
+def remove_stale_temp_files(path: str | Path) -> list[Path]:
+    """Delete the temp files (``.NAME.*.tmp``) that an interrupted atomic write of ``path`` left."""
+    path = Path(path)
+    stale = sorted(path.parent.glob(f".{path.name}.*.tmp")) if path.parent.is_dir() else []
+    for tmp in stale:
+        try:
+            tmp.unlink()
+        except FileNotFoundError:
+            pass
+    return stale
+
+
+def non_finite_tensors(obj, prefix: str = "") -> list[str]:
+    """Dotted names of the floating-point tensors in a nested dict/list that hold nan or inf."""
+    if isinstance(obj, torch.Tensor):
+        if obj.is_floating_point() or obj.is_complex():
+            return [] if bool(torch.isfinite(obj).all()) else [prefix.rstrip(".") or "<tensor>"]
+        return []
+    if isinstance(obj, dict):
+        return [n for k, v in obj.items() for n in non_finite_tensors(v, f"{prefix}{k}.")]
+    if isinstance(obj, (list, tuple)):
+        return [n for i, v in enumerate(obj) for n in non_finite_tensors(v, f"{prefix}{i}.")]
+    return []
+
+
 def atomic_torch_save(obj, path: str | Path) -> None:
     buffer = io.BytesIO()
     torch.save(obj, buffer)
     atomic_write_bytes(path, buffer.getvalue())
 
 
+# The trainer's checkpoint format (padnet.train.trainer.CHECKPOINT_FORMAT) and the keys it must hold.
+TRAINING_CHECKPOINT = "padnet.train.checkpoint"
+TRAINING_CHECKPOINT_KEYS = ("epoch", "global_step", "model", "compacted", "optimizer", "scheduler", "rng",
+                            "history", "config")
+
+
 def load_checkpoint(path: str | Path, map_location="cpu") -> dict:
     """Load a checkpoint with ``weights_only=True`` (no arbitrary pickle)."""
     path = Path(path)
     try:
-        return torch.load(path, map_location=map_location, weights_only=True)
+        state = torch.load(path, map_location=map_location, weights_only=True)
     except FileNotFoundError:
         raise
     except Exception as err:
         raise ValueError(f"{path}: not a loadable padnet checkpoint ({type(err).__name__}: {err})") from err
+    if not isinstance(state, dict):
+        raise ValueError(f"{path}: not a padnet checkpoint: it holds a {type(state).__name__}, "
+                         "not a dict with 'format', 'model', 'optimizer', ...")
+    if state.get("format") == TRAINING_CHECKPOINT:
+        missing = [k for k in TRAINING_CHECKPOINT_KEYS if k not in state]
+        if missing:
+            raise ValueError(f"{path}: damaged padnet training checkpoint: missing {', '.join(missing)}")
+    return state
 
 
 class RunWriter:
@@ -82,6 +149,7 @@ class RunWriter:
 
     def text(self, name: str, text: str) -> None:
         if self.main:
+            remove_stale_temp_files(self.path(name))
             atomic_write_bytes(self.path(name), text.encode())
 
     def json(self, name: str, obj) -> None:
@@ -91,8 +159,26 @@ class RunWriter:
         self.text(name, yaml.safe_dump(obj, sort_keys=False))
 
     def checkpoint(self, name: str, obj) -> None:
-        if self.main:
-            atomic_torch_save(obj, self.path(name))
+        """Save ``obj`` atomically, unless a tensor in it holds nan/inf: then raise
+        ``NonFiniteLossError`` and keep the previous checkpoint (the last good state). The check runs on
+        every rank (DDP replicas hold the same weights), so all ranks stop together instead of rank 0
+        raising while the others wait in the next collective."""
+        bad = non_finite_tensors(obj)
+        if bad:
+            from .trainer import NonFiniteLossError  # imported here: the trainer imports this module
+
+            epoch = obj.get("epoch") if isinstance(obj, dict) else None
+            raise NonFiniteLossError(
+                f"non-finite values (nan/inf) in {len(bad)} tensors of the state to save"
+                + (f" at the end of epoch {epoch}" if epoch is not None else "")
+                + f", e.g. {', '.join(bad[:3])}: the run stopped and {self.path(name)} was not overwritten "
+                "(it keeps the last good state, if any). Lower optim.lr or set optim.grad_clip and start a new "
+                "run_dir."
+            )
+        if not self.main:
+            return
+        remove_stale_temp_files(self.path(name))
+        atomic_torch_save(obj, self.path(name))
 
     def metrics(self, history: list[dict]) -> None:
         """metrics.csv and metrics.json, rewritten whole from the history (so a resumed run never

@@ -16,9 +16,17 @@ bit-identically to an uninterrupted run: the checkpoint holds the model (mask in
 scheduler, the RNG states and the metrics history, and the data order of epoch e comes from a
 generator seeded with (seed, e), not from the global RNG.
 
-Distributed training is not implemented yet; the places it goes are marked: ``RunWriter`` writes on
-rank 0 only, ``train_sampler`` is the sampler hook (a ``DistributedSampler`` with ``set_epoch``), and
-``_unwrap`` strips a DDP wrapper.
+Distributed (``padnet.train.distributed``): under torchrun (``WORLD_SIZE`` > 1) ``train()`` starts the
+process group (gloo on CPU, nccl on CUDA) unless one is running, and every rank runs the same steps:
+the model is built from the same seed and broadcast from rank 0; the partition runs on every rank,
+each scoring its shard of the scoring set, with the scores summed across ranks (``padnet.partition``),
+so every rank gets the same mask (checked); the model is compacted and only then wrapped in
+``DistributedDataParallel`` (gradients averaged over ranks: the effective batch is
+``batch_size x world size``); each rank reads its share of every epoch's permutation
+(``DistributedSampler`` seeded with (seed, epoch)); the per-step loss is averaged over ranks, so a NaN
+on one rank stops every rank at the same step; every rank evaluates the whole eval set, rank 0's
+metrics are kept; only rank 0 writes files. A checkpoint holds every rank's RNG state, so a resumed
+run with the same number of processes continues exactly. In one process none of this runs.
 """
 
 from __future__ import annotations
@@ -38,6 +46,7 @@ from torch.utils.data import DataLoader, RandomSampler
 from ..convert import convert, dynamic_layers, pad_layers
 from ..layers import DynamicConv2d, MoELinear, aux_loss
 from ..temperature import TemperatureSchedule, set_temperature
+from . import distributed
 from .config import ConfigError, RunConfig, config_from_dict
 from .io import RunWriter, is_main_process, load_checkpoint
 from .tasks import TaskParts, get_task
@@ -178,7 +187,10 @@ class Trainer:
     # ------------------------------------------------------------------ hooks (DDP goes here)
     def train_sampler(self, dataset, epoch: int):
         """Data order of ``epoch``: a generator seeded with (seed, epoch), independent of the global
-        RNG, so a resumed run sees the same order. Under DDP: DistributedSampler(seed=seed).set_epoch."""
+        RNG, so a resumed run sees the same order. Under DDP, this rank's share of the same
+        permutation (``DistributedSampler`` with ``set_epoch``)."""
+        if distributed.is_distributed():
+            return distributed.train_sampler(dataset, self.config.seed * 1_000_003, epoch)
         generator = torch.Generator().manual_seed(self.config.seed * 1_000_003 + epoch)
         return RandomSampler(dataset, generator=generator)
 
@@ -259,6 +271,20 @@ class Trainer:
         ``stop_after_epoch=e`` stops right after epoch e's checkpoint, as if the process had been
         killed there, and returns None (for tests of resume, and to split a run across sessions)."""
         self._stop_after = stop_after_epoch
+        # Under torchrun: start the process group unless the caller (e.g. the CLI) already did.
+        owns_group = distributed.init_from_env(self.config.device)
+        ok = False
+        try:
+            if owns_group:
+                self.writer = RunWriter(self.run_dir)  # now knows its rank
+            results = self._run()
+            ok = True
+            return results
+        finally:
+            if owns_group:
+                distributed.shutdown(sync=ok)
+
+    def _run(self) -> dict | None:
         results_path = self.run_dir / RESULTS
         if results_path.is_file():
             import json
@@ -281,12 +307,20 @@ class Trainer:
         if config.threads:
             torch.set_num_threads(config.threads)
         device = resolve_device(config.device)
+        world = distributed.world_size()
+        if world > 1 and device.type == "cuda":
+            device = torch.device("cuda", torch.cuda.current_device())  # cuda:LOCAL_RANK (init_from_env)
         seed_everything(config.seed)
         task = get_task(config.task)
         parts = task.builder(config)
         model = make_dynamic(parts.model, config)
-        steps_per_epoch = len(parts.train_dataset) // config.batch_size
+        per_rank = len(parts.train_dataset) // world
+        steps_per_epoch = per_rank // config.batch_size
         if steps_per_epoch < 1:
+            if world > 1:
+                raise ConfigError([f"batch_size={config.batch_size} (per process) is larger than one process's share of "
+                                   f"the training set ({len(parts.train_dataset)} examples / {world} processes = {per_rank}); "
+                                   f"allowed: <= {per_rank}, or fewer processes"])
             raise ConfigError([f"batch_size={config.batch_size} is larger than the training set "
                                f"({len(parts.train_dataset)} examples); allowed: <= {len(parts.train_dataset)}"])
         tau = TemperatureSchedule(config.dynamic.temperature_start, config.dynamic.temperature_end,
@@ -304,12 +338,23 @@ class Trainer:
             model.to(device)
             partition_info = state.get("partition", {})
             log.info(f"resuming {self.run_dir} from epoch {state['epoch']} (step {state['global_step']})")
+            saved_world = int(state.get("world_size", 1))
+            if saved_world != world:
+                log.warning(f"the checkpoint was written by a run of {saved_world} process(es), this one has {world}: "
+                            "the data order and the effective batch size change, so the resumed run will not "
+                            "match an uninterrupted one")
         else:
             log.info(f"run {config.label} -> {self.run_dir}  (task {config.task}, seed {config.seed}, "
                      f"{len(parts.train_dataset)} train / {len(parts.eval_dataset)} eval examples)")
             model.to(device)
+            if world > 1:
+                # Every rank built the model from the same seed; make sure, whatever the task does.
+                distributed.broadcast_module(model)
             if config.dynamic.mode == "pad":
                 partition_info = self._partition(model, parts, device, tau, steps_per_epoch)
+        if world > 1:
+            log.info(f"distributed: {world} processes ({distributed.backend_for(device)}), batch_size "
+                     f"{config.batch_size} per process, effective batch {config.batch_size * world}")
         compacted = bool(pad_layers(model)) and all(layer.compacted for _, layer in pad_layers(model))
         optimizer, scheduler = self._build_optimizer(model, steps_per_epoch)
         history: list[dict] = []
@@ -319,8 +364,13 @@ class Trainer:
             scheduler.load_state_dict(state["scheduler"])
             history = list(state["history"])
             start_epoch, global_step = int(state["epoch"]), int(state["global_step"])
-            set_rng_state(state["rng"])
+            rng_ranks = state.get("rng_ranks")
+            if world > 1 and rng_ranks is not None and len(rng_ranks) == world:
+                set_rng_state(rng_ranks[distributed.rank()])
+            else:
+                set_rng_state(state["rng"])
         self._write_summary(model)
+        model = self._wrap(model, device)
 
         tb = self._tensorboard(global_step)
         eval_loader = _OnDevice(self.eval_loader(parts), device)
@@ -339,9 +389,12 @@ class Trainer:
                     loss = parts.loss_fn(model, batch)
                     if has_moe:
                         loss = loss + aux_loss(_unwrap(model))
-                    if not torch.isfinite(loss):
+                    # The mean over ranks (the loss itself in one process): non-finite on every rank
+                    # when it is on any, so all ranks stop at this step instead of waiting for each other.
+                    step_loss = distributed.mean(loss.detach())
+                    if not torch.isfinite(step_loss):
                         raise NonFiniteLossError(
-                            f"non-finite loss ({float(loss.detach())}) at epoch {epoch + 1}, step {global_step}: the run stopped. "
+                            f"non-finite loss ({float(step_loss)}{_over_ranks(world)}) at epoch {epoch + 1}, step {global_step}: the run stopped. "
                             + (f"The last good checkpoint ({checkpoint_path}, end of epoch {epoch}) is kept. "
                                if epoch > 0 else "No checkpoint was written yet. ")
                             + "Lower optim.lr or set optim.grad_clip and start a new run_dir, or resume this one to retry."
@@ -354,22 +407,28 @@ class Trainer:
                     scheduler.step()
                     global_step += 1
                     steps += 1
-                    loss_sum += float(loss.detach())
+                    loss_sum += float(step_loss)
                     if hasattr(bar, "set_postfix"):
                         bar.set_postfix(loss=f"{loss_sum / steps:.4f}", refresh=False)
                     if global_step % config.log_every == 0:
                         log.info(f"epoch {epoch + 1} step {global_step} loss {loss_sum / steps:.4f} "
                                  f"lr {scheduler.get_last_lr()[0]:.5f} tau {temperature:.3f}")
                     if tb is not None:
-                        tb.add_scalar("train/loss", float(loss.detach()), global_step)
+                        tb.add_scalar("train/loss", float(step_loss), global_step)
                 epoch_time = time.perf_counter() - started
+                if world > 1:
+                    # DDP hands rank 0's buffers to every rank before each forward, but the last step's
+                    # BatchNorm statistics are each rank's own: make every replica rank 0's again.
+                    distributed.broadcast_module(_unwrap(model), buffers_only=True)
                 row = {"epoch": epoch + 1, "step": global_step, "train_loss": loss_sum / max(steps, 1),
                        "lr": scheduler.get_last_lr()[0], "temperature": tau.at_step(global_step, steps_per_epoch),
                        "epoch_time_s": epoch_time}
                 if (epoch + 1) % config.eval_every == 0 or epoch + 1 == config.epochs:
                     if has_dyconv:
                         set_temperature(model, tau.at_step(global_step, steps_per_epoch))
-                    last_eval = self._evaluate(model, parts, eval_loader)
+                    # Every rank evaluates the whole eval set with the same weights (metrics such as
+                    # MCC or Spearman do not split into per-shard sums); rank 0's numbers are kept.
+                    last_eval = distributed.broadcast_object(self._evaluate(_unwrap(model), parts, eval_loader))
                     row.update({f"eval_{k}": v for k, v in last_eval.items()})
                 history.append(row)
                 log.info("epoch {epoch} done in {epoch_time_s:.1f}s: train_loss {train_loss:.4f}".format(**row)
@@ -381,13 +440,17 @@ class Trainer:
                     tb.add_scalar("train/epoch_time_s", epoch_time, global_step)
                     tb.flush()
                 self.writer.metrics(history)
-                self.writer.checkpoint(CHECKPOINT, {
+                rng_state = get_rng_state()
+                checkpoint = {
                     "format": CHECKPOINT_FORMAT, "version": 1, "epoch": epoch + 1, "global_step": global_step,
                     "model": _unwrap(model).state_dict(), "compacted": compacted,
                     "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                    "rng": get_rng_state(), "history": history, "partition": partition_info,
+                    "rng": rng_state, "history": history, "partition": partition_info,
                     "config": config.to_dict(),
-                })
+                }
+                if world > 1:  # every rank's RNG (dropout, router noise), so a resumed run continues each
+                    checkpoint.update(world_size=world, rng_ranks=distributed.gather_objects(rng_state))
+                self.writer.checkpoint(CHECKPOINT, checkpoint)
                 if self._stop_after is not None and epoch + 1 >= self._stop_after and epoch + 1 < config.epochs:
                     log.info(f"stopping after epoch {epoch + 1} as asked; resume with the same command")
                     return None
@@ -396,6 +459,15 @@ class Trainer:
                 tb.close()
 
         results = self._results(model, parts, history, last_eval, partition_info)
+        if world > 1:
+            results["distributed"] = {
+                "world_size": world, "backend": distributed.backend_for(device),
+                "batch_size_per_process": config.batch_size, "effective_batch_size": config.batch_size * world,
+                "replicas_identical": distributed.replicas_identical(distributed.module_tensors(_unwrap(model))),
+            }
+            if not results["distributed"]["replicas_identical"]:
+                log.warning("the ranks' final weights differ: a layer changed parameters or buffers outside "
+                            "DistributedDataParallel's gradient averaging")
         self.writer.json(RESULTS, results)
         log.info(f"finished: {parts.main_metric} {results['test'].get(parts.main_metric)}  "
                  f"deployable parameters {results['parameters']['deployable']:,}")
@@ -416,17 +488,27 @@ class Trainer:
                 if i == p.scoring_batches:
                     break
                 batches.append(to_device(batch, device))
+        # Under DDP each rank scores its shard (the sampler above) and padnet.partition sums the scores
+        # over ranks before ranking them.
         report = partition(model, batches, parts.loss_fn, config.dynamic.dynamic_ratio, rounds=p.rounds,
                            schedule=p.schedule, scope=p.scope, scorer=p.scorer, seed=config.seed)
+        world = distributed.world_size()
+        if world > 1 and not distributed.replicas_identical([layer.mask for _, layer in pad_layers(model)]):
+            raise RuntimeError("the partition gave different masks on different ranks (the models or the score "
+                               "reduction differ between ranks); refusing to train replicas with different masks")
         self.writer.json("partition.json", report.to_dict())
         self.writer.text("partition.txt", report.table() + "\n")
-        log.info(f"partition ({p.scorer}, {len(batches)} scoring batches): dynamic ratio {report.dynamic_ratio:.4f} "
+        shards = f" per process x {world} processes" if world > 1 else ""
+        log.info(f"partition ({p.scorer}, {len(batches)} scoring batches{shards}): dynamic ratio {report.dynamic_ratio:.4f} "
                  f"in {report.wall_time_s:.1f}s")
         if p.compact:
             for _, layer in pad_layers(model):
                 layer.compact()
-        return {"dynamic_ratio": report.dynamic_ratio, "wall_time_s": report.wall_time_s,
-                "scoring_batches": len(batches)}
+        info = {"dynamic_ratio": report.dynamic_ratio, "wall_time_s": report.wall_time_s,
+                "scoring_batches": len(batches) * world}
+        if world > 1:
+            info["scoring_batches_per_process"] = len(batches)
+        return info
 
     def _warmup(self, model, parts, device, tau, steps_per_epoch) -> None:
         """Fully dynamic steps before the partition (a throwaway optimizer of the same kind)."""
@@ -440,15 +522,32 @@ class Trainer:
                 loss = parts.loss_fn(model, to_device(batch, device))
                 if has_moe:
                     loss = loss + aux_loss(model)
-                if not torch.isfinite(loss):
-                    raise NonFiniteLossError(f"non-finite loss ({float(loss.detach())}) in partition warm-up step {step}")
+                step_loss = distributed.mean(loss.detach())  # all ranks stop together on a NaN
+                if not torch.isfinite(step_loss):
+                    raise NonFiniteLossError(f"non-finite loss ({float(step_loss)}{_over_ranks(distributed.world_size())}) "
+                                             f"in partition warm-up step {step}")
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
+                distributed.average_gradients(model.parameters())  # no DDP wrapper yet: average by hand
                 optimizer.step()
                 step += 1
                 if step == self.config.partition.warmup_steps:
                     break
+        # Running statistics (BatchNorm) saw each rank's own batches: take rank 0's everywhere.
+        distributed.broadcast_module(model)
         self.logger.info(f"partition warm-up: {step} fully dynamic steps")
+
+    def _wrap(self, model: nn.Module, device: torch.device) -> nn.Module:
+        """DistributedDataParallel around the converted, partitioned and compacted model (the
+        identity in one process). ``find_unused_parameters`` stays False: every padnet layer puts every
+        parameter in the graph on every step (an MoE expert with no tokens runs an empty matmul), so
+        DDP need not walk the graph after each forward to look for unused ones."""
+        if not distributed.is_distributed():
+            return model
+        from torch.nn.parallel import DistributedDataParallel
+
+        return DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None,
+                                       find_unused_parameters=False)
 
     def _evaluate(self, model, parts, loader) -> dict:
         model.eval()
@@ -507,6 +606,10 @@ class Trainer:
             "info": parts.info,
             "config": config.to_dict(),
         }
+
+
+def _over_ranks(world: int) -> str:
+    return f", mean over {world} processes" if world > 1 else ""
 
 
 def _progress(iterable, enabled: bool, desc: str):
