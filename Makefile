@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.padnet-installed
 FMNIST_DIR := /usr/share/datasets/fashion-mnist
 
-.PHONY: demo test data venv bench clean
+.PHONY: demo test data venv bench sweep-vision report-vision sweep-glue report-glue clean
 
 venv: $(STAMP)
 
@@ -33,6 +33,20 @@ test: venv data
 
 bench: venv
 	$(PY) benchmarks/layers.py
+	$(PY) benchmarks/partition_cost.py
+
+# The committed experiments: resumable (re-run to continue), then the reports in docs/results/.
+sweep-vision: venv data
+	$(PY) -m padnet sweep --config configs/fmnist_sweep.yaml --set progress=false
+
+report-vision: venv
+	$(PY) -m padnet report runs/fmnist_sweep --out docs/results/vision.md --copy-results docs/results/vision
+
+sweep-glue: venv
+	HF_HUB_OFFLINE=1 $(PY) -m padnet sweep --config configs/glue_sweep.yaml
+
+report-glue: venv
+	$(PY) -m padnet.text.report runs/glue_sweep --out docs/results/text.md --copy-results docs/results/text
 
 clean:
 	rm -rf $(VENV) build src/*.egg-info
