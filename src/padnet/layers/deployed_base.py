@@ -15,8 +15,10 @@ import math
 import torch
 from torch import nn
 
+from .pad_base import DynamicEntries
 
-class DeployedPartiallyDynamic:
+
+class DeployedPartiallyDynamic(DynamicEntries):
     """Mixin for ``nn.Module`` subclasses; call ``_init_deployed`` in ``__init__``."""
 
     kernel_shape: tuple[int, ...]
@@ -44,18 +46,6 @@ class DeployedPartiallyDynamic:
         if index.numel() > 1 and not bool((index[1:] > index[:-1]).all()):
             raise ValueError("dynamic_index must be strictly increasing (sorted, no repeats)")
         return index
-
-    @property
-    def kernel_numel(self) -> int:
-        return math.prod(self.kernel_shape)
-
-    @property
-    def num_dynamic(self) -> int:
-        return int(self.dynamic_index.numel())
-
-    @property
-    def dynamic_ratio(self) -> float:
-        return self.num_dynamic / self.kernel_numel
 
     @torch.no_grad()
     def _refresh_static(self, index_changed: bool = True) -> None:

@@ -21,7 +21,28 @@ from ._validate import check_choice
 LAMBDA_MODES = ("both", "static", "dynamic", "none")
 
 
-class PartiallyDynamic:
+class DynamicEntries:
+    """Counts shared by the training and deployed PAD forms: both keep ``kernel_shape`` and a sorted
+    ``dynamic_index`` of the dynamic entries' flat positions."""
+
+    kernel_shape: tuple[int, ...]
+    dynamic_index: torch.Tensor
+
+    @property
+    def kernel_numel(self) -> int:
+        return math.prod(self.kernel_shape)
+
+    @property
+    def num_dynamic(self) -> int:
+        return int(self.dynamic_index.numel())
+
+    @property
+    def dynamic_ratio(self) -> float:
+        """kappa = mean(M): the fraction of one kernel's entries that are dynamic."""
+        return self.num_dynamic / self.kernel_numel
+
+
+class PartiallyDynamic(DynamicEntries):
     """Mixin for ``nn.Module`` subclasses; call ``_init_pad`` after the dynamic ``weight`` exists."""
 
     kernel_shape: tuple[int, ...]
@@ -43,19 +64,6 @@ class PartiallyDynamic:
         self.relaxed_mask: torch.Tensor | None = None
 
     # ----------------------------------------------------------------- mask and scales
-    @property
-    def kernel_numel(self) -> int:
-        return math.prod(self.kernel_shape)
-
-    @property
-    def num_dynamic(self) -> int:
-        return int(self.dynamic_index.numel())
-
-    @property
-    def dynamic_ratio(self) -> float:
-        """kappa = mean(M): the fraction of one kernel's entries that are dynamic."""
-        return self.num_dynamic / self.kernel_numel
-
     @property
     def scales(self) -> tuple[torch.Tensor, torch.Tensor]:
         """(lambda_s, lambda_d) as SPEC section 3 defines them for ``lambda_mode``."""
