@@ -7,10 +7,8 @@ import copy
 import torch
 from torch import nn
 
-from ._validate import check_positive_int, pair
-from .attention import KernelAttention
 from .deployed_base import DeployedPartiallyDynamic
-from .dynamic_conv import apply_per_sample_kernels
+from .dynamic_conv import apply_per_sample_kernels, init_dynamic_conv_geometry
 from .pad_conv import PADConv2d
 
 
@@ -38,20 +36,10 @@ class DeployedPADConv2d(DeployedPartiallyDynamic, nn.Module):
         dynamic_index: torch.Tensor | None = None,
     ):
         super().__init__()
-        check_positive_int("num_kernels", num_kernels)
-        check_positive_int("groups", groups)
-        self.in_channels = in_channels
-        self.out_channels = out_channels
-        self.kernel_size = pair("kernel_size", kernel_size, 1)
-        self.stride = pair("stride", stride, 1)
-        self.padding = pair("padding", padding, 0)
-        self.dilation = pair("dilation", dilation, 1)
-        self.groups = groups
-        self.num_kernels = num_kernels
-        self.routing = routing
-        self.temperature = 1.0
-        self.attention = KernelAttention(in_channels, num_kernels, reduction, routing)
-        self.weight_shape = (out_channels, in_channels // groups, *self.kernel_size)
+        init_dynamic_conv_geometry(
+            self, in_channels, out_channels, kernel_size, stride, padding, dilation, groups, num_kernels,
+            reduction, routing,
+        )
         self._init_deployed(self.weight_shape, num_kernels, dynamic_index)
         self.bias = nn.Parameter(torch.zeros(num_kernels, out_channels), requires_grad=False) if bias else None
 

@@ -136,6 +136,34 @@ def _bmm_1x1(x, kernels, bias, out_channels, stride):
     return _add_bias(out.reshape(batch, out_channels, height, width), bias)
 
 
+def init_dynamic_conv_geometry(
+    module: nn.Module, in_channels, out_channels, kernel_size, stride, padding, dilation, groups, num_kernels,
+    reduction, routing,
+) -> None:
+    """Check and set what every dynamic conv form (training, PAD, deployed) knows about its shape,
+    and its kernel attention; ``module.weight_shape`` is one kernel's (C_out, C_in/g, kh, kw)."""
+    check_positive_int("in_channels", in_channels)
+    check_positive_int("out_channels", out_channels)
+    check_positive_int("groups", groups)
+    check_positive_int("num_kernels", num_kernels)
+    if in_channels % groups or out_channels % groups:
+        raise ValueError(f"groups={groups} must divide in_channels={in_channels} and out_channels={out_channels}")
+    module.in_channels = in_channels
+    module.out_channels = out_channels
+    module.kernel_size = pair("kernel_size", kernel_size, 1)
+    module.stride = pair("stride", stride, 1)
+    module.padding = pair("padding", padding, 0)
+    module.dilation = pair("dilation", dilation, 1)
+    module.groups = groups
+    module.num_kernels = num_kernels
+    module.routing = routing
+    module.temperature = 1.0
+    module.attention = KernelAttention(in_channels, num_kernels, reduction, routing)
+    # The K kernels are stored flattened, (K, N), as timm's CondConv2d does, so that channels_last
+    # conversion of a whole model (which touches every 4-D and 5-D tensor) works.
+    module.weight_shape = (out_channels, in_channels // groups, *module.kernel_size)
+
+
 class DynamicConv2d(nn.Module):
     """y = conv(x, sum_k alpha_k(x) W_k) + sum_k alpha_k(x) b_k, per sample.
 
@@ -159,28 +187,10 @@ class DynamicConv2d(nn.Module):
         routing: str = "softmax",
     ):
         super().__init__()
-        check_positive_int("in_channels", in_channels)
-        check_positive_int("out_channels", out_channels)
-        check_positive_int("groups", groups)
-        check_positive_int("num_kernels", num_kernels)
-        if in_channels % groups or out_channels % groups:
-            raise ValueError(
-                f"groups={groups} must divide in_channels={in_channels} and out_channels={out_channels}"
-            )
-        self.in_channels = in_channels
-        self.out_channels = out_channels
-        self.kernel_size = pair("kernel_size", kernel_size, 1)
-        self.stride = pair("stride", stride, 1)
-        self.padding = pair("padding", padding, 0)
-        self.dilation = pair("dilation", dilation, 1)
-        self.groups = groups
-        self.num_kernels = num_kernels
-        self.routing = routing
-        self.temperature = 1.0
-        self.attention = KernelAttention(in_channels, num_kernels, reduction, routing)
-        # One kernel's shape; the K kernels are stored flattened, (K, N), as timm's CondConv2d does, so
-        # that channels_last conversion of a whole model (which touches every 4-D tensor) works.
-        self.weight_shape = (out_channels, in_channels // groups, *self.kernel_size)
+        init_dynamic_conv_geometry(
+            self, in_channels, out_channels, kernel_size, stride, padding, dilation, groups, num_kernels,
+            reduction, routing,
+        )
         self.weight = nn.Parameter(torch.empty(num_kernels, math.prod(self.weight_shape)))
         self.bias = nn.Parameter(torch.zeros(num_kernels, out_channels)) if bias else None
         self.reset_parameters()
