@@ -108,11 +108,16 @@ class PartiallyDynamic(DynamicEntries):
             return self.dynamic_values
         return self.weight.reshape(self.weight.shape[0], -1).index_select(1, self.dynamic_index)
 
-    def masked_static_kernel(self) -> torch.Tensor:
-        """(1 - M) (.) W_s, flattened to (N,): zero at the dynamic entries."""
+    def masked_static_kernel(self, scale: torch.Tensor | None = None) -> torch.Tensor:
+        """``scale`` (default 1) times (1 - M) (.) W_s, flattened to (N,): zero at the dynamic entries.
+        Always a new tensor the caller may write into."""
         if self.compacted:
-            return self.static_values.new_zeros(self.kernel_numel).index_copy(0, self.static_index, self.static_values)
+            # Scale the N - nnz stored values, not the dense result: fewer multiplies.
+            values = self.static_values if scale is None else scale * self.static_values
+            return values.new_zeros(self.kernel_numel).index_copy_(0, self.static_index, values)
         flat = self.static_weight.reshape(-1)
+        if scale is not None:
+            flat = scale * flat
         return torch.where(self.mask.reshape(-1), torch.zeros((), dtype=flat.dtype, device=flat.device), flat)
 
     def masked_dynamic_kernels(self) -> torch.Tensor:

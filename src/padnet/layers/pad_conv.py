@@ -32,8 +32,11 @@ class PADConv2d(PartiallyDynamic, DynamicConv2d):
             m = self.relaxed_mask.reshape(-1)
             static = lambda_s * self.static_weight.reshape(-1)
             return static + m * (lambda_d * (alpha @ self.weight) - static)
-        static = lambda_s * self.masked_static_kernel()
+        static = self.masked_static_kernel(lambda_s)
         dynamic = lambda_d * (alpha @ self.dynamic_entries())
+        if alpha.shape[0] == 1:
+            # One sample: write into the fresh static kernel itself, saving a copy of N entries.
+            return static.index_copy_(0, self.dynamic_index, dynamic[0]).unsqueeze(0)
         return static.expand(alpha.shape[0], -1).index_copy(1, self.dynamic_index, dynamic)
 
     def extra_repr(self) -> str:

@@ -37,7 +37,7 @@ class PADMoELinear(PartiallyDynamic, MoELinear):
             static = lambda_s * self.static_weight
             experts = static + self.relaxed_mask * (lambda_d * self.weight - static)
             return mix_experts(tokens, routing, experts, self.bias)
-        static = (lambda_s * self.masked_static_kernel()).reshape(shape)
+        static = self.masked_static_kernel(lambda_s).reshape(shape)
         experts = (lambda_d * self.masked_dynamic_kernels()).reshape(-1, *shape)
         return F.linear(tokens, static) + mix_experts(tokens, routing, experts, self.bias)
 
