@@ -9,9 +9,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from .deployed_base import DeployedPartiallyDynamic
-from .moe import mix_experts
+from .moe import init_moe_geometry, mix_experts
 from .pad_moe import PADMoELinear
-from .router import NoisyTopKRouter
 
 
 class DeployedPADMoELinear(DeployedPartiallyDynamic, nn.Module):
@@ -35,15 +34,9 @@ class DeployedPADMoELinear(DeployedPartiallyDynamic, nn.Module):
         dynamic_index: torch.Tensor | None = None,
     ):
         super().__init__()
-        self.in_features = in_features
-        self.out_features = out_features
-        self.num_experts = num_experts
-        self.top_k = top_k
-        self.aux_loss_coef = aux_loss_coef
-        self.router = NoisyTopKRouter(in_features, num_experts, top_k, noisy_gating)
+        init_moe_geometry(self, in_features, out_features, num_experts, top_k, noisy_gating, aux_loss_coef)
         self._init_deployed((out_features, in_features), num_experts, dynamic_index)
         self.bias = nn.Parameter(torch.zeros(num_experts, out_features), requires_grad=False) if bias else None
-        self.last_aux_loss: torch.Tensor | None = None
 
     @classmethod
     @torch.no_grad()

@@ -32,6 +32,24 @@ def mix_experts(
     return out
 
 
+def init_moe_geometry(
+    module: nn.Module, in_features, out_features, num_experts, top_k, noisy_gating, aux_loss_coef
+) -> None:
+    """Check and set what every MoE form (training, PAD, deployed) knows about its shape, its router,
+    and the slot for the load-balancing loss of the last forward."""
+    check_positive_int("in_features", in_features)
+    check_positive_int("out_features", out_features)
+    if not aux_loss_coef >= 0:
+        raise ValueError(f"aux_loss_coef={aux_loss_coef!r} must be >= 0")
+    module.in_features = in_features
+    module.out_features = out_features
+    module.num_experts = num_experts
+    module.top_k = top_k
+    module.aux_loss_coef = aux_loss_coef
+    module.router = NoisyTopKRouter(in_features, num_experts, top_k, noisy_gating)
+    module.last_aux_loss = None
+
+
 class MoELinear(nn.Module):
     """y = sum_{i in top-k} G_i(x) (W_i x + b_i), routed per token over any leading dimensions.
 
@@ -50,19 +68,9 @@ class MoELinear(nn.Module):
         bias: bool = True,
     ):
         super().__init__()
-        check_positive_int("in_features", in_features)
-        check_positive_int("out_features", out_features)
-        if not aux_loss_coef >= 0:
-            raise ValueError(f"aux_loss_coef={aux_loss_coef!r} must be >= 0")
-        self.in_features = in_features
-        self.out_features = out_features
-        self.num_experts = num_experts
-        self.top_k = top_k
-        self.aux_loss_coef = aux_loss_coef
-        self.router = NoisyTopKRouter(in_features, num_experts, top_k, noisy_gating)
+        init_moe_geometry(self, in_features, out_features, num_experts, top_k, noisy_gating, aux_loss_coef)
         self.weight = nn.Parameter(torch.empty(num_experts, out_features, in_features))
         self.bias = nn.Parameter(torch.empty(num_experts, out_features)) if bias else None
-        self.last_aux_loss: torch.Tensor | None = None
         self.reset_parameters()
 
     def reset_parameters(self) -> None:

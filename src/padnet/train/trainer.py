@@ -43,7 +43,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, RandomSampler
 
-from ..convert import convert, dynamic_layers, pad_layers
+from ..convert import compact, convert, dynamic_layers, pad_layers
 from ..layers import DynamicConv2d, MoELinear, aux_loss
 from ..temperature import TemperatureSchedule, set_temperature
 from . import distributed
@@ -160,10 +160,8 @@ def restore_model(model: nn.Module, state_dict: dict, compacted: bool) -> None:
 def deployable_parameters(model: nn.Module) -> int:
     from ..summary import summary
 
-    model = _unwrap(model)
-    if not dynamic_layers(model):
-        return sum(p.numel() for p in model.parameters())
-    return int(summary(model).deployable_params)
+    # A model without dynamic layers deploys all its parameters; summary counts them as "other".
+    return int(summary(_unwrap(model)).deployable_params)
 
 
 def resolve_device(name: str) -> torch.device:
@@ -502,8 +500,7 @@ class Trainer:
         log.info(f"partition ({p.scorer}, {len(batches)} scoring batches{shards}): dynamic ratio {report.dynamic_ratio:.4f} "
                  f"in {report.wall_time_s:.1f}s")
         if p.compact:
-            for _, layer in pad_layers(model):
-                layer.compact()
+            compact(model)
         info = {"dynamic_ratio": report.dynamic_ratio, "wall_time_s": report.wall_time_s,
                 "scoring_batches": len(batches) * world}
         if world > 1:
