@@ -78,6 +78,29 @@ def test_upcycled_pad_moe_equals_the_dense_linear():
         torch.testing.assert_close(pad(x), dense(x), atol=1e-5, rtol=0)
 
 
+@pytest.mark.parametrize("phi", [0.0, 0.7])
+def test_static_from_dynamic_keeps_a_warmed_up_function(phi):
+    # Experts that agree (W') but differ from W_s: the kappa = 1 output is the dense W' output. Making
+    # half the entries static changes it, unless W_s takes lambda_d / lambda_s x the experts' mean there.
+    pad = PADMoELinear(6, 5, num_experts=4, top_k=2).eval()
+    randomise_router(pad)
+    with torch.no_grad():
+        pad.weight.copy_(torch.randn(5, 6).expand(4, 5, 6))
+        pad.phi.fill_(phi)
+    x = torch.randn(3, 6)
+    full = pad(x)
+    mask = random_mask(pad.kernel_shape, 0.5)
+    pad.set_mask(mask)
+    assert (pad(x) - full).abs().max() > 1e-2
+    before = pad.static_weight.detach().clone()
+    pad.static_from_dynamic()
+    torch.testing.assert_close(pad(x), full, atol=1e-5, rtol=0)
+    assert torch.equal(pad.static_weight[mask], before[mask])  # entries W_s does not serve are untouched
+    pad.compact()
+    with pytest.raises(ValueError, match="before compact"):
+        pad.static_from_dynamic()
+
+
 def test_static_path_runs_once_per_token():
     pad = PADMoELinear(6, 5, num_experts=8, top_k=2).eval()
     calls = []

@@ -84,7 +84,9 @@ def test_pad_moe_run_partitions_after_warmup_and_resumes(tmp_path, tiny_model_di
     assert partition["dynamic_ratio"] == pytest.approx(0.5) and partition["num_batches"] == 2
     log = (full / "train.log").read_text()
     # The warm-up ran before the partition (without it, the upcycled experts give all-zero scores).
-    assert log.index("partition warm-up: 3 fully dynamic steps") < log.index("partition (taylor")
+    # The warm-up ran before the partition (without it, the upcycled experts give all-zero scores), at
+    # the base learning rate, not at the first step of the training schedule's ramp.
+    assert log.index("partition warm-up: 3 fully dynamic steps at lr 0.001\n") < log.index("partition (taylor")
 
     # Interrupt a second, identical run right after its first epoch's checkpoint, then resume it.
     part = tmp_path / "part"
@@ -114,6 +116,29 @@ def test_pad_moe_run_partitions_after_warmup_and_resumes(tmp_path, tiny_model_di
     assert metrics["accuracy"] == pytest.approx(results["test"]["accuracy"])
 
 
+def test_static_init_dynamic_mean_keeps_the_warmed_up_experts(tmp_path, tiny_model_dir, glue_dir, monkeypatch):
+    from padnet.layers import PADMoELinear
+
+    seen = []
+    original = PADMoELinear.static_from_dynamic
+
+    def spy(self):
+        out = original(self)
+        mean = self.weight.reshape(self.num_experts, -1).mean(0)
+        lambda_s, lambda_d = self.scales
+        seen.append(torch.allclose(self.static_weight.reshape(-1)[self.static_index],
+                                   (lambda_d / lambda_s * mean)[self.static_index]))
+        return out
+
+    monkeypatch.setattr(PADMoELinear, "static_from_dynamic", spy)
+    run_dir = tmp_path / "mean"
+    config = write_config(tmp_path, tiny_model_dir, glue_dir, run_dir, epochs=1, partition__static_init="dynamic_mean")
+    assert cli.main(["train", "--config", str(config)]) == 0
+    assert seen == [True, True]  # both layers, after the partition (the index is the final mask's)
+    log = (run_dir / "train.log").read_text()
+    assert log.index("partition (taylor") < log.index("static entries set to lambda_d / lambda_s")
+
+
 @pytest.mark.parametrize(
     "extra, message",
     [
@@ -122,6 +147,7 @@ def test_pad_moe_run_partitions_after_warmup_and_resumes(tmp_path, tiny_model_di
         ({"partition__warmup_steps": 0}, r"partition.warmup_steps=0 with an upcycled MoE"),
         ({"dynamic__kind": "conv"}, r"dynamic.kind='conv': GLUE models are transformers"),
         ({"glue__max_length": 4}, r"glue.max_length=4 must be an integer >= 8"),
+        ({"partition__static_init": "zeros"}, r"partition.static_init='zeros' is not supported; allowed: 'keep', 'dynamic_mean'"),
     ],
 )
 def test_bad_configs_fail_before_any_work(tmp_path, tiny_model_dir, glue_dir, extra, message, capsys):

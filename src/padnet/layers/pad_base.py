@@ -129,6 +129,22 @@ class PartiallyDynamic(DynamicEntries):
         return torch.where(self.mask.reshape(1, -1), flat, torch.zeros((), dtype=flat.dtype, device=flat.device))
 
     @torch.no_grad()
+    def static_from_dynamic(self) -> "PartiallyDynamic":
+        """Set W_s at the static entries to lambda_d / lambda_s times the mean of the K dynamic kernels
+        there, so a layer whose kernels were trained fully dynamic (a warm-up) changes its function as
+        little as possible when the mask turns those entries static. Call it after the partition,
+        before ``compact()``."""
+        if self.compacted:
+            raise ValueError("static_from_dynamic needs the full kernels; call it before compact()")
+        lambda_s, lambda_d = self.scales
+        ratio = lambda_d / lambda_s.clamp_min(1e-6)
+        mean = self.weight.reshape(self.weight.shape[0], -1).mean(0)
+        flat = self.static_weight.reshape(-1).clone()
+        flat.index_copy_(0, self.static_index, (ratio * mean).index_select(0, self.static_index).to(flat.dtype))
+        self.static_weight.copy_(flat.reshape(self.static_weight.shape))
+        return self
+
+    @torch.no_grad()
     def compact(self) -> "PartiallyDynamic":
         """Make the mask permanent: keep only the dynamic entries of the K kernels and the static
         entries of W_s. Outputs are unchanged; parameters (and optimizer state built afterwards) shrink

@@ -30,6 +30,7 @@ LAMBDA_MODES = ("both", "static", "dynamic", "none")
 SCORERS = ("taylor", "magnitude", "random")
 SCHEDULES = ("exponential", "linear")
 SCOPES = ("global", "local")
+STATIC_INITS = ("keep", "dynamic_mean")
 OPTIMIZERS = ("sgd", "adamw")
 LR_SCHEDULERS = ("cosine", "constant")
 DEVICES = ("cpu", "cuda", "auto")
@@ -90,9 +91,15 @@ class PartitionConfig:
     batch_size: int | None = None  # scoring batch size; None: the training batch size
     warmup_steps: int = 0  # fully dynamic training steps before partitioning (needed for upcycled MoE)
     compact: bool = True  # drop the unused entries after partitioning, so optimizer state shrinks
+    # What W_s holds at the entries the partition makes static. "keep": W_s as it is (SPEC: initialised
+    # independently, or the pretrained weight for an upcycled MoE; it gets no gradient while the mask is
+    # all ones, so it misses the warm-up). "dynamic_mean": lambda_d / lambda_s x the mean of the K
+    # dynamic kernels there, so the partition changes a warmed-up model's function as little as it can.
+    static_init: str = "keep"
 
     def problems(self) -> list[str]:
-        out = _choices("partition", self, scorer=SCORERS, schedule=SCHEDULES, scope=SCOPES)
+        out = _choices("partition", self, scorer=SCORERS, schedule=SCHEDULES, scope=SCOPES,
+                       static_init=STATIC_INITS)
         out += _at_least("partition", self, rounds=1, scoring_batches=1, warmup_steps=0)
         if self.batch_size is not None and self.batch_size < 1:
             out.append(f"partition.batch_size={self.batch_size!r} must be >= 1 or null (the training batch size)")

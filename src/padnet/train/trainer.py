@@ -241,14 +241,18 @@ class Trainer:
                 "use another run_dir, or delete that directory to start over"
             )
 
-    def _build_optimizer(self, model: nn.Module, steps_per_epoch: int):
+    def _make_optimizer(self, model: nn.Module) -> torch.optim.Optimizer:
+        """The configured optimizer over the trainable parameters, at the base learning rate."""
         o = self.config.optim
         params = [p for p in model.parameters() if p.requires_grad]
         if o.name == "sgd":
-            optimizer = torch.optim.SGD(params, lr=o.lr, momentum=o.momentum, nesterov=o.nesterov,
-                                        weight_decay=o.weight_decay)
-        else:
-            optimizer = torch.optim.AdamW(params, lr=o.lr, betas=tuple(o.betas), weight_decay=o.weight_decay)
+            return torch.optim.SGD(params, lr=o.lr, momentum=o.momentum, nesterov=o.nesterov,
+                                   weight_decay=o.weight_decay)
+        return torch.optim.AdamW(params, lr=o.lr, betas=tuple(o.betas), weight_decay=o.weight_decay)
+
+    def _build_optimizer(self, model: nn.Module, steps_per_epoch: int):
+        o = self.config.optim
+        optimizer = self._make_optimizer(model)
         total = self.config.epochs * steps_per_epoch
         warmup = int(round(o.warmup_epochs * steps_per_epoch))
 
@@ -499,6 +503,10 @@ class Trainer:
         shards = f" per process x {world} processes" if world > 1 else ""
         log.info(f"partition ({p.scorer}, {len(batches)} scoring batches{shards}): dynamic ratio {report.dynamic_ratio:.4f} "
                  f"in {report.wall_time_s:.1f}s")
+        if p.static_init == "dynamic_mean":
+            for _, layer in pad_layers(model):
+                layer.static_from_dynamic()
+            log.info("partition: static entries set to lambda_d / lambda_s x the mean of the dynamic kernels")
         if p.compact:
             compact(model)
         info = {"dynamic_ratio": report.dynamic_ratio, "wall_time_s": report.wall_time_s,
@@ -508,8 +516,10 @@ class Trainer:
         return info
 
     def _warmup(self, model, parts, device, tau, steps_per_epoch) -> None:
-        """Fully dynamic steps before the partition (a throwaway optimizer of the same kind)."""
-        optimizer, _ = self._build_optimizer(model, steps_per_epoch)
+        """Fully dynamic steps before the partition: a throwaway optimizer of the same kind at the base
+        learning rate. (Not the training schedule: its first steps are the learning-rate ramp, whose
+        factor 1/warmup would leave the experts almost equal and the taylor scores mostly noise.)"""
+        optimizer = self._make_optimizer(model)
         has_moe = any(isinstance(m, MoELinear) for m in model.modules())
         model.train()
         step = 0
@@ -532,7 +542,7 @@ class Trainer:
                     break
         # Running statistics (BatchNorm) saw each rank's own batches: take rank 0's everywhere.
         distributed.broadcast_module(model)
-        self.logger.info(f"partition warm-up: {step} fully dynamic steps")
+        self.logger.info(f"partition warm-up: {step} fully dynamic steps at lr {optimizer.param_groups[0]['lr']:g}")
 
     def _wrap(self, model: nn.Module, device: torch.device) -> nn.Module:
         """DistributedDataParallel around the converted, partitioned and compacted model (the
