@@ -113,6 +113,11 @@ def test_sweep_skips_finished_and_report_writes_table_and_plot(tmp_path, capsys)
                  {"name": "pad-0.5", "set": {"dynamic.mode": "pad", "dynamic.dynamic_ratio": 0.5}}],
     }))
     assert base.exists()
+    # --only splits a sweep between processes: here the static runs first, then the rest.
+    assert main(["sweep", "--config", str(sweep), "--only", "stat*"]) == 0
+    assert sorted(p.parent.parent.name for p in out.rglob("results.json")) == ["static", "static"]
+    assert main(["sweep", "--config", str(sweep), "--only", "nothing-*"]) == 2
+    assert "--only nothing-* matches no run" in capsys.readouterr().err
     assert main(["sweep", "--config", str(sweep)]) == 0
     assert len(list(out.rglob("results.json"))) == 4
     stamp = (out / "pad-0.5" / "seed1" / "results.json").stat().st_mtime_ns

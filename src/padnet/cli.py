@@ -16,6 +16,7 @@ with DistributedDataParallel; only rank 0 prints and writes:
 from __future__ import annotations
 
 import argparse
+import fnmatch
 import json
 import shutil
 import sys
@@ -61,6 +62,11 @@ def _sweep(args) -> int:
     from .train.sweep import load_sweep
 
     configs = load_sweep(args.config, args.set)
+    if args.only:
+        configs = [c for c in configs if any(fnmatch.fnmatchcase(c.name, pattern) for pattern in args.only)]
+        if not configs:
+            print(f"padnet sweep: --only {' '.join(args.only)} matches no run of {args.config}", file=sys.stderr)
+            return 2
     if args.dry_run or not configs:
         return _sweep_runs(args, configs, print)
     with distributed.process_group(configs[0].device):
@@ -231,6 +237,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", required=True, help="sweep YAML (base, output_dir, seeds, runs)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a key of the base config")
     p.add_argument("--dry-run", action="store_true", help="list the runs and their status, run nothing")
+    p.add_argument("--only", action="append", default=[], metavar="PATTERN",
+                   help="run only the runs whose name matches this glob (repeatable); e.g. split a sweep over "
+                        "several processes with disjoint patterns")
     p.set_defaults(func=_sweep)
 
     p = sub.add_parser("report", help="markdown table (mean ± std over seeds) and plots of finished runs under DIR")

@@ -33,7 +33,10 @@ def method_of(result: dict) -> str:
         return "dense"
     if mode == "dynamic":
         return "MoE"
-    return f"PAD-MoE k={result['target_dynamic_ratio']:g}"
+    name = f"PAD-MoE k={result['target_dynamic_ratio']:g}"
+    if result.get("config", {}).get("partition", {}).get("static_init") == "dynamic_mean":
+        name += ", W_s from experts"
+    return name
 
 
 def collect(root: str | Path) -> list[dict]:
