@@ -82,12 +82,21 @@ def timm_condconv(c_in, c_out, k, stride=1, padding=0, dilation=1, groups=1, bia
     return TimmCondConv(conv)
 
 
-def time_fn(fn, min_run_time: float) -> float:
-    """Median seconds per call (torch.utils.benchmark, 2 threads unless PADNET_BENCH_THREADS)."""
+def time_variants(fns: dict, min_run_time: float, rounds: int = 3) -> dict[str, float]:
+    """Seconds per call of each function, measured in ``rounds`` interleaved rounds (the order rotates
+    each round) and reported as the fastest round's median (torch.utils.benchmark, 2 threads unless
+    PADNET_BENCH_THREADS). Interleaving puts every variant through the same machine states, so a burst
+    of load or a frequency change shifts all of them instead of one: the ratios are what we compare."""
     threads = int(os.environ.get("PADNET_BENCH_THREADS", torch.get_num_threads()))
-    timer = benchmark.Timer("fn()", globals={"fn": fn}, num_threads=threads)
-    fn()  # warm-up (allocator, oneDNN primitive cache)
-    return timer.blocked_autorange(min_run_time=min_run_time).median
+    names = list(fns)
+    for name in names:
+        fns[name]()  # warm-up (allocator, oneDNN primitive cache)
+    best = {name: float("inf") for name in names}
+    for r in range(rounds):
+        for name in names[r % len(names):] + names[: r % len(names)]:
+            timer = benchmark.Timer("fn()", globals={"fn": fns[name]}, num_threads=threads)
+            best[name] = min(best[name], timer.blocked_autorange(min_run_time=min_run_time / rounds).median)
+    return best
 
 
 def environment() -> str:

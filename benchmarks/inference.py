@@ -25,7 +25,7 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import (  # noqa: E402
-    LAYER_SHAPES, environment, layer_variants, set_masks, time_fn, timm_available, timm_condconv,
+    LAYER_SHAPES, environment, layer_variants, set_masks, time_variants, timm_available, timm_condconv,
 )
 
 import padnet  # noqa: E402
@@ -63,14 +63,16 @@ def model_variants(arch: str, kappa: float, with_timm: bool) -> dict[str, nn.Mod
     return out
 
 
-def latency(mod: nn.Module, x: torch.Tensor, min_run_time: float) -> float:
-    mod.eval()
+def latencies(variants: dict[str, nn.Module], names, x: torch.Tensor, min_run_time: float, rounds: int) -> dict:
+    def eval_fn(mod):
+        mod.eval()
 
-    def fn():
-        with torch.no_grad():
-            mod(x)
+        def fn():
+            with torch.no_grad():
+                mod(x)
+        return fn
 
-    return time_fn(fn, min_run_time)
+    return time_variants({n: eval_fn(variants[n]) for n in names}, min_run_time, rounds)
 
 
 def table(rows, names):
@@ -96,7 +98,7 @@ def main(argv=None):
     p.add_argument("--json", type=Path, default=Path("inference_results.json"))
     p.add_argument("--md", type=Path, default=Path("inference_results.md"))
     args = p.parse_args(argv)
-    min_run_time = 1.0 if args.full else 0.1
+    min_run_time, rounds = (3.0, 5) if args.full else (0.6, 3)
     with_timm = timm_available()
     names = [n for n in VARIANTS if with_timm or n != "timm CondConv"]
     notes = [] if with_timm else ["timm is not installed: the timm CondConv column is skipped (pip install timm)."]
@@ -106,7 +108,7 @@ def main(argv=None):
         variants = model_variants(arch, args.kappa, with_timm)
         for batch in args.model_batches:
             x = torch.randn(batch, 3, 224, 224)
-            t = {n: latency(variants[n], x, min_run_time) for n in names}
+            t = latencies(variants, names, x, min_run_time, rounds)
             rows.append({"what": f"{arch} @224", "batch": batch, "seconds": t})
             print(rows[-1], file=sys.stderr, flush=True)
         del variants
@@ -115,7 +117,7 @@ def main(argv=None):
             variants = layer_variants(c_in, c_out, k, args.kappa, with_deployed=True, with_timm=with_timm)
             for batch in args.layer_batches:
                 x = torch.randn(batch, c_in, hw, hw)
-                t = {n: latency(variants[n], x, min_run_time) for n in names}
+                t = latencies(variants, names, x, min_run_time, rounds)
                 rows.append({"what": f"{k}x{k} {c_in}->{c_out} @{hw}", "batch": batch, "seconds": t})
                 print(rows[-1], file=sys.stderr, flush=True)
     measured = (f"models {args.models} at batches {args.model_batches} (224x224); "

@@ -78,7 +78,7 @@ def test_deploy_after_compact_and_stored_entries():
     assert layer.compacted
     lambda_s, lambda_d = layer.scales
     nnz, numel = layer.num_dynamic, layer.kernel_numel
-    static = layer.static_values.detach().clone()
+    static = layer.static_weight.reshape(-1)[layer.static_index].detach().clone()
     dynamic = layer.dynamic_values.detach().clone()
     padnet.deploy(model)
     dep = model.layer2[0].conv1

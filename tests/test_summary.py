@@ -5,6 +5,7 @@ import torch
 import torchvision
 
 import padnet
+from padnet.convert import pad_layers
 from padnet.layers import PADConv2d
 
 
@@ -24,7 +25,8 @@ def test_pad_layer_counts_follow_the_formula():
     assert s.lambda_s + s.lambda_d == pytest.approx(2.0)
     assert s.fully_static_params == n + 16 and s.stored_params == 5 * n + 4 * 16 + s.router_params
     layer.compact()
-    assert padnet.summary(torch.nn.Sequential(layer)).layers[0].stored_params == s.deployable_params
+    # Compacted, the layer holds the deployable entries plus W_s's nnz zeroed dynamic entries (W_s stays dense).
+    assert padnet.summary(torch.nn.Sequential(layer)).layers[0].stored_params == s.deployable_params + layer.num_dynamic
 
 
 # SPEC section 6 (K = 4, attention hidden C_in / 16), in millions
@@ -79,14 +81,15 @@ def test_deployed_form_reports_stored_entries_and_macs():
     assert padnet.summary(model).conv_macs is None
 
 
-def test_compact_shrinks_the_model_to_its_deployable_entries_without_changing_outputs():
+def test_compact_shrinks_the_model_to_its_deployable_entries_and_dense_ws_without_changing_outputs():
     model = padnet.convert(torchvision.models.resnet18(num_classes=10)).eval()
     padnet.partition(model, None, None, 0.3, rounds=1, scorer="random")
     x = torch.randn(2, 3, 32, 32)
     before, expected = padnet.summary(model), model(x)
     padnet.compact(model)
     after = padnet.summary(model)
-    assert after.stored_params == before.deployable_params < before.stored_params
+    nnz = sum(layer.num_dynamic for _, layer in pad_layers(model))
+    assert after.stored_params == before.deployable_params + nnz < before.stored_params
     torch.testing.assert_close(model(x), expected, atol=1e-5, rtol=0)
     with pytest.raises(ValueError, match="no PAD layer"):
         padnet.compact(torch.nn.Linear(2, 2))

@@ -107,9 +107,10 @@ def test_efficient_equals_dense_mask_oracle_before_and_after_compact(kw, ratio):
     torch.testing.assert_close(pad(x), expected, atol=1e-5, rtol=0)
     n = pad.kernel_numel
     nnz = int(pad.mask.sum())
-    assert sum(p.numel() for n_, p in pad.named_parameters() if n_ in ("dynamic_values", "static_values")) == (
-        pad.num_kernels * nnz + (n - nnz)
-    )
+    # K nnz dynamic entries and the dense W_s, zero at the dynamic entries; no full kernels any more.
+    params = dict(pad.named_parameters())
+    assert "weight" not in params and params["dynamic_values"].shape == (pad.num_kernels, nnz)
+    assert params["static_weight"].numel() == n and not params["static_weight"].reshape(-1)[pad.dynamic_index].any()
 
 
 def test_per_sample_independence_in_eval():

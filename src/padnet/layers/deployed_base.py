@@ -55,7 +55,7 @@ class DeployedPartiallyDynamic(DynamicEntries):
             is_dynamic[self.dynamic_index] = True
             self.static_index = (~is_dynamic).nonzero().squeeze(1)
         values = self.static_values.detach()
-        self.static_kernel = values.new_zeros(numel).index_copy(0, self.static_index.to(values.device), values)
+        self.static_kernel = values.new_zeros(numel).scatter_(0, self.static_index.to(values.device), values)
 
     @torch.no_grad()
     def load_folded(self, static_values: torch.Tensor, dynamic_values: torch.Tensor) -> None:

@@ -7,6 +7,7 @@ import copy
 import torch
 from torch import nn
 
+from .assemble import assemble_kernels
 from .deployed_base import DeployedPartiallyDynamic
 from .dynamic_conv import apply_per_sample_kernels, init_dynamic_conv_geometry
 from .pad_conv import PADConv2d
@@ -68,8 +69,7 @@ class DeployedPADConv2d(DeployedPartiallyDynamic, nn.Module):
 
     def per_sample_kernels(self, alpha: torch.Tensor) -> torch.Tensor:
         """W(x) flattened, (B, N): the dense static kernel with the nnz aggregated dynamic entries written in."""
-        dynamic = alpha @ self.dynamic_values
-        return self.static_kernel.expand(alpha.shape[0], -1).index_copy(1, self.dynamic_index, dynamic)
+        return assemble_kernels(self.static_kernel, alpha @ self.dynamic_values, self.dynamic_index)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.dim() != 4 or x.shape[1] != self.in_channels:

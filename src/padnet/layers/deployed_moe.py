@@ -64,8 +64,9 @@ class DeployedPADMoELinear(DeployedPartiallyDynamic, nn.Module):
         routing = self.router(tokens)
         self.last_aux_loss = self.aux_loss_coef * routing.balance_loss
         shape = (self.out_features, self.in_features)
+        index = self.dynamic_index.unsqueeze(0).expand(self.num_experts, -1)
         experts = self.dynamic_values.new_zeros(self.num_experts, self.kernel_numel)
-        experts = experts.index_copy(1, self.dynamic_index, self.dynamic_values).reshape(-1, *shape)
+        experts = experts.scatter_(1, index, self.dynamic_values).reshape(-1, *shape)
         y = F.linear(tokens, self.static_kernel.reshape(shape)) + mix_experts(tokens, routing, experts, self.bias)
         return y.reshape(*x.shape[:-1], self.out_features)
 

@@ -4,9 +4,12 @@ A PAD layer owns K (or E) full dynamic kernels ``weight`` (K kernels, each of ``
 flattened for convolutions so ``model.to(memory_format=torch.channels_last)`` works) and one
 static kernel ``static_weight`` of ``kernel_shape``; the bool buffer ``mask`` (kernel shape, shared by
 all K kernels) marks the dynamic entries (SPEC section 3). Like ``torch.nn.utils.prune``, the mask is a
-buffer beside the parameters; ``compact()`` makes the mask permanent by keeping only the entries each
-side uses (``dynamic_values`` (K, nnz), ``static_values`` (N - nnz)), which shrinks parameters,
-gradients and optimizer state.
+buffer beside the parameters; ``compact()`` makes the mask permanent by keeping only the dynamic
+entries of the K kernels (``dynamic_values`` (K, nnz)), which shrinks parameters, gradients and
+optimizer state from (K + 1) N to K nnz + N. W_s stays a dense kernel (zero at the dynamic entries,
+which get no gradient) because every forward needs it dense: keeping only its N - nnz used entries
+would cost a scatter of them per forward, more than DY-Conv's whole kernel aggregation at batch 1.
+(The deployed form, whose W_s never changes, stores N - nnz values and densifies once at load.)
 """
 
 from __future__ import annotations
@@ -60,6 +63,8 @@ class PartiallyDynamic(DynamicEntries):
         self.register_buffer("mask", torch.ones(self.kernel_shape, dtype=torch.bool))
         self.register_buffer("dynamic_index", torch.arange(self.kernel_numel), persistent=False)
         self.register_buffer("static_index", torch.zeros(0, dtype=torch.long), persistent=False)
+        # 1 - M as uint8, flattened: zeroes the static gradient at the dynamic entries in one multiply.
+        self.register_buffer("static_keep", torch.zeros(self.kernel_numel, dtype=torch.uint8), persistent=False)
         # Set by the partition while it scores: a float copy of the mask that carries gradient.
         self.relaxed_mask: torch.Tensor | None = None
 
@@ -96,6 +101,7 @@ class PartiallyDynamic(DynamicEntries):
         flat = self.mask.reshape(-1)
         self.dynamic_index = flat.nonzero().squeeze(1)
         self.static_index = (~flat).nonzero().squeeze(1)
+        self.static_keep = (~flat).to(torch.uint8)
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
@@ -109,12 +115,8 @@ class PartiallyDynamic(DynamicEntries):
         return self.weight.reshape(self.weight.shape[0], -1).index_select(1, self.dynamic_index)
 
     def masked_static_kernel(self, scale: torch.Tensor | None = None) -> torch.Tensor:
-        """``scale`` (default 1) times (1 - M) (.) W_s, flattened to (N,): zero at the dynamic entries.
-        Always a new tensor the caller may write into."""
-        if self.compacted:
-            # Scale the N - nnz stored values, not the dense result: fewer multiplies.
-            values = self.static_values if scale is None else scale * self.static_values
-            return values.new_zeros(self.kernel_numel).index_copy_(0, self.static_index, values)
+        """``scale`` (default 1) times (1 - M) (.) W_s, flattened to (N,): zero at the dynamic entries,
+        which get no gradient. Always a new tensor the caller may write into."""
         flat = self.static_weight.reshape(-1)
         if scale is not None:
             flat = scale * flat
@@ -123,8 +125,9 @@ class PartiallyDynamic(DynamicEntries):
     def masked_dynamic_kernels(self) -> torch.Tensor:
         """M (.) W_k for all K kernels, (K, N): zero at the static entries."""
         if self.compacted:
-            dense = self.dynamic_values.new_zeros(self.dynamic_values.shape[0], self.kernel_numel)
-            return dense.index_copy(1, self.dynamic_index, self.dynamic_values)
+            values = self.dynamic_values
+            index = self.dynamic_index.unsqueeze(0).expand(values.shape[0], -1)
+            return values.new_zeros(values.shape[0], self.kernel_numel).scatter(1, index, values)
         flat = self.weight.reshape(self.weight.shape[0], -1)
         return torch.where(self.mask.reshape(1, -1), flat, torch.zeros((), dtype=flat.dtype, device=flat.device))
 
@@ -146,17 +149,15 @@ class PartiallyDynamic(DynamicEntries):
 
     @torch.no_grad()
     def compact(self) -> "PartiallyDynamic":
-        """Make the mask permanent: keep only the dynamic entries of the K kernels and the static
-        entries of W_s. Outputs are unchanged; parameters (and optimizer state built afterwards) shrink
-        from (K + 1) N to K nnz + (N - nnz). Idempotent."""
+        """Make the mask permanent: keep only the dynamic entries of the K kernels; W_s stays dense with
+        its dynamic entries set to 0. Outputs are unchanged; parameters (and optimizer state built
+        afterwards) shrink from (K + 1) N to K nnz + N. Idempotent."""
         if self.compacted:
             return self
         dynamic = self.dynamic_entries().detach().clone()
-        static = self.static_weight.reshape(-1).index_select(0, self.static_index).detach().clone()
         del self.weight
-        del self.static_weight
         self.dynamic_values = nn.Parameter(dynamic)
-        self.static_values = nn.Parameter(static)
+        self.static_weight.copy_(self.masked_static_kernel().reshape(self.static_weight.shape))
         self.compacted = True
         return self
 

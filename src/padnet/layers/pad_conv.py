@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from .assemble import assemble_kernels
 from .dynamic_conv import DynamicConv2d
 from .pad_base import PartiallyDynamic
 
@@ -32,12 +33,10 @@ class PADConv2d(PartiallyDynamic, DynamicConv2d):
             m = self.relaxed_mask.reshape(-1)
             static = lambda_s * self.static_weight.reshape(-1)
             return static + m * (lambda_d * (alpha @ self.weight) - static)
-        static = self.masked_static_kernel(lambda_s)
-        dynamic = lambda_d * (alpha @ self.dynamic_entries())
-        if alpha.shape[0] == 1:
-            # One sample: write into the fresh static kernel itself, saving a copy of N entries.
-            return static.index_copy_(0, self.dynamic_index, dynamic[0]).unsqueeze(0)
-        return static.expand(alpha.shape[0], -1).index_copy(1, self.dynamic_index, dynamic)
+        # lambda_d scales the (B, K) attention, not the (B, nnz) aggregate; lambda_s is applied while
+        # copying W_s per sample: the fewest passes over memory.
+        return assemble_kernels(self.static_weight.reshape(-1), (lambda_d * alpha) @ self.dynamic_entries(),
+                                self.dynamic_index, scale=lambda_s, keep=self.static_keep)
 
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, {self.pad_extra_repr()}"
