@@ -56,7 +56,7 @@ def glue_dir(tmp_path_factory):
 def write_config(tmp_path, tiny_model_dir, glue_dir, run_dir, **extra):
     config = {
         "task": "glue", "run_dir": str(run_dir), "seed": 0, "epochs": 2, "batch_size": 8, "eval_batch_size": 8,
-        "progress": False, "tensorboard": False, "threads": 1,
+        "progress": False, "tensorboard": False, "threads": 1, "log_every": 2,
         "glue": {"task_name": "rte", "data_dir": str(glue_dir), "model": str(tiny_model_dir), "max_length": 16},
         "dynamic": {"mode": "pad", "kind": "moe", "num_experts": 4, "top_k": 2, "dynamic_ratio": 0.5},
         "partition": {"warmup_steps": 3, "scoring_batches": 2, "rounds": 2},
@@ -87,6 +87,7 @@ def test_pad_moe_run_partitions_after_warmup_and_resumes(tmp_path, tiny_model_di
     # The warm-up ran before the partition (without it, the upcycled experts give all-zero scores), at
     # the base learning rate, not at the first step of the training schedule's ramp.
     assert log.index("partition warm-up: 3 fully dynamic steps at lr 0.001\n") < log.index("partition (taylor")
+    assert " lr " in log and " tau " not in log  # no DY-Conv temperature to report for an MoE
 
     # Interrupt a second, identical run right after its first epoch's checkpoint, then resume it.
     part = tmp_path / "part"

@@ -413,8 +413,9 @@ class Trainer:
                     if hasattr(bar, "set_postfix"):
                         bar.set_postfix(loss=f"{loss_sum / steps:.4f}", refresh=False)
                     if global_step % config.log_every == 0:
+                        # tau only where a softmax DY-Conv uses it (not for MoE or static models).
                         log.info(f"epoch {epoch + 1} step {global_step} loss {loss_sum / steps:.4f} "
-                                 f"lr {scheduler.get_last_lr()[0]:.5f} tau {temperature:.3f}")
+                                 f"lr {scheduler.get_last_lr()[0]:.5f}" + (f" tau {temperature:.3f}" if has_dyconv else ""))
                     if tb is not None:
                         tb.add_scalar("train/loss", float(step_loss), global_step)
                 epoch_time = time.perf_counter() - started
