@@ -56,6 +56,11 @@ def test_round_trip(tmp_path, form):
     if form == "compacted":
         assert loaded.layer1[0].conv2.compacted and not loaded.layer1[0].conv1.compacted
     assert read_record(path)["form"] == ("deployed" if form == "deployed" else "training")
+    if form == "deployed":  # the file holds the index list as int32; the layer scatters with int64
+        from safetensors.torch import load_file
+
+        assert load_file(path)["layer1.0.conv1.dynamic_index"].dtype == torch.int32
+        assert loaded.layer1[0].conv1.dynamic_index.dtype == torch.long
     assert not [p for p in os.listdir(tmp_path) if p != "m.safetensors"]  # no temp file left behind
 
 

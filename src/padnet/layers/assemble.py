@@ -101,4 +101,7 @@ def _workspace(numel: int, dtype: torch.dtype) -> torch.Tensor:
 
 def _tracing() -> bool:
     # Traced or compiled graphs must not capture a buffer that the next call overwrites.
-    return torch.jit.is_tracing() or torch.compiler.is_compiling()
+    compiling = getattr(torch.compiler, "is_compiling", None)  # torch >= 2.3
+    if compiling is None:
+        from torch._dynamo import is_compiling as compiling
+    return torch.jit.is_tracing() or compiling()

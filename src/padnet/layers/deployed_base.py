@@ -36,6 +36,8 @@ class DeployedPartiallyDynamic(DynamicEntries):
         self.register_buffer("static_index", torch.zeros(0, dtype=torch.long), persistent=False)
         self.register_buffer("static_kernel", torch.zeros(numel), persistent=False)
         self._refresh_static()
+        register = getattr(self, "register_state_dict_post_hook", None) or self._register_state_dict_hook
+        register(_save_index_as_int32)
 
     @staticmethod
     def _check_index(index: torch.Tensor, numel: int) -> torch.Tensor:
@@ -68,6 +70,8 @@ class DeployedPartiallyDynamic(DynamicEntries):
         # A file may hold another index list (another mask) than this layer was built with: adopt its
         # size so a strict load of a deployed model needs no mask up front.
         index = state_dict.get(prefix + "dynamic_index")
+        if isinstance(index, torch.Tensor) and index.dtype == torch.int32:
+            index = state_dict[prefix + "dynamic_index"] = index.long()  # files hold int32 (see below)
         if isinstance(index, torch.Tensor) and index.dim() == 1 and index.numel() != self.num_dynamic:
             device = self.dynamic_index.device
             nnz = index.numel()
@@ -90,3 +94,12 @@ class DeployedPartiallyDynamic(DynamicEntries):
 
     def deployed_extra_repr(self) -> str:
         return f"dynamic_ratio={self.dynamic_ratio:.3f}, stored={self.kernel_numel - self.num_dynamic}+{tuple(self.dynamic_values.shape)}"
+
+
+def _save_index_as_int32(module, state_dict, prefix, local_metadata) -> None:
+    """Files hold the index list as int32: half the bytes of the int64 that ``scatter_`` needs at run
+    time (e.g. 28 MB instead of 56 MB for resnet50 at kappa 0.3). Every kernel here has far fewer than
+    2^31 entries; larger ones keep int64."""
+    key = prefix + "dynamic_index"
+    if key in state_dict and module.kernel_numel < 2**31:
+        state_dict[key] = state_dict[key].to(torch.int32)
