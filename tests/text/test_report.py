@@ -24,12 +24,24 @@ def test_summary_and_average(tmp_path):
     fake_result(tmp_path, "rte", "static", 1, {"accuracy": 0.7, "score": 0.7})
     fake_result(tmp_path, "rte", "pad", 0, {"accuracy": 0.5, "score": 0.5})
     fake_result(tmp_path, "mrpc", "static", 0, {"accuracy": 0.8, "f1": 0.9, "score": 0.85})
-    # mrpc has no PAD run yet: the average must leave mrpc out for every method.
+    # mrpc has no PAD run yet: dense averages both tasks, PAD gets no average (not one over rte only).
     summary = report.summarize(report.collect(tmp_path))
     assert summary["methods"] == ["dense", "PAD-MoE k=0.5"]
-    assert summary["average_over"] == ["rte"]
-    assert summary["averages"]["dense"] == pytest.approx(0.65)
-    assert summary["averages"]["PAD-MoE k=0.5"] == pytest.approx(0.5)
+    assert summary["average_over"] == ["mrpc", "rte"]
+    assert summary["averages"] == {"dense": pytest.approx((0.85 + 0.65) / 2)}
     text = report.markdown(summary, [])
     assert "| RTE | acc | 65.0 ± 7.1 (n=2) | 50.0 (n=1) |" in text
     assert "| MRPC | acc | 80.0 (n=1) | — |" in text
+    assert "| **average** | score | **75.0** | — |" in text
+
+
+def test_paired_differences_match_seeds(tmp_path):
+    for seed, (moe, pad) in enumerate([(0.60, 0.62), (0.70, 0.66), (0.50, 0.55)]):
+        fake_result(tmp_path, "rte", "dynamic", seed, {"accuracy": moe, "score": moe})
+        if seed != 2:  # PAD seed 2 not finished: only seeds both have are paired
+            fake_result(tmp_path, "rte", "pad", seed, {"accuracy": pad, "score": pad})
+    summary = report.summarize(report.collect(tmp_path))
+    diffs = report.paired_differences(summary, "MoE")
+    assert diffs["rte"]["PAD-MoE k=0.5"] == pytest.approx([0.02, -0.04])
+    text = report.markdown(summary, [])
+    assert "| RTE | -1.0 ± 4.2 (n=2) |" in text

@@ -76,13 +76,31 @@ def summarize(results: list[dict]) -> dict:
         if r.get("partition", {}).get("wall_time_s") is not None:
             cell["partition_s"].append(r["partition"]["wall_time_s"])
     methods = sorted({m for cells in table.values() for m in cells}, key=lambda m: (m != "dense", m != "MoE", m))
-    common = [t for t in TASK_ORDER if t in table and all(m in table[t] for m in methods)]
-    averages = {}
-    for m in methods:
-        if not common:
-            break
-        averages[m] = float(np.mean([np.mean(table[t][m]["metrics"]["score"]) for t in common]))
+    # Average over the tasks that the methods with the most finished tasks share; a method missing one
+    # of them (an ablation still running) gets no average rather than one over other tasks.
+    most = max(sum(m in table[t] for t in table) for m in methods)
+    leaders = [m for m in methods if sum(m in table[t] for t in table) == most]
+    common = [t for t in TASK_ORDER if t in table and all(m in table[t] for m in leaders)]
+    averages = {m: float(np.mean([np.mean(table[t][m]["metrics"]["score"]) for t in common]))
+                for m in methods if common and all(m in table[t] for t in common)}
     return {"tasks": table, "methods": methods, "average_over": common, "averages": averages}
+
+
+def paired_differences(summary: dict, baseline: str) -> dict[str, dict[str, list[float]]]:
+    """{task: {method: [score(method) - score(baseline) for each seed both finished]}}: the same seed
+    means the same training subset order, so per-seed differences cancel part of the seed noise."""
+    out: dict[str, dict[str, list[float]]] = {}
+    for task, cells in summary["tasks"].items():
+        if baseline not in cells:
+            continue
+        base = dict(zip(cells[baseline]["seeds"], cells[baseline]["metrics"]["score"]))
+        for method, cell in cells.items():
+            if method == baseline:
+                continue
+            diffs = [score - base[seed] for seed, score in zip(cell["seeds"], cell["metrics"]["score"]) if seed in base]
+            if diffs:
+                out.setdefault(task, {})[method] = diffs
+    return out
 
 
 def majority_scores(results: list[dict]) -> dict[str, float]:
@@ -143,13 +161,22 @@ def markdown(summary: dict, results: list[dict], majority: dict[str, float] | No
                 row.append(f"{majority[t] * 100:.1f}" if t in majority and show else "")
             lines.append("| " + " | ".join(row) + " |")
     if summary["averages"]:
-        row = ["**average**", "score"] + [f"**{summary['averages'][m] * 100:.1f}**" for m in methods]
+        row = ["**average**", "score"] + [f"**{summary['averages'][m] * 100:.1f}**" if m in summary["averages"]
+                                          else "—" for m in methods]
         if majority:
             common = summary["average_over"]
             row.append(f"{np.mean([majority[t] for t in common]) * 100:.1f}" if all(t in majority for t in common) else "")
         lines.append("| " + " | ".join(row) + " |")
-        lines += ["", f"Average over the tasks every method finished: {', '.join(summary['average_over'])} "
-                  "(a task's score is the mean of its metrics)."]
+        lines += ["", f"Average over the tasks the most complete methods share: {', '.join(summary['average_over'])} "
+                  "(a task's score is the mean of its metrics; — = a method has not finished all of them)."]
+    diffs = paired_differences(summary, "MoE")
+    others = [m for m in methods if m != "MoE" and any(m in d for d in diffs.values())]
+    if others:
+        lines += ["", "## Score minus MoE, paired by seed (x100, mean ± std)", "",
+                  "| task | " + " | ".join(others) + " |", "|---|" + "---:|" * len(others)]
+        for t in [t for t in tasks if t in diffs]:
+            cells = [f"{_fmt(diffs[t][m])} (n={len(diffs[t][m])})" if m in diffs[t] else "—" for m in others]
+            lines.append(f"| {t.upper()} | " + " | ".join(cells) + " |")
     lines += ["", "## Parameters and time", "",
               "| method | stored params (training form) | deployable params | time / epoch (s), mean over runs | partition (s) |",
               "|---|---:|---:|---:|---:|"]
