@@ -118,6 +118,10 @@ def test_sweep_skips_finished_and_report_writes_table_and_plot(tmp_path, capsys)
     assert sorted(p.parent.parent.name for p in out.rglob("results.json")) == ["static", "static"]
     assert main(["sweep", "--config", str(sweep), "--only", "nothing-*"]) == 2
     assert "--only nothing-* matches no run" in capsys.readouterr().err
+    assert main(["sweep", "--config", str(sweep), "--only", "pad-*", "--seeds", "1"]) == 0
+    assert (out / "pad-0.5" / "seed1" / "results.json").is_file() and not (out / "pad-0.5" / "seed0").exists()
+    assert main(["sweep", "--config", str(sweep), "--seeds", "7"]) == 2
+    assert "--seeds 7 matches no run" in capsys.readouterr().err
     assert main(["sweep", "--config", str(sweep)]) == 0
     assert len(list(out.rglob("results.json"))) == 4
     stamp = (out / "pad-0.5" / "seed1" / "results.json").stat().st_mtime_ns

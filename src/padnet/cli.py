@@ -67,6 +67,12 @@ def _sweep(args) -> int:
         if not configs:
             print(f"padnet sweep: --only {' '.join(args.only)} matches no run of {args.config}", file=sys.stderr)
             return 2
+    if args.seeds is not None:
+        configs = [c for c in configs if c.seed in args.seeds]
+        if not configs:
+            print(f"padnet sweep: --seeds {' '.join(map(str, args.seeds))} matches no run of {args.config}",
+                  file=sys.stderr)
+            return 2
     if args.dry_run or not configs:
         return _sweep_runs(args, configs, print)
     with distributed.process_group(configs[0].device):
@@ -240,6 +246,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--only", action="append", default=[], metavar="PATTERN",
                    help="run only the runs whose name matches this glob (repeatable); e.g. split a sweep over "
                         "several processes with disjoint patterns")
+    p.add_argument("--seeds", type=int, nargs="+", metavar="SEED", help="run only these of the sweep's seeds")
     p.set_defaults(func=_sweep)
 
     p = sub.add_parser("report", help="markdown table (mean ± std over seeds) and plots of finished runs under DIR")
