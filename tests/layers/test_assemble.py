@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from padnet.layers.assemble import assemble_kernels
+from padnet.layers.assemble import assemble_kernels, release_workspace
 
 
 def _inputs(batch=3, numel=11, nnz=4, dtype=torch.float64):
@@ -67,3 +67,7 @@ def test_inference_path_reuses_one_workspace_and_gives_the_same_values():
     # The documented contract: the no-grad result is a workspace view that the next call overwrites.
     assert first.data_ptr() == second.data_ptr()
     assert expected.requires_grad and not second.requires_grad
+    release_workspace()
+    with torch.no_grad():
+        third = assemble_kernels(static, dynamic, index, scale)
+    torch.testing.assert_close(third, expected, rtol=0, atol=0)

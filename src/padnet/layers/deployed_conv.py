@@ -68,7 +68,8 @@ class DeployedPADConv2d(DeployedPartiallyDynamic, nn.Module):
         return new.train(layer.training)
 
     def per_sample_kernels(self, alpha: torch.Tensor) -> torch.Tensor:
-        """W(x) flattened, (B, N): the dense static kernel with the nnz aggregated dynamic entries written in."""
+        """W(x) flattened, (B, N): the dense static kernel with the nnz aggregated dynamic entries written in.
+        Under no_grad on CPU this is a view of a reused workspace (``padnet.layers.assemble``)."""
         return assemble_kernels(self.static_kernel, alpha @ self.dynamic_values, self.dynamic_index)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
