@@ -99,6 +99,12 @@ def test_config_errors_exit_2_with_all_problems(tmp_path, capsys):
 def test_run_dir_with_other_config_is_refused(tmp_path, capsys):
     config = write_config(tmp_path, "r", epochs=1, run_dir=str(tmp_path / "run"))
     assert main(["train", "--config", str(config)]) == 0
+    # A run written before a config key existed (here partition.static_init) is still the same run.
+    saved = tmp_path / "run" / "config.yaml"
+    old = yaml.safe_load(saved.read_text())
+    del old["partition"]["static_init"]
+    saved.write_text(yaml.safe_dump(old))
+    assert main(["train", "--config", str(config)]) == 0
     assert main(["train", "--config", str(config), "--set", "optim.lr=0.01"]) == 2
     assert "different config (keys: optim.lr)" in capsys.readouterr().err
 

@@ -230,6 +230,11 @@ class Trainer:
         import yaml
 
         previous = yaml.safe_load(saved.read_text()) or {}
+        try:
+            # Through today's schema, so a key added since (with its default) is not a difference.
+            previous = config_from_dict(previous, source=str(saved), preflight=False).to_dict()
+        except ConfigError:
+            pass  # a key removed since, or a value no longer valid: compare as written
         current = self.config.to_dict()
         differ = sorted(
             _diff_keys({k: v for k, v in previous.items() if k not in RESUME_FREE_KEYS},
