@@ -105,9 +105,11 @@ def release_workspace() -> None:
     _local.buffer = None
 
 
+_is_compiling = getattr(torch.compiler, "is_compiling", None)  # torch >= 2.3; resolved once, not per forward
+if _is_compiling is None:
+    from torch._dynamo import is_compiling as _is_compiling
+
+
 def _tracing() -> bool:
     # Traced or compiled graphs must not capture a buffer that the next call overwrites.
-    compiling = getattr(torch.compiler, "is_compiling", None)  # torch >= 2.3
-    if compiling is None:
-        from torch._dynamo import is_compiling as compiling
-    return torch.jit.is_tracing() or compiling()
+    return torch.jit.is_tracing() or _is_compiling()

@@ -10,6 +10,7 @@ from torch import nn
 
 from .deployed_base import DeployedPartiallyDynamic
 from .moe import init_moe_geometry, mix_experts
+from .pad_base import dense_dynamic_kernels
 from .pad_moe import PADMoELinear
 
 
@@ -64,9 +65,7 @@ class DeployedPADMoELinear(DeployedPartiallyDynamic, nn.Module):
         routing = self.router(tokens)
         self.last_aux_loss = self.aux_loss_coef * routing.balance_loss
         shape = (self.out_features, self.in_features)
-        index = self.dynamic_index.unsqueeze(0).expand(self.num_experts, -1)
-        experts = self.dynamic_values.new_zeros(self.num_experts, self.kernel_numel)
-        experts = experts.scatter_(1, index, self.dynamic_values).reshape(-1, *shape)
+        experts = dense_dynamic_kernels(self.dynamic_values, self.dynamic_index, self.kernel_numel).reshape(-1, *shape)
         y = F.linear(tokens, self.static_kernel.reshape(shape)) + mix_experts(tokens, routing, experts, self.bias)
         return y.reshape(*x.shape[:-1], self.out_features)
 

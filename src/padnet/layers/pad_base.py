@@ -24,6 +24,12 @@ from ._validate import check_choice
 LAMBDA_MODES = ("both", "static", "dynamic", "none")
 
 
+def dense_dynamic_kernels(values: torch.Tensor, index: torch.Tensor, numel: int) -> torch.Tensor:
+    """The (K, nnz) dynamic ``values`` written at flat positions ``index`` of K zero kernels: (K, numel)."""
+    wide_index = index.unsqueeze(0).expand(values.shape[0], -1)
+    return values.new_zeros(values.shape[0], numel).scatter(1, wide_index, values)
+
+
 class DynamicEntries:
     """Counts shared by the training and deployed PAD forms: both keep ``kernel_shape`` and a sorted
     ``dynamic_index`` of the dynamic entries' flat positions."""
@@ -125,9 +131,7 @@ class PartiallyDynamic(DynamicEntries):
     def masked_dynamic_kernels(self) -> torch.Tensor:
         """M (.) W_k for all K kernels, (K, N): zero at the static entries."""
         if self.compacted:
-            values = self.dynamic_values
-            index = self.dynamic_index.unsqueeze(0).expand(values.shape[0], -1)
-            return values.new_zeros(values.shape[0], self.kernel_numel).scatter(1, index, values)
+            return dense_dynamic_kernels(self.dynamic_values, self.dynamic_index, self.kernel_numel)
         flat = self.weight.reshape(self.weight.shape[0], -1)
         return torch.where(self.mask.reshape(1, -1), flat, torch.zeros((), dtype=flat.dtype, device=flat.device))
 
