@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import fnmatch
 import json
-import shutil
 import sys
 import time
 from pathlib import Path
@@ -103,6 +102,7 @@ def _sweep_runs(args, configs, print) -> int:  # noqa: A002 - print: rank 0's pr
 
 
 def _report(args) -> int:
+    from .train.io import atomic_write_bytes
     from .train.sweep import collect_results, markdown_table, plot, summarize
 
     _one_process_only("report")
@@ -139,15 +139,12 @@ def _report(args) -> int:
         text += [f"- {r['name']}: " + ", ".join(f"seed {s}: {v:.4f}" for s, v in zip(r["seeds"], r["values"])) for r in rows]
         if cfg:
             text += ["", "Shared recipe (from the first run's config):", "", "```yaml", _recipe(cfg), "```", ""]
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text("\n".join(text))
+        atomic_write_bytes(out, "\n".join(text).encode())
         print(f"wrote {out} and {plot_path}", file=sys.stderr)
     if args.copy_results:
         dest = Path(args.copy_results)
         for path in sorted(root.rglob("results.json")):
-            target = dest / path.parent.relative_to(root) / "results.json"
-            target.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(path, target)
+            atomic_write_bytes(dest / path.parent.relative_to(root) / "results.json", path.read_bytes())
         print(f"copied {len(results)} results.json files to {dest}", file=sys.stderr)
     return 0
 

@@ -5,6 +5,7 @@ import json
 import pytest
 
 from padnet.text import report
+from padnet.train.config import config_from_dict
 
 
 def fake_result(root, task, mode, seed, test):
@@ -45,3 +46,23 @@ def test_paired_differences_match_seeds(tmp_path):
     assert diffs["rte"]["PAD-MoE k=0.5"] == pytest.approx([0.02, -0.04])
     text = report.markdown(summary, [])
     assert "| RTE | -1.0 ± 4.2 (n=2) |" in text
+
+
+def test_main_writes_report_plot_and_copies(tmp_path):
+    runs, out = tmp_path / "runs", tmp_path / "docs" / "text.md"
+    for seed, seconds in enumerate([2.0, 2.0, 50.0]):  # one run slowed by other load on the machine
+        fake_result(runs, "rte", "static", seed, {"accuracy": 0.6, "score": 0.6})
+        path = runs / "rte-static" / f"seed{seed}" / "results.json"
+        r = json.loads(path.read_text())
+        r["time_per_epoch_s"] = seconds
+        r["config"] = config_from_dict({"task": "glue"}, preflight=False).to_dict()  # the recipe line reads it
+        r["config"]["glue"]["data_dir"] = None
+        path.write_text(json.dumps(r))
+    assert report.main([str(runs), "--out", str(out), "--copy-results", str(tmp_path / "docs" / "text")]) == 0
+    png = out.with_suffix(".png")
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    text = out.read_text()
+    assert "![GLUE dev scores per task and method](text.png)" in text
+    assert "| dense | 10 | 8 | 2 | — |" in text  # the median, not the mean (18)
+    assert json.loads((tmp_path / "docs" / "text" / "rte-static" / "seed2.json").read_text())["time_per_epoch_s"] == 50.0
+    assert not list((tmp_path / "docs").rglob("*.tmp"))

@@ -1,4 +1,5 @@
-"""The GLUE results report: per-task table (mean ± std over seeds), GLUE average, parameters, time.
+"""The GLUE results report: per-task table (mean ± std over seeds), GLUE average, parameters, time,
+and a bar chart of the same scores (PNG beside the markdown).
 
     python -m padnet.text.report runs/glue_sweep --out docs/results/text.md --copy-results docs/results/text
 
@@ -8,20 +9,23 @@ The GLUE average of a method is taken over the tasks every method has finished, 
 like with like; per-task rows show how many seeds each cell holds. ``--notes FILE`` appends a
 hand-written discussion (kept in the results directory so regenerating the tables keeps it).
 Scores are x100, as GLUE reports them. A "majority" row gives what a constant prediction scores on
-the same dev examples, the floor any method must beat.
+the same dev examples, the floor any method must beat. Times are medians over runs, so one run
+slowed by other load on the machine does not move them.
 """
 
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import math
-import shutil
+import os
 from pathlib import Path
 
 import numpy as np
 
 from ..metrics import TASK_METRICS, glue_metrics
+from ..train.io import atomic_write_bytes
 
 TASK_ORDER = ("cola", "sst2", "mrpc", "stsb", "qqp", "mnli", "mnli_mm", "qnli", "rte", "wnli")
 METRIC_NAMES = {"mcc": "MCC", "accuracy": "acc", "f1": "F1", "pearson": "Pearson", "spearman": "Spearman"}
@@ -127,7 +131,52 @@ def majority_scores(results: list[dict]) -> dict[str, float]:
     return out
 
 
-def markdown(summary: dict, results: list[dict], majority: dict[str, float] | None = None) -> str:
+def plot(summary: dict, path: str | Path, majority: dict[str, float] | None = None) -> Path:
+    """Grouped bars: one group per task (and the average), one bar per method, mean ± std over seeds
+    (x100); a dashed tick marks the majority-class floor of each task."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    tasks = [t for t in TASK_ORDER if t in summary["tasks"]]
+    groups = tasks + (["average"] if summary["averages"] else [])
+    methods = summary["methods"]
+    width = 0.8 / len(methods)
+    fig, ax = plt.subplots(figsize=(1.6 + 1.4 * len(groups), 4))
+    for i, m in enumerate(methods):
+        x, y, err = [], [], []
+        for g, t in enumerate(groups):
+            if t == "average":
+                if m not in summary["averages"]:
+                    continue
+                mean, std = summary["averages"][m], float("nan")
+            elif m in summary["tasks"][t]:
+                mean, std = _mean_std(summary["tasks"][t][m]["metrics"]["score"])
+            else:
+                continue
+            x.append(g - 0.4 + width * (i + 0.5))
+            y.append(mean * 100)
+            err.append(std * 100)  # nan (one seed, the average) draws no error bar
+        ax.bar(x, y, width, yerr=err, capsize=2, label=m)
+    for g, t in enumerate(groups):
+        if majority and t in majority:
+            ax.hlines(majority[t] * 100, g - 0.45, g + 0.45, colors="k", linestyles="dashed", linewidth=1)
+    ax.set_xticks(range(len(groups)), [t.upper() if t != "average" else "average" for t in groups])
+    ax.set_ylabel("dev score (x100)")
+    ax.set_title("GLUE dev, mean ± std over seeds (dashed: majority class)")
+    ax.grid(axis="y", alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=120)
+    plt.close(fig)
+    atomic_write_bytes(path, buffer.getvalue())
+    return Path(path)
+
+
+def markdown(summary: dict, results: list[dict], majority: dict[str, float] | None = None,
+             figure: str | None = None) -> str:
     tasks = [t for t in TASK_ORDER if t in summary["tasks"]]
     methods = summary["methods"]
     lines = ["# Text results: PAD-MoE on GLUE", ""]
@@ -147,6 +196,8 @@ def markdown(summary: dict, results: list[dict], majority: dict[str, float] | No
             "",
         ]
     lines += ["## Dev scores (x100, mean ± std over seeds)", ""]
+    if figure:
+        lines += [f"![GLUE dev scores per task and method]({figure})", ""]
     header = "| task | metric | " + " | ".join(methods) + (" | majority |" if majority else " |")
     lines += [header, "|" + "---|" * (2 + len(methods) + (1 if majority else 0))]
     for t in tasks:
@@ -178,7 +229,7 @@ def markdown(summary: dict, results: list[dict], majority: dict[str, float] | No
             cells = [f"{_fmt(diffs[t][m])} (n={len(diffs[t][m])})" if m in diffs[t] else "—" for m in others]
             lines.append(f"| {t.upper()} | " + " | ".join(cells) + " |")
     lines += ["", "## Parameters and time", "",
-              "| method | stored params (training form) | deployable params | time / epoch (s), mean over runs | partition (s) |",
+              "| method | stored params (training form) | deployable params | time / epoch (s), median over runs | partition (s), median |",
               "|---|---:|---:|---:|---:|"]
     for m in methods:
         cells = [summary["tasks"][t][m] for t in tasks if m in summary["tasks"][t]]
@@ -186,15 +237,15 @@ def markdown(summary: dict, results: list[dict], majority: dict[str, float] | No
         parts = [x for c in cells for x in c["partition_s"]]
         p = cells[0]["params"]
         lines.append(f"| {m} | {p['stored']:,} | {p['deployable']:,} | "
-                     f"{np.mean(times):.0f} | {np.mean(parts):.0f} |" if parts else
-                     f"| {m} | {p['stored']:,} | {p['deployable']:,} | {np.mean(times):.0f} | — |")
-    lines += ["", "Time per epoch per task (s):", "", "| task | " + " | ".join(methods) + " |",
+                     f"{np.median(times):.0f} | {np.median(parts):.0f} |" if parts else
+                     f"| {m} | {p['stored']:,} | {p['deployable']:,} | {np.median(times):.0f} | — |")
+    lines += ["", "Time per epoch per task (s, median over seeds):", "", "| task | " + " | ".join(methods) + " |",
               "|---|" + "---:|" * len(methods)]
     for t in tasks:
         row = [t.upper()]
         for m in methods:
             c = summary["tasks"][t].get(m)
-            row.append(f"{np.mean(c['time_per_epoch_s']):.0f}" if c and c["time_per_epoch_s"] else "—")
+            row.append(f"{np.median(c['time_per_epoch_s']):.0f}" if c and c["time_per_epoch_s"] else "—")
         lines.append("| " + " | ".join(row) + " |")
     return "\n".join(lines) + "\n"
 
@@ -206,25 +257,30 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--copy-results", metavar="DIR", help="copy each run's results.json to DIR/<name>/seed<k>.json "
                     "and write DIR/summary.json")
     ap.add_argument("--notes", help="markdown file appended to the report (default: DIR/NOTES.md if present)")
+    ap.add_argument("--plot", help="where to write the bar chart (default: --out with .png; none without --out)")
     args = ap.parse_args(argv)
     results = collect(args.dir)
     if not results:
         raise SystemExit(f"no results.json of a glue run under {args.dir}")
     summary = summarize(results)
-    text = markdown(summary, results, majority_scores(results))
+    majority = majority_scores(results)
+    figure = None
+    plot_path = Path(args.plot) if args.plot else (Path(args.out).with_suffix(".png") if args.out else None)
+    if plot_path is not None:
+        plot(summary, plot_path, majority)
+        start = Path(args.out).parent if args.out else Path.cwd()
+        figure = os.path.relpath(plot_path, start)
+    text = markdown(summary, results, majority, figure)
     notes = Path(args.notes) if args.notes else (Path(args.copy_results) / "NOTES.md" if args.copy_results else None)
     if notes is not None and notes.is_file():
         text += "\n" + notes.read_text()
     if args.copy_results:
         dest = Path(args.copy_results)
         for r in results:
-            target = dest / r["name"] / f"seed{r['seed']}.json"
-            target.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(r["_path"], target)
-        (dest / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+            atomic_write_bytes(dest / r["name"] / f"seed{r['seed']}.json", Path(r["_path"]).read_bytes())
+        atomic_write_bytes(dest / "summary.json", (json.dumps(summary, indent=2) + "\n").encode())
     if args.out:
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(text)
+        atomic_write_bytes(args.out, text.encode())
     else:
         print(text)
     return 0
