@@ -91,6 +91,17 @@ def test_deploy_after_compact_and_stored_entries():
     assert "dynamic_ratio=" in repr(dep)
 
 
+def test_deployed_layer_holds_no_static_index():
+    # In memory: the stored values, the dense static kernel the forward copies, the int64 index list and
+    # the attention. An int64 list of the N - nnz static positions would take more than all of those.
+    dep = DeployedPADConv2d.from_pad(small_resnet("both").layer1[0].conv1)
+    nnz, numel = dep.num_dynamic, dep.kernel_numel
+    held = {name: t.numel() * t.element_size() for name, t in [*dep.named_parameters(), *dep.named_buffers()]}
+    attention = sum(v for name, v in held.items() if name.startswith("attention."))
+    assert sum(held.values()) - attention == 4 * (numel - nnz) + 4 * 4 * nnz + 8 * nnz + 4 * numel
+    torch.testing.assert_close(dep.static_kernel[dep.dynamic_index], torch.zeros(nnz))
+
+
 def test_deployed_layer_per_sample_independence():
     layer = PADConv2d(8, 16, 3, padding=1, bias=True)
     layer.set_mask(random_mask(layer.kernel_shape, 0.3))

@@ -3,9 +3,10 @@
 A deployed layer stores, per SPEC section 6, only: the N - nnz static entries with lambda_s folded in
 (``static_values``), the K x nnz dynamic entries with lambda_d folded in (``dynamic_values``) and the
 sorted flat positions of the dynamic entries (``dynamic_index``, an index list instead of a mask).
-The static positions and a dense static kernel (zeros at the dynamic positions) are derived from
-these at construction and load time and are not saved: the dense kernel lets each forward build a
-sample's kernel with one copy plus one scatter of nnz values.
+A dense static kernel (zeros at the dynamic positions) is derived from these at construction and
+load time and is not saved: it lets each forward build a sample's kernel with one copy plus one
+scatter of nnz values. The static positions are recomputed when needed rather than kept: as int64
+they would take twice the bytes of the static values themselves.
 """
 
 from __future__ import annotations
@@ -33,7 +34,6 @@ class DeployedPartiallyDynamic(DynamicEntries):
         self.dynamic_values = nn.Parameter(torch.zeros(num_kernels, nnz), requires_grad=False)
         self.static_values = nn.Parameter(torch.zeros(numel - nnz), requires_grad=False)
         self.register_buffer("dynamic_index", dynamic_index.clone())
-        self.register_buffer("static_index", torch.zeros(0, dtype=torch.long), persistent=False)
         self.register_buffer("static_kernel", torch.zeros(numel), persistent=False)
         self._refresh_static()
         register = getattr(self, "register_state_dict_post_hook", None) or self._register_state_dict_hook
@@ -50,21 +50,21 @@ class DeployedPartiallyDynamic(DynamicEntries):
         return index
 
     @torch.no_grad()
-    def _refresh_static(self, index_changed: bool = True) -> None:
-        numel = self.kernel_numel
-        if index_changed:
-            is_dynamic = torch.zeros(numel, dtype=torch.bool, device=self.dynamic_index.device)
-            is_dynamic[self.dynamic_index] = True
-            self.static_index = (~is_dynamic).nonzero().squeeze(1)
+    def _refresh_static(self) -> None:
         values = self.static_values.detach()
-        self.static_kernel = values.new_zeros(numel).scatter_(0, self.static_index.to(values.device), values)
+        is_static = torch.ones(self.kernel_numel, dtype=torch.bool, device=values.device)
+        is_static[self.dynamic_index.to(values.device)] = False
+        # Boolean indexing walks positions in order, the order static_values is stored in.
+        kernel = values.new_zeros(self.kernel_numel)
+        kernel[is_static] = values
+        self.static_kernel = kernel
 
     @torch.no_grad()
     def load_folded(self, static_values: torch.Tensor, dynamic_values: torch.Tensor) -> None:
         """Set the stored entries (lambdas already folded in) and refresh the derived dense kernel."""
         self.static_values.copy_(static_values)
         self.dynamic_values.copy_(dynamic_values)
-        self._refresh_static(index_changed=False)
+        self._refresh_static()
 
     def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing, unexpected, errors):
         # A file may hold another index list (another mask) than this layer was built with: adopt its
