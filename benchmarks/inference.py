@@ -4,10 +4,14 @@ padnet PAD deployed and timm's CondConv2d (optional peer), as ratios to static, 
     python benchmarks/inference.py                      # quick: resnet18+resnet50 at batch 1, layers at 1/8/64
     python benchmarks/inference.py --model-batches 1 8 64 --full
     python benchmarks/inference.py --models resnet18 --skip-layers --json out.json --md out.md
+    python benchmarks/inference.py --memory-only        # only the memory table of the whole models
 
 Whole models run at 224x224 in eval mode under no_grad. Batch 64 of resnet50 at 224x224 takes minutes
 per variant on a 2-core CPU, so model batches default to 1; the output states what was measured.
 timm is optional (pip install 'padnet[bench]'); without it that column is skipped with a message.
+The memory table gives, per whole model, what it holds in memory (parameters and every buffer, the
+derived ones included; activations and the per-thread kernel workspace excluded) and what its state
+dict, i.e. a saved file, holds.
 """
 
 from __future__ import annotations
@@ -31,6 +35,7 @@ from common import (  # noqa: E402
 import padnet  # noqa: E402
 from padnet.convert import convert, pad_layers  # noqa: E402
 from padnet.reference import DenseMaskPADConv2d  # noqa: E402
+from padnet.train.io import atomic_write_bytes  # noqa: E402
 
 VARIANTS = ("static", "DY-Conv", "dense-mask PAD", "padnet PAD", "padnet PAD deployed", "timm CondConv")
 
@@ -75,6 +80,24 @@ def latencies(variants: dict[str, nn.Module], names, x: torch.Tensor, min_run_ti
     return time_variants({n: eval_fn(variants[n]) for n in names}, min_run_time, rounds)
 
 
+def megabytes(tensors) -> float:
+    return sum(t.numel() * t.element_size() for t in tensors) / 2**20
+
+
+def memory(variants: dict[str, nn.Module]) -> dict[str, dict[str, float]]:
+    return {name: {"held_mb": megabytes([*m.parameters(), *m.buffers()]),
+                   "file_mb": megabytes(m.state_dict().values())} for name, m in variants.items()}
+
+
+def memory_table(rows) -> str:
+    names = list(rows[0]["memory"])
+    lines = ["| model | MB | " + " | ".join(names) + " |", "|---|---|" + "---:|" * len(names)]
+    for r in rows:
+        for key, label in (("held_mb", "held in memory"), ("file_mb", "state dict (file)")):
+            lines.append(f"| {r['what']} | {label} | " + " | ".join(f"{r['memory'][n][key]:.0f}" for n in names) + " |")
+    return "\n".join(lines)
+
+
 def table(rows, names):
     head = "| what | batch | static ms | " + " | ".join(n for n in names if n != "static") + " | deployed <= DY | deployed / dense |"
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
@@ -93,6 +116,7 @@ def main(argv=None):
     p.add_argument("--model-batches", type=int, nargs="+", default=[1])
     p.add_argument("--layer-batches", type=int, nargs="+", default=[1, 8, 64])
     p.add_argument("--skip-layers", action="store_true")
+    p.add_argument("--memory-only", action="store_true", help="build the whole models, report their memory, time nothing")
     p.add_argument("--kappa", type=float, default=0.3)
     p.add_argument("--full", action="store_true", help="longer timing windows")
     p.add_argument("--json", type=Path, default=Path("inference_results.json"))
@@ -103,16 +127,18 @@ def main(argv=None):
     names = [n for n in VARIANTS if with_timm or n != "timm CondConv"]
     notes = [] if with_timm else ["timm is not installed: the timm CondConv column is skipped (pip install timm)."]
     start = time.time()
-    rows = []
+    rows, memory_rows = [], []
     for arch in args.models:
         variants = model_variants(arch, args.kappa, with_timm)
-        for batch in args.model_batches:
+        memory_rows.append({"what": f"{arch}", "memory": memory(variants)})
+        print(memory_rows[-1], file=sys.stderr, flush=True)
+        for batch in [] if args.memory_only else args.model_batches:
             x = torch.randn(batch, 3, 224, 224)
             t = latencies(variants, names, x, min_run_time, rounds)
             rows.append({"what": f"{arch} @224", "batch": batch, "seconds": t})
             print(rows[-1], file=sys.stderr, flush=True)
         del variants
-    if not args.skip_layers:
+    if not (args.skip_layers or args.memory_only):
         for c_in, c_out, k, hw in LAYER_SHAPES:
             variants = layer_variants(c_in, c_out, k, args.kappa, with_deployed=True, with_timm=with_timm)
             for batch in args.layer_batches:
@@ -120,15 +146,23 @@ def main(argv=None):
                 t = latencies(variants, names, x, min_run_time, rounds)
                 rows.append({"what": f"{k}x{k} {c_in}->{c_out} @{hw}", "batch": batch, "seconds": t})
                 print(rows[-1], file=sys.stderr, flush=True)
-    measured = (f"models {args.models} at batches {args.model_batches} (224x224); "
-                + ("no layers" if args.skip_layers else f"layer shapes at batches {args.layer_batches}"))
+    if args.memory_only:
+        measured = f"memory of models {args.models}, no timing"
+    else:
+        measured = (f"models {args.models} at batches {args.model_batches} (224x224); "
+                    + ("no layers" if args.skip_layers else f"layer shapes at batches {args.layer_batches}"))
     header = (f"Inference latency, eval + no_grad, kappa = {args.kappa}, K = 4; {environment()}; "
               f"{'full' if args.full else 'quick'} timing; measured: {measured}; {time.time() - start:.0f} s.")
-    md = "\n\n".join([header, *notes, "Ratios to static (lower is better).", table(rows, names)]) + "\n"
+    parts = [header, *notes]
+    if rows:
+        parts += ["Ratios to static (lower is better).", table(rows, names)]
+    if memory_rows:
+        parts += ["Memory (MB): parameters and all buffers held, and the state dict a file holds.", memory_table(memory_rows)]
+    md = "\n\n".join(parts) + "\n"
     print(md)
-    args.md.write_text(md)
-    args.json.write_text(json.dumps({"environment": environment(), "kappa": args.kappa, "measured": measured,
-                                     "notes": notes, "rows": rows}, indent=1))
+    atomic_write_bytes(args.md, md.encode())
+    atomic_write_bytes(args.json, json.dumps({"environment": environment(), "kappa": args.kappa, "measured": measured,
+                                              "notes": notes, "rows": rows, "memory": memory_rows}, indent=1).encode())
 
 
 if __name__ == "__main__":

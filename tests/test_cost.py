@@ -104,7 +104,11 @@ def test_bytes_count_masks_and_index_lists():
     assert row.params == params
     assert row.bytes == 4 * params + pad_layer.mask.numel()  # fp32 values + a bool mask
     row = {r.name: r for r in cost(dep).layers}["1"]
-    assert row.bytes == 4 * row.params + 8 * dep_layer.dynamic_index.numel()  # + an int64 index list
+    nnz, numel = dep_layer.num_dynamic, dep_layer.kernel_numel
+    # N - nnz static values (held in the dense static kernel, not a parameter) + K nnz dynamic + the rest
+    others = sum(p.numel() for n, p in dep_layer.named_parameters() if n != "dynamic_values")
+    assert row.params == numel - nnz + dep_layer.num_kernels * nnz + others
+    assert row.bytes == 4 * row.params + 4 * nnz  # + the index list, int32 in the file
     assert row.params < params
 
 

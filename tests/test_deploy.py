@@ -91,15 +91,33 @@ def test_deploy_after_compact_and_stored_entries():
     assert "dynamic_ratio=" in repr(dep)
 
 
-def test_deployed_layer_holds_no_static_index():
-    # In memory: the stored values, the dense static kernel the forward copies, the int64 index list and
-    # the attention. An int64 list of the N - nnz static positions would take more than all of those.
-    dep = DeployedPADConv2d.from_pad(small_resnet("both").layer1[0].conv1)
+def test_deployed_layer_holds_each_value_once():
+    # In memory: the dense static kernel the forward copies (which holds the static values), the K nnz
+    # dynamic values, the int64 index list and the attention; no second copy of the static values and
+    # no list of the static positions (as int64 that alone would outweigh the static values).
+    layer = small_resnet("both").layer1[0].conv1
+    dep = DeployedPADConv2d.from_pad(layer)
     nnz, numel = dep.num_dynamic, dep.kernel_numel
     held = {name: t.numel() * t.element_size() for name, t in [*dep.named_parameters(), *dep.named_buffers()]}
     attention = sum(v for name, v in held.items() if name.startswith("attention."))
-    assert sum(held.values()) - attention == 4 * (numel - nnz) + 4 * 4 * nnz + 8 * nnz + 4 * numel
+    assert sum(held.values()) - attention == 4 * numel + 4 * 4 * nnz + 8 * nnz
     torch.testing.assert_close(dep.static_kernel[dep.dynamic_index], torch.zeros(nnz))
+    # The file still holds exactly the N - nnz static values, in position order.
+    state = dep.state_dict()
+    assert state["static_values"].shape == (numel - nnz,) and "static_kernel" not in state
+    lambda_s = float(layer.scales[0])
+    torch.testing.assert_close(state["static_values"], lambda_s * layer.static_weight.detach().reshape(-1)[layer.static_index])
+
+
+def test_deployed_state_dict_errors_name_the_key():
+    dep = DeployedPADConv2d.from_pad(small_resnet("both").layer1[0].conv1)
+    state = dep.state_dict()
+    short = dict(state, static_values=state["static_values"][:-1])
+    with pytest.raises(RuntimeError, match="static_values: static_values must be 1-D with N - nnz"):
+        dep.load_state_dict(short)
+    missing = {k: v for k, v in state.items() if k != "static_values"}
+    with pytest.raises(RuntimeError, match="Missing key.*static_values"):
+        dep.load_state_dict(missing)
 
 
 def test_deployed_layer_per_sample_independence():

@@ -2,10 +2,11 @@
 
 What counts (SPEC section 6):
 - ``params``: elements of the module's parameters (what ``nn.Module.parameters`` yields), so
-  torchvision resnet50 counts 25.6M; a PAD layer's mask or a deployed layer's index list is not a
-  parameter but is in ``bytes``.
+  torchvision resnet50 counts 25.6M, plus a deployed layer's N - nnz static values, which it holds in
+  its dense static kernel rather than in a parameter; a PAD layer's mask or a deployed layer's index
+  list is not a parameter but is in ``bytes``.
 - ``bytes``: every tensor the state dict (and so a saved file) holds: parameters and persistent buffers
-  (masks, index lists, BatchNorm statistics).
+  (masks, index lists, BatchNorm statistics), at the dtype the file holds them in.
 - MACs per sample, measured with forward hooks on ``example_input`` (nothing runs without one):
   ``conv_macs`` are convolutions and matrix products (including attention and routers);
   ``aggregation_macs`` are the per-sample kernel aggregations of dynamic convs: K N for DY-Conv,
@@ -30,8 +31,16 @@ from .layers import (
     PADConv2d,
     PADMoELinear,
 )
+from .layers.deployed_base import DeployedPartiallyDynamic
 
 DYNAMIC_UNITS = (DynamicConv2d, MoELinear, DeployedPADConv2d, DeployedPADMoELinear)
+
+
+def stored_numel(module: nn.Module, recurse: bool = True) -> int:
+    """Stored values: parameter elements, plus the static values of deployed layers (see above)."""
+    params = sum(p.numel() for p in module.parameters(recurse=recurse))
+    deployed = [m for m in (module.modules() if recurse else [module]) if isinstance(m, DeployedPartiallyDynamic)]
+    return params + sum(m.num_static for m in deployed)
 
 
 @dataclass
@@ -92,18 +101,12 @@ class ModelCost:
 
 
 def _state_bytes(module: nn.Module, recurse: bool) -> int:
-    tensors = list(module.parameters(recurse=recurse))
-    if recurse:
-        tensors += [b for n, b in module.named_buffers() if _persistent(module, n)]
+    if recurse:  # through the state dict, so its hooks (a deployed layer's) count as a file does
+        tensors = list(module.state_dict().values())
     else:
+        tensors = list(module.parameters(recurse=False))
         tensors += [b for n, b in module.named_buffers(recurse=False) if n not in module._non_persistent_buffers_set]
     return sum(t.numel() * t.element_size() for t in tensors)
-
-
-def _persistent(root: nn.Module, dotted: str) -> bool:
-    owner_name, _, leaf = dotted.rpartition(".")
-    owner = root.get_submodule(owner_name) if owner_name else root
-    return leaf not in owner._non_persistent_buffers_set
 
 
 def _units(model: nn.Module) -> list[tuple[str, nn.Module, bool]]:
@@ -169,8 +172,8 @@ def cost(model: nn.Module, example_input: torch.Tensor | None = None) -> ModelCo
     (one forward pass in eval mode under hooks; the model's train/eval mode is restored)."""
     units = _units(model)
     layers = {
-        name: LayerCost(name or "(root)", _kind(m), sum(p.numel() for p in m.parameters(recurse=rec)),
-                        _state_bytes(m, rec), dynamic_ratio=_dynamic_ratio(m))
+        name: LayerCost(name or "(root)", _kind(m), stored_numel(m, rec), _state_bytes(m, rec),
+                        dynamic_ratio=_dynamic_ratio(m))
         for name, m, rec in units
     }
     result = ModelCost(list(layers.values()))

@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from .convert import dynamic_layers
-from .cost import cost
+from .cost import cost, stored_numel
 from .layers import DynamicConv2d, PartiallyDynamic
 from .layers.deployed_base import DeployedPartiallyDynamic
 
@@ -132,7 +132,7 @@ def _layer_summary(name: str, layer: nn.Module) -> LayerSummary:
         static_params=static,
         dynamic_params=dynamic,
         router_params=router_params,
-        stored_params=sum(p.numel() for p in layer.parameters()),
+        stored_params=stored_numel(layer),
         fully_static_params=entries + one_bias,
         fully_dynamic_params=kernels * entries + bias + sum(p.numel() for p in router.parameters()),
     )
@@ -146,7 +146,7 @@ def summary(model: nn.Module, example_input: torch.Tensor | None = None) -> Mode
     found = dynamic_layers(model)
     # Nested dynamic layers do not exist, so a layer's parameters belong to it alone.
     layers = [_layer_summary(name, layer) for name, layer in found]
-    inside = sum(s.stored_params for s in layers)
+    inside = sum(p.numel() for _, layer in found for p in layer.parameters())
     other = sum(p.numel() for p in model.parameters()) - inside
     entries = sum(math.prod(s.kernel_shape) for s in layers)
     dynamic_entries = sum(round(s.dynamic_ratio * math.prod(s.kernel_shape)) for s in layers)
@@ -154,7 +154,7 @@ def summary(model: nn.Module, example_input: torch.Tensor | None = None) -> Mode
     return ModelSummary(
         layers=layers,
         other_params=other,
-        stored_params=other + inside,
+        stored_params=other + sum(s.stored_params for s in layers),
         deployable_params=other + sum(s.deployable_params for s in layers),
         fully_static_params=other + sum(s.fully_static_params for s in layers),
         fully_dynamic_params=other + sum(s.fully_dynamic_params for s in layers),

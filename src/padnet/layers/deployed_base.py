@@ -3,10 +3,12 @@
 A deployed layer stores, per SPEC section 6, only: the N - nnz static entries with lambda_s folded in
 (``static_values``), the K x nnz dynamic entries with lambda_d folded in (``dynamic_values``) and the
 sorted flat positions of the dynamic entries (``dynamic_index``, an index list instead of a mask).
-A dense static kernel (zeros at the dynamic positions) is derived from these at construction and
-load time and is not saved: it lets each forward build a sample's kernel with one copy plus one
-scatter of nnz values. The static positions are recomputed when needed rather than kept: as int64
-they would take twice the bytes of the static values themselves.
+
+In memory the static entries live only in a dense static kernel (``static_kernel``, zeros at the
+dynamic positions): each forward builds a sample's kernel with one copy of it plus one scatter of nnz
+values. A state-dict hook writes its N - nnz static entries to files as ``static_values`` (and the
+index list as int32), and loading scatters them back, so a file holds exactly the stored entries while
+memory holds no second copy of them and no list of the static positions.
 """
 
 from __future__ import annotations
@@ -32,12 +34,10 @@ class DeployedPartiallyDynamic(DynamicEntries):
         dynamic_index = self._check_index(dynamic_index, numel)
         nnz = dynamic_index.numel()
         self.dynamic_values = nn.Parameter(torch.zeros(num_kernels, nnz), requires_grad=False)
-        self.static_values = nn.Parameter(torch.zeros(numel - nnz), requires_grad=False)
         self.register_buffer("dynamic_index", dynamic_index.clone())
         self.register_buffer("static_kernel", torch.zeros(numel), persistent=False)
-        self._refresh_static()
         register = getattr(self, "register_state_dict_post_hook", None) or self._register_state_dict_hook
-        register(_save_index_as_int32)
+        register(_save_static_values_and_int32_index)
 
     @staticmethod
     def _check_index(index: torch.Tensor, numel: int) -> torch.Tensor:
@@ -49,26 +49,42 @@ class DeployedPartiallyDynamic(DynamicEntries):
             raise ValueError("dynamic_index must be strictly increasing (sorted, no repeats)")
         return index
 
+    @property
+    def num_static(self) -> int:
+        return self.kernel_numel - self.num_dynamic
+
+    def _is_static(self) -> torch.Tensor:
+        is_static = torch.ones(self.kernel_numel, dtype=torch.bool, device=self.static_kernel.device)
+        is_static[self.dynamic_index.to(is_static.device)] = False
+        return is_static
+
+    @property
+    def static_values(self) -> torch.Tensor:
+        """The N - nnz static entries in position order, lambda_s folded in (a copy): what files store.
+        Boolean indexing walks the positions in order."""
+        return self.static_kernel[self._is_static()]
+
     @torch.no_grad()
-    def _refresh_static(self) -> None:
-        values = self.static_values.detach()
-        is_static = torch.ones(self.kernel_numel, dtype=torch.bool, device=values.device)
-        is_static[self.dynamic_index.to(values.device)] = False
-        # Boolean indexing walks positions in order, the order static_values is stored in.
-        kernel = values.new_zeros(self.kernel_numel)
-        kernel[is_static] = values
+    def _set_static(self, values: torch.Tensor) -> None:
+        if values.dim() != 1 or values.numel() != self.num_static:
+            raise ValueError(f"static_values must be 1-D with N - nnz = {self.kernel_numel} - {self.num_dynamic} = "
+                             f"{self.num_static} entries; got shape {tuple(values.shape)}")
+        kernel = self.dynamic_values.new_zeros(self.kernel_numel)
+        kernel[self._is_static().to(kernel.device)] = values.to(kernel)
         self.static_kernel = kernel
 
     @torch.no_grad()
     def load_folded(self, static_values: torch.Tensor, dynamic_values: torch.Tensor) -> None:
-        """Set the stored entries (lambdas already folded in) and refresh the derived dense kernel."""
-        self.static_values.copy_(static_values)
+        """Set the stored entries (lambdas already folded in): the dynamic values, and the static ones
+        into the dense static kernel."""
         self.dynamic_values.copy_(dynamic_values)
-        self._refresh_static()
+        self._set_static(static_values)
 
     def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing, unexpected, errors):
         # A file may hold another index list (another mask) than this layer was built with: adopt its
         # size so a strict load of a deployed model needs no mask up front.
+        # Not a parameter: taken out before the default loader, which would call it unexpected.
+        static = state_dict.pop(prefix + "static_values", None)
         index = state_dict.get(prefix + "dynamic_index")
         if isinstance(index, torch.Tensor) and index.dtype == torch.int32:
             index = state_dict[prefix + "dynamic_index"] = index.long()  # files hold int32 (see below)
@@ -80,9 +96,6 @@ class DeployedPartiallyDynamic(DynamicEntries):
             self.dynamic_values = nn.Parameter(
                 torch.zeros(self.dynamic_values.shape[0], nnz, dtype=dtype, device=device), requires_grad=False
             )
-            self.static_values = nn.Parameter(
-                torch.zeros(self.kernel_numel - nnz, dtype=dtype, device=device), requires_grad=False
-            )
         super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing, unexpected, errors)
         if isinstance(index, torch.Tensor):
             try:
@@ -90,16 +103,24 @@ class DeployedPartiallyDynamic(DynamicEntries):
             except ValueError as exc:
                 errors.append(f"{prefix}dynamic_index: {exc}")
                 return
-        self._refresh_static()
+        if static is None:
+            if strict:
+                missing.append(prefix + "static_values")
+            return
+        try:
+            self._set_static(static)
+        except ValueError as exc:
+            errors.append(f"{prefix}static_values: {exc}")
 
     def deployed_extra_repr(self) -> str:
         return f"dynamic_ratio={self.dynamic_ratio:.3f}, stored={self.kernel_numel - self.num_dynamic}+{tuple(self.dynamic_values.shape)}"
 
 
-def _save_index_as_int32(module, state_dict, prefix, local_metadata) -> None:
-    """Files hold the index list as int32: half the bytes of the int64 that ``scatter_`` needs at run
-    time (e.g. 28 MB instead of 56 MB for resnet50 at kappa 0.3). Every kernel here has far fewer than
-    2^31 entries; larger ones keep int64."""
+def _save_static_values_and_int32_index(module, state_dict, prefix, local_metadata) -> None:
+    """Files hold the N - nnz static entries (``static_values``) and the index list as int32: half the
+    bytes of the int64 that ``scatter_`` needs at run time (e.g. 28 MB instead of 56 MB for resnet50 at
+    kappa 0.3). Every kernel here has far fewer than 2^31 entries; larger ones keep int64."""
+    state_dict[prefix + "static_values"] = module.static_values
     key = prefix + "dynamic_index"
     if key in state_dict and module.kernel_numel < 2**31:
         state_dict[key] = state_dict[key].to(torch.int32)
