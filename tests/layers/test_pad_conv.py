@@ -176,6 +176,19 @@ def test_state_dict_round_trip_keeps_the_mask():
     torch.testing.assert_close(fresh(x), pad(x), atol=0, rtol=0)
 
 
+def test_compacted_layer_holds_its_values_mask_and_one_index_list():
+    pad = PADConv2d(**ARGS)
+    mask = random_mask(pad.kernel_shape, 0.3)
+    pad.set_mask(mask)
+    pad.compact()
+    n, nnz = pad.kernel_numel, pad.num_dynamic
+    tensors = {name: t for name, t in [*pad.named_parameters(), *pad.named_buffers()] if not name.startswith("attention.")}
+    # W_s (N) and K nnz values, the bool mask and its uint8 complement (N bytes each), the int64 dynamic
+    # index list; the static positions are computed when asked, not held.
+    assert sum(t.numel() * t.element_size() for t in tensors.values()) == 4 * (n + 4 * nnz + 1) + 2 * n + 8 * nnz
+    assert torch.equal(pad.static_index, (~mask).reshape(-1).nonzero().squeeze(1))
+
+
 def test_compacted_layer_refuses_a_new_mask():
     pad = PADConv2d(**ARGS)
     mask = random_mask(pad.kernel_shape, 0.3)

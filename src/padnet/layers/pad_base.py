@@ -68,7 +68,6 @@ class PartiallyDynamic(DynamicEntries):
         self.phi = nn.Parameter(torch.zeros(()), requires_grad=lambda_mode != "none")
         self.register_buffer("mask", torch.ones(self.kernel_shape, dtype=torch.bool))
         self.register_buffer("dynamic_index", torch.arange(self.kernel_numel), persistent=False)
-        self.register_buffer("static_index", torch.zeros(0, dtype=torch.long), persistent=False)
         # 1 - M as uint8, flattened: zeroes the static gradient at the dynamic entries in one multiply.
         self.register_buffer("static_keep", torch.zeros(self.kernel_numel, dtype=torch.uint8), persistent=False)
         # Set by the partition while it scores: a float copy of the mask that carries gradient.
@@ -106,12 +105,17 @@ class PartiallyDynamic(DynamicEntries):
     def _refresh_index(self) -> None:
         flat = self.mask.reshape(-1)
         self.dynamic_index = flat.nonzero().squeeze(1)
-        self.static_index = (~flat).nonzero().squeeze(1)
         self.static_keep = (~flat).to(torch.uint8)
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
         self._refresh_index()
+
+    @property
+    def static_index(self) -> torch.Tensor:
+        """Flat positions of the static entries, sorted. Computed when asked (no forward needs it): kept
+        as an int64 buffer it would take 8 bytes per static entry, twice the static values themselves."""
+        return (~self.mask.reshape(-1)).nonzero().squeeze(1)
 
     # ----------------------------------------------------------------- stored entries
     def dynamic_entries(self) -> torch.Tensor:
@@ -147,7 +151,8 @@ class PartiallyDynamic(DynamicEntries):
         ratio = lambda_d / lambda_s.clamp_min(1e-6)
         mean = self.weight.reshape(self.weight.shape[0], -1).mean(0)
         flat = self.static_weight.reshape(-1).clone()
-        flat.index_copy_(0, self.static_index, (ratio * mean).index_select(0, self.static_index).to(flat.dtype))
+        static_index = self.static_index
+        flat.index_copy_(0, static_index, (ratio * mean).index_select(0, static_index).to(flat.dtype))
         self.static_weight.copy_(flat.reshape(self.static_weight.shape))
         return self
 
