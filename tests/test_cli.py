@@ -144,3 +144,59 @@ def test_sweep_skips_finished_and_report_writes_table_and_plot(tmp_path, capsys)
     assert f"{mean:.2f} ±" in text
     assert md.with_suffix(".png").stat().st_size > 1000
     assert len(list(copies.rglob("results.json"))) == 4
+
+
+def test_export_writes_a_deployed_file_that_reproduces_the_run(tmp_path, capsys):
+    import padnet
+    from padnet.train.trainer import _rebuild_run
+
+    config = write_config(tmp_path, "e", epochs=1, dynamic={"mode": "pad", "dynamic_ratio": 0.3})
+    run = tmp_path / "run"
+    assert main(["train", "--config", str(config), "--set", f"run_dir={run}"]) == 0
+    capsys.readouterr()
+    assert main(["export", "--run", str(run)]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["form"] == "deployed" and out["path"] == str(run / "model.safetensors")
+    assert out["exported"]["accuracy"] == out["run"]["accuracy"] == json.loads((run / "results.json").read_text())["test"]["accuracy"]
+    # The file loads on its own (no config, no model factory) and gives the training form's outputs.
+    loaded = padnet.load(run / "model.safetensors").eval()
+    assert any(type(m).__name__ == "DeployedPADConv2d" for m in loaded.modules())
+    model = _rebuild_run(run, None, None)[4].eval()
+    x = torch.randn(4, 1, 8, 8)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(x), model(x), atol=1e-5, rtol=0)
+    assert out["deployable_params"] == padnet.summary(loaded).deployable_params < padnet.summary(model).stored_params
+
+
+def test_export_of_a_static_run_and_errors(tmp_path, capsys, monkeypatch):
+    import sys
+
+    config = write_config(tmp_path, "s", epochs=1)
+    run = tmp_path / "run"
+    assert main(["train", "--config", str(config), "--set", f"run_dir={run}"]) == 0
+    capsys.readouterr()
+    assert main(["export", "--run", str(run), "--out", str(tmp_path / "static.safetensors")]) == 0
+    assert json.loads(capsys.readouterr().out)["form"] == "plain"
+    with pytest.raises(SystemExit, match="give --run DIR or --checkpoint FILE"):
+        main(["export"])
+    assert main(["export", "--run", str(tmp_path / "nowhere")]) == 2
+    assert f"no checkpoint at {tmp_path / 'nowhere' / 'checkpoint.pt'}" in capsys.readouterr().err
+
+    # A deployment that changes the model is caught, and its file removed.
+    config = write_config(tmp_path, "p", epochs=1, dynamic={"mode": "pad", "dynamic_ratio": 0.3})
+    assert main(["train", "--config", str(config), "--set", f"run_dir={tmp_path / 'pad'}"]) == 0
+    deploy_module = sys.modules["padnet.deploy"]
+    real = deploy_module.deploy
+
+    def broken(model):
+        real(model)
+        for name, p in model.named_parameters():
+            if name.endswith("dynamic_values"):
+                p.data.mul_(3)
+        return model
+
+    monkeypatch.setattr(deploy_module, "deploy", broken)
+    with pytest.raises(RuntimeError, match="does not reproduce the run"):
+        from padnet.train import export_run
+        export_run(tmp_path / "pad")
+    assert not (tmp_path / "pad" / "model.safetensors").exists()

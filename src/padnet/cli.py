@@ -1,7 +1,8 @@
-"""The ``padnet`` command: train, eval, sweep, report, demo.
+"""The ``padnet`` command: train, eval, export, sweep, report, demo.
 
     padnet train --config configs/fmnist_demo.yaml --set seed=1 --set optim.lr=0.05
     padnet eval --run runs/demo/pad-0.3        (or --checkpoint FILE)
+    padnet export --run runs/demo/pad-0.3      (deployed model.safetensors, checked against the run)
     padnet sweep --config configs/fmnist_sweep.yaml
     padnet report runs/fmnist_sweep --out docs/results/vision.md
     padnet demo
@@ -53,6 +54,16 @@ def _eval(args) -> int:
     if not (args.run or args.checkpoint):
         raise SystemExit("padnet eval: give --run DIR or --checkpoint FILE")
     print(json.dumps(evaluate_run(args.run, args.checkpoint, args.set), indent=2))
+    return 0
+
+
+def _export(args) -> int:
+    from .train import export_run
+
+    _one_process_only("export")
+    if not (args.run or args.checkpoint):
+        raise SystemExit("padnet export: give --run DIR or --checkpoint FILE")
+    print(json.dumps(export_run(args.run, args.checkpoint, args.out, args.set), indent=2))
     return 0
 
 
@@ -235,6 +246,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override a key of the stored config, e.g. data.root=/other/dir")
     p.set_defaults(func=_eval)
+
+    p = sub.add_parser("export", help="deploy a run's model, save it (padnet.save) and check the file reproduces "
+                                      "the run's eval metrics")
+    p.add_argument("--run", help="run directory (holding checkpoint.pt)")
+    p.add_argument("--checkpoint", help="a checkpoint file instead of --run")
+    p.add_argument("--out", help="the .safetensors file to write (default: <run dir>/model.safetensors)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a key of the stored config, e.g. data.root=/other/dir")
+    p.set_defaults(func=_export)
 
     p = sub.add_parser("sweep", help="run every run of a sweep file (skips finished, resumes interrupted)")
     p.add_argument("--config", required=True, help="sweep YAML (base, output_dir, seeds, runs)")

@@ -140,7 +140,14 @@ def build(name: str, num_classes: int, in_channels: int = 3, small_input: bool =
     for key, value in (("num_classes", num_classes), ("in_channels", in_channels)):
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise ValueError(f"{key}={value!r} must be an integer >= 1")
-    return _BUILDERS[name](num_classes, in_channels, bool(small_input), **kwargs)
+    model = _BUILDERS[name](num_classes, in_channels, bool(small_input), **kwargs)
+    # Tag it so padnet.save / padnet.load can rebuild it; a file holds every weight, so pretrained
+    # ``weights`` are not part of the architecture.
+    from ..serialization import tag_arch
+
+    arch_kwargs = {k: v for k, v in kwargs.items() if k != "weights"}
+    return tag_arch(model, f"padnet.{name}", num_classes=num_classes, in_channels=in_channels,
+                    small_input=bool(small_input), **arch_kwargs)
 
 
 __all__ = ["MODELS", "SmallResNet", "build"]

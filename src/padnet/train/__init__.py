@@ -6,7 +6,7 @@
 
 from .config import ConfigError, RunConfig, config_from_dict, load_config
 from .tasks import TaskParts, get_task, known_tasks, register_task
-from .trainer import NonFiniteLossError, RunDirError, Trainer, evaluate_run
+from .trainer import NonFiniteLossError, RunDirError, Trainer, evaluate_run, export_run
 
 __all__ = [
     "ConfigError",
@@ -17,6 +17,7 @@ __all__ = [
     "Trainer",
     "config_from_dict",
     "evaluate_run",
+    "export_run",
     "get_task",
     "known_tasks",
     "load_config",

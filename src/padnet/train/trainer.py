@@ -645,9 +645,8 @@ def _diff_keys(a, b, prefix: str = "") -> list[str]:
 
 
 # --------------------------------------------------------------------------------------- eval
-def evaluate_run(run_dir: str | Path | None = None, checkpoint: str | Path | None = None,
-                 overrides: list[str] | None = None) -> dict:
-    """Rebuild a run's model from its checkpoint and evaluate it on the task's eval set."""
+def _rebuild_run(run_dir, checkpoint, overrides):
+    """(config, task parts, model on its device, evaluation loader, trainer) from a run's checkpoint."""
     if checkpoint is None:
         if run_dir is None:
             raise ValueError("give a run directory or a checkpoint file")
@@ -670,6 +669,47 @@ def evaluate_run(run_dir: str | Path | None = None, checkpoint: str | Path | Non
     steps_per_epoch = max(1, len(parts.train_dataset) // config.batch_size)
     set_temperature(model, tau.at_step(int(state["global_step"]), steps_per_epoch))
     trainer = Trainer(config, run_dir or checkpoint.parent)
-    metrics = trainer._evaluate(model, parts, _OnDevice(trainer.eval_loader(parts), device))
+    loader = _OnDevice(trainer.eval_loader(parts), device)
+    return checkpoint, state, config, parts, model, loader, trainer
+
+
+def evaluate_run(run_dir: str | Path | None = None, checkpoint: str | Path | None = None,
+                 overrides: list[str] | None = None) -> dict:
+    """Rebuild a run's model from its checkpoint and evaluate it on the task's eval set."""
+    checkpoint, state, config, parts, model, loader, trainer = _rebuild_run(run_dir, checkpoint, overrides)
+    metrics = trainer._evaluate(model, parts, loader)
     return {"checkpoint": str(checkpoint), "epoch": int(state["epoch"]), "name": config.label, **metrics,
             "deployable_params": deployable_parameters(model)}
+
+
+def export_run(run_dir: str | Path | None = None, checkpoint: str | Path | None = None,
+               out: str | Path | None = None, overrides: list[str] | None = None, rtol: float = 1e-4) -> dict:
+    """Rebuild a run's model, deploy it (``padnet.deploy`` when it holds PAD layers; other models are
+    saved as they are), save it with ``padnet.save`` and check the file: the model ``padnet.load``
+    rebuilds from it must give the run's eval metrics (eval loss within ``rtol``, the same main metric).
+    A file that fails the check is removed. Default ``out``: ``<run dir>/model.safetensors``."""
+    from ..deploy import deploy
+    from ..serialization import load, save
+    from ..summary import summary
+
+    checkpoint, state, config, parts, model, loader, trainer = _rebuild_run(run_dir, checkpoint, overrides)
+    out = Path(out) if out is not None else checkpoint.parent / "model.safetensors"
+    before = trainer._evaluate(model, parts, loader)
+    model.eval()
+    form = "deployed" if pad_layers(model) else "training" if dynamic_layers(model) else "plain"
+    if form == "deployed":
+        deploy(model)
+    path = save(model.cpu(), out)
+    loaded = load(path).to(resolve_device(config.device))
+    after = trainer._evaluate(loaded, parts, loader)
+    main = parts.main_metric
+    loss_ok = "loss" not in before or math.isclose(after["loss"], before["loss"], rel_tol=rtol, abs_tol=rtol)
+    if after[main] != before[main] or not loss_ok:
+        path.unlink(missing_ok=True)
+        raise RuntimeError(f"the exported model does not reproduce the run: {main} {after[main]} vs {before[main]}, "
+                           f"eval loss {after.get('loss')} vs {before.get('loss')} (rtol {rtol}); {path} removed")
+    s = summary(loaded) if dynamic_layers(loaded) else None
+    return {"checkpoint": str(checkpoint), "path": str(path), "form": form, "file_bytes": path.stat().st_size,
+            "stored_params": s.stored_params if s else sum(p.numel() for p in loaded.parameters()),
+            "deployable_params": deployable_parameters(loaded), "main_metric": main,
+            "run": before, "exported": after}
