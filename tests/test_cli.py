@@ -182,7 +182,7 @@ def test_export_of_a_static_run_and_errors(tmp_path, capsys, monkeypatch):
     assert main(["export", "--run", str(tmp_path / "nowhere")]) == 2
     assert f"no checkpoint at {tmp_path / 'nowhere' / 'checkpoint.pt'}" in capsys.readouterr().err
 
-    # A deployment that changes the model is caught, and its file removed.
+    # A deployment that changes the model is caught; no file is written and an earlier one is kept.
     config = write_config(tmp_path, "p", epochs=1, dynamic={"mode": "pad", "dynamic_ratio": 0.3})
     assert main(["train", "--config", str(config), "--set", f"run_dir={tmp_path / 'pad'}"]) == 0
     deploy_module = sys.modules["padnet.deploy"]
@@ -196,7 +196,10 @@ def test_export_of_a_static_run_and_errors(tmp_path, capsys, monkeypatch):
         return model
 
     monkeypatch.setattr(deploy_module, "deploy", broken)
-    with pytest.raises(RuntimeError, match="does not reproduce the run"):
-        from padnet.train import export_run
-        export_run(tmp_path / "pad")
-    assert not (tmp_path / "pad" / "model.safetensors").exists()
+    assert main(["export", "--run", str(tmp_path / "pad")]) == 1
+    assert "does not reproduce the run: accuracy" in capsys.readouterr().err
+    assert not list((tmp_path / "pad").glob("*.safetensors"))
+    (tmp_path / "pad" / "model.safetensors").write_bytes(b"earlier")
+    assert main(["export", "--run", str(tmp_path / "pad")]) == 1
+    assert (tmp_path / "pad" / "model.safetensors").read_bytes() == b"earlier"
+    assert not list((tmp_path / "pad").glob(".*"))

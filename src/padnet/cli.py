@@ -288,7 +288,7 @@ def main(argv: list[str] | None = None) -> int:
     from .serialization import ModelFileError
     from .train.config import ConfigError
     from .train.distributed import DistributedSetupError, launch_env
-    from .train.trainer import NonFiniteLossError, RunDirError
+    from .train.trainer import ExportCheckError, NonFiniteLossError, RunDirError
 
     args = build_parser().parse_args(argv)
     try:
@@ -307,7 +307,7 @@ def main(argv: list[str] | None = None) -> int:
         # Bad input the user can fix: one clear line, no traceback.
         print(f"padnet {args.command}{where}: {err}", file=sys.stderr)
         code = 2
-    except NonFiniteLossError as err:
+    except (NonFiniteLossError, ExportCheckError) as err:
         print(f"padnet {args.command}{where}: {err}", file=sys.stderr)
         code = 1
     return _exit(code, argv)

@@ -6,10 +6,11 @@
 
 from .config import ConfigError, RunConfig, config_from_dict, load_config
 from .tasks import TaskParts, get_task, known_tasks, register_task
-from .trainer import NonFiniteLossError, RunDirError, Trainer, evaluate_run, export_run
+from .trainer import ExportCheckError, NonFiniteLossError, RunDirError, Trainer, evaluate_run, export_run
 
 __all__ = [
     "ConfigError",
+    "ExportCheckError",
     "NonFiniteLossError",
     "RunConfig",
     "RunDirError",

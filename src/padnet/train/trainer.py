@@ -66,6 +66,10 @@ class RunDirError(RuntimeError):
     """The run directory holds a different run."""
 
 
+class ExportCheckError(RuntimeError):
+    """An exported model file did not reproduce its run's eval metrics; the file was not written."""
+
+
 # --------------------------------------------------------------------------------------- helpers
 def to_device(batch, device):
     """Move tensors, and tensors inside dicts/lists/tuples, to ``device``."""
@@ -646,7 +650,8 @@ def _diff_keys(a, b, prefix: str = "") -> list[str]:
 
 # --------------------------------------------------------------------------------------- eval
 def _rebuild_run(run_dir, checkpoint, overrides):
-    """(config, task parts, model on its device, evaluation loader, trainer) from a run's checkpoint."""
+    """(checkpoint path, checkpoint state, config, task parts, model on its device, eval loader, trainer)
+    rebuilt from a run's checkpoint."""
     if checkpoint is None:
         if run_dir is None:
             raise ValueError("give a run directory or a checkpoint file")
@@ -687,7 +692,8 @@ def export_run(run_dir: str | Path | None = None, checkpoint: str | Path | None 
     """Rebuild a run's model, deploy it (``padnet.deploy`` when it holds PAD layers; other models are
     saved as they are), save it with ``padnet.save`` and check the file: the model ``padnet.load``
     rebuilds from it must give the run's eval metrics (eval loss within ``rtol``, the same main metric).
-    A file that fails the check is removed. Default ``out``: ``<run dir>/model.safetensors``."""
+    The file is written beside ``out`` and renamed to it only once the check passes, so a failed export
+    leaves an earlier file at ``out`` untouched. Default ``out``: ``<run dir>/model.safetensors``."""
     from ..deploy import deploy
     from ..serialization import load, save
     from ..summary import summary
@@ -699,15 +705,19 @@ def export_run(run_dir: str | Path | None = None, checkpoint: str | Path | None 
     form = "deployed" if pad_layers(model) else "training" if dynamic_layers(model) else "plain"
     if form == "deployed":
         deploy(model)
-    path = save(model.cpu(), out)
-    loaded = load(path).to(resolve_device(config.device))
-    after = trainer._evaluate(loaded, parts, loader)
-    main = parts.main_metric
-    loss_ok = "loss" not in before or math.isclose(after["loss"], before["loss"], rel_tol=rtol, abs_tol=rtol)
-    if after[main] != before[main] or not loss_ok:
-        path.unlink(missing_ok=True)
-        raise RuntimeError(f"the exported model does not reproduce the run: {main} {after[main]} vs {before[main]}, "
-                           f"eval loss {after.get('loss')} vs {before.get('loss')} (rtol {rtol}); {path} removed")
+    unchecked = save(model.cpu(), out.with_name(f".{out.stem}.unchecked{out.suffix}"))
+    try:
+        loaded = load(unchecked).to(resolve_device(config.device))
+        after = trainer._evaluate(loaded, parts, loader)
+        main = parts.main_metric
+        loss_ok = "loss" not in before or math.isclose(after["loss"], before["loss"], rel_tol=rtol, abs_tol=rtol)
+        if after[main] != before[main] or not loss_ok:
+            raise ExportCheckError(
+                f"the exported model does not reproduce the run: {main} {after[main]} vs {before[main]}, eval loss "
+                f"{after.get('loss')} vs {before.get('loss')} (rtol {rtol}); {out} was not written")
+        path = unchecked.replace(out)
+    finally:
+        unchecked.unlink(missing_ok=True)
     s = summary(loaded) if dynamic_layers(loaded) else None
     return {"checkpoint": str(checkpoint), "path": str(path), "form": form, "file_bytes": path.stat().st_size,
             "stored_params": s.stored_params if s else sum(p.numel() for p in loaded.parameters()),
