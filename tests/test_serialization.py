@@ -153,6 +153,30 @@ def test_pickle_files_are_refused_without_unpickling(tmp_path):
     assert not marker.exists()
 
 
+@pytest.mark.parametrize("first_bytes", [b"\x80", b"PK"])
+def test_header_length_that_begins_like_a_pickle_or_zip_loads(tmp_path, first_bytes):
+    # A header length of 128 mod 256 starts the file with 0x80, like a pickle (1 valid file in 256);
+    # 0x4B50 mod 65536 starts it with "PK", like torch.save's zip. Pad the record until it does.
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    model = pad_resnet()
+    path = padnet.save(model, tmp_path / "m.safetensors")
+    with safe_open(str(path), "pt") as f:
+        tensors, metadata = {k: f.get_tensor(k) for k in f.keys()}, f.metadata()
+    # safetensors pads the header to a multiple of 8, so adding a multiple of 8 spaces to the record
+    # adds exactly that to the length.
+    length = int.from_bytes(path.read_bytes()[:8], "little")
+    want = int.from_bytes(first_bytes, "little")
+    pad = (want - length) % 2 ** (8 * len(first_bytes))
+    odd = tmp_path / "odd.safetensors"
+    save_file(tensors, str(odd), metadata=dict(metadata, padnet=metadata["padnet"] + " " * pad))
+    assert odd.read_bytes()[: len(first_bytes)] == first_bytes
+    loaded = padnet.load(odd)
+    x = torch.randn(2, 3, 32, 32)
+    torch.testing.assert_close(outputs(loaded, x), outputs(model, x), atol=0, rtol=0)
+
+
 def test_foreign_safetensors_file_is_refused(tmp_path):
     from safetensors.torch import save_file
 

@@ -203,19 +203,23 @@ def read_record(path) -> dict:
     size = path.stat().st_size
     with open(path, "rb") as f:
         head = f.read(8)
-        if head[:1] == b"\x80" or head[:2] == b"PK":
-            raise ModelFileError(
-                path, "this is a pickle / torch.save file, not a safetensors file; padnet never unpickles "
-                "(load it yourself only if you trust it, then padnet.save it)"
-            )
-        if len(head) < 8:
-            raise ModelFileError(path, f"truncated: {size} bytes is too short for a safetensors header")
-        (header_len,) = struct.unpack("<Q", head)
-        if header_len > MAX_HEADER_BYTES or 8 + header_len > size:
+        header_len = struct.unpack("<Q", head)[0] if len(head) == 8 else None
+        # A safetensors header is JSON: test for it first. Its 8-byte length alone can begin like a
+        # pickle (a length of 128 mod 256 starts with 0x80) or a zip file.
+        plausible = header_len is not None and header_len <= MAX_HEADER_BYTES and 8 + header_len <= size
+        first = f.read(1) if plausible and header_len > 0 else b""
+        if first != b"{":
+            if head[:1] == b"\x80" or head[:2] == b"PK":
+                raise ModelFileError(
+                    path, "this is a pickle / torch.save file, not a safetensors file; padnet never unpickles "
+                    "(load it yourself only if you trust it, then padnet.save it)"
+                )
+            if header_len is None:
+                raise ModelFileError(path, f"truncated: {size} bytes is too short for a safetensors header")
             raise ModelFileError(
                 path, f"not a safetensors file or truncated: header length {header_len} vs file size {size}"
             )
-        raw = f.read(header_len)
+        raw = first + f.read(header_len - 1)
     try:
         header = json.loads(raw)
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
