@@ -1,6 +1,7 @@
 """End to end from the CLI: train (static and PAD) with interruption and resume, eval, sweep, report."""
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -165,7 +166,9 @@ def test_export_writes_a_deployed_file_that_reproduces_the_run(tmp_path, capsys)
     x = torch.randn(4, 1, 8, 8)
     with torch.no_grad():
         torch.testing.assert_close(loaded(x), model(x), atol=1e-5, rtol=0)
-    assert out["deployable_params"] == padnet.summary(loaded).deployable_params < padnet.summary(model).stored_params
+    results = json.loads((run / "results.json").read_text())
+    assert out["stored_params"] == out["deployable_params"] == results["parameters"]["deployable"]
+    assert out["deployable_params"] < padnet.summary(model).stored_params
 
 
 def test_export_of_a_static_run_and_errors(tmp_path, capsys, monkeypatch):
@@ -203,3 +206,18 @@ def test_export_of_a_static_run_and_errors(tmp_path, capsys, monkeypatch):
     assert main(["export", "--run", str(tmp_path / "pad")]) == 1
     assert (tmp_path / "pad" / "model.safetensors").read_bytes() == b"earlier"
     assert not list((tmp_path / "pad").glob(".*"))
+
+
+def test_demo_trains_static_and_pad_then_exports(tmp_path, capsys):
+    # Without Fashion-MNIST at --data the demo says so and runs on scikit-learn's digits (about 20 s).
+    assert main(["demo", "--data", str(tmp_path / "no-fmnist"), "--out", str(tmp_path / "demo"), "--quiet"]) == 0
+    captured = capsys.readouterr()
+    assert "Falling back to scikit-learn's 8x8 digits" in captured.err
+    rows = [line for line in captured.out.splitlines() if line.startswith(("| static |", "| pad-0.3 |"))]
+    assert len(rows) == 2 and "| pad (taylor) | 0.300 |" in rows[1]
+    export = [line for line in captured.out.splitlines() if line.startswith("exported ")]
+    assert len(export) == 1 and ": deployed," in export[0]
+    found = re.search(r"test accuracy ([\d.]+) from the file, ([\d.]+) from the run", export[0])
+    table_accuracy = rows[1].split("|")[5].split("±")[0].strip()
+    assert found and found.group(1) == found.group(2) == table_accuracy
+    assert (tmp_path / "demo" / "pad-0.3" / "seed0" / "model.safetensors").is_file()

@@ -19,14 +19,14 @@ def test_pad_layer_counts_follow_the_formula():
     s = padnet.summary(torch.nn.Sequential(layer)).layers[0]
     n = 16 * 8 * 9
     assert (s.static_params, s.dynamic_params) == (n - 100, 4 * 100 + 4 * 16)
-    assert s.router_params == 8 * 4 + 4 * 4 + 4 + 1  # fc1 (8 -> 4 hidden), fc2 with bias, phi
+    assert s.router_params == 8 * 4 + 4 * 4 + 4  # fc1 (8 -> 4 hidden), fc2 with bias; phi folds into values
     assert s.dynamic_ratio == pytest.approx(100 / n)
     assert s.lambda_d == pytest.approx(2 * torch.sigmoid(torch.tensor(1.0)).item())
     assert s.lambda_s + s.lambda_d == pytest.approx(2.0)
-    assert s.fully_static_params == n + 16 and s.stored_params == 5 * n + 4 * 16 + s.router_params
+    assert s.fully_static_params == n + 16 and s.stored_params == 5 * n + 4 * 16 + s.router_params + 1  # + phi
     layer.compact()
     # Compacted, the layer holds the deployable entries plus W_s's nnz zeroed dynamic entries (W_s stays dense).
-    assert padnet.summary(torch.nn.Sequential(layer)).layers[0].stored_params == s.deployable_params + layer.num_dynamic
+    assert padnet.summary(torch.nn.Sequential(layer)).layers[0].stored_params == s.deployable_params + layer.num_dynamic + 1
 
 
 # SPEC section 6 (K = 4, attention hidden C_in / 16), in millions
@@ -71,7 +71,7 @@ def test_deployed_form_reports_stored_entries_and_macs():
     model.eval()
     deployed = padnet.summary(padnet.deploy(model), x)
     assert [s.kind for s in deployed.layers] == ["DeployedPADConv2d"] * 19
-    assert deployed.deployable_params == training.deployable_params - 19  # each layer's phi is folded in
+    assert deployed.deployable_params == training.deployable_params  # what deploy() keeps: phi is folded in
     assert deployed.stored_params == deployed.deployable_params  # it holds exactly the deployable entries
     assert deployed.stored_bytes < training.stored_bytes / 2
     # the convolutions are unchanged; the aggregation touches only the K x nnz dynamic entries
@@ -89,7 +89,7 @@ def test_compact_shrinks_the_model_to_its_deployable_entries_and_dense_ws_withou
     padnet.compact(model)
     after = padnet.summary(model)
     nnz = sum(layer.num_dynamic for _, layer in pad_layers(model))
-    assert after.stored_params == before.deployable_params + nnz < before.stored_params
+    assert after.stored_params == before.deployable_params + nnz + 19 < before.stored_params  # + each layer's phi
     torch.testing.assert_close(model(x), expected, atol=1e-5, rtol=0)
     with pytest.raises(ValueError, match="no PAD layer"):
         padnet.compact(torch.nn.Linear(2, 2))

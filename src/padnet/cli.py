@@ -200,7 +200,7 @@ def _demo(args) -> int:
 
 def _demo_runs(args, main_process: bool) -> int:
     from .data import find_fashion_mnist
-    from .train import Trainer, config_from_dict
+    from .train import Trainer, config_from_dict, export_run
     from .train.sweep import collect_results, markdown_table, summarize
 
     base = json.loads(json.dumps(DEMO_BASE))
@@ -227,6 +227,12 @@ def _demo_runs(args, main_process: bool) -> int:
         return 0
     rows = summarize([r for r in collect_results(out) if r["seed"] == args.seed])
     print(markdown_table(rows))
+    # The last step of the workflow: the deployed PAD model as a file, checked against the run.
+    exported = export_run(out / "pad-0.3" / f"seed{args.seed}")
+    metric = exported["main_metric"]
+    print(f"\nexported {exported['path']}: {exported['form']}, {exported['stored_params']:,} stored parameters, "
+          f"{exported['file_bytes'] / 2**20:.1f} MB; test {metric} {100 * exported['exported'][metric]:.2f} "
+          f"from the file, {100 * exported['run'][metric]:.2f} from the run")
     return 0
 
 

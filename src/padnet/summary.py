@@ -116,8 +116,8 @@ def _layer_summary(name: str, layer: nn.Module) -> LayerSummary:
     elif isinstance(layer, PartiallyDynamic):
         nnz = layer.num_dynamic
         lambda_s, lambda_d = (float(v.detach()) for v in layer.scales)
+        # phi is not deployable: deploy() folds the scales into the stored values (SPEC section 6).
         static, dynamic, ratio = entries - nnz, kernels * nnz + bias, layer.dynamic_ratio
-        router_params += layer.phi.numel()
     else:
         lambda_s, lambda_d = 0.0, 1.0
         static, dynamic, ratio = 0, kernels * entries + bias, 1.0
