@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.padnet-installed
 FMNIST_DIR := /usr/share/datasets/fashion-mnist
 
-.PHONY: demo test data venv bench sweep-vision report-vision sweep-glue report-glue clean
+.PHONY: demo test data venv bench sweep-vision report-vision sweep-glue report-glue sweep-glue-long report-glue-long clean
 
 venv: $(STAMP)
 
@@ -47,6 +47,13 @@ sweep-glue: venv
 
 report-glue: venv
 	$(PY) -m padnet.text.report runs/glue_sweep --out docs/results/text.md --copy-results docs/results/text
+
+# The longer-budget CoLA check (whole training set).
+sweep-glue-long: venv
+	HF_HUB_OFFLINE=1 $(PY) -m padnet sweep --config configs/glue_long.yaml
+
+report-glue-long: venv
+	$(PY) -m padnet.text.report runs/glue_long --out docs/results/text_long.md --copy-results docs/results/text_long
 
 clean:
 	rm -rf $(VENV) build src/*.egg-info
