@@ -63,6 +63,6 @@ def test_main_writes_report_plot_and_copies(tmp_path):
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     text = out.read_text()
     assert "![GLUE dev scores per task and method](text.png)" in text
-    assert "| dense | 10 | 8 | 2 | — |" in text  # the median, not the mean (18)
+    assert "| dense | 10 | 8 | RTE | 2 | — |" in text  # the median time, not the mean (18)
     assert json.loads((tmp_path / "docs" / "text" / "rte-static" / "seed2.json").read_text())["time_per_epoch_s"] == 50.0
     assert not list((tmp_path / "docs").rglob("*.tmp"))

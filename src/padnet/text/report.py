@@ -229,16 +229,18 @@ def markdown(summary: dict, results: list[dict], majority: dict[str, float] | No
             cells = [f"{_fmt(diffs[t][m])} (n={len(diffs[t][m])})" if m in diffs[t] else "—" for m in others]
             lines.append(f"| {t.upper()} | " + " | ".join(cells) + " |")
     lines += ["", "## Parameters and time", "",
-              "| method | stored params (training form) | deployable params | time / epoch (s), median over runs | partition (s), median |",
-              "|---|---:|---:|---:|---:|"]
+              "| method | stored params (training form) | deployable params | counted on | "
+              "time / epoch (s), median over runs | partition (s), median |",
+              "|---|---:|---:|---|---:|---:|"]
     for m in methods:
         cells = [summary["tasks"][t][m] for t in tasks if m in summary["tasks"][t]]
         times = [x for c in cells for x in c["time_per_epoch_s"]]
         parts = [x for c in cells for x in c["partition_s"]]
-        p = cells[0]["params"]
-        lines.append(f"| {m} | {p['stored']:,} | {p['deployable']:,} | "
-                     f"{np.median(times):.0f} | {np.median(parts):.0f} |" if parts else
-                     f"| {m} | {p['stored']:,} | {p['deployable']:,} | {np.median(times):.0f} | — |")
+        # Counts differ between tasks by the classifier head (STS-B's regression head is smaller).
+        counted_on = next(t for t in tasks if m in summary["tasks"][t])
+        p = summary["tasks"][counted_on][m]["params"]
+        lines.append(f"| {m} | {p['stored']:,} | {p['deployable']:,} | {counted_on.upper()} | {np.median(times):.0f} | "
+                     + (f"{np.median(parts):.0f} |" if parts else "— |"))
     lines += ["", "Time per epoch per task (s, median over seeds):", "", "| task | " + " | ".join(methods) + " |",
               "|---|" + "---:|" * len(methods)]
     for t in tasks:
