@@ -53,7 +53,8 @@ sweep-glue-long: venv
 	HF_HUB_OFFLINE=1 $(PY) -m padnet sweep --config configs/glue_long.yaml
 
 report-glue-long: venv
-	$(PY) -m padnet.text.report runs/glue_long --out docs/results/text_long.md --copy-results docs/results/text_long
+	$(PY) -m padnet.text.report runs/glue_long --out docs/results/text_long.md --copy-results docs/results/text_long \
+		--title "Text results: CoLA with a longer budget"
 
 clean:
 	rm -rf $(VENV) build src/*.egg-info

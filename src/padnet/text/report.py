@@ -140,7 +140,7 @@ def plot(summary: dict, path: str | Path, majority: dict[str, float] | None = No
     import matplotlib.pyplot as plt
 
     tasks = [t for t in TASK_ORDER if t in summary["tasks"]]
-    groups = tasks + (["average"] if summary["averages"] else [])
+    groups = tasks + (["average"] if summary["averages"] and len(summary["average_over"]) > 1 else [])
     methods = summary["methods"]
     width = 0.8 / len(methods)
     fig, ax = plt.subplots(figsize=(1.6 + 1.4 * len(groups), 4))
@@ -176,10 +176,10 @@ def plot(summary: dict, path: str | Path, majority: dict[str, float] | None = No
 
 
 def markdown(summary: dict, results: list[dict], majority: dict[str, float] | None = None,
-             figure: str | None = None) -> str:
+             figure: str | None = None, title: str = "Text results: PAD-MoE on GLUE") -> str:
     tasks = [t for t in TASK_ORDER if t in summary["tasks"]]
     methods = summary["methods"]
-    lines = ["# Text results: PAD-MoE on GLUE", ""]
+    lines = [f"# {title}", ""]
     if results:
         c = results[0]["config"]
         g, p, o = c["glue"], c["partition"], c["optim"]
@@ -211,7 +211,7 @@ def markdown(summary: dict, results: list[dict], majority: dict[str, float] | No
                 show = metric == "score" if len(TASK_METRICS[t]) > 1 else True
                 row.append(f"{majority[t] * 100:.1f}" if t in majority and show else "")
             lines.append("| " + " | ".join(row) + " |")
-    if summary["averages"]:
+    if summary["averages"] and len(summary["average_over"]) > 1:  # an average of one task repeats it
         row = ["**average**", "score"] + [f"**{summary['averages'][m] * 100:.1f}**" if m in summary["averages"]
                                           else "—" for m in methods]
         if majority:
@@ -259,6 +259,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--copy-results", metavar="DIR", help="copy each run's results.json to DIR/<name>/seed<k>.json "
                     "and write DIR/summary.json")
     ap.add_argument("--notes", help="markdown file appended to the report (default: DIR/NOTES.md if present)")
+    ap.add_argument("--title", default="Text results: PAD-MoE on GLUE", help="the report's heading")
     ap.add_argument("--plot", help="where to write the bar chart (default: --out with .png; none without --out)")
     args = ap.parse_args(argv)
     results = collect(args.dir)
@@ -272,7 +273,7 @@ def main(argv: list[str] | None = None) -> int:
         plot(summary, plot_path, majority)
         start = Path(args.out).parent if args.out else Path.cwd()
         figure = os.path.relpath(plot_path, start)
-    text = markdown(summary, results, majority, figure)
+    text = markdown(summary, results, majority, figure, args.title)
     notes = Path(args.notes) if args.notes else (Path(args.copy_results) / "NOTES.md" if args.copy_results else None)
     if notes is not None and notes.is_file():
         text += "\n" + notes.read_text()
