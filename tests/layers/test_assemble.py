@@ -67,7 +67,13 @@ def test_inference_path_reuses_one_workspace_and_gives_the_same_values():
     # The documented contract: the no-grad result is a workspace view that the next call overwrites.
     assert first.data_ptr() == second.data_ptr()
     assert expected.requires_grad and not second.requires_grad
+    import weakref
+
+    held = weakref.ref(second.untyped_storage())  # alive while the workspace holds it
+    del first, second
+    assert held() is not None
     release_workspace()
+    assert held() is None  # freed: nothing else kept the storage
     with torch.no_grad():
         third = assemble_kernels(static, dynamic, index, scale)
     torch.testing.assert_close(third, expected, rtol=0, atol=0)
