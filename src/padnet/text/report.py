@@ -143,7 +143,7 @@ def plot(summary: dict, path: str | Path, majority: dict[str, float] | None = No
     groups = tasks + (["average"] if summary["averages"] and len(summary["average_over"]) > 1 else [])
     methods = summary["methods"]
     width = 0.8 / len(methods)
-    fig, ax = plt.subplots(figsize=(1.6 + 1.4 * len(groups), 4))
+    fig, ax = plt.subplots(figsize=(max(5.0, 1.6 + 1.4 * len(groups)), 4))
     for i, m in enumerate(methods):
         x, y, err = [], [], []
         for g, t in enumerate(groups):
@@ -164,7 +164,7 @@ def plot(summary: dict, path: str | Path, majority: dict[str, float] | None = No
             ax.hlines(majority[t] * 100, g - 0.45, g + 0.45, colors="k", linestyles="dashed", linewidth=1)
     ax.set_xticks(range(len(groups)), [t.upper() if t != "average" else "average" for t in groups])
     ax.set_ylabel("dev score (x100)")
-    ax.set_title("GLUE dev, mean ± std over seeds (dashed: majority class)")
+    ax.set_title("GLUE dev, mean ± std over seeds\n(dashed: majority class)", fontsize=10)
     ax.grid(axis="y", alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
