@@ -162,7 +162,7 @@ def test_export_writes_a_deployed_file_that_reproduces_the_run(tmp_path, capsys)
     # The file loads on its own (no config, no model factory) and gives the training form's outputs.
     loaded = padnet.load(run / "model.safetensors").eval()
     assert any(type(m).__name__ == "DeployedPADConv2d" for m in loaded.modules())
-    model = _rebuild_run(run, None, None)[4].eval()
+    model = _rebuild_run(run, None, None).model.eval()
     x = torch.randn(4, 1, 8, 8)
     with torch.no_grad():
         torch.testing.assert_close(loaded(x), model(x), atol=1e-5, rtol=0)

@@ -113,7 +113,7 @@ class DeployedPartiallyDynamic(DynamicEntries):
             errors.append(f"{prefix}static_values: {exc}")
 
     def deployed_extra_repr(self) -> str:
-        return f"dynamic_ratio={self.dynamic_ratio:.3f}, stored={self.kernel_numel - self.num_dynamic}+{tuple(self.dynamic_values.shape)}"
+        return f"dynamic_ratio={self.dynamic_ratio:.3f}, stored={self.num_static}+{tuple(self.dynamic_values.shape)}"
 
 
 def _save_static_values_and_int32_index(module, state_dict, prefix, local_metadata) -> None:

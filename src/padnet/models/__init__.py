@@ -17,6 +17,8 @@ from collections.abc import Callable, Sequence
 import torch
 from torch import nn
 
+from ..serialization import tag_arch
+
 MODELS = ("small_resnet", "resnet18", "resnet34", "resnet50", "mobilenet_v2")
 
 
@@ -143,8 +145,6 @@ def build(name: str, num_classes: int, in_channels: int = 3, small_input: bool =
     model = _BUILDERS[name](num_classes, in_channels, bool(small_input), **kwargs)
     # Tag it so padnet.save / padnet.load can rebuild it; a file holds every weight, so pretrained
     # ``weights`` are not part of the architecture.
-    from ..serialization import tag_arch
-
     arch_kwargs = {k: v for k, v in kwargs.items() if k != "weights"}
     return tag_arch(model, f"padnet.{name}", num_classes=num_classes, in_channels=in_channels,
                     small_input=bool(small_input), **arch_kwargs)

@@ -16,7 +16,6 @@ slowed by other load on the machine does not move them.
 from __future__ import annotations
 
 import argparse
-import io
 import json
 import math
 import os
@@ -25,9 +24,10 @@ from pathlib import Path
 import numpy as np
 
 from ..metrics import TASK_METRICS, glue_metrics
-from ..train.io import atomic_write_bytes
+from ..train.io import atomic_savefig, atomic_write_bytes
 
 TASK_ORDER = ("cola", "sst2", "mrpc", "stsb", "qqp", "mnli", "mnli_mm", "qnli", "rte", "wnli")
+DEFAULT_TITLE = "Text results: PAD-MoE on GLUE"
 METRIC_NAMES = {"mcc": "MCC", "accuracy": "acc", "f1": "F1", "pearson": "Pearson", "spearman": "Spearman"}
 
 
@@ -131,6 +131,10 @@ def majority_scores(results: list[dict]) -> dict[str, float]:
     return out
 
 
+def _shows_average(summary: dict) -> bool:
+    return bool(summary["averages"]) and len(summary["average_over"]) > 1  # an average of one task repeats it
+
+
 def plot(summary: dict, path: str | Path, majority: dict[str, float] | None = None) -> Path:
     """Grouped bars: one group per task (and the average), one bar per method, mean ± std over seeds
     (x100); a dashed tick marks the majority-class floor of each task."""
@@ -140,7 +144,7 @@ def plot(summary: dict, path: str | Path, majority: dict[str, float] | None = No
     import matplotlib.pyplot as plt
 
     tasks = [t for t in TASK_ORDER if t in summary["tasks"]]
-    groups = tasks + (["average"] if summary["averages"] and len(summary["average_over"]) > 1 else [])
+    groups = tasks + (["average"] if _shows_average(summary) else [])
     methods = summary["methods"]
     width = 0.8 / len(methods)
     fig, ax = plt.subplots(figsize=(max(5.0, 1.6 + 1.4 * len(groups)), 4))
@@ -168,15 +172,12 @@ def plot(summary: dict, path: str | Path, majority: dict[str, float] | None = No
     ax.grid(axis="y", alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=120)
-    plt.close(fig)
-    atomic_write_bytes(path, buffer.getvalue())
+    atomic_savefig(fig, path)
     return Path(path)
 
 
 def markdown(summary: dict, results: list[dict], majority: dict[str, float] | None = None,
-             figure: str | None = None, title: str = "Text results: PAD-MoE on GLUE") -> str:
+             figure: str | None = None, title: str = DEFAULT_TITLE) -> str:
     tasks = [t for t in TASK_ORDER if t in summary["tasks"]]
     methods = summary["methods"]
     lines = [f"# {title}", ""]
@@ -211,7 +212,7 @@ def markdown(summary: dict, results: list[dict], majority: dict[str, float] | No
                 show = metric == "score" if len(TASK_METRICS[t]) > 1 else True
                 row.append(f"{majority[t] * 100:.1f}" if t in majority and show else "")
             lines.append("| " + " | ".join(row) + " |")
-    if summary["averages"] and len(summary["average_over"]) > 1:  # an average of one task repeats it
+    if _shows_average(summary):
         row = ["**average**", "score"] + [f"**{summary['averages'][m] * 100:.1f}**" if m in summary["averages"]
                                           else "—" for m in methods]
         if majority:
@@ -259,7 +260,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--copy-results", metavar="DIR", help="copy each run's results.json to DIR/<name>/seed<k>.json "
                     "and write DIR/summary.json")
     ap.add_argument("--notes", help="markdown file appended to the report (default: DIR/NOTES.md if present)")
-    ap.add_argument("--title", default="Text results: PAD-MoE on GLUE", help="the report's heading")
+    ap.add_argument("--title", default=DEFAULT_TITLE, help="the report's heading")
     ap.add_argument("--plot", help="where to write the bar chart (default: --out with .png; none without --out)")
     args = ap.parse_args(argv)
     results = collect(args.dir)

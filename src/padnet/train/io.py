@@ -110,6 +110,16 @@ def atomic_torch_save(obj, path: str | Path) -> None:
     atomic_write_bytes(path, buffer.getvalue())
 
 
+def atomic_savefig(fig, path: str | Path, dpi: int = 120) -> None:
+    """Write a matplotlib figure as PNG atomically (temp file, then rename), then close it."""
+    import matplotlib.pyplot as plt
+
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=dpi)
+    plt.close(fig)
+    atomic_write_bytes(path, buffer.getvalue())
+
+
 # The trainer's checkpoint format (padnet.train.trainer.CHECKPOINT_FORMAT) and the keys it must hold.
 TRAINING_CHECKPOINT = "padnet.train.checkpoint"
 TRAINING_CHECKPOINT_KEYS = ("epoch", "global_step", "model", "compacted", "optimizer", "scheduler", "rng",

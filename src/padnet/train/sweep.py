@@ -18,13 +18,12 @@ then seed 1, ...) so an interrupted sweep has comparable results early. A run wh
 
 from __future__ import annotations
 
-import io
 import json
 import math
 from pathlib import Path
 
 from .config import ConfigError, RunConfig, config_from_dict, merge, parse_overrides, read_yaml
-from .io import atomic_write_bytes
+from .io import atomic_savefig
 
 SWEEP_KEYS = ("base", "output_dir", "seeds", "runs")
 
@@ -191,8 +190,5 @@ def plot(rows: list[dict], path: str | Path) -> Path:
         ax.grid(alpha=0.3)
     axes[0].legend(fontsize=8)
     fig.tight_layout()
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=120)
-    plt.close(fig)
-    atomic_write_bytes(path, buffer.getvalue())
+    atomic_savefig(fig, path)
     return path

@@ -37,6 +37,7 @@ import random
 import sys
 import time
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -649,9 +650,22 @@ def _diff_keys(a, b, prefix: str = "") -> list[str]:
 
 
 # --------------------------------------------------------------------------------------- eval
-def _rebuild_run(run_dir, checkpoint, overrides):
-    """(checkpoint path, checkpoint state, config, task parts, model on its device, eval loader, trainer)
-    rebuilt from a run's checkpoint."""
+class RebuiltRun(NamedTuple):
+    """A run's model rebuilt from its checkpoint, with what evaluating it needs."""
+
+    checkpoint: Path
+    state: dict
+    config: RunConfig
+    parts: TaskParts
+    model: nn.Module  # on the config's device
+    loader: _OnDevice  # the task's eval loader
+    trainer: Trainer
+
+    def evaluate(self, model: nn.Module | None = None) -> dict:
+        return self.trainer._evaluate(self.model if model is None else model, self.parts, self.loader)
+
+
+def _rebuild_run(run_dir, checkpoint, overrides) -> RebuiltRun:
     if checkpoint is None:
         if run_dir is None:
             raise ValueError("give a run directory or a checkpoint file")
@@ -674,17 +688,15 @@ def _rebuild_run(run_dir, checkpoint, overrides):
     steps_per_epoch = max(1, len(parts.train_dataset) // config.batch_size)
     set_temperature(model, tau.at_step(int(state["global_step"]), steps_per_epoch))
     trainer = Trainer(config, run_dir or checkpoint.parent)
-    loader = _OnDevice(trainer.eval_loader(parts), device)
-    return checkpoint, state, config, parts, model, loader, trainer
+    return RebuiltRun(checkpoint, state, config, parts, model, _OnDevice(trainer.eval_loader(parts), device), trainer)
 
 
 def evaluate_run(run_dir: str | Path | None = None, checkpoint: str | Path | None = None,
                  overrides: list[str] | None = None) -> dict:
     """Rebuild a run's model from its checkpoint and evaluate it on the task's eval set."""
-    checkpoint, state, config, parts, model, loader, trainer = _rebuild_run(run_dir, checkpoint, overrides)
-    metrics = trainer._evaluate(model, parts, loader)
-    return {"checkpoint": str(checkpoint), "epoch": int(state["epoch"]), "name": config.label, **metrics,
-            "deployable_params": deployable_parameters(model)}
+    run = _rebuild_run(run_dir, checkpoint, overrides)
+    return {"checkpoint": str(run.checkpoint), "epoch": int(run.state["epoch"]), "name": run.config.label,
+            **run.evaluate(), "deployable_params": deployable_parameters(run.model)}
 
 
 def export_run(run_dir: str | Path | None = None, checkpoint: str | Path | None = None,
@@ -694,22 +706,23 @@ def export_run(run_dir: str | Path | None = None, checkpoint: str | Path | None 
     rebuilds from it must give the run's eval metrics (eval loss within ``rtol``, the same main metric).
     The file is written beside ``out`` and renamed to it only once the check passes, so a failed export
     leaves an earlier file at ``out`` untouched. Default ``out``: ``<run dir>/model.safetensors``."""
+    from ..cost import stored_numel
     from ..deploy import deploy
     from ..serialization import load, save
-    from ..summary import summary
 
-    checkpoint, state, config, parts, model, loader, trainer = _rebuild_run(run_dir, checkpoint, overrides)
-    out = Path(out) if out is not None else checkpoint.parent / "model.safetensors"
-    before = trainer._evaluate(model, parts, loader)
+    run = _rebuild_run(run_dir, checkpoint, overrides)
+    model = run.model
+    out = Path(out) if out is not None else run.checkpoint.parent / "model.safetensors"
+    before = run.evaluate()
     model.eval()
     form = "deployed" if pad_layers(model) else "training" if dynamic_layers(model) else "plain"
     if form == "deployed":
         deploy(model)
     unchecked = save(model.cpu(), out.with_name(f".{out.stem}.unchecked{out.suffix}"))
     try:
-        loaded = load(unchecked).to(resolve_device(config.device))
-        after = trainer._evaluate(loaded, parts, loader)
-        main = parts.main_metric
+        loaded = load(unchecked).to(resolve_device(run.config.device))
+        after = run.evaluate(loaded)
+        main = run.parts.main_metric
         loss_ok = "loss" not in before or math.isclose(after["loss"], before["loss"], rel_tol=rtol, abs_tol=rtol)
         if after[main] != before[main] or not loss_ok:
             raise ExportCheckError(
@@ -718,8 +731,6 @@ def export_run(run_dir: str | Path | None = None, checkpoint: str | Path | None 
         path = unchecked.replace(out)
     finally:
         unchecked.unlink(missing_ok=True)
-    s = summary(loaded) if dynamic_layers(loaded) else None
-    return {"checkpoint": str(checkpoint), "path": str(path), "form": form, "file_bytes": path.stat().st_size,
-            "stored_params": s.stored_params if s else sum(p.numel() for p in loaded.parameters()),
-            "deployable_params": deployable_parameters(loaded), "main_metric": main,
-            "run": before, "exported": after}
+    return {"checkpoint": str(run.checkpoint), "path": str(path), "form": form, "file_bytes": path.stat().st_size,
+            "stored_params": stored_numel(loaded), "deployable_params": deployable_parameters(loaded),
+            "main_metric": main, "run": before, "exported": after}
