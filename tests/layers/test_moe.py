@@ -101,7 +101,7 @@ def test_static_from_dynamic_keeps_a_warmed_up_function(phi):
         pad.static_from_dynamic()
 
 
-def test_static_path_runs_once_per_token():
+def test_a_token_costs_top_k_matmuls_as_in_the_moe():
     pad = PADMoELinear(6, 5, num_experts=8, top_k=2).eval()
     calls = []
     original = F.linear
@@ -115,10 +115,11 @@ def test_static_path_runs_once_per_token():
         pad(torch.randn(10, 6))
     finally:
         F.linear = original
-    # one static matmul over all 10 tokens, then each of the 8 experts on only its routed tokens:
-    # the per-expert form would instead apply a full W_i' to 10 * 2 token slots twice (static + dynamic)
-    assert len(calls) == 1 + 8
-    assert sum(c[0] for c in calls) == 10 + 10 * 2
+    # each expert's full W_i' is assembled once, then one matmul per expert on only its routed tokens:
+    # 10 tokens x top-2 = 20 rows in all, no extra static matmul over the 10 tokens (the static-factored
+    # form would add one) and no expert applied twice
+    assert len(calls) == 8
+    assert sum(c[0] for c in calls) == 10 * 2
 
 
 def test_gradients_and_masked_entries():

@@ -1,16 +1,24 @@
 """padnet's layers: the fully dynamic hosts and their partially dynamic (PAD) forms."""
 
+from . import conv_strategy
 from .attention import KernelAttention
+from .conv_strategy import CONV_STRATEGIES, conv_strategy_picks, load_conv_strategy_picks, set_conv_strategy
 from .deployed_conv import DeployedPADConv2d
 from .deployed_moe import DeployedPADMoELinear
 from .dynamic_conv import KERNEL_STRATEGIES, DynamicConv2d, apply_per_sample_kernels, choose_kernel_strategy
-from .moe import MoELinear, aux_loss, mix_experts
+from .moe import ExpertSlots, MoELinear, aux_loss, mix_experts
 from .pad_base import LAMBDA_MODES, PartiallyDynamic
 from .pad_conv import PADConv2d
 from .pad_moe import PADMoELinear
 from .router import NoisyTopKRouter, Routing
 
 __all__ = [
+    "CONV_STRATEGIES",
+    "ExpertSlots",
+    "conv_strategy",
+    "conv_strategy_picks",
+    "load_conv_strategy_picks",
+    "set_conv_strategy",
     "KERNEL_STRATEGIES",
     "LAMBDA_MODES",
     "DeployedPADConv2d",

@@ -9,11 +9,12 @@ from torch import nn
 
 from .assemble import assemble_kernels
 from .deployed_base import DeployedPartiallyDynamic
-from .dynamic_conv import apply_per_sample_kernels, init_dynamic_conv_geometry
+from .dynamic_conv import DynamicConvCompute, init_dynamic_conv_geometry
+from .pad_base import dense_dynamic_kernels
 from .pad_conv import PADConv2d
 
 
-class DeployedPADConv2d(DeployedPartiallyDynamic, nn.Module):
+class DeployedPADConv2d(DeployedPartiallyDynamic, DynamicConvCompute, nn.Module):
     """Inference form of ``PADConv2d``: the same outputs as the training form in eval mode.
 
     Stores ``static_values`` (N - nnz, times lambda_s), ``dynamic_values`` (K, nnz, times lambda_d),
@@ -72,26 +73,14 @@ class DeployedPADConv2d(DeployedPartiallyDynamic, nn.Module):
         Under no_grad on CPU this is a view of a reused workspace (``padnet.layers.assemble``)."""
         return assemble_kernels(self.static_kernel, alpha @ self.dynamic_values, self.dynamic_index)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.dim() != 4 or x.shape[1] != self.in_channels:
-            raise ValueError(f"expected input (B, {self.in_channels}, H, W); got {tuple(x.shape)}")
-        alpha = self.attention(x, self.temperature)
-        bias = alpha @ self.bias if self.bias is not None else None
-        return apply_per_sample_kernels(
-            x, self.per_sample_kernels(alpha), bias, self.out_channels, self.kernel_size, self.stride,
-            self.padding, self.dilation, self.groups,
-        )
+    def mixture_kernels(self, alpha: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """As ``PADConv2d.mixture_kernels``, lambdas folded: S + D_k scattered (softmax), or the K
+        densified D_k plus S as a (K + 1)-th kernel of weight 1 (sigmoid)."""
+        if self.routing == "softmax":
+            return assemble_kernels(self.static_kernel, self.dynamic_values, self.dynamic_index), alpha
+        dynamic = dense_dynamic_kernels(self.dynamic_values, self.dynamic_index, self.kernel_numel)
+        stack = torch.cat([dynamic, self.static_kernel.unsqueeze(0)])
+        return stack, torch.cat([alpha, alpha.new_ones(alpha.shape[0], 1)], 1)
 
     def extra_repr(self) -> str:
-        s = (
-            f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, stride={self.stride}, "
-            f"num_kernels={self.num_kernels}, routing={self.routing!r}"
-        )
-        if self.padding != (0, 0):
-            s += f", padding={self.padding}"
-        if self.dilation != (1, 1):
-            s += f", dilation={self.dilation}"
-        if self.groups != 1:
-            s += f", groups={self.groups}"
-        return f"{s}, bias={self.bias is not None}, {self.deployed_extra_repr()}"
-
+        return f"{self.geometry_repr()}, bias={self.bias is not None}, {self.deployed_extra_repr()}"

@@ -1,26 +1,24 @@
-"""Deployed PAD MoE: y = S x + sum_{i in top-k} G_i (D_i x + b_i) with the lambdas folded into S and D."""
+"""Deployed PAD MoE: y = sum_{i in top-k} G_i ((S + D_i) x + b_i) with the lambdas folded into S and D."""
 
 from __future__ import annotations
 
 import copy
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from .deployed_base import DeployedPartiallyDynamic
-from .moe import init_moe_geometry, mix_experts
-from .pad_base import dense_dynamic_kernels
-from .pad_moe import PADMoELinear
+from .moe import ExpertSlots, init_moe_geometry, mix_experts
+from .pad_moe import PADMoELinear, assembled_experts
 
 
 class DeployedPADMoELinear(DeployedPartiallyDynamic, nn.Module):
     """Inference form of ``PADMoELinear``: the same outputs as the training form in eval mode.
 
     Stores ``static_values`` (N - nnz, times lambda_s), ``dynamic_values`` (E, nnz, times lambda_d),
-    ``dynamic_index``, the expert biases and the unchanged ``router``. The static path runs once per
-    token; each expert's sparse dynamic weight is densified per forward (E x N writes, cheap next to
-    the token matmuls), so no E x N tensor is stored.
+    ``dynamic_index``, the expert biases and the unchanged ``router``. Each forward assembles the
+    routed experts' full weights S + D_i (E x N element work, only the experts that receive tokens),
+    so no E x N tensor is stored and a token costs top_k matmuls, as in the MoE.
     """
 
     def __init__(
@@ -64,9 +62,10 @@ class DeployedPADMoELinear(DeployedPartiallyDynamic, nn.Module):
         tokens = x.reshape(-1, self.in_features)
         routing = self.router(tokens)
         self.last_aux_loss = self.aux_loss_coef * routing.balance_loss
-        shape = (self.out_features, self.in_features)
-        experts = dense_dynamic_kernels(self.dynamic_values, self.dynamic_index, self.kernel_numel).reshape(-1, *shape)
-        y = F.linear(tokens, self.static_kernel.reshape(shape)) + mix_experts(tokens, routing, experts, self.bias)
+        slots = ExpertSlots.from_routing(routing, self.num_experts)
+        experts = assembled_experts(self.static_kernel, self.dynamic_values, self.dynamic_index,
+                                    (self.out_features, self.in_features), slots)
+        y = mix_experts(tokens, routing, experts, self.bias, slots)
         return y.reshape(*x.shape[:-1], self.out_features)
 
     def extra_repr(self) -> str:

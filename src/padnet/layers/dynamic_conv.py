@@ -10,46 +10,44 @@ from torch import nn
 
 from ._validate import check_positive_int, pair
 from .attention import KernelAttention
+from .conv_strategy import (
+    MIXTURE_STRATEGIES,
+    PER_SAMPLE_STRATEGIES,
+    UNFOLD_MAX_POSITIONS,
+    applicable_strategies,
+    heuristic_strategy,
+    is_plain_1x1,
+    output_positions,
+    resolve_strategy,
+)
 
 
-KERNEL_STRATEGIES = ("auto", "grouped", "loop", "unfold", "bmm")
-
-# Threshold of the "auto" rule below, from micro-benchmarks on a shared 2-core CPU (torch 2.14); noisy.
-UNFOLD_MAX_POSITIONS = 49  # up to 7x7 outputs, unfold + bmm beats the grouped conv
+KERNEL_STRATEGIES = ("auto",) + PER_SAMPLE_STRATEGIES
 
 
 def choose_kernel_strategy(
     x: torch.Tensor, kernel_size, stride, padding, dilation, groups: int, needs_grad: bool = False
 ) -> str:
-    """The fastest way to apply B per-sample kernels to x, by layer shape, batch size and whether
-    autograd records.
+    """The per-sample form the deterministic rule uses to apply B per-sample kernels to x (the rule of
+    ``padnet.layers.conv_strategy.heuristic_strategy`` restricted to per-sample kernels):
 
-    Why each rule (CPU micro-benchmarks, 2 shared cores; ``benchmarks/layers.py`` prints the pick per row):
-    - 1x1, unpadded, ungrouped: the conv is a batched matrix product (B, C_out, C_in) @ (B, C_in, HW);
-      ``bmm`` skips the conv machinery and was 1.6x (B=1) to 3.5x (B=64) faster than the grouped conv.
-    - batch 1: a plain conv with the one kernel; nothing to group.
-    - ungrouped with at most 7x7 output positions: ``unfold`` + bmm. Few positions and many channels make
-      the grouped conv (groups = B) slow on CPU; im2col there is tiny and bmm runs at full GEMM speed.
-    - otherwise ``grouped``: one conv call over the batch folded into channels. One conv per sample
-      (``loop``) looked faster at B=64 in one run but was 2.5x-5x slower in a controlled A/B
-      (alternating runs, 3x3 64->64 @56 and 256->256 @14, B=64), so it is never picked automatically.
-    - with autograd recording (training, the partition's scoring): always ``grouped``. The backward
-      of ``unfold`` is a scatter-add (fold) and of ``bmm`` two more batched products; in fwd+bwd
-      measurements of narrow layers (8-64 channels, 7x7 to 28x28, B = 16-128) they were 1.5x-9x
-      slower than the grouped conv, whose backward mkldnn handles in one call.
+    - a plain 1x1 conv: ``bmm``, a batched matrix product (B, C_out, C_in) @ (B, C_in, HW), 1.6x (B=1)
+      to 3.5x (B=64) faster than the grouped conv forward;
+    - batch 1 (inference): the one kernel in a plain conv (``grouped`` with groups = g);
+    - ungrouped with at most 64 output positions: ``unfold`` + bmm. Few positions and many channels make
+      the grouped conv (groups = B) slow on CPU; im2col there is tiny and bmm runs at full GEMM speed
+      (training, 3x3 128->128 at 8x8, batch 32: 45 ms vs 59 ms);
+    - otherwise ``grouped``: one conv call over the batch folded into channels (64->64 at 16x16: 31 ms
+      vs unfold's 41 ms). One conv per sample (``loop``) is never picked automatically: 2.5x-5x slower
+      in a controlled A/B.
     """
-    batch = x.shape[0]
-    if needs_grad:
-        return "grouped"
-    if groups == 1 and tuple(kernel_size) == (1, 1) and tuple(padding) == (0, 0) and tuple(dilation) == (1, 1):
+    del needs_grad  # the measured cross-overs are the same forward-only and fwd+bwd
+    if is_plain_1x1(kernel_size, padding, dilation, groups):
         return "bmm"
-    if batch == 1:
+    if x.shape[0] == 1:
         return "grouped"
-    if groups == 1:
-        out_h = (x.shape[2] + 2 * padding[0] - dilation[0] * (kernel_size[0] - 1) - 1) // stride[0] + 1
-        out_w = (x.shape[3] + 2 * padding[1] - dilation[1] * (kernel_size[1] - 1) - 1) // stride[1] + 1
-        if out_h * out_w <= UNFOLD_MAX_POSITIONS:
-            return "unfold"
+    if groups == 1 and output_positions(x.shape, kernel_size, stride, padding, dilation) <= UNFOLD_MAX_POSITIONS:
+        return "unfold"
     return "grouped"
 
 
@@ -136,6 +134,118 @@ def _bmm_1x1(x, kernels, bias, out_channels, stride):
     return _add_bias(out.reshape(batch, out_channels, height, width), bias)
 
 
+def apply_kernel_mixture(
+    x: torch.Tensor,
+    stack: torch.Tensor,
+    weights: torch.Tensor,
+    bias: torch.Tensor | None,
+    out_channels: int,
+    kernel_size: tuple[int, int],
+    stride,
+    padding,
+    dilation,
+    groups: int,
+    strategy: str = "mixture",
+) -> torch.Tensor:
+    """y[b] = sum_j weights[b, j] conv(x[b], stack[j]) + bias[b]: the J kernels ``stack`` (J, N), each a
+    flattened (C_out, C_in/g, kh, kw), mixed per sample by ``weights`` (B, J). By linearity this equals
+    convolving with the per-sample kernel sum_j weights[b, j] stack[j], without building it.
+
+    ``strategy``: "mixture" (one conv over the J C_out stacked output channels, then the weighted sum)
+    or "mixture_unfold" (im2col and one (B L, C_in kh kw) @ (C_in kh kw, J C_out) product; groups = 1)."""
+    kernel_size, stride, padding, dilation = (tuple(v) for v in (kernel_size, stride, padding, dilation))
+    batch, num_mix = x.shape[0], stack.shape[0]
+    weights = weights.to(x.dtype)
+    if strategy == "mixture":
+        per_group = out_channels // groups
+        # Kernel j's output channels of group g must sit inside group g's block: (J, g, C/g) -> (g, J, C/g).
+        weight = stack.reshape(num_mix, groups, per_group, -1).transpose(0, 1)
+        weight = weight.reshape(groups * num_mix * per_group, x.shape[1] // groups, *kernel_size)
+        out = F.conv2d(x, weight, None, stride, padding, dilation, groups)
+        height, width = out.shape[2:]
+        if groups == 1 and out.is_contiguous():
+            # (B, 1, J) @ (B, J, C H W): the weighted sum as one batched product.
+            y = torch.bmm(weights.unsqueeze(1), out.reshape(batch, num_mix, -1))
+        else:
+            y = torch.einsum("bgjr,bj->bgr", out.reshape(batch, groups, num_mix, -1), weights)
+        return _add_bias(y.reshape(batch, out_channels, height, width), bias)
+    if strategy == "mixture_unfold":
+        if groups != 1:
+            raise ValueError(f"strategy='mixture_unfold' needs groups=1; got groups={groups} (use 'mixture')")
+        cols = F.unfold(x, kernel_size, dilation, padding, stride)  # (B, C_in kh kw, L)
+        positions = cols.shape[2]
+        out = cols.transpose(1, 2).reshape(batch * positions, -1) @ stack.reshape(num_mix * out_channels, -1).t()
+        y = torch.einsum("bljc,bj->blc", out.reshape(batch, positions, num_mix, out_channels), weights)
+        out_h = (x.shape[2] + 2 * padding[0] - dilation[0] * (kernel_size[0] - 1) - 1) // stride[0] + 1
+        y = y.reshape(batch, out_h, positions // out_h, out_channels).permute(0, 3, 1, 2)
+        memory_format = torch.channels_last if x.is_contiguous(memory_format=torch.channels_last) and not \
+            x.is_contiguous() else torch.contiguous_format
+        return _add_bias(y.contiguous(memory_format=memory_format), bias)
+    raise ValueError(f"strategy={strategy!r} is not a mixture strategy; allowed: "
+                     f"{', '.join(map(repr, MIXTURE_STRATEGIES))}")
+
+
+class DynamicConvCompute:
+    """The forward every dynamic conv form shares (DY-Conv/CondConv, PAD, deployed PAD): attention,
+    dynamic bias, then the strategy that ``padnet.layers.conv_strategy`` picks. A layer provides
+    ``per_sample_kernels(alpha)`` -> (B, N) and ``mixture_kernels(alpha)`` -> ((J, N) kernels, (B, J)
+    weights) for the same W(x); ``strategy`` (None: the global mode) pins or tunes this layer alone."""
+
+    strategy: str | None = None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dim() != 4 or x.shape[1] != self.in_channels:
+            raise ValueError(f"expected input (B, {self.in_channels}, H, W); got {tuple(x.shape)}")
+        alpha = self.attention(x, self.temperature)
+        bias = alpha @ self.bias if self.bias is not None else None
+        return self.compute(x, alpha, bias, self.pick_strategy(x, alpha, bias))
+
+    def compute(self, x: torch.Tensor, alpha: torch.Tensor, bias: torch.Tensor | None, strategy: str) -> torch.Tensor:
+        """The layer's output for attention ``alpha`` and dynamic bias ``bias``, computed with ``strategy``."""
+        geometry = (self.out_channels, self.kernel_size, self.stride, self.padding, self.dilation, self.groups)
+        if strategy in MIXTURE_STRATEGIES:
+            stack, weights = self.mixture_kernels(alpha)
+            return apply_kernel_mixture(x, stack, weights, bias, *geometry, strategy=strategy)
+        return apply_per_sample_kernels(x, self.per_sample_kernels(alpha), bias, *geometry, strategy=strategy)
+
+    def pick_strategy(self, x: torch.Tensor, alpha: torch.Tensor, bias: torch.Tensor | None) -> str:
+        needs_grad = torch.is_grad_enabled() and (x.requires_grad or alpha.requires_grad or any(
+            p.requires_grad for p in self.parameters(recurse=False)))
+        args = (self.kernel_size, self.stride, self.padding, self.dilation, self.groups)
+        layout = "cl" if x.dim() == 4 and not x.is_contiguous() and x.is_contiguous(
+            memory_format=torch.channels_last) else "c"
+        key = (f"{type(self).__name__}|x={tuple(x.shape)}|{str(x.dtype).removeprefix('torch.')}|{x.device.type}|"
+               f"{layout}|out={self.out_channels}|k={self.kernel_size}|s={self.stride}|p={self.padding}|"
+               f"d={self.dilation}|g={self.groups}|K={self.num_kernels}|{self.routing}|grad={int(needs_grad)}")
+
+        def run(strategy: str):
+            with torch.set_grad_enabled(needs_grad):
+                inputs = [t.detach().requires_grad_(needs_grad) for t in (x, alpha)]
+                if bias is not None:
+                    inputs.append(bias.detach().requires_grad_(needs_grad))
+                out = self.compute(inputs[0], inputs[1], inputs[2] if bias is not None else None, strategy)
+            params = [p for p in self.parameters(recurse=False) if p.requires_grad]
+            return out, (inputs + params) if needs_grad else []
+
+        return resolve_strategy(self.strategy, key, applicable_strategies(self.kernel_size, self.padding,
+                                self.dilation, self.groups), heuristic_strategy(x.shape, *args, needs_grad), run)
+
+    def geometry_repr(self) -> str:
+        s = (
+            f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, stride={self.stride}, "
+            f"num_kernels={self.num_kernels}, routing={self.routing!r}"
+        )
+        if self.padding != (0, 0):
+            s += f", padding={self.padding}"
+        if self.dilation != (1, 1):
+            s += f", dilation={self.dilation}"
+        if self.groups != 1:
+            s += f", groups={self.groups}"
+        if self.strategy is not None:
+            s += f", strategy={self.strategy!r}"
+        return s
+
+
 def init_dynamic_conv_geometry(
     module: nn.Module, in_channels, out_channels, kernel_size, stride, padding, dilation, groups, num_kernels,
     reduction, routing,
@@ -164,7 +274,7 @@ def init_dynamic_conv_geometry(
     module.weight_shape = (out_channels, in_channels // groups, *module.kernel_size)
 
 
-class DynamicConv2d(nn.Module):
+class DynamicConv2d(DynamicConvCompute, nn.Module):
     """y = conv(x, sum_k alpha_k(x) W_k) + sum_k alpha_k(x) b_k, per sample.
 
     ``routing="softmax"`` is DY-Conv (temperature-scaled softmax attention); ``routing="sigmoid"`` is
@@ -211,34 +321,9 @@ class DynamicConv2d(nn.Module):
         """W(x) flattened: (B, N)."""
         return alpha @ self.weight
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.dim() != 4 or x.shape[1] != self.in_channels:
-            raise ValueError(f"expected input (B, {self.in_channels}, H, W); got {tuple(x.shape)}")
-        alpha = self.attention_weights(x)
-        bias = alpha @ self.bias if self.bias is not None else None
-        return apply_per_sample_kernels(
-            x,
-            self.per_sample_kernels(alpha),
-            bias,
-            self.out_channels,
-            self.kernel_size,
-            self.stride,
-            self.padding,
-            self.dilation,
-            self.groups,
-        )
+    def mixture_kernels(self, alpha: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The K kernels (K, N) and their per-sample weights alpha (B, K)."""
+        return self.weight, alpha
 
     def extra_repr(self) -> str:
-        s = (
-            f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, stride={self.stride}, "
-            f"num_kernels={self.num_kernels}, routing={self.routing!r}"
-        )
-        if self.padding != (0, 0):
-            s += f", padding={self.padding}"
-        if self.dilation != (1, 1):
-            s += f", dilation={self.dilation}"
-        if self.groups != 1:
-            s += f", groups={self.groups}"
-        if self.bias is None:
-            s += ", bias=False"
-        return s
+        return self.geometry_repr() + (", bias=False" if self.bias is None else "")

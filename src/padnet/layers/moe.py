@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -12,24 +14,59 @@ from ._validate import check_positive_int
 from .router import NoisyTopKRouter, Routing
 
 
-def mix_experts(
-    tokens: torch.Tensor, routing: Routing, weights: torch.Tensor, bias: torch.Tensor | None
-) -> torch.Tensor:
-    """sum_{i in top-k} G_i(x) (W_i x + b_i) for (T, in) tokens and (E, out, in) weights.
+@dataclass
+class ExpertSlots:
+    """The (token, slot) pairs of a routing sorted by expert: one sort per forward, so every expert reads
+    a contiguous slice and one gather undoes the order (no per-expert ``nonzero`` search, which also
+    breaks ``torch.compile`` graphs)."""
 
-    Each expert runs once on the tokens routed to it. Experts that receive no tokens still join the
-    graph (an empty matmul), so their parameters get a zero gradient rather than none, which keeps
-    DistributedDataParallel from reporting unused parameters.
+    token_index: torch.Tensor  # (T k,): the token of each sorted pair
+    inverse: torch.Tensor  # (T k,): where pair (t, slot) = t k + slot sits in the sorted order
+    counts: list[int]  # (E,): pairs per expert, the lengths of the contiguous slices
+
+    @classmethod
+    def from_routing(cls, routing: Routing, num_experts: int) -> "ExpertSlots":
+        experts = routing.top_indices.reshape(-1)
+        order = torch.argsort(experts, stable=True)
+        inverse = torch.empty_like(order).scatter_(0, order, torch.arange(order.numel(), device=order.device))
+        counts = torch.bincount(experts, minlength=num_experts).tolist()
+        return cls(order // routing.top_indices.shape[1], inverse, counts)
+
+
+def mix_experts(
+    tokens: torch.Tensor,
+    routing: Routing,
+    weights: torch.Tensor | Sequence[torch.Tensor | None],
+    bias: torch.Tensor | None,
+    slots: ExpertSlots | None = None,
+) -> torch.Tensor:
+    """sum_{i in top-k} G_i(x) (W_i x + b_i) for (T, in) tokens and (E, out, in) weights (or a list of E
+    weights, None for an expert that receives no token).
+
+    The pairs are sorted by expert once (``ExpertSlots``); each expert runs one matmul on its contiguous
+    slice; one gather puts the results back in (token, slot) order and the gates weight the k slots.
+    No scatter-add: the result does not depend on the order of floating-point additions (deterministic
+    on GPUs too). Experts that receive no tokens still join the graph (an empty matmul), so their
+    parameters get a zero gradient rather than none, which keeps DistributedDataParallel from reporting
+    unused parameters.
     """
-    out = tokens.new_zeros(tokens.shape[0], weights.shape[1])
+    slots = slots if slots is not None else ExpertSlots.from_routing(routing, len(weights))
+    num_tokens, k = routing.top_indices.shape
     # unbind, not weights[e]: its backward stacks the E gradients once instead of allocating a
     # full (E, out, in) gradient per expert.
-    biases = bias.unbind(0) if bias is not None else [None] * weights.shape[0]
-    for expert, (weight, expert_bias) in enumerate(zip(weights.unbind(0), biases)):
-        token_idx, slot = (routing.top_indices == expert).nonzero(as_tuple=True)
-        y = F.linear(tokens.index_select(0, token_idx), weight, expert_bias)
-        out = out.index_add(0, token_idx, routing.top_gates[token_idx, slot].unsqueeze(1) * y)
-    return out
+    experts = weights.unbind(0) if isinstance(weights, torch.Tensor) else weights
+    biases = bias.unbind(0) if bias is not None else [None] * len(experts)
+    chunks = tokens.index_select(0, slots.token_index).split(slots.counts)
+    outs = []
+    for chunk, weight, expert_bias in zip(chunks, experts, biases):
+        if weight is None:
+            if chunk.shape[0]:
+                raise ValueError("an expert that receives tokens has no weight")
+            continue
+        outs.append(F.linear(chunk, weight, expert_bias))
+    y = torch.cat(outs)
+    y = y.index_select(0, slots.inverse).reshape(num_tokens, k, y.shape[1])
+    return (y * routing.top_gates.unsqueeze(2).to(y.dtype)).sum(1)
 
 
 def init_moe_geometry(

@@ -38,5 +38,29 @@ class PADConv2d(PartiallyDynamic, DynamicConv2d):
         return assemble_kernels(self.static_weight.reshape(-1), (lambda_d * alpha) @ self.dynamic_entries(),
                                 self.dynamic_index, scale=lambda_s, keep=self.static_keep)
 
+    def mixture_kernels(self, alpha: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Kernels whose alpha-mixture is W(x) (SPEC section 3). Softmax routing (alpha sums to 1):
+        the static part folds into the K kernels, W~_k = lambda_d M W_k + lambda_s (1 - M) W_s, assembled
+        once per forward (K x N element work, no more kernels than DY-Conv). Sigmoid routing (CondConv):
+        K kernels lambda_d M W_k plus lambda_s (1 - M) W_s as a (K + 1)-th kernel of weight 1."""
+        lambda_s, lambda_d = self.scales
+        if self.relaxed_mask is not None:
+            # Scoring: the same forms with the float mask m, so dL/dm is the Taylor term of SPEC section 4.
+            m = self.relaxed_mask.reshape(1, -1)
+            static = lambda_s * self.static_weight.reshape(1, -1)
+            if self.routing == "softmax":
+                return static + m * (lambda_d * self.weight - static), alpha
+            stack = torch.cat([m * (lambda_d * self.weight), (1 - m) * static])
+            return stack, torch.cat([alpha, alpha.new_ones(alpha.shape[0], 1)], 1)
+        # lambda_d scales the (B, K) weights instead of the (K, nnz) entries, and the static part by
+        # lambda_s / lambda_d (lambda_d = 2 sigmoid(phi) > 0): no extra pass over the kernels.
+        weights = lambda_d * alpha
+        if self.routing == "softmax":
+            stack = assemble_kernels(self.static_weight.reshape(-1), self.dynamic_entries(), self.dynamic_index,
+                                     scale=lambda_s / lambda_d, keep=self.static_keep)
+            return stack, weights
+        stack = torch.cat([self.masked_dynamic_kernels(), self.masked_static_kernel(lambda_s / lambda_d).unsqueeze(0)])
+        return stack, torch.cat([weights, lambda_d.expand(alpha.shape[0], 1).to(alpha.dtype)], 1)
+
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, {self.pad_extra_repr()}"

@@ -5,20 +5,47 @@ from __future__ import annotations
 import math
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from .moe import MoELinear, mix_experts
+from .assemble import assemble_kernels
+from .moe import ExpertSlots, MoELinear, mix_experts
 from .pad_base import PartiallyDynamic
 from .router import Routing
 
 
-class PADMoELinear(PartiallyDynamic, MoELinear):
-    """Partially dynamic MoE linear (SPEC section 3), in the static-factored form.
+def assembled_experts(
+    static: torch.Tensor,
+    dynamic: torch.Tensor,
+    index: torch.Tensor,
+    shape: tuple[int, int],
+    slots: ExpertSlots,
+    scale: torch.Tensor | None = None,
+    keep: torch.Tensor | None = None,
+) -> torch.Tensor | list[torch.Tensor | None]:
+    """Every expert's full weight W_i' = scale * static with its dynamic entries ``dynamic[i]`` written
+    at ``index`` (``assemble_kernels``): E x N element work, tiny next to the T x N token matmuls, and
+    then each routed token costs one matmul, the MoE's cost. Without autograd, when only some experts
+    receive tokens (decoding a few tokens), only those are assembled (None for the others)."""
+    active = [e for e, count in enumerate(slots.counts) if count]
+    needs_grad = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (static, dynamic, scale))
+    if needs_grad or not active or len(active) == len(slots.counts):
+        return assemble_kernels(static, dynamic, index, scale=scale, keep=keep).reshape(-1, *shape)
+    rows = torch.tensor(active, device=dynamic.device)
+    some = assemble_kernels(static, dynamic.index_select(0, rows), index, scale=scale, keep=keep).reshape(-1, *shape)
+    out: list[torch.Tensor | None] = [None] * len(slots.counts)
+    for position, expert in enumerate(active):
+        out[expert] = some[position]
+    return out
 
-    Because the top-k gates sum to 1, y = lambda_s ((1 - M) (.) W_s) x
-    + sum_{i in top-k} G_i (lambda_d (M (.) W_i) x + b_i): the static path runs once per token
-    instead of once per expert.
+
+class PADMoELinear(PartiallyDynamic, MoELinear):
+    """Partially dynamic MoE linear (SPEC section 3): y = sum_{i in top-k} G_i (W_i' x + b_i) with
+    W_i' = lambda_d M (.) W_i + lambda_s (1 - M) (.) W_s.
+
+    Each expert's W_i' is assembled once per forward (``assembled_experts``), so a token costs what it
+    costs in the MoE: top_k matmuls. The static-factored form (static path once per token plus the
+    masked experts) is the same function but costs one more dense matmul per token: measured 1.77x the
+    MoE at MiniLM's FFN-output shape, 1,024 tokens (``benchmarks/layers.py --moe``).
     """
 
     def __init__(self, *args, lambda_mode: str = "both", **kwargs):
@@ -37,9 +64,10 @@ class PADMoELinear(PartiallyDynamic, MoELinear):
             static = lambda_s * self.static_weight
             experts = static + self.relaxed_mask * (lambda_d * self.weight - static)
             return mix_experts(tokens, routing, experts, self.bias)
-        static = self.masked_static_kernel(lambda_s).reshape(shape)
-        experts = (lambda_d * self.masked_dynamic_kernels()).reshape(-1, *shape)
-        return F.linear(tokens, static) + mix_experts(tokens, routing, experts, self.bias)
+        slots = ExpertSlots.from_routing(routing, self.num_experts)
+        experts = assembled_experts(self.static_weight.reshape(-1), lambda_d * self.dynamic_entries(),
+                                    self.dynamic_index, shape, slots, scale=lambda_s, keep=self.static_keep)
+        return mix_experts(tokens, routing, experts, self.bias, slots)
 
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, {self.pad_extra_repr()}"
