@@ -101,25 +101,45 @@ def test_static_from_dynamic_keeps_a_warmed_up_function(phi):
         pad.static_from_dynamic()
 
 
-def test_a_token_costs_top_k_matmuls_as_in_the_moe():
-    pad = PADMoELinear(6, 5, num_experts=8, top_k=2).eval()
+def test_a_token_costs_top_k_matmuls_as_in_the_moe(monkeypatch):
+    pad = PADMoELinear(6, 5, num_experts=8, top_k=2)
+    randomise_router(pad)
+    pad.set_mask(random_mask(pad.kernel_shape, 0.5))
     calls = []
-    original = F.linear
+    for name in ("mm", "addmm"):
+        original = getattr(torch, name)
 
-    def counting(inp, w, b=None):
-        calls.append(tuple(inp.shape))
-        return original(inp, w, b)
+        def counting(*args, original=original, **kwargs):
+            calls.append(args[-2].shape[0])  # rows of the token matrix
+            return original(*args, **kwargs)
 
-    F.linear = counting
-    try:
-        pad(torch.randn(10, 6))
-    finally:
-        F.linear = original
+        monkeypatch.setattr(torch, name, counting)
+    x = torch.randn(10, 6)
+    pad(x)
+    monkeypatch.undo()
     # each expert's full W_i' is assembled once, then one matmul per expert on only its routed tokens:
     # 10 tokens x top-2 = 20 rows in all, no extra static matmul over the 10 tokens (the static-factored
     # form would add one) and no expert applied twice
     assert len(calls) == 8
-    assert sum(c[0] for c in calls) == 10 * 2
+    assert sum(calls) == 10 * 2
+
+
+@pytest.mark.parametrize("deployed", [False, True])
+def test_few_tokens_assemble_only_their_experts_and_give_the_same_output(deployed):
+    moe = MoELinear(6, 5, num_experts=8, top_k=2)
+    randomise_router(moe)
+    pad = pad_like(moe)
+    with torch.no_grad():
+        pad.phi.fill_(0.3)
+    pad.set_mask(random_mask(pad.kernel_shape, 0.4))
+    pad.eval()
+    layer = padnet.layers.DeployedPADMoELinear.from_pad(pad) if deployed else pad
+    x = torch.randn(1, 6)  # one token: 2 of 8 experts active
+    with torch.no_grad():
+        expected = per_expert_pad_moe(pad, x)
+        torch.testing.assert_close(layer(x), expected, atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(layer(torch.randn(64, 6))[:0], expected[:0])  # all experts active, then few
+        torch.testing.assert_close(layer(x), expected, atol=1e-5, rtol=1e-5)
 
 
 def test_gradients_and_masked_entries():
@@ -198,3 +218,39 @@ def test_bad_mask_and_input():
         pad.set_mask(torch.ones(5, 6, dtype=torch.uint8))
     with pytest.raises(ValueError, match=r"\(\.\.\., 6\)"):
         pad(torch.randn(3, 4))
+
+
+@pytest.mark.parametrize("bias", [False, True])
+def test_sorted_dispatch_gradients_equal_the_dense_definition(bias):
+    """One sort, contiguous expert slices and the hand-written batched backward give the gradients of
+    y = sum_i G_i (W_i x + b_i) computed densely over every expert."""
+    moe = MoELinear(6, 5, num_experts=4, top_k=2, bias=bias).eval()
+    randomise_router(moe)
+    x = torch.randn(9, 6, requires_grad=True)
+    out = moe(x)
+    grad_out = torch.randn_like(out)
+    got = torch.autograd.grad(out, [x, moe.weight, moe.router.w_gate] + ([moe.bias] if bias else []), grad_out)
+
+    x2 = x.detach().clone().requires_grad_(True)
+    gates = moe.router(x2).gates
+    dense = torch.einsum("te,eoi,ti->to", gates, moe.weight, x2)
+    if bias:
+        dense = dense + gates @ moe.bias
+    expected = torch.autograd.grad(dense, [x2, moe.weight, moe.router.w_gate] + ([moe.bias] if bias else []),
+                                   grad_out)
+    for g, e in zip(got, expected):
+        torch.testing.assert_close(g, e, atol=1e-5, rtol=1e-5)
+
+
+def test_expert_slots_sort_the_pairs_by_expert():
+    from padnet.layers import ExpertSlots
+    from padnet.layers.router import Routing
+
+    top = torch.tensor([[2, 0], [0, 1], [2, 1]])
+    routing = Routing(torch.zeros(3, 4), top, torch.full((3, 2), 0.5), torch.zeros(()))
+    slots = ExpertSlots.from_routing(routing, 4)
+    assert slots.counts == [2, 2, 2, 0]
+    assert slots.token_index.tolist() == [0, 1, 1, 2, 0, 2]  # expert 0: tokens 0, 1; expert 1: 1, 2; expert 2: 0, 2
+    # inverse[t k + slot] is where pair (t, slot) sits in the sorted order
+    sorted_experts = top.reshape(-1)[torch.argsort(top.reshape(-1), stable=True)]
+    assert torch.equal(sorted_experts[slots.inverse], top.reshape(-1))

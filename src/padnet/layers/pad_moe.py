@@ -64,10 +64,14 @@ class PADMoELinear(PartiallyDynamic, MoELinear):
             static = lambda_s * self.static_weight
             experts = static + self.relaxed_mask * (lambda_d * self.weight - static)
             return mix_experts(tokens, routing, experts, self.bias)
+        # W_i' x + b_i = lambda_d (W~_i x + b_i / lambda_d) with W~_i = M W_i + lambda_s / lambda_d (1 - M) W_s
+        # (lambda_d = 2 sigmoid(phi) > 0): lambda_d scales the (T, k) gates and the (E, out) biases instead
+        # of the (E, nnz) dynamic entries, one pass over them fewer in forward and in backward.
         slots = ExpertSlots.from_routing(routing, self.num_experts)
-        experts = assembled_experts(self.static_weight.reshape(-1), lambda_d * self.dynamic_entries(),
-                                    self.dynamic_index, shape, slots, scale=lambda_s, keep=self.static_keep)
-        return mix_experts(tokens, routing, experts, self.bias, slots)
+        experts = assembled_experts(self.static_weight.reshape(-1), self.dynamic_entries(), self.dynamic_index,
+                                    shape, slots, scale=lambda_s / lambda_d, keep=self.static_keep)
+        bias = self.bias / lambda_d if self.bias is not None else None
+        return mix_experts(tokens, routing, experts, bias, slots, gate_scale=lambda_d)
 
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, {self.pad_extra_repr()}"
