@@ -99,3 +99,52 @@ def test_checkpoint_refuses_code_execution(tmp_path):
     with pytest.raises(ValueError, match="not a loadable padnet checkpoint"):
         load_checkpoint(tmp_path / "checkpoint.pt")
     assert not marker.exists()
+
+
+def _tiny_dynamic_task(config):
+    data = torch.utils.data.TensorDataset(torch.randn(32, 1, 8, 8), torch.randint(0, 3, (32,)))
+    return TaskParts(model=build("small_resnet", 3, 1, True, width=4, layers=[1]), train_dataset=data,
+                     eval_dataset=data, loss_fn=lambda m, b: F.cross_entropy(m(b[0]), b[1]), evaluate=evaluate)
+
+
+register_task("tiny_dynamic", _tiny_dynamic_task)
+
+
+def test_autotuned_run_stores_its_conv_strategy_picks_and_a_resume_reuses_them(tmp_path):
+    from padnet.layers import conv_strategy
+
+    raw = {**BASE, "task": "tiny_dynamic", "run_dir": str(tmp_path / "run"), "epochs": 2,
+           "conv_strategy": "autotune", "dynamic": {"mode": "dynamic", "temperature_epochs": 1}}
+    conv_strategy.clear_conv_strategy_picks()
+    assert Trainer(config_from_dict(raw)).train(stop_after_epoch=1) is None
+    path = tmp_path / "run" / "checkpoint.pt"
+    state = load_checkpoint(path)
+    picks = state["conv_strategy_picks"]
+    assert picks and all("DynamicConv2d" in key for key in picks)
+    assert conv_strategy.get_conv_strategy() == "autotune"  # the library default: the run's mode did not leak
+    # Force a recognisable pick into the checkpoint: the resumed run must compute with it, not re-tune.
+    forced = {key: "loop" for key in picks}
+    state["conv_strategy_picks"] = forced
+    atomic_write_bytes(path, _torch_bytes(state))
+    conv_strategy.clear_conv_strategy_picks()
+    Trainer(config_from_dict(raw)).train()
+    for key, pick in forced.items():
+        assert conv_strategy.conv_strategy_picks()[key] == pick
+    conv_strategy.clear_conv_strategy_picks()
+
+
+def test_heuristic_runs_store_no_picks_and_a_bad_strategy_is_refused(tmp_path):
+    raw = {**BASE, "task": "tiny_dynamic", "run_dir": str(tmp_path / "run"), "epochs": 1,
+           "dynamic": {"mode": "dynamic", "temperature_epochs": 1}}
+    Trainer(config_from_dict(raw)).train()
+    assert load_checkpoint(tmp_path / "run" / "checkpoint.pt")["conv_strategy_picks"] == {}
+    with pytest.raises(ValueError, match="conv_strategy='fastest' is not supported; allowed: 'autotune', 'heuristic'"):
+        config_from_dict({**raw, "conv_strategy": "fastest"})
+
+
+def _torch_bytes(obj) -> bytes:
+    import io
+
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
+    return buffer.getvalue()

@@ -22,6 +22,8 @@ from typing import Any
 
 import yaml
 
+from ..layers.conv_strategy import STRATEGY_MODES
+
 MODES = ("static", "dynamic", "pad")
 KINDS = ("conv", "moe")
 ROUTINGS = ("softmax", "sigmoid")
@@ -153,6 +155,10 @@ class RunConfig:
     num_workers: int = 0  # DataLoader worker processes
     device: str = "cpu"
     threads: int | None = None  # torch.set_num_threads; None leaves torch's default
+    # How dynamic convs compute (padnet.layers.conv_strategy): "heuristic" (default) is a deterministic
+    # rule, so the same seed gives the same metrics; "autotune" times the strategies per shape on this
+    # machine (the picks go into the checkpoint, so a resumed run computes as before); or pin a strategy.
+    conv_strategy: str = "heuristic"
     progress: bool = True  # tqdm bars
     tensorboard: bool = True  # if tensorboard is importable
     log_every: int = 50  # steps between loss lines in the log file
@@ -170,7 +176,7 @@ class RunConfig:
 
     def problems(self) -> list[str]:
         out = _at_least("", self, epochs=1, batch_size=1, eval_batch_size=1, eval_every=1, log_every=1)
-        out += _choices("", self, device=DEVICES)
+        out += _choices("", self, device=DEVICES, conv_strategy=STRATEGY_MODES)
         if self.num_workers < 0:
             out.append(f"num_workers={self.num_workers!r} must be >= 0")
         if self.threads is not None and self.threads < 1:

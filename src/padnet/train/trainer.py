@@ -46,6 +46,7 @@ from torch.utils.data import DataLoader, RandomSampler
 
 from ..convert import compact, convert, dynamic_layers, pad_layers
 from ..layers import DynamicConv2d, MoELinear, aux_loss
+from ..layers.conv_strategy import conv_strategy, conv_strategy_picks, load_conv_strategy_picks
 from ..temperature import TemperatureSchedule, set_temperature
 from . import distributed
 from .config import ConfigError, RunConfig, config_from_dict
@@ -307,7 +308,8 @@ class Trainer:
         self.writer.yaml("config.yaml", self.config.to_dict())
         self._open_log()
         try:
-            return self._train()
+            with conv_strategy(self.config.conv_strategy):
+                return self._train()
         except NonFiniteLossError as err:
             self.logger.error(str(err))
             raise
@@ -342,6 +344,8 @@ class Trainer:
 
         checkpoint_path = self.run_dir / CHECKPOINT
         state = load_checkpoint(checkpoint_path) if checkpoint_path.is_file() else None
+        if state is not None and state.get("conv_strategy_picks"):
+            load_conv_strategy_picks(state["conv_strategy_picks"])  # compute as the interrupted run did
         partition_info: dict = {}
         if state is not None:
             if state.get("format") != CHECKPOINT_FORMAT:
@@ -460,6 +464,7 @@ class Trainer:
                     "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
                     "rng": rng_state, "history": history, "partition": partition_info,
                     "config": config.to_dict(),
+                    "conv_strategy_picks": conv_strategy_picks() if config.conv_strategy == "autotune" else {},
                 }
                 if world > 1:  # every rank's RNG (dropout, router noise), so a resumed run continues each
                     checkpoint.update(world_size=world, rng_ranks=distributed.gather_objects(rng_state))
