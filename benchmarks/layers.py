@@ -6,9 +6,11 @@ all measured in one run.
     python benchmarks/layers.py --full     # longer timing windows
     python benchmarks/layers.py --batches 1 8 --json out.json
     python benchmarks/layers.py --moe      # only the MoE block: dense / MoELinear / PADMoELinear
+    python benchmarks/layers.py --strategies   # every conv strategy on resnet18's layers (64x64, batch 32)
 
 Targets: padnet PAD <= DY-Conv at every point and <= 0.8x dense-mask PAD.
-The per-sample kernels are applied with padnet.layers.choose_kernel_strategy's pick; the table names it.
+The layers run with the library default (the autotuner picks each conv strategy on first use); the
+"rule" column names the deterministic rule's pick for comparison.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import LAYER_SHAPES, environment, layer_variants, time_variants  # noqa: E402
 
-from padnet.layers import choose_kernel_strategy  # noqa: E402
+from padnet.layers.conv_strategy import heuristic_strategy  # noqa: E402
 
 VARIANTS = ("static", "DY-Conv", "dense-mask PAD", "padnet PAD")
 
@@ -91,6 +93,55 @@ def moe_block(min_run_time: float, rounds: int, kappa: float = 0.5) -> list[str]
     return rows
 
 
+# resnet18's distinct conv shapes at 64x64 inputs: (C_in, C_out, kernel, stride, H = W of the input)
+RESNET18_64 = [(64, 64, 3, 1, 16), (64, 128, 3, 2, 16), (64, 128, 1, 2, 16), (128, 128, 3, 1, 8),
+               (128, 256, 3, 2, 8), (128, 256, 1, 2, 8), (256, 256, 3, 1, 4), (256, 512, 3, 2, 4),
+               (256, 512, 1, 2, 4), (512, 512, 3, 1, 2)]
+
+
+def strategy_rows(batch: int, kappa: float, min_run_time: float, rounds: int) -> list[str]:
+    """Every applicable strategy of DY-Conv and PAD (compacted) on each shape, fwd+bwd and forward: the
+    table behind ``padnet.layers.conv_strategy.heuristic_strategy``."""
+    from common import exact_mask
+
+    from padnet.layers import DynamicConv2d, PADConv2d
+    from padnet.layers.conv_strategy import applicable_strategies, heuristic_strategy
+
+    rows = []
+    for c_in, c_out, k, stride, hw in RESNET18_64:
+        torch.manual_seed(0)
+        dyn = DynamicConv2d(c_in, c_out, k, stride, k // 2)
+        pad = PADConv2d(c_in, c_out, k, stride, k // 2)
+        pad.set_mask(exact_mask(pad.kernel_shape, kappa, torch.Generator().manual_seed(0)))
+        pad.compact()
+        candidates = [s for s in applicable_strategies(dyn.kernel_size, dyn.padding, dyn.dilation, 1) if s != "loop"]
+        for backward in (True, False):
+            x = torch.randn(batch, c_in, hw, hw, requires_grad=backward)
+            rule = heuristic_strategy(x.shape, dyn.kernel_size, dyn.stride, dyn.padding, dyn.dilation, 1, backward)
+            for kind, layer in (("DY-Conv", dyn), ("PAD", pad)):
+                fns = {}
+                for strategy in candidates:
+                    def fn(strategy=strategy, layer=layer):
+                        layer.strategy = strategy
+                        if backward:
+                            layer.zero_grad(set_to_none=True)
+                            layer(x).sum().backward()
+                        else:
+                            with torch.no_grad():
+                                layer(x)
+                    fns[strategy] = fn
+                t = time_variants(fns, min_run_time, rounds)
+                best = min(t, key=t.get)
+                cells = " | ".join(f"{t[s] * 1e3:.1f}" if s in t else "-" for s in STRATEGY_COLUMNS)
+                rows.append(f"| {k}x{k} {c_in}->{c_out} /{stride} @{hw} | {kind} | {'fwd+bwd' if backward else 'fwd'} | "
+                            f"{cells} | {best} | {rule} ({t[rule] / t[best]:.2f}x best) |")
+                print(rows[-1], file=sys.stderr, flush=True)
+    return rows
+
+
+STRATEGY_COLUMNS = ("mixture", "mixture_unfold", "grouped", "unfold", "bmm")
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     mode = p.add_mutually_exclusive_group()
@@ -101,8 +152,18 @@ def main(argv=None):
     p.add_argument("--no-backward", action="store_true", help="forward only")
     p.add_argument("--json", type=Path, help="also write the raw timings here")
     p.add_argument("--moe", action="store_true", help="only the MoE block")
+    p.add_argument("--strategies", action="store_true", help="only the strategy table on resnet18's shapes")
     args = p.parse_args(argv)
     min_run_time, rounds = (3.0, 5) if args.full else (0.6, 3)
+    if args.strategies:
+        batch = args.batches[0] if args.batches != [1, 8, 64] else 32
+        rows = strategy_rows(batch, args.kappa, min_run_time / 2, 2)
+        print(f"Conv strategies on resnet18's layers at 64x64 inputs, batch {batch}, kappa = {args.kappa}; "
+              f"{environment()}. Milliseconds per call.\n")
+        print(f"| layer | kind | pass | {' | '.join(STRATEGY_COLUMNS)} | fastest | rule's pick |")
+        print("|---|---|---|" + "---|" * len(STRATEGY_COLUMNS) + "---|---|")
+        print("\n".join(rows))
+        return
     if args.moe:
         rows = moe_block(min_run_time, rounds)
         print(f"MoE block; {environment()}.\n")
@@ -118,7 +179,7 @@ def main(argv=None):
         for batch in args.batches:
             x = torch.empty(batch, c_in, hw, hw)
             for backward in passes:
-                strategy = choose_kernel_strategy(x, (k, k), (1, 1), (k // 2, k // 2), (1, 1), 1, backward)
+                strategy = heuristic_strategy(x.shape, (k, k), (1, 1), (k // 2, k // 2), (1, 1), 1, backward)
                 t = measure(c_in, c_out, k, hw, batch, args.kappa, min_run_time, backward, rounds)
                 r = {n: t[n] / t["static"] for n in VARIANTS}
                 ok_dy = t["padnet PAD"] <= t["DY-Conv"]
@@ -139,7 +200,7 @@ def main(argv=None):
           f"{'full' if args.full else 'quick'} mode; {time.time() - start:.0f} s.\n")
     print(f"Times are the fastest of {rounds} interleaved rounds' medians; DY/dense/padnet columns are ratios "
           "to the static conv (lower is better).\n")
-    print("| layer | batch | pass | strategy | static ms | DY-Conv | dense-mask PAD | padnet PAD | padnet/dense | "
+    print("| layer | batch | pass | rule | static ms | DY-Conv | dense-mask PAD | padnet PAD | padnet/dense | "
           "padnet <= DY | padnet <= 0.8 dense |")
     print("|---|---|---|---|---|---|---|---|---|---|---|")
     print("\n".join(rows))

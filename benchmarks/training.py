@@ -4,6 +4,7 @@ timm's CondConv (optional peer) on torchvision resnet18, as ratios to static, al
     taskset -c 0 env OMP_NUM_THREADS=1 python benchmarks/training.py               # 64x64 batch 32, 224 batch 8
     python benchmarks/training.py --configs 64:32 --strategies heuristic autotune grouped
     python benchmarks/training.py --json out.json
+    HF_HUB_OFFLINE=1 python benchmarks/training.py --minilm   # MiniLM train step: dense / MoE / PAD-MoE
 
 A train step is forward, cross-entropy, backward and an SGD step (momentum 0.9); the eval forward runs
 in eval mode under no_grad. Each variant is timed in interleaved rounds (``common.time_variants``), so
@@ -15,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import importlib
 import json
 import sys
 import time
@@ -25,8 +27,10 @@ import torchvision
 from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import environment, set_masks, time_variants, timm_available  # noqa: E402
+from common import environment, exact_mask, time_variants, timm_available  # noqa: E402
 
+import padnet  # noqa: E402
+from padnet.runtime import reuse_large_allocations  # noqa: E402
 from padnet.convert import convert, pad_layers  # noqa: E402
 from padnet.layers import conv_strategy  # noqa: E402
 
@@ -49,14 +53,27 @@ def timm_condconv_model(arch: str) -> nn.Module | None:
     return model
 
 
-def model_variants(arch: str, kappa: float, with_timm: bool) -> dict[str, nn.Module]:
+def dynamic_variants(package, arch: str, kappa: float, suffix: str = "") -> dict[str, nn.Module]:
+    """DY-Conv and PAD (kappa, compacted) resnets converted by ``package`` (padnet, or an older padnet
+    imported under another name, to time before and after in one run)."""
+    module = importlib.import_module(f"{package.__name__}.convert")  # padnet.convert is also a function
     build = getattr(torchvision.models, arch)
     torch.manual_seed(0)
-    out = {"static": build(), "DY-Conv": convert(build(), pad=False)}
-    pad = set_masks(convert(build()), kappa)
-    for _, layer in pad_layers(pad):
+    dy = module.convert(build(), pad=False)
+    pad = module.convert(build())
+    g = torch.Generator().manual_seed(0)
+    for _, layer in module.pad_layers(pad):
+        layer.set_mask(exact_mask(layer.kernel_shape, kappa, g))
         layer.compact()
-    out[f"PAD {kappa}"] = pad
+    return {f"DY-Conv{suffix}": dy, f"PAD {kappa}{suffix}": pad}
+
+
+def model_variants(arch: str, kappa: float, with_timm: bool, before=None) -> dict[str, nn.Module]:
+    torch.manual_seed(0)
+    out = {"static": getattr(torchvision.models, arch)()}
+    out.update(dynamic_variants(padnet, arch, kappa))
+    if before is not None:
+        out.update(dynamic_variants(before, arch, kappa, " (before)"))
     if with_timm:
         peer = timm_condconv_model(arch)
         if peer is not None:
@@ -92,6 +109,51 @@ def mode_fn(fn, mode):
     return run
 
 
+def minilm_rows(min_run_time: float, rounds: int, kappa: float = 0.5) -> list[str]:
+    """The GLUE recipe's model (the embedded all-MiniLM-L6-v2, 6 layers, FFN 1,536): a train step (forward,
+    loss, aux loss, backward, AdamW) at batch 16 x 64 tokens for the dense model, the MoE (8 x top-2,
+    upcycled) and PAD-MoE (kappa 0.5, random exact mask, compacted), the experts perturbed so they differ."""
+    from padnet.layers import aux_loss
+    from padnet.models.hf import load_sequence_classifier
+
+    def build(dynamic):
+        torch.manual_seed(0)
+        model = load_sequence_classifier(None, 2, seed=0)
+        if dynamic is None:
+            return model
+        convert(model, dynamic="moe", pad=dynamic == "pad", init="upcycle")
+        g = torch.Generator().manual_seed(0)
+        with torch.no_grad():
+            for module in model.modules():
+                if hasattr(module, "router"):
+                    module.router.w_gate.normal_(0, 0.05, generator=g)
+                    weight = module.weight if hasattr(module, "weight") else None
+                    if weight is not None:
+                        weight.add_(torch.randn(weight.shape, generator=g) * 1e-3)
+        for _, layer in pad_layers(model):
+            layer.set_mask(exact_mask(layer.kernel_shape, kappa, g))
+            layer.compact()
+        return model
+
+    models = {"dense": build(None), "MoE 8 x top-2": build("moe"), f"PAD-MoE {kappa}": build("pad")}
+    g = torch.Generator().manual_seed(0)
+    batch = {"input_ids": torch.randint(1000, 20000, (16, 64), generator=g),
+             "attention_mask": torch.ones(16, 64, dtype=torch.long), "labels": torch.randint(0, 2, (16,), generator=g)}
+    fns = {}
+    for name, model in models.items():
+        model.train()
+        opt = torch.optim.AdamW(model.parameters(), lr=1e-5)
+
+        def step(model=model, opt=opt):
+            opt.zero_grad(set_to_none=True)
+            (model(**batch).loss + aux_loss(model)).backward()
+            opt.step()
+        fns[name] = step
+    t = time_variants(fns, min_run_time, rounds)
+    return [f"| MiniLM-L6 | 16 x 64 tokens | train | {name} | {seconds * 1e3:.0f} | {seconds / t['dense']:.2f}x | "
+            f"{seconds / t['MoE 8 x top-2']:.2f}x |" for name, seconds in t.items()]
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--arch", default="resnet18")
@@ -104,15 +166,34 @@ def main(argv=None):
     p.add_argument("--min-run-time", type=float, default=2.0)
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--json", type=Path)
+    p.add_argument("--before", type=Path, metavar="DIR",
+                   help="also time an older padnet: DIR holds it as the package 'padnet_before' (e.g. "
+                        "git archive REV src/padnet | tar -x -C DIR; mv DIR/src/padnet DIR/padnet_before)")
+    p.add_argument("--reuse-large-allocations", action="store_true",
+                   help="apply padnet.runtime.reuse_large_allocations() first, as the padnet command does")
+    p.add_argument("--minilm", action="store_true", help="only the MiniLM dense / MoE / PAD-MoE train step")
     args = p.parse_args(argv)
+    if args.reuse_large_allocations and not reuse_large_allocations():
+        raise SystemExit("--reuse-large-allocations: not applicable here (needs glibc on Linux)")
+    if args.minilm:
+        rows = minilm_rows(args.min_run_time, args.rounds)
+        print(f"MiniLM train step; {environment()}.\n")
+        print("| model | batch | pass | variant | ms | vs dense | vs MoE |")
+        print("|---|---|---|---|---|---|---|")
+        print("\n".join(rows))
+        return
     for mode in args.strategies:
         conv_strategy.set_conv_strategy(mode)  # validates
     conv_strategy.set_conv_strategy("autotune")
+    before = None
+    if args.before is not None:
+        sys.path.insert(0, str(args.before))
+        before = importlib.import_module("padnet_before")
     start = time.time()
     rows, raw = [], []
     for config in args.configs:
         size, batch = (int(v) for v in config.split(":"))
-        models = model_variants(args.arch, args.kappa, not args.no_timm)
+        models = model_variants(args.arch, args.kappa, not args.no_timm, before)
         g = torch.Generator().manual_seed(0)
         x = torch.randn(batch, 3, size, size, generator=g)
         y = torch.randint(0, 1000, (batch,), generator=g)
@@ -120,7 +201,7 @@ def main(argv=None):
             fns = {}
             for name, model in models.items():
                 base = train_step_fn(model, x, y) if pass_ == "train" else eval_fn(model, x)
-                dynamic = name.startswith(("DY", "PAD"))
+                dynamic = name.startswith(("DY", "PAD")) and "(before)" not in name
                 for mode in (args.strategies if dynamic else [None]):
                     label = f"{name} [{mode}]" if dynamic and len(args.strategies) > 1 else name
                     fns[label] = mode_fn(base, mode) if dynamic else base

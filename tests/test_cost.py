@@ -115,3 +115,14 @@ def test_bytes_count_masks_and_index_lists():
 def test_cost_rejects_bad_example_input():
     with pytest.raises(ValueError, match="example_input"):
         cost(small_model("static"), example_input="x")
+
+
+def test_pad_moe_tokens_cost_what_moe_tokens_cost_plus_one_assembly():
+    from padnet.layers import MoELinear, PADMoELinear
+
+    x = torch.randn(2, 5, 12)
+    moe, pad = (cost(nn.Sequential(cls(12, 7, num_experts=4, top_k=2)), x) for cls in (MoELinear, PADMoELinear))
+    per_token = 12 * 4 + 2 * 12 * 7  # router + top-2 expert products
+    assert moe.conv_macs == pad.conv_macs == 10 * per_token // 2  # per sample: 5 tokens
+    assert moe.aggregation_macs == 0
+    assert pad.aggregation_macs == 4 * 12 * 7 // 2  # the E x N assembly, per sample of the batch of 2

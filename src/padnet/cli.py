@@ -290,6 +290,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     from .data.folder import ImageFileError
+    from .runtime import reuse_large_allocations
     from .data.idx import IDXError
     from .serialization import ModelFileError
     from .train.config import ConfigError
@@ -297,6 +298,7 @@ def main(argv: list[str] | None = None) -> int:
     from .train.trainer import ExportCheckError, NonFiniteLossError, RunDirError
 
     args = build_parser().parse_args(argv)
+    reuse_large_allocations()  # freed tensors of 32 MB+ stay in the process: see padnet.runtime
     try:
         env = launch_env()
     except DistributedSetupError as err:

@@ -10,7 +10,11 @@ What counts (SPEC section 6):
 - MACs per sample, measured with forward hooks on ``example_input`` (nothing runs without one):
   ``conv_macs`` are convolutions and matrix products (including attention and routers);
   ``aggregation_macs`` are the per-sample kernel aggregations of dynamic convs: K N for DY-Conv,
-  K nnz for padnet's PAD forms (only dynamic entries are aggregated). PAD does not change conv MACs.
+  K nnz for padnet's PAD forms (only dynamic entries are aggregated); for PAD-MoE the per-forward
+  assembly of the E experts' full weights (E N writes). PAD does not change conv or matmul MACs: a
+  PAD-MoE token costs top_k expert products, as in the MoE. These count the function in its
+  per-sample form; the strategy a conv runs with (``padnet.layers.conv_strategy``) may trade kernel
+  aggregation for K times the conv MACs (the mixtures) where that is faster.
 
 ``padnet.summary`` builds on ``cost(model, example_input)``; ``ModelCost.table()`` is a markdown table.
 """
@@ -150,9 +154,10 @@ def _macs(module: nn.Module, inputs, output) -> tuple[int, int]:
         tokens = x.numel() // x.shape[-1]
         dense = module.in_features * module.out_features
         per_token = module.in_features * module.num_experts + module.top_k * dense
-        if isinstance(module, (PADMoELinear, DeployedPADMoELinear)):
-            per_token += dense  # the static path, once per token
-        return tokens * per_token, 0
+        # PAD: each expert's full weight is assembled once per forward (E x N writes, at most), then a
+        # token costs what it costs in the MoE
+        assembly = module.num_experts * dense if isinstance(module, (PADMoELinear, DeployedPADMoELinear)) else 0
+        return tokens * per_token, assembly
     if isinstance(module, nn.Conv2d):
         return output.numel() * (module.in_channels // module.groups) * math.prod(module.kernel_size), 0
     if isinstance(module, nn.Linear):
