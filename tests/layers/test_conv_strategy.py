@@ -188,7 +188,8 @@ def test_heuristic_uses_mixtures_on_small_maps_and_per_sample_kernels_on_large_o
     assert pick(4, groups=4) == "mixture"
     assert pick(2, groups=4) == "mixture"  # mixture_unfold needs groups = 1
     assert pick(8) == "unfold"
-    assert pick(8, k=1) == "bmm"
+    assert pick(8, k=1) == "bmm" and pick(4, k=1) == "bmm"
+    assert pick(2, k=1) == "mixture_unfold"
     assert pick(16) == "grouped"
     assert pick(8, stride=2) == "mixture"  # 4x4 outputs
 

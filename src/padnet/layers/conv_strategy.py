@@ -135,10 +135,10 @@ def heuristic_strategy(x_shape, kernel_size, stride, padding, dilation, groups, 
     positions = output_positions(x_shape, kernel_size, stride, padding, dilation)
     if groups == 1 and positions <= MIXTURE_UNFOLD_MAX_POSITIONS:
         return "mixture_unfold"
+    if is_plain_1x1(kernel_size, padding, dilation, groups):
+        return "bmm"  # 1x1 128->256 at 4x4 outputs: bmm 5.2 ms, mixture 7.7 ms (fwd + bwd)
     if positions <= MIXTURE_MAX_POSITIONS:
         return "mixture"
-    if is_plain_1x1(kernel_size, padding, dilation, groups):
-        return "bmm"
     if groups == 1 and positions <= UNFOLD_MAX_POSITIONS:
         return "unfold"
     return "grouped"
