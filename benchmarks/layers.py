@@ -34,19 +34,21 @@ VARIANTS = ("static", "DY-Conv", "dense-mask PAD", "padnet PAD")
 def measure(c_in, c_out, k, hw, batch, kappa, min_run_time, backward: bool, rounds: int) -> dict[str, float]:
     mods = layer_variants(c_in, c_out, k, kappa)
     x = torch.randn(batch, c_in, hw, hw)
-    fns = {}
-    for name in VARIANTS:
-        mod = mods[name].train(backward)
-        if backward:
-            def fn(mod=mod):
-                mod.zero_grad(set_to_none=True)
-                mod(x).sum().backward()
-        else:
-            def fn(mod=mod):
-                with torch.no_grad():
-                    mod(x)
-        fns[name] = fn
-    return time_variants(fns, min_run_time, rounds)
+    return time_variants({name: pass_fn(mods[name], x, backward) for name in VARIANTS}, min_run_time, rounds)
+
+
+def pass_fn(mod, x, backward: bool):
+    """One timed call: forward + backward of sum() in training mode, or a no-grad forward in eval mode."""
+    mod.train(backward)
+    if backward:
+        def fn():
+            mod.zero_grad(set_to_none=True)
+            mod(x).sum().backward()
+    else:
+        def fn():
+            with torch.no_grad():
+                mod(x)
+    return fn
 
 
 def moe_block(min_run_time: float, rounds: int, kappa: float = 0.5) -> list[str]:
@@ -69,18 +71,7 @@ def moe_block(min_run_time: float, rounds: int, kappa: float = 0.5) -> list[str]
     x = torch.randn(tokens, d_in)
     rows = []
     for backward in (True, False):
-        fns = {}
-        for name, mod in mods.items():
-            mod.train(backward)
-            if backward:
-                def fn(mod=mod):
-                    mod.zero_grad(set_to_none=True)
-                    mod(x).sum().backward()
-            else:
-                def fn(mod=mod):
-                    with torch.no_grad():
-                        mod(x)
-            fns[name] = fn
+        fns = {name: pass_fn(mod, x, backward) for name, mod in mods.items()}
         if not backward:
             deployed = DeployedPADMoELinear.from_pad(pad.eval())
             fns["PADMoELinear deployed"] = lambda: deployed(x)
@@ -119,17 +110,12 @@ def strategy_rows(batch: int, kappa: float, min_run_time: float, rounds: int) ->
             x = torch.randn(batch, c_in, hw, hw, requires_grad=backward)
             rule = heuristic_strategy(x.shape, dyn.kernel_size, dyn.stride, dyn.padding, dyn.dilation, 1, backward)
             for kind, layer in (("DY-Conv", dyn), ("PAD", pad)):
-                fns = {}
-                for strategy in candidates:
-                    def fn(strategy=strategy, layer=layer):
+                def pinned(strategy, run=pass_fn(layer, x, backward), layer=layer):
+                    def fn():
                         layer.strategy = strategy
-                        if backward:
-                            layer.zero_grad(set_to_none=True)
-                            layer(x).sum().backward()
-                        else:
-                            with torch.no_grad():
-                                layer(x)
-                    fns[strategy] = fn
+                        run()
+                    return fn
+                fns = {strategy: pinned(strategy) for strategy in candidates}
                 t = time_variants(fns, min_run_time, rounds)
                 best = min(t, key=t.get)
                 cells = " | ".join(f"{t[s] * 1e3:.1f}" if s in t else "-" for s in STRATEGY_COLUMNS)
