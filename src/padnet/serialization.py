@@ -33,6 +33,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from .errors import ModelFileError
+
 FORMAT = "padnet"
 FORMAT_VERSION = 1
 MAX_HEADER_BYTES = 100 * 1024 * 1024  # safetensors' own limit
@@ -41,13 +43,6 @@ _ARCHS: dict[str, Callable[..., nn.Module]] = {}
 _ARCH_PREFIXES: dict[str, Callable[[str], Callable[..., nn.Module]]] = {}
 
 
-class ModelFileError(ValueError):
-    """A model file that cannot be loaded: not a padnet safetensors file, damaged, or not matching."""
-
-    def __init__(self, path, problem: str):
-        super().__init__(f"{path}: {problem}")
-        self.path = str(path)
-        self.problem = problem
 
 
 # ----------------------------------------------------------------------------- architecture registry

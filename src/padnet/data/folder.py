@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from ..errors import DataError
+
 MEAN = (0.485, 0.456, 0.406)
 STD = (0.229, 0.224, 0.225)
 SPLITS = {True: "train", False: "val"}
@@ -43,7 +45,7 @@ def image_folder(root: str | Path, train: bool, image_size: int = 224):
         raise FileNotFoundError(f"{split}: {err}") from err
 
 
-class ImageFileError(ValueError):
+class ImageFileError(DataError):
     """An image file that cannot be decoded; the message names the file."""
 
 

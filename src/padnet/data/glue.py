@@ -26,6 +26,8 @@ from pathlib import Path
 
 import torch
 
+from ..errors import DataError
+
 SPLITS = ("train", "dev", "dev_matched", "dev_mismatched")
 
 
@@ -156,7 +158,7 @@ def read_tsv(task: str | GlueTask, split: str, data_dir: str | Path, on_error: s
     start = 0
     if spec.header:
         if not lines:
-            raise ValueError(f"{path}: empty file; expected a header line")
+            raise DataError(f"{path}: empty file; expected a header line")
         header = lines[0].rstrip("\r").split("\t")
         start = 1
         columns = {}
@@ -165,7 +167,7 @@ def read_tsv(task: str | GlueTask, split: str, data_dir: str | Path, on_error: s
             if col is None:
                 continue
             if col not in header:
-                raise ValueError(f"{path}:1: header has no column {col!r} (GLUE {spec.directory} needs it); "
+                raise DataError(f"{path}:1: header has no column {col!r} (GLUE {spec.directory} needs it); "
                                  f"header: {header}")
             columns[role] = header.index(col)
         width = len(header)
@@ -202,13 +204,13 @@ def read_tsv(task: str | GlueTask, split: str, data_dir: str | Path, on_error: s
         if problem is not None:
             if on_error == "skip":
                 continue
-            raise ValueError(f"{path}:{lineno}: malformed GLUE {spec.directory} row: {problem}")
+            raise DataError(f"{path}:{lineno}: malformed GLUE {spec.directory} row: {problem}")
         text_a.append(fields[columns["text_a"]])
         if text_b is not None:
             text_b.append(fields[columns["text_b"]])
         labels.append(label)
     if not labels:
-        raise ValueError(f"{path}: no examples (every row was empty or skipped)")
+        raise DataError(f"{path}: no examples (every row was empty or skipped)")
     return GlueExamples(spec.name, split, text_a, text_b, labels, str(path))
 
 

@@ -14,11 +14,13 @@ from pathlib import Path
 
 import numpy as np
 
+from ..errors import DataError
+
 # type code -> (numpy dtype, bytes per value)
 _TYPES = {0x08: ">u1", 0x09: ">i1", 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
 
 
-class IDXError(ValueError):
+class IDXError(DataError):
     """A malformed or truncated IDX file; the message names the file and the offset."""
 
 
