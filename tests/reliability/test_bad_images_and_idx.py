@@ -106,3 +106,15 @@ def test_gzip_idx_still_reads(tmp_path):
         f.write(struct.pack(">HBB3I", 0, 0x08, 3, 2, 3, 4) + array.tobytes()[:-1])
     with pytest.raises(IDXError, match="truncated"):
         read_idx(path)
+
+
+@pytest.mark.parametrize("encoding, line", [("latin-1", 3), ("utf-16", 1)])
+def test_glue_tsv_not_utf8_names_file_and_line(tmp_path, encoding, line):
+    from padnet.data.glue import read_tsv
+
+    tsv = tmp_path / "RTE" / "dev.tsv"
+    tsv.parent.mkdir()
+    tsv.write_bytes("index\tsentence1\tsentence2\tlabel\n0\ta\tb\tentailment\n1\tcafé\tb\tentailment\n"
+                    .encode(encoding))
+    with pytest.raises(DataError, match=rf"{tsv}:{line}: not UTF-8 text"):
+        read_tsv("rte", "validation", tmp_path)

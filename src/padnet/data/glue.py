@@ -150,8 +150,14 @@ def read_tsv(task: str | GlueTask, split: str, data_dir: str | Path, on_error: s
     if on_error not in ("raise", "skip"):
         raise ValueError(f"on_error={on_error!r} is not supported; allowed: 'raise', 'skip'")
     path = tsv_path(spec, split, data_dir)
-    with open(path, encoding="utf-8-sig", newline="") as f:  # utf-8-sig drops MRPC's BOM
-        lines = f.read().split("\n")
+    data = Path(path).read_bytes()
+    try:
+        text = data.decode("utf-8-sig")  # utf-8-sig drops MRPC's BOM
+    except UnicodeDecodeError as err:
+        line = data[:err.start].count(b"\n") + 1
+        raise DataError(f"{path}:{line}: not UTF-8 text ({err.reason} at byte {err.start}); GLUE TSV files are "
+                        "UTF-8") from None
+    lines = text.split("\n")
     if lines and lines[-1] == "":
         lines.pop()
 
