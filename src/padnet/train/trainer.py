@@ -51,7 +51,7 @@ from ..temperature import TemperatureSchedule, set_temperature
 from . import distributed
 from .config import ConfigError, RunConfig, config_from_dict
 from .io import RunWriter, _cut, is_main_process, load_checkpoint, open_append_nofollow
-from .rundir import check_ownership, check_run_dir_name, claim, padnet_version
+from .rundir import check_run_dir_name, claim, padnet_version
 from .tasks import TaskParts, get_task
 
 CHECKPOINT = "checkpoint.pt"
@@ -341,11 +341,21 @@ class Trainer:
                 distributed.shutdown(sync=ok)
 
     def _run(self) -> dict | None:
-        # The run directory must be padnet's (or new); rank 0 holds its lock for the whole run. Every
-        # rank checks ownership (it only reads), so all ranks refuse the same directory together.
+        # The run directory must be padnet's (or new); rank 0 checks it and holds its lock for the whole
+        # run, and tells the other ranks whether it could, so all ranks stop together on a refusal.
         check_run_dir_name(self.run_dir)
-        check_ownership(self.run_dir)
-        lock = claim(self.run_dir) if is_main_process() else None
+        lock, refused = None, None
+        if is_main_process():
+            try:
+                lock = claim(self.run_dir)
+            except (RunError, OSError) as err:
+                refused = err
+        if distributed.is_distributed():
+            message = distributed.broadcast_object(None if refused is None else str(refused))
+            if message is not None and refused is None:
+                raise RunError(f"rank 0 could not claim the run directory: {message}")
+        if refused is not None:
+            raise refused
         try:
             results_path = self.run_dir / RESULTS
             if results_path.is_file():
