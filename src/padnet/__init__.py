@@ -1,6 +1,7 @@
 """padnet: partially dynamic networks (PAD-Net, ACL 2023) for PyTorch."""
 
 from .convert import ConvertConfig, compact, convert
+from .errors import ConfigError, DataError, ModelFileError, PadnetError, PartitionError, RunError
 from .layers import DynamicConv2d, MoELinear, PADConv2d, PADMoELinear, aux_loss
 from .partition import PartitionError, PartitionReport, partition
 from .summary import ModelSummary, summary
@@ -9,14 +10,18 @@ from .temperature import TemperatureSchedule, set_temperature
 __version__ = "0.1.0"
 
 __all__ = [
+    "ConfigError",
     "ConvertConfig",
+    "DataError",
     "DynamicConv2d",
     "ModelSummary",
     "MoELinear",
     "PADConv2d",
     "PADMoELinear",
+    "PadnetError",
     "PartitionError",
     "PartitionReport",
+    "RunError",
     "TemperatureSchedule",
     "aux_loss",
     "compact",
@@ -28,7 +33,7 @@ __all__ = [
 
 # Deployment form and model files (issue 6); counting lives in padnet.cost.
 from .deploy import deploy  # noqa: E402
-from .serialization import ModelFileError, build_arch, load, register_arch, save, tag_arch  # noqa: E402
+from .serialization import build_arch, load, register_arch, save, tag_arch  # noqa: E402
 
 __all__ += ["ModelFileError", "build_arch", "deploy", "load", "register_arch", "save", "tag_arch"]
 

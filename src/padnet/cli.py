@@ -289,13 +289,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from .data.folder import ImageFileError
+    from .errors import ConfigError, PadnetError
     from .runtime import reuse_large_allocations
-    from .data.idx import IDXError
-    from .serialization import ModelFileError
-    from .train.config import ConfigError
     from .train.distributed import DistributedSetupError, launch_env
-    from .train.trainer import ExportCheckError, NonFiniteLossError, RunDirError
+    from .train.trainer import ExportCheckError, NonFiniteLossError
 
     args = build_parser().parse_args(argv)
     reuse_large_allocations()  # freed tensors of 32 MB+ stay in the process: see padnet.runtime
@@ -311,14 +308,33 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as err:
         print(f"padnet {args.command}{where}: invalid config: {err}", file=sys.stderr)
         code = 2
-    except (RunDirError, FileNotFoundError, DistributedSetupError, IDXError, ImageFileError, ModelFileError) as err:
-        # Bad input the user can fix: one clear line, no traceback.
-        print(f"padnet {args.command}{where}: {err}", file=sys.stderr)
-        code = 2
     except (NonFiniteLossError, ExportCheckError) as err:
         print(f"padnet {args.command}{where}: {err}", file=sys.stderr)
         code = 1
+    except (PadnetError, DistributedSetupError, OSError, UnicodeDecodeError) as err:
+        # Bad input the user can fix, a full or read-only disk, a file in the wrong encoding: one clear
+        # line naming the file (and the line where known), no traceback.
+        print(f"padnet {args.command}{where}: {_one_line(err)}", file=sys.stderr)
+        code = 2
+    except KeyboardInterrupt:
+        print(f"\npadnet {args.command}{where}: interrupted; run the same command to resume", file=sys.stderr)
+        code = 130
     return _exit(code, argv)
+
+
+def _one_line(err: BaseException) -> str:
+    """``err`` as one line that names the file: OSError's filename, UnicodeDecodeError's file and line
+    (set by padnet's readers as ``err.padnet_path`` / ``err.padnet_line``)."""
+    if isinstance(err, UnicodeDecodeError):
+        path = getattr(err, "padnet_path", None)
+        line = getattr(err, "padnet_line", None)
+        where = f"{path}:{line}: " if path and line else f"{path}: " if path else ""
+        return (f"{where}not UTF-8 text ({err.reason} at byte {err.start}); save the file as UTF-8")
+    text = str(err)
+    if isinstance(err, OSError) and err.strerror:
+        names = [str(n) for n in (err.filename, err.filename2) if n is not None]
+        text = f"{' -> '.join(names)}: {err.strerror}" if names else err.strerror
+    return " ".join(text.split())
 
 
 def _exit(code: int, argv) -> int:

@@ -19,15 +19,12 @@ import torch.distributed as dist
 from torch import nn
 
 from .convert import pad_layers
+from .errors import PartitionError
 from .layers._validate import check_choice
 
 SCORERS = ("taylor", "magnitude", "random")
 SCHEDULES = ("exponential", "linear")
 SCOPES = ("global", "local")
-
-
-class PartitionError(RuntimeError):
-    """The partition cannot produce a meaningful mask (all-zero scores, a non-finite loss)."""
 
 
 @dataclass

@@ -24,6 +24,7 @@ name, **kwargs)`` tags a model built elsewhere (``padnet.models.build`` should c
 from __future__ import annotations
 
 import json
+import math
 import os
 import struct
 import tempfile
@@ -33,6 +34,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from .errors import ModelFileError
+
 FORMAT = "padnet"
 FORMAT_VERSION = 1
 MAX_HEADER_BYTES = 100 * 1024 * 1024  # safetensors' own limit
@@ -41,13 +44,6 @@ _ARCHS: dict[str, Callable[..., nn.Module]] = {}
 _ARCH_PREFIXES: dict[str, Callable[[str], Callable[..., nn.Module]]] = {}
 
 
-class ModelFileError(ValueError):
-    """A model file that cannot be loaded: not a padnet safetensors file, damaged, or not matching."""
-
-    def __init__(self, path, problem: str):
-        super().__init__(f"{path}: {problem}")
-        self.path = str(path)
-        self.problem = problem
 
 
 # ----------------------------------------------------------------------------- architecture registry
@@ -66,14 +62,33 @@ def register_arch(name: str, builder: Callable[..., nn.Module] | None = None):
     return add(builder) if builder is not None else add
 
 
+# Keys of a record's arch kwargs that would fetch pretrained weights (a file holds every weight itself).
+WEIGHT_KEYS = ("weights", "weights_backbone", "pretrained", "pretrained_backbone")
+
+
+def _no_weight_keys(name: str, kwargs: dict) -> None:
+    found = [k for k in kwargs if k in WEIGHT_KEYS]
+    if found:
+        raise ValueError(f"arch {name!r}: {', '.join(found)} is not allowed (a model file holds every weight; "
+                         "padnet never downloads weights while loading)")
+
+
 def _torchvision_builder(rest: str) -> Callable[..., nn.Module]:
+    import inspect
+
     import torchvision.models as tvm
 
-    try:
-        builder = tvm.get_model_builder(rest)
-    except ValueError as exc:
-        raise KeyError(str(exc)) from None
-    return lambda **kwargs: builder(weights=None, **kwargs)
+    if rest not in tvm.list_models():  # the allow-list: torchvision's registered model builders
+        raise KeyError(f"{rest!r} is not a torchvision model builder (torchvision.models.list_models())")
+    builder = tvm.get_model_builder(rest)
+    params = inspect.signature(builder).parameters
+    forced = {k: None for k in ("weights", "weights_backbone") if k in params}
+
+    def build(**kwargs):
+        _no_weight_keys(f"torchvision.{rest}", kwargs)
+        return builder(**kwargs, **forced)
+
+    return build
 
 
 def _padnet_builder(rest: str) -> Callable[..., nn.Module]:
@@ -81,7 +96,14 @@ def _padnet_builder(rest: str) -> Callable[..., nn.Module]:
         from . import models
     except ImportError as exc:
         raise KeyError(f"padnet.models is not available ({exc})") from None
-    return lambda **kwargs: models.build(rest, **kwargs)
+    if rest not in models.MODELS:  # the allow-list
+        raise KeyError(f"{rest!r} is not a padnet model; known: {', '.join(models.MODELS)}")
+
+    def build(**kwargs):
+        _no_weight_keys(f"padnet.{rest}", kwargs)
+        return models.build(rest, **kwargs)
+
+    return build
 
 
 register_arch("torchvision.", _torchvision_builder)
@@ -133,9 +155,12 @@ def _record(model: nn.Module, arch: dict | None) -> dict:
         n: float(m.temperature) for n, m in model.named_modules()
         if hasattr(m, "temperature") and hasattr(m, "attention") and float(m.temperature) != 1.0
     }
+    from . import __version__
+
     return {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
+        "padnet_version": __version__,
         "arch": arch,
         "padnet_config": config,
         "form": "deployed" if deployed else ("training" if config is not None else "plain"),
@@ -176,6 +201,9 @@ def _atomic_write(path: Path, data: bytes) -> None:
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=directory)
     try:
         with os.fdopen(fd, "wb") as f:
+            from .train.io import current_umask
+
+            os.fchmod(f.fileno(), 0o666 & ~current_umask())  # mkstemp's 0600 would ignore the umask
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
@@ -195,9 +223,29 @@ def _atomic_write(path: Path, data: bytes) -> None:
 
 
 # ----------------------------------------------------------------------------- load
-def read_record(path) -> dict:
-    """The padnet JSON record of a file, after checking it is a well-formed safetensors file."""
-    path = Path(path)
+FORMS = ("plain", "training", "deployed")
+MAX_RECORD_INT = 2**22  # no size in a record is larger (a vocabulary, a position table: far smaller)
+MAX_RECORD_NODES = 100_000
+MAX_RECORD_DEPTH = 16
+MAX_TENSOR_DIMS = 8
+# Sizes a record can set, bounded before anything is built (a 5.5 KB file once asked for
+# num_classes 400000, num_kernels 10**7 or layers [10**6]).
+SIZE_LIMITS = {
+    "num_classes": 100_000, "num_labels": 100_000, "in_channels": 4096, "width": 4096, "num_kernels": 64,
+    "num_experts": 1024, "top_k": 1024, "reduction": 4096, "num_hidden_layers": 256, "num_attention_heads": 1024,
+    "hidden_size": 65_536, "intermediate_size": 262_144, "vocab_size": 1_048_576, "max_position_embeddings": 1_048_576,
+}
+MAX_STAGES, MAX_BLOCKS = 8, 64  # padnet.small_resnet's layers: [blocks per stage]
+
+
+def _cut(text, limit: int = 300) -> str:
+    text = " ".join(str(text).split())
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text) - limit} more characters)"
+
+
+def _read_header(path: Path) -> tuple[dict, dict[str, tuple[int, ...]]]:
+    """(the padnet record, {tensor name: shape}) of a file, after checking it is a well-formed safetensors
+    file whose record is well-formed and within bounds. Raises only ``ModelFileError``."""
     if not path.is_file():
         raise ModelFileError(path, "no such file")
     size = path.stat().st_size
@@ -222,25 +270,114 @@ def read_record(path) -> dict:
         raw = first + f.read(header_len - 1)
     try:
         header = json.loads(raw)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ModelFileError(path, f"corrupted safetensors header ({exc})") from None
-    meta = header.get("__metadata__") if isinstance(header, dict) else None
-    if not isinstance(meta, dict) or FORMAT not in meta:
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
+        raise ModelFileError(path, f"corrupted safetensors header ({_cut(exc)})") from None
+    if not isinstance(header, dict):
+        raise ModelFileError(path, f"corrupted safetensors header (a JSON {type(header).__name__}, not an object)")
+    meta = header.get("__metadata__")
+    if not isinstance(meta, dict) or not isinstance(meta.get(FORMAT), str):
         raise ModelFileError(path, "a safetensors file without padnet metadata (not written by padnet.save)")
     try:
         record = json.loads(meta[FORMAT])
-    except json.JSONDecodeError as exc:
-        raise ModelFileError(path, f"corrupted padnet metadata ({exc})") from None
+    except (json.JSONDecodeError, RecursionError) as exc:
+        raise ModelFileError(path, f"corrupted padnet metadata ({_cut(exc)})") from None
+    if not isinstance(record, dict):
+        raise ModelFileError(path, f"corrupted padnet metadata (a JSON {type(record).__name__}, not an object)")
     if record.get("format") != FORMAT or record.get("format_version") != FORMAT_VERSION:
         raise ModelFileError(
-            path, f"unsupported format {record.get('format')!r} version {record.get('format_version')!r}; "
-            f"this padnet reads {FORMAT!r} version {FORMAT_VERSION}"
+            path, f"unsupported format {_cut(repr(record.get('format')), 80)} version "
+            f"{_cut(repr(record.get('format_version')), 80)}; this padnet reads {FORMAT!r} version {FORMAT_VERSION}"
         )
+    shapes: dict[str, tuple[int, ...]] = {}
+    ends = []
+    for name, info in header.items():
+        if name == "__metadata__":
+            continue
+        shape = info.get("shape") if isinstance(info, dict) else None
+        offsets = info.get("data_offsets") if isinstance(info, dict) else None
+        if not (isinstance(info, dict) and isinstance(info.get("dtype"), str) and _ints(shape) and len(shape) <= MAX_TENSOR_DIMS
+                and _ints(offsets) and len(offsets) == 2 and offsets[0] <= offsets[1]):
+            raise ModelFileError(path, f"corrupted safetensors header: bad entry for tensor {_cut(repr(name), 80)}")
+        shapes[name] = tuple(shape)
+        ends.append(offsets[1])
     # Truncation: the data must reach as far as the furthest tensor's end offset.
-    ends = [v["data_offsets"][1] for k, v in header.items() if k != "__metadata__" and isinstance(v, dict)]
     if 8 + header_len + max(ends, default=0) > size:
         raise ModelFileError(path, f"truncated: tensors need {8 + header_len + max(ends)} bytes, file has {size}")
-    return record
+    _check_record(path, record)
+    return record, shapes
+
+
+def _ints(value) -> bool:
+    return isinstance(value, list) and all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in value)
+
+
+def _check_record(path: Path, record: dict) -> None:
+    """The record's fields have the types ``save`` writes and every size in it is within bounds."""
+    def bad(problem):
+        return ModelFileError(path, f"malformed padnet record: {problem}")
+
+    arch = record.get("arch")
+    if arch is not None:
+        if not (isinstance(arch, dict) and isinstance(arch.get("name"), str) and 0 < len(arch["name"]) <= 200
+                and isinstance(arch.get("kwargs", {}), dict)):
+            raise bad(f"arch={_cut(repr(arch), 200)} must be {{'name': str, 'kwargs': {{...}}}}")
+    config = record.get("padnet_config")
+    if config is not None and not isinstance(config, dict):
+        raise bad(f"padnet_config must be a mapping; got {type(config).__name__}")
+    if record.get("form", "plain") not in FORMS:
+        raise bad(f"form={_cut(repr(record.get('form')), 80)}; allowed: {', '.join(FORMS)}")
+    compacted = record.get("compacted", [])
+    if not (isinstance(compacted, list) and all(isinstance(n, str) for n in compacted)):
+        raise bad("compacted must be a list of layer names")
+    temperatures = record.get("temperatures", {})
+    if not (isinstance(temperatures, dict) and all(
+            isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and v > 0
+            for v in temperatures.values())):
+        raise bad("temperatures must map layer names to finite numbers > 0")
+    nodes = [0]
+    for where, value in (("arch", arch), ("padnet_config", config)):
+        problem = _bounded(value, where, 0, nodes)
+        if problem:
+            raise bad(problem)
+
+
+def _bounded(value, where: str, depth: int, nodes: list[int]) -> str | None:
+    """The first size in ``value`` past its bound (``SIZE_LIMITS``, ``MAX_RECORD_INT``), or None."""
+    nodes[0] += 1
+    if depth > MAX_RECORD_DEPTH or nodes[0] > MAX_RECORD_NODES:
+        return f"{where}: nested deeper than {MAX_RECORD_DEPTH} levels or more than {MAX_RECORD_NODES} values"
+    key = where.rsplit(".", 1)[-1]
+    if isinstance(value, bool) or value is None:
+        return None
+    if isinstance(value, int):
+        limit = SIZE_LIMITS.get(key, MAX_RECORD_INT)
+        if abs(value) > limit:
+            return f"{where}={_cut(value, 40)} is larger than padnet allows ({limit:,})"
+        return None
+    if isinstance(value, float):
+        return None if math.isfinite(value) or key.endswith("eps") else f"{where}={value} is not finite"
+    if isinstance(value, dict):
+        for k, v in value.items():
+            problem = _bounded(v, f"{where}.{k}", depth + 1, nodes)
+            if problem:
+                return problem
+        return None
+    if isinstance(value, list):
+        if key == "layers" and (len(value) > MAX_STAGES or any(isinstance(v, int) and v > MAX_BLOCKS for v in value)):
+            return f"{where}={_cut(value, 80)}: at most {MAX_STAGES} stages of at most {MAX_BLOCKS} blocks"
+        for i, v in enumerate(value):
+            problem = _bounded(v, f"{where}", depth + 1, nodes)
+            if problem:
+                return problem
+        return None
+    if isinstance(value, str):
+        return None if len(value) <= 100_000 else f"{where}: a string of {len(value):,} characters"
+    return f"{where}: unexpected {type(value).__name__}"
+
+
+def read_record(path) -> dict:
+    """The padnet JSON record of a file, after checking it is a well-formed safetensors file."""
+    return _read_header(Path(path))[0]
 
 
 def load(path, model_factory: Callable[[], nn.Module] | None = None, map_location="cpu") -> nn.Module:
@@ -248,32 +385,79 @@ def load(path, model_factory: Callable[[], nn.Module] | None = None, map_locatio
 
     ``model_factory()`` builds the base model when the file's arch is not registered (or to override
     it); it must return the model as it was before ``padnet.convert``.
+
+    Loading runs no code named by the file and fetches nothing: the record names a builder from the
+    allow-list (``register_arch``: torchvision and padnet builders, with every weights argument forced
+    off; Hugging Face models rebuilt with ``from_config`` from the config stored in the file), every
+    size in the record is bounded, and the model is first built on the ``meta`` device (no memory) and
+    its size (for a plain model every shape) checked against the file's tensors before it is built for
+    real. Any malformed file raises ``ModelFileError`` naming the file.
     """
+    path = Path(path)
+    record, shapes = _read_header(path)
+    model = None
+    if model_factory is not None:
+        model = model_factory()  # the caller's code: its errors are its own
+        if not isinstance(model, nn.Module):
+            raise ValueError(f"model_factory must return an nn.Module; got {type(model).__name__}")
+    try:
+        return _load(path, record, shapes, model, map_location)
+    except ModelFileError:
+        raise
+    except (Exception, RecursionError, MemoryError) as exc:
+        raise ModelFileError(path, f"cannot rebuild the model it describes ({type(exc).__name__}: {_cut(exc)})") from None
+
+
+def _probe(path: Path, arch: dict, record: dict, shapes: dict) -> None:
+    """Build ``arch`` on the meta device (no memory) and check it against the file's tensors: every
+    shape for a plain model, the total size otherwise, so a record cannot allocate more than the file holds."""
+    name, kwargs = arch["name"], arch.get("kwargs", {})
+    try:
+        builder = resolve_arch(name)
+        with torch.device("meta"):
+            probe = builder(**kwargs)
+    except (ValueError, TypeError, KeyError) as exc:
+        raise ModelFileError(path, f"cannot rebuild architecture {_cut(repr(arch), 200)}: {_cut(exc)}") from None
+    except (NotImplementedError, RuntimeError) as exc:
+        if name in _ARCHS and not name.startswith(("torchvision.", "padnet.", "transformers.")):
+            return  # a user-registered builder that cannot run on meta: trusted code, sizes bounded above
+        raise ModelFileError(path, f"cannot rebuild architecture {name!r}: {_cut(exc)}") from None
+    if not isinstance(probe, nn.Module):
+        raise ModelFileError(path, f"arch {name!r} did not build an nn.Module")
+    state = probe.state_dict()
+    need = sum(t.numel() for t in state.values())
+    have = sum(math.prod(s) for s in shapes.values())
+    if record.get("padnet_config") is None:
+        wrong = [f"{k}: {tuple(t.shape)} vs {shapes.get(k)}" for k, t in state.items() if shapes.get(k) != tuple(t.shape)]
+        extra = sorted(set(shapes) - set(state))
+        if wrong or extra:
+            raise ModelFileError(path, f"the weights do not match {name}: " + "; ".join(
+                wrong[:5] + ([f"unexpected {', '.join(extra[:5])}"] if extra else [])))
+    elif need > 2 * have + 1_000_000:
+        raise ModelFileError(path, f"arch {name!r} with these arguments has {need:,} values, but the file holds "
+                                   f"{have:,}: the record does not describe these weights")
+
+
+def _load(path: Path, record: dict, shapes: dict, model: nn.Module | None, map_location) -> nn.Module:
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
     from .convert import convert, pad_layers
     from .deploy import deploy
 
-    path = Path(path)
-    record = read_record(path)
-    try:
-        tensors = load_file(str(path), device=str(map_location))
-    except (SafetensorError, OSError, RuntimeError) as exc:
-        raise ModelFileError(path, f"corrupted tensor data ({exc})") from None
-
     arch = record.get("arch")
-    if model_factory is not None:
-        model = model_factory()
-        if not isinstance(model, nn.Module):
-            raise ValueError(f"model_factory must return an nn.Module; got {type(model).__name__}")
-    elif arch is None:
-        raise ModelFileError(path, "the file records no architecture; pass load(path, model_factory=...)")
-    else:
+    if model is None:
+        if arch is None:
+            raise ModelFileError(path, "the file records no architecture; pass load(path, model_factory=...)")
+        _probe(path, arch, record, shapes)
         try:
             model = build_arch(arch["name"], **arch.get("kwargs", {}))
         except (ValueError, TypeError) as exc:
-            raise ModelFileError(path, f"cannot rebuild architecture {arch!r}: {exc}") from None
+            raise ModelFileError(path, f"cannot rebuild architecture {_cut(repr(arch), 200)}: {_cut(exc)}") from None
+    try:
+        tensors = load_file(str(path), device=str(map_location))
+    except (SafetensorError, OSError, RuntimeError) as exc:
+        raise ModelFileError(path, f"corrupted tensor data ({_cut(exc)})") from None
     if arch is not None and getattr(model, "padnet_arch", None) is None:
         model.padnet_arch = arch
     what = arch["name"] if arch else "the model from model_factory"
@@ -284,18 +468,23 @@ def load(path, model_factory: Callable[[], nn.Module] | None = None, map_locatio
         try:
             convert(model, **kwargs)
         except (ValueError, TypeError) as exc:
-            raise ModelFileError(path, f"cannot re-apply padnet.convert to {what}: {exc}") from None
+            raise ModelFileError(path, f"cannot re-apply padnet.convert to {what}: {_cut(exc)}") from None
         if model.padnet_config["converted"] != config.get("converted"):
+            converted = config.get("converted")
             raise ModelFileError(
-                path, f"the file is for another architecture: it converted {len(config.get('converted', []))} "
-                f"layers, {what} converts {len(model.padnet_config['converted'])}"
+                path, f"the file is for another architecture: it converted "
+                f"{len(converted) if isinstance(converted, list) else converted!r} layers, {what} converts "
+                f"{len(model.padnet_config['converted'])}"
             )
         _restore_masks(path, model, tensors, pad_layers(model))
         for name, layer in pad_layers(model):
             if name in record.get("compacted", []) or record.get("form") == "deployed":
                 layer.compact()
         for name, tau in record.get("temperatures", {}).items():
-            model.get_submodule(name).temperature = tau
+            try:
+                model.get_submodule(name).temperature = tau
+            except AttributeError:
+                raise ModelFileError(path, f"temperatures: {what} has no layer {_cut(repr(name), 80)}") from None
         if record.get("form") == "deployed":
             deploy(model)
     try:

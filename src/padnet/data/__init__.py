@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import torch
 from torch.utils.data import Dataset, Subset
 
+from ..errors import DataError, shorten
 from .digits import Digits
 from .fashion_mnist import FashionMNIST, find_fashion_mnist
 from .idx import IDXError, read_idx, write_idx
@@ -36,15 +37,17 @@ class DataConfig:
     def problems(self) -> list[str]:
         out = []
         if self.name not in DATASETS:
-            out.append(f"data.name={self.name!r} is not supported; allowed: {', '.join(DATASETS)}")
+            out.append(f"data.name={shorten(self.name)} is not supported; allowed: {', '.join(DATASETS)}")
         if self.name == "imagefolder" and not self.root:
             out.append("data.root=None: the imagefolder dataset needs data.root=DIR (holding train/ and val/)")
         for key in ("train_subset", "test_subset"):
             value = getattr(self, key)
             if value is not None and value < 1:
                 out.append(f"data.{key}={value!r} must be >= 1 or null (all)")
-        if self.image_size < 8:
-            out.append(f"data.image_size={self.image_size!r} must be >= 8")
+        if not 8 <= self.image_size <= 2048:
+            out.append(f"data.image_size={self.image_size!r} must be an integer in [8, 2048]")
+        if not 0 <= self.subset_seed < 2**32 - 1:
+            out.append(f"data.subset_seed={self.subset_seed!r} must be an integer in [0, {2**32 - 2}]")
         return out
 
 
@@ -82,7 +85,7 @@ def build_datasets(config: DataConfig) -> tuple[Dataset, Dataset, DataInfo]:
         train = image_folder(config.root, True, config.image_size)
         test = image_folder(config.root, False, config.image_size)
         if train.classes != test.classes:
-            raise ValueError(f"{config.root}: train classes {train.classes[:5]}... differ from val classes {test.classes[:5]}...")
+            raise DataError(f"{config.root}: train classes {train.classes[:5]}... differ from val classes {test.classes[:5]}...")
         info = DataInfo(len(train.classes), 3, config.image_size, config.image_size <= 64, str(config.root))
     train = _subset(train, config.train_subset, config.subset_seed)
     test = _subset(test, config.test_subset, config.subset_seed + 1)

@@ -26,6 +26,8 @@ from pathlib import Path
 
 import torch
 
+from ..errors import DataError
+
 SPLITS = ("train", "dev", "dev_matched", "dev_mismatched")
 
 
@@ -148,15 +150,21 @@ def read_tsv(task: str | GlueTask, split: str, data_dir: str | Path, on_error: s
     if on_error not in ("raise", "skip"):
         raise ValueError(f"on_error={on_error!r} is not supported; allowed: 'raise', 'skip'")
     path = tsv_path(spec, split, data_dir)
-    with open(path, encoding="utf-8-sig", newline="") as f:  # utf-8-sig drops MRPC's BOM
-        lines = f.read().split("\n")
+    data = Path(path).read_bytes()
+    try:
+        text = data.decode("utf-8-sig")  # utf-8-sig drops MRPC's BOM
+    except UnicodeDecodeError as err:
+        line = data[:err.start].count(b"\n") + 1
+        raise DataError(f"{path}:{line}: not UTF-8 text ({err.reason} at byte {err.start}); GLUE TSV files are "
+                        "UTF-8") from None
+    lines = text.split("\n")
     if lines and lines[-1] == "":
         lines.pop()
 
     start = 0
     if spec.header:
         if not lines:
-            raise ValueError(f"{path}: empty file; expected a header line")
+            raise DataError(f"{path}: empty file; expected a header line")
         header = lines[0].rstrip("\r").split("\t")
         start = 1
         columns = {}
@@ -165,7 +173,7 @@ def read_tsv(task: str | GlueTask, split: str, data_dir: str | Path, on_error: s
             if col is None:
                 continue
             if col not in header:
-                raise ValueError(f"{path}:1: header has no column {col!r} (GLUE {spec.directory} needs it); "
+                raise DataError(f"{path}:1: header has no column {col!r} (GLUE {spec.directory} needs it); "
                                  f"header: {header}")
             columns[role] = header.index(col)
         width = len(header)
@@ -202,13 +210,13 @@ def read_tsv(task: str | GlueTask, split: str, data_dir: str | Path, on_error: s
         if problem is not None:
             if on_error == "skip":
                 continue
-            raise ValueError(f"{path}:{lineno}: malformed GLUE {spec.directory} row: {problem}")
+            raise DataError(f"{path}:{lineno}: malformed GLUE {spec.directory} row: {problem}")
         text_a.append(fields[columns["text_a"]])
         if text_b is not None:
             text_b.append(fields[columns["text_b"]])
         labels.append(label)
     if not labels:
-        raise ValueError(f"{path}: no examples (every row was empty or skipped)")
+        raise DataError(f"{path}: no examples (every row was empty or skipped)")
     return GlueExamples(spec.name, split, text_a, text_b, labels, str(path))
 
 

@@ -10,28 +10,56 @@ from __future__ import annotations
 import gzip
 import math
 import struct
+import zlib
 from pathlib import Path
 
 import numpy as np
+
+from ..errors import DataError
 
 # type code -> (numpy dtype, bytes per value)
 _TYPES = {0x08: ">u1", 0x09: ">i1", 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
 
 
-class IDXError(ValueError):
+class IDXError(DataError):
     """A malformed or truncated IDX file; the message names the file and the offset."""
 
 
+_CHUNK = 1 << 24
+
+
 def _read_bytes(path: Path) -> bytes:
+    """The (decompressed) bytes of an IDX file, reading no more than its header declares plus one byte:
+    a small gzip file cannot inflate past the size of the array it describes (a 1.5 MB gzip once
+    expanded to gigabytes before any check)."""
     try:
         if path.suffix == ".gz":
             with gzip.open(path, "rb") as f:
-                return f.read()
-        return path.read_bytes()
-    except (EOFError, gzip.BadGzipFile, OSError) as err:
+                return _read_declared(f)
+        return path.read_bytes()  # on disk: its size is real, no bomb
+    except (EOFError, gzip.BadGzipFile, OSError, zlib.error) as err:
         if isinstance(err, FileNotFoundError):
             raise
         raise IDXError(f"{path}: cannot read the gzip stream ({err}); the file is damaged or truncated") from err
+
+
+def _read_declared(f) -> bytes:
+    head = f.read(4)
+    if len(head) < 4 or head[:2] != b"\0\0" or head[2] not in _TYPES or head[3] == 0:
+        return head  # read_idx reports the bad header
+    dims = f.read(4 * head[3])
+    if len(dims) < 4 * head[3]:
+        return head + dims
+    shape = struct.unpack(f">{head[3]}I", dims)
+    remaining = math.prod(shape) * np.dtype(_TYPES[head[2]]).itemsize + 1  # +1: to see trailing bytes
+    chunks = [head, dims]
+    while remaining > 0:
+        chunk = f.read(min(remaining, _CHUNK))
+        if not chunk:
+            break
+        chunks.append(chunk)
+        remaining -= len(chunk)
+    return b"".join(chunks)
 
 
 def read_idx(path: str | Path) -> np.ndarray:
@@ -61,7 +89,8 @@ def read_idx(path: str | Path) -> np.ndarray:
             f"({header} header + data)"
         )
     if len(data) > expected:
-        raise IDXError(f"{where}: {len(data) - expected} unexpected trailing bytes after offset {expected}")
+        count = "more" if path.suffix == ".gz" else len(data) - expected  # a .gz is read 1 byte past the end
+        raise IDXError(f"{where}: {count} unexpected trailing bytes after offset {expected}")
     array = np.frombuffer(data, dtype=dtype, count=math.prod(shape), offset=header).reshape(shape)
     return array.astype(dtype.newbyteorder("="), copy=True)
 

@@ -66,7 +66,7 @@ def load_tokenizer(name_or_path: str | None = None):
     from transformers import AutoTokenizer
 
     source, local = resolve_model(name_or_path)
-    return AutoTokenizer.from_pretrained(source, local_files_only=local)
+    return AutoTokenizer.from_pretrained(source, local_files_only=local, trust_remote_code=False)
 
 
 def load_sequence_classifier(name_or_path: str | None = None, num_labels: int = 2, seed: int = 0,
@@ -86,19 +86,64 @@ def load_sequence_classifier(name_or_path: str | None = None, num_labels: int = 
         overrides["problem_type"] = "regression"
     if dropout is not None:
         overrides |= {"hidden_dropout_prob": dropout, "attention_probs_dropout_prob": dropout}
-    config = AutoConfig.from_pretrained(source, local_files_only=local, **overrides)
+    # trust_remote_code=False: a model directory whose config.json has an auto_map never runs its code
+    # (transformers would otherwise ask on stdin, and run it on "y").
+    config = AutoConfig.from_pretrained(source, local_files_only=local, trust_remote_code=False, **overrides)
     torch.manual_seed(seed)  # the new head's init
     verbosity, bars = hf_logging.get_verbosity(), hf_logging.is_progress_bar_enabled()
     hf_logging.set_verbosity_error()  # the "newly initialized classifier" warning is expected here
     hf_logging.disable_progress_bar()  # a bar per load would flood sweep logs
     try:
-        model = AutoModelForSequenceClassification.from_pretrained(source, config=config, local_files_only=local)
+        model = AutoModelForSequenceClassification.from_pretrained(source, config=config, local_files_only=local,
+                                                                   trust_remote_code=False)
     finally:
         hf_logging.set_verbosity(verbosity)
         if bars:
             hf_logging.enable_progress_bar()
-    # So padnet.save records how to rebuild it and padnet.load(path) needs no model_factory.
-    return tag_arch(model, ARCH_NAME, name_or_path=name_or_path, num_labels=num_labels, seed=seed, dropout=dropout)
+    # So padnet.save records how to rebuild it and padnet.load(path) needs no model_factory: the whole
+    # transformers config goes into the file, never a path or hub name to load from.
+    return tag_arch(model, ARCH_NAME, config=config_record(model.config))
 
 
-register_arch(ARCH_NAME, load_sequence_classifier)
+# Config keys a model file may not set: they make transformers import or run code, or fetch files.
+REFUSED_CONFIG_KEYS = ("auto_map", "quantization_config", "custom_pipelines", "_name_or_path", "transformers_version")
+
+
+def config_record(config) -> dict:
+    """A transformers config as the JSON mapping a model file stores (no path, no code references)."""
+    record = json.loads(config.to_json_string(use_diff=False))
+    return {k: v for k, v in record.items() if k not in REFUSED_CONFIG_KEYS}
+
+
+def from_config_record(config: dict | None = None, name_or_path: str | None = None, num_labels: int | None = None,
+                       **_ignored):
+    """``padnet.load``'s builder for ``transformers.sequence_classification``: the model rebuilt with
+    ``from_config`` from the config stored in the file (random weights; the file's tensors replace them),
+    never ``from_pretrained`` of a path or hub name, never remote code. Files written before the config
+    was stored name the model instead; only the embedded MiniLM (an installed package) is accepted then."""
+    from transformers import AutoConfig, AutoModelForSequenceClassification
+    from transformers.models.auto.configuration_auto import CONFIG_MAPPING
+
+    if config is None:
+        if name_or_path is not None and str(name_or_path).lower() not in EMBEDDED_NAMES:
+            raise ValueError(f"the file names its model ({str(name_or_path)[:200]!r}) instead of storing its config; "
+                             "padnet.load never loads a model by a name or path taken from a file: rebuild it with "
+                             "load(path, model_factory=...) or re-save it with this padnet")
+        base = AutoConfig.from_pretrained(str(transformer_dir(embedded_model_path())), local_files_only=True,
+                                          trust_remote_code=False)
+        config = config_record(base) | ({"num_labels": num_labels} if num_labels else {})
+    if not isinstance(config, dict):
+        raise ValueError(f"config must be a mapping; got {type(config).__name__}")
+    refused = [k for k in REFUSED_CONFIG_KEYS if k in config and k not in ("_name_or_path", "transformers_version")]
+    if refused:
+        raise ValueError(f"the stored config sets {', '.join(refused)}; padnet.load never imports or runs model code")
+    model_type = config.get("model_type")
+    if model_type not in CONFIG_MAPPING:
+        raise ValueError(f"model_type={str(model_type)[:100]!r} is not a model type built into transformers")
+    kwargs = {k: v for k, v in config.items() if k not in REFUSED_CONFIG_KEYS and k != "model_type"}
+    hf_config = AutoConfig.for_model(model_type, **kwargs)
+    model = AutoModelForSequenceClassification.from_config(hf_config, trust_remote_code=False)
+    return tag_arch(model, ARCH_NAME, config=config_record(model.config))
+
+
+register_arch(ARCH_NAME, from_config_record)

@@ -22,7 +22,9 @@ from typing import Any
 
 import yaml
 
+from ..errors import ConfigError, shorten
 from ..layers.conv_strategy import STRATEGY_MODES
+from .strict_yaml import load_yaml
 
 MODES = ("static", "dynamic", "pad")
 KINDS = ("conv", "moe")
@@ -36,16 +38,17 @@ STATIC_INITS = ("keep", "dynamic_mean")
 OPTIMIZERS = ("sgd", "adamw")
 LR_SCHEDULERS = ("cosine", "constant")
 DEVICES = ("cpu", "cuda", "auto")
+MAX_CONFIG_BYTES = 1024 * 1024
+# Upper bounds on sizes a config can set, checked before anything is built (a value past them is a typo
+# or an attack, and would otherwise surface as an out-of-memory kill or a raw RuntimeError).
+MAX_SEED = 2**32 - 1
+MAX_BATCH = 2**20
+MAX_STEPS = 10**7
+MAX_KERNELS = 64
+MAX_EXPERTS = 1024
+MAX_WIDTH = 4096
 
 
-class ConfigError(ValueError):
-    """Every problem found in a config, one per line."""
-
-    def __init__(self, problems: list[str], source: str | None = None):
-        self.problems = list(problems)
-        where = f" in {source}" if source else ""
-        head = f"{len(self.problems)} problem{'s' if len(self.problems) != 1 else ''}{where}:"
-        super().__init__("\n".join([head] + [f"  - {p}" for p in self.problems]))
 
 
 @dataclass
@@ -69,6 +72,7 @@ class DynamicConfig:
     def problems(self) -> list[str]:
         out = _choices("dynamic", self, mode=MODES, kind=KINDS, routing=ROUTINGS, init=INITS, lambda_mode=LAMBDA_MODES)
         out += _at_least("dynamic", self, num_kernels=1, reduction=1, num_experts=1, top_k=1)
+        out += _at_most("dynamic", self, num_kernels=MAX_KERNELS, reduction=MAX_WIDTH, num_experts=MAX_EXPERTS)
         if not 0 < self.dynamic_ratio <= 1:
             out.append(f"dynamic.dynamic_ratio={self.dynamic_ratio!r} must be in (0, 1]")
         if self.top_k > self.num_experts:
@@ -103,8 +107,10 @@ class PartitionConfig:
         out = _choices("partition", self, scorer=SCORERS, schedule=SCHEDULES, scope=SCOPES,
                        static_init=STATIC_INITS)
         out += _at_least("partition", self, rounds=1, scoring_batches=1, warmup_steps=0)
-        if self.batch_size is not None and self.batch_size < 1:
-            out.append(f"partition.batch_size={self.batch_size!r} must be >= 1 or null (the training batch size)")
+        out += _at_most("partition", self, rounds=1000, scoring_batches=MAX_STEPS, warmup_steps=MAX_STEPS)
+        if self.batch_size is not None and not 1 <= self.batch_size <= MAX_BATCH:
+            out.append(f"partition.batch_size={self.batch_size!r} must be an integer in [1, {MAX_BATCH}] or null "
+                       "(the training batch size); it may not exceed the training set either")
         return out
 
 
@@ -176,6 +182,8 @@ class RunConfig:
 
     def problems(self) -> list[str]:
         out = _at_least("", self, epochs=1, batch_size=1, eval_batch_size=1, eval_every=1, log_every=1)
+        out += _at_most("", self, epochs=MAX_STEPS, batch_size=MAX_BATCH, eval_batch_size=MAX_BATCH,
+                        num_workers=256, threads=1024)
         out += _choices("", self, device=DEVICES, conv_strategy=STRATEGY_MODES)
         if self.num_workers < 0:
             out.append(f"num_workers={self.num_workers!r} must be >= 0")
@@ -183,6 +191,11 @@ class RunConfig:
             out.append(f"threads={self.threads!r} must be >= 1 or null")
         if self.seed < 0:
             out.append(f"seed={self.seed!r} must be >= 0")
+        elif self.seed > MAX_SEED:
+            out.append(f"seed={shorten(self.seed)} must be <= {MAX_SEED} (2**32 - 1)")
+        if not self.run_dir.strip() or Path(self.run_dir.strip()) in (Path("."), Path("")):
+            out.append(f"run_dir={self.run_dir!r} must name a directory of its own (not empty, not the current "
+                       "directory); e.g. runs/my-run")
         return out
 
     @property
@@ -215,9 +228,19 @@ class RunConfig:
 def _choices(section: str, obj, **allowed) -> list[str]:
     prefix = f"{section}." if section else ""
     return [
-        f"{prefix}{key}={getattr(obj, key)!r} is not supported; allowed: {', '.join(map(repr, values))}"
+        f"{prefix}{key}={shorten(getattr(obj, key))} is not supported; allowed: {', '.join(map(repr, values))}"
         for key, values in allowed.items()
         if getattr(obj, key) not in values
+    ]
+
+
+def _at_most(section: str, obj, **maximum) -> list[str]:
+    """Upper bounds, so that no config value can ask for an absurd allocation or loop."""
+    prefix = f"{section}." if section else ""
+    return [
+        f"{prefix}{key}={getattr(obj, key)!r} must be an integer <= {high}"
+        for key, high in maximum.items()
+        if getattr(obj, key) is not None and getattr(obj, key) > high
     ]
 
 
@@ -301,7 +324,7 @@ def build_section(cls, raw, prefix: str, problems: list[str], extra_keys: tuple[
     kwargs = {}
     for key, value in raw.items():
         if key not in names:
-            problems.append(f"unknown key '{prefix}{key}'; allowed keys{' in ' + prefix.rstrip('.') if prefix else ''}: "
+            problems.append(f"unknown key {shorten(f'{prefix}{key}')}; allowed keys{' in ' + prefix.rstrip('.') if prefix else ''}: "
                             f"{', '.join(names + list(extra_keys))}")
             continue
         hint = hints[key]
@@ -310,7 +333,7 @@ def build_section(cls, raw, prefix: str, problems: list[str], extra_keys: tuple[
             continue
         out = _coerce(value, hint)
         if out is _MISSING:
-            problems.append(f"{prefix}{key}={value!r} has type {type(value).__name__}; expected {_type_name(hint)}")
+            problems.append(f"{prefix}{key}={shorten(value)} has type {type(value).__name__}; expected {_type_name(hint)}")
         elif _non_finite(out):
             problems.append(f"{prefix}{key}={out!r} must be a finite number (not nan or inf)")
         else:
@@ -327,7 +350,7 @@ def parse_overrides(overrides: list[str] | None, problems: list[str]) -> dict:
             problems.append(f"--set {item!r} must look like key=value (e.g. optim.lr=0.05)")
             continue
         try:
-            value = yaml.safe_load(text) if text.strip() else ""
+            value = load_yaml(text) if text.strip() else ""
         except yaml.YAMLError:
             value = text
         node = nested
@@ -354,18 +377,34 @@ def merge(base: dict, update: dict) -> dict:
 
 
 def read_yaml(path: str | Path) -> dict:
+    """The mapping in a YAML config file, read with the strict loader (``padnet.train.strict_yaml``:
+    duplicate keys refused, YAML 1.2 numbers, bounded aliases); every problem is a ``ConfigError``
+    naming the file (and the line)."""
     path = Path(path)
     if not path.is_file():
         raise ConfigError([f"config file {path} does not exist"])
+    data = path.read_bytes()
+    if len(data) > MAX_CONFIG_BYTES:
+        raise ConfigError([f"config file {path} is {len(data):,} bytes; a config is at most {MAX_CONFIG_BYTES:,}"])
     try:
-        raw = yaml.safe_load(path.read_text())
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as err:
+        line = data[:err.start].count(b"\n") + 1
+        raise ConfigError([f"{path}:{line}: not UTF-8 text ({err.reason} at byte {err.start}); save the file as "
+                           "UTF-8"]) from None
+    try:
+        raw = load_yaml(text)
     except yaml.YAMLError as err:
-        raise ConfigError([f"{path} is not valid YAML: {err}"]) from err
+        raise ConfigError([f"{path} is not valid YAML: {_cut_text(str(err))}"]) from None
     if raw is None:
         return {}
     if not isinstance(raw, dict):
         raise ConfigError([f"{path} must hold a mapping of keys to values; got {type(raw).__name__}"])
     return raw
+
+
+def _cut_text(text: str, limit: int = 2000) -> str:
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text) - limit} more characters)"
 
 
 def config_from_dict(raw: dict, overrides: list[str] | None = None, source: str | None = None,

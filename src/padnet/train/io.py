@@ -15,6 +15,7 @@ this process stops after the temp file is written and fsynced and before the ren
 from __future__ import annotations
 
 import csv
+import errno
 import io
 import json
 import os
@@ -34,22 +35,27 @@ def is_main_process() -> bool:
 
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:
     """Write ``data`` to ``path`` so that a crash (or a full disk) leaves either the old file or the
-    new one, never a torn one: temp file in the same directory, fsync, rename, fsync the directory."""
+    new one, never a torn one: temp file in the same directory, fsync, rename, fsync the directory.
+    The file gets the mode a plain ``open`` would give (0666 less the umask), and the rename replaces
+    a symbolic link at ``path`` rather than writing through it. An ``OSError`` names ``path``."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as f:
+            os.fchmod(f.fileno(), 0o666 & ~current_umask())
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
         _test_pause(path.name)
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as err:
         try:
             os.unlink(tmp)
         except FileNotFoundError:
             pass
+        if isinstance(err, OSError) and err.filename is None and err.errno is not None:
+            raise type(err)(err.errno, f"cannot write {path}: {err.strerror}", str(path)) from err
         raise
     try:
         dir_fd = os.open(path.parent, os.O_RDONLY)
@@ -59,6 +65,35 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
             os.close(dir_fd)
     except OSError:  # some filesystems do not support fsync on directories
         pass
+
+
+def current_umask() -> int:
+    """The process umask, read without changing it where Linux allows (``/proc/self/status``)."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def open_append_nofollow(path: str | Path):
+    """``path`` opened for appending text, refusing a symbolic link there (``O_NOFOLLOW``): a log must
+    never append to whatever file a link points at."""
+    path = Path(path)
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0), 0o666)
+    except OSError as err:
+        if err.errno == errno.ELOOP:
+            from ..errors import RunError
+
+            raise RunError(f"{path} is a symbolic link; padnet does not write through links (remove it)") from None
+        raise
+    return os.fdopen(fd, "a", encoding="utf-8")
 
 
 _PAUSE_ENV = "PADNET_TEST_PAUSE_WRITE"
@@ -127,22 +162,59 @@ TRAINING_CHECKPOINT_KEYS = ("epoch", "global_step", "model", "compacted", "optim
 
 
 def load_checkpoint(path: str | Path, map_location="cpu") -> dict:
-    """Load a checkpoint with ``weights_only=True`` (no arbitrary pickle)."""
+    """Load a checkpoint with ``weights_only=True`` (no arbitrary pickle) and ``mmap=True``: tensors are
+    mapped from the file, not inflated into memory. Only ``torch.save``'s own zip layout is read, every
+    entry stored uncompressed (as ``torch.save`` writes them) and inside the file, so a small file
+    cannot expand into a large allocation. Every problem is a ``ModelFileError`` naming the file."""
+    from ..errors import ModelFileError
+
     path = Path(path)
+    _check_checkpoint_archive(path)
     try:
-        state = torch.load(path, map_location=map_location, weights_only=True)
+        state = torch.load(path, map_location=map_location, weights_only=True, mmap=True)
     except FileNotFoundError:
         raise
     except Exception as err:
-        raise ValueError(f"{path}: not a loadable padnet checkpoint ({type(err).__name__}: {err})") from err
+        raise ModelFileError(path, f"not a loadable padnet checkpoint ({type(err).__name__}: "
+                                   f"{_cut(str(err))})") from err
     if not isinstance(state, dict):
-        raise ValueError(f"{path}: not a padnet checkpoint: it holds a {type(state).__name__}, "
-                         "not a dict with 'format', 'model', 'optimizer', ...")
+        raise ModelFileError(path, f"not a padnet checkpoint: it holds a {type(state).__name__}, "
+                                   "not a dict with 'format', 'model', 'optimizer', ...")
     if state.get("format") == TRAINING_CHECKPOINT:
         missing = [k for k in TRAINING_CHECKPOINT_KEYS if k not in state]
         if missing:
-            raise ValueError(f"{path}: damaged padnet training checkpoint: missing {', '.join(missing)}")
+            raise ModelFileError(path, f"damaged padnet training checkpoint: missing {', '.join(missing)}")
     return state
+
+
+def _cut(text: str, limit: int = 300) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
+def _check_checkpoint_archive(path: Path) -> None:
+    import zipfile
+
+    from ..errors import ModelFileError
+
+    if not path.is_file():
+        if not path.exists():
+            raise FileNotFoundError(errno.ENOENT, "no such checkpoint file", str(path))
+        raise ModelFileError(path, "not a loadable padnet checkpoint (not a regular file)")
+    size = path.stat().st_size
+    try:
+        with zipfile.ZipFile(path) as archive:
+            entries = archive.infolist()
+    except (zipfile.BadZipFile, OSError, ValueError, EOFError) as err:
+        raise ModelFileError(path, f"not a loadable padnet checkpoint (not a torch.save zip archive: {_cut(str(err))}; "
+                                   "legacy and pickle files are refused)") from None
+    for info in entries:
+        if info.compress_type != zipfile.ZIP_STORED:
+            raise ModelFileError(path, f"not a loadable padnet checkpoint (entry {info.filename!r} is compressed; "
+                                       "torch.save stores entries uncompressed, so this file was not written by padnet)")
+        if info.file_size > size or info.header_offset + info.file_size > size:
+            raise ModelFileError(path, f"not a loadable padnet checkpoint (entry {info.filename!r} claims "
+                                       f"{info.file_size:,} bytes, beyond the file's {size:,})")
 
 
 class RunWriter:
@@ -150,9 +222,7 @@ class RunWriter:
 
     def __init__(self, run_dir: str | Path):
         self.run_dir = Path(run_dir)
-        self.main = is_main_process()
-        if self.main:
-            self.run_dir.mkdir(parents=True, exist_ok=True)
+        self.main = is_main_process()  # the directory is created by padnet.train.rundir.claim
 
     def path(self, name: str) -> Path:
         return self.run_dir / name

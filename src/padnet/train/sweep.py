@@ -20,12 +20,15 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from pathlib import Path
 
 from .config import ConfigError, RunConfig, config_from_dict, merge, parse_overrides, read_yaml
+from ..errors import shorten
 from .io import atomic_savefig
 
 SWEEP_KEYS = ("base", "output_dir", "seeds", "runs")
+_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]{0,127}")
 
 
 def load_sweep(path: str | Path, overrides: list[str] | None = None) -> list[RunConfig]:
@@ -66,6 +69,10 @@ def load_sweep(path: str | Path, overrides: list[str] | None = None) -> list[Run
         if not isinstance(run, dict) or not isinstance(run.get("name"), str) or set(run) - {"name", "set"}:
             problems.append(f"runs[{i}]={run!r} must be a mapping with a string 'name' and an optional 'set' mapping")
             continue
+        if not _safe_name(run["name"]):
+            problems.append(f"runs[{i}].name={shorten(run['name'])} must be one plain directory name (letters, digits, "
+                            "'.', '_', '-', not starting with '.'), so every run stays under output_dir")
+            continue
         if run["name"] in names:
             problems.append(f"runs[{i}].name={run['name']!r} is used twice; names must be unique")
         names.append(run["name"])
@@ -88,6 +95,10 @@ def load_sweep(path: str | Path, overrides: list[str] | None = None) -> list[Run
         raise ConfigError(problems, str(path))
     # Seed-major order.
     return sorted(configs, key=lambda c: (seeds.index(c.seed), names.index(c.name)))
+
+
+def _safe_name(name: str) -> bool:
+    return bool(_NAME.fullmatch(name)) and name not in (".", "..")
 
 
 def run_status(config: RunConfig) -> str:

@@ -44,31 +44,34 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, RandomSampler
 
+from ..errors import ModelFileError, RunError, shorten
 from ..convert import compact, convert, dynamic_layers, pad_layers
 from ..layers import DynamicConv2d, MoELinear, aux_loss
 from ..layers.conv_strategy import conv_strategy, conv_strategy_picks, load_conv_strategy_picks
 from ..temperature import TemperatureSchedule, set_temperature
 from . import distributed
 from .config import ConfigError, RunConfig, config_from_dict
-from .io import RunWriter, is_main_process, load_checkpoint
+from .io import RunWriter, _cut, is_main_process, load_checkpoint, open_append_nofollow
+from .rundir import check_run_dir_name, claim, padnet_version
 from .tasks import TaskParts, get_task
 
 CHECKPOINT = "checkpoint.pt"
 RESULTS = "results.json"
 CHECKPOINT_FORMAT = "padnet.train.checkpoint"
 # Keys that may differ between a run and its resumption without changing its results.
-RESUME_FREE_KEYS = {"run_dir", "progress", "tensorboard", "log_every", "threads", "num_workers", "device"}
+# (Not ``threads``: the number of threads changes the order of float reductions, so the results.)
+RESUME_FREE_KEYS = {"run_dir", "progress", "tensorboard", "log_every", "num_workers", "device"}
 
 
-class NonFiniteLossError(RuntimeError):
+class NonFiniteLossError(RunError):
     """The loss became NaN or inf; the run stopped and its last good checkpoint is kept."""
 
 
-class RunDirError(RuntimeError):
+class RunDirError(RunError):
     """The run directory holds a different run."""
 
 
-class ExportCheckError(RuntimeError):
+class ExportCheckError(RunError):
     """An exported model file did not reproduce its run's eval metrics; the file was not written."""
 
 
@@ -163,6 +166,15 @@ def restore_model(model: nn.Module, state_dict: dict, compacted: bool) -> None:
     model.load_state_dict(state_dict)
 
 
+def _restore_checked(path: Path, model: nn.Module, state: dict) -> None:
+    """``restore_model`` from a checkpoint, a mismatch reported as a ``ModelFileError`` naming the file."""
+    try:
+        restore_model(model, state["model"], bool(state["compacted"]))
+    except (KeyError, RuntimeError, ValueError, TypeError, IndexError, AttributeError) as err:
+        raise ModelFileError(path, f"does not fit this run's model (another config or padnet version?): "
+                                   f"{_cut(str(err), 500)}") from None
+
+
 def deployable_parameters(model: nn.Module) -> int:
     from ..summary import summary
 
@@ -217,7 +229,7 @@ class Trainer:
     def _open_log(self) -> None:
         fmt = logging.Formatter("%(asctime)s %(message)s", "%Y-%m-%d %H:%M:%S")
         if is_main_process():
-            file_handler = logging.FileHandler(self.run_dir / "train.log")
+            file_handler = logging.StreamHandler(open_append_nofollow(self.run_dir / "train.log"))
             file_handler.setFormatter(fmt)
             self.logger.addHandler(file_handler)
             console = logging.StreamHandler(sys.stderr)
@@ -241,16 +253,48 @@ class Trainer:
             previous = config_from_dict(previous, source=str(saved), preflight=False).to_dict()
         except ConfigError:
             pass  # a key removed since, or a value no longer valid: compare as written
-        current = self.config.to_dict()
-        differ = sorted(
-            _diff_keys({k: v for k, v in previous.items() if k not in RESUME_FREE_KEYS},
-                       {k: v for k, v in current.items() if k not in RESUME_FREE_KEYS})
-        )
+        differ = self._config_differences(previous)
         if differ:
             raise RunDirError(
                 f"{self.run_dir} holds a run with a different config (keys: {', '.join(differ)}); "
                 "use another run_dir, or delete that directory to start over"
             )
+
+    def _config_differences(self, previous: dict) -> list[str]:
+        current = self.config.to_dict()
+        return sorted(
+            _diff_keys({k: v for k, v in previous.items() if k not in RESUME_FREE_KEYS},
+                       {k: v for k, v in current.items() if k not in RESUME_FREE_KEYS})
+        )
+
+    def _check_checkpoint(self) -> dict | None:
+        """The run directory's checkpoint, if any, checked against this run before anything is written:
+        its format, the padnet version that wrote it, and the config stored in it (config.yaml can be
+        edited or missing; a checkpoint copied from another run carries that run's recipe)."""
+        path = self.run_dir / CHECKPOINT
+        if not path.is_file():
+            return None
+        state = load_checkpoint(path)
+        if state.get("format") != CHECKPOINT_FORMAT:
+            raise ModelFileError(path, f"not a padnet training checkpoint (format={shorten(state.get('format'))})")
+        version = state.get("padnet_version")
+        if version is not None and version != padnet_version():
+            raise RunDirError(f"{path} was written by padnet {shorten(version)}, this is padnet {padnet_version()}: "
+                              "resume it with that version, or start a new run_dir")
+        stored = state.get("config")
+        if not isinstance(stored, dict):
+            raise ModelFileError(path, "damaged padnet training checkpoint: its config is not a mapping")
+        try:
+            stored = config_from_dict(stored, source=str(path), preflight=False).to_dict()
+        except ConfigError:
+            pass  # a key removed since, or a value no longer valid: compare as written
+        differ = self._config_differences(stored)
+        if differ:
+            raise RunDirError(
+                f"{path} holds a run with a different config than this one (keys: {', '.join(differ)}): it was "
+                "copied or written by another run; use another run_dir, or delete the checkpoint to start over"
+            )
+        return state
 
     def _make_optimizer(self, model: nn.Module) -> torch.optim.Optimizer:
         """The configured optimizer over the trainable parameters, at the base learning rate."""
@@ -298,26 +342,51 @@ class Trainer:
                 distributed.shutdown(sync=ok)
 
     def _run(self) -> dict | None:
-        results_path = self.run_dir / RESULTS
-        if results_path.is_file():
-            import json
-
-            self._check_run_dir()
-            return json.loads(results_path.read_text())
-        self._check_run_dir()
-        self.writer.yaml("config.yaml", self.config.to_dict())
-        self._open_log()
+        # The run directory must be padnet's (or new); rank 0 checks it and holds its lock for the whole
+        # run, and tells the other ranks whether it could, so all ranks stop together on a refusal.
+        check_run_dir_name(self.run_dir)
+        lock, refused = None, None
+        if is_main_process():
+            try:
+                lock = claim(self.run_dir)
+            except (RunError, OSError) as err:
+                refused = err
+        if distributed.is_distributed():
+            message = distributed.broadcast_object(None if refused is None else str(refused))
+            if message is not None and refused is None:
+                raise RunError(f"rank 0 could not claim the run directory: {message}")
+        if refused is not None:
+            raise refused
         try:
-            with conv_strategy(self.config.conv_strategy):
-                return self._train()
-        except NonFiniteLossError as err:
-            self.logger.error(str(err))
-            raise
-        finally:
-            self._close_log()
+            results_path = self.run_dir / RESULTS
+            if results_path.is_file():
+                import json
 
-    def _train(self) -> dict:
-        config, log = self.config, self.logger
+                self._check_run_dir()
+                return json.loads(results_path.read_text())
+            self._check_run_dir()
+            self._resume_state = self._check_checkpoint()
+            # Everything that can be checked before the run directory is written is checked here: a
+            # refused config leaves no config.yaml behind, so the corrected command is not "a different run".
+            prepared = self._prepare()
+            self.writer.yaml("config.yaml", self.config.to_dict())
+            self._open_log()
+            try:
+                with conv_strategy(self.config.conv_strategy):
+                    return self._train(*prepared)
+            except NonFiniteLossError as err:
+                self.logger.error(str(err))
+                raise
+            finally:
+                self._close_log()
+        finally:
+            if lock is not None:
+                lock.release()
+
+    def _prepare(self):
+        """Seed, build the task's data and model, convert it, and check the sizes that need the data
+        (batch sizes against the training set). Writes nothing."""
+        config = self.config
         if config.threads:
             torch.set_num_threads(config.threads)
         device = resolve_device(config.device)
@@ -337,20 +406,27 @@ class Trainer:
                                    f"allowed: <= {per_rank}, or fewer processes"])
             raise ConfigError([f"batch_size={config.batch_size} is larger than the training set "
                                f"({len(parts.train_dataset)} examples); allowed: <= {len(parts.train_dataset)}"])
+        scoring = config.partition.batch_size
+        if config.dynamic.mode == "pad" and scoring is not None and scoring > per_rank:
+            raise ConfigError([f"partition.batch_size={scoring} is larger than the training set "
+                               f"({per_rank} examples{' per process' if world > 1 else ''}); allowed: <= {per_rank} "
+                               "or null (the training batch size)"])
+        return device, world, parts, model, steps_per_epoch
+
+    def _train(self, device, world, parts, model, steps_per_epoch) -> dict:
+        config, log = self.config, self.logger
         tau = TemperatureSchedule(config.dynamic.temperature_start, config.dynamic.temperature_end,
                                   config.dynamic.temperature_epochs)
         has_moe = any(isinstance(m, MoELinear) for m in model.modules())
         has_dyconv = any(isinstance(m, DynamicConv2d) for m in model.modules())
 
         checkpoint_path = self.run_dir / CHECKPOINT
-        state = load_checkpoint(checkpoint_path) if checkpoint_path.is_file() else None
+        state = self._resume_state
         if state is not None and state.get("conv_strategy_picks"):
             load_conv_strategy_picks(state["conv_strategy_picks"])  # compute as the interrupted run did
         partition_info: dict = {}
         if state is not None:
-            if state.get("format") != CHECKPOINT_FORMAT:
-                raise ValueError(f"{checkpoint_path}: not a padnet training checkpoint (format={state.get('format')!r})")
-            restore_model(model, state["model"], state["compacted"])
+            _restore_checked(checkpoint_path, model, state)
             model.to(device)
             partition_info = state.get("partition", {})
             log.info(f"resuming {self.run_dir} from epoch {state['epoch']} (step {state['global_step']})")
@@ -459,7 +535,7 @@ class Trainer:
                 self.writer.metrics(history)
                 rng_state = get_rng_state()
                 checkpoint = {
-                    "format": CHECKPOINT_FORMAT, "version": 1, "epoch": epoch + 1, "global_step": global_step,
+                    "format": CHECKPOINT_FORMAT, "version": 1, "padnet_version": padnet_version(), "epoch": epoch + 1, "global_step": global_step,
                     "model": _unwrap(model).state_dict(), "compacted": compacted,
                     "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
                     "rng": rng_state, "history": history, "partition": partition_info,
@@ -580,7 +656,16 @@ class Trainer:
         if parts.main_metric not in metrics:
             raise KeyError(f"task {self.config.task!r}: evaluate() returned {sorted(metrics)}, without its "
                            f"main_metric {parts.main_metric!r}")
-        return {k: (float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else v) for k, v in metrics.items()}
+        metrics = {k: (float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else v) for k, v in metrics.items()}
+        bad = sorted(k for k, v in metrics.items() if isinstance(v, float) and not math.isfinite(v))
+        if bad:
+            # Like a non-finite training loss: stop, keep the last good checkpoint, write no results.
+            raise NonFiniteLossError(
+                f"non-finite evaluation metrics ({', '.join(f'{k}={metrics[k]}' for k in bad)}): the run stopped "
+                "and no checkpoint or results were written for this epoch. Lower optim.lr or set optim.grad_clip "
+                "and start a new run_dir."
+            )
+        return metrics
 
     def _tensorboard(self, global_step: int):
         if not (self.config.tensorboard and is_main_process()):
@@ -628,6 +713,7 @@ class Trainer:
             "partition": partition_info,
             "info": parts.info,
             "config": config.to_dict(),
+            "padnet_version": padnet_version(),
         }
 
 
@@ -680,13 +766,15 @@ def _rebuild_run(run_dir, checkpoint, overrides) -> RebuiltRun:
         raise FileNotFoundError(f"no checkpoint at {checkpoint} (a run writes {CHECKPOINT} after its first epoch)")
     state = load_checkpoint(checkpoint)
     if state.get("format") != CHECKPOINT_FORMAT:
-        raise ValueError(f"{checkpoint}: not a padnet training checkpoint (format={state.get('format')!r})")
+        raise ModelFileError(checkpoint, f"not a padnet training checkpoint (format={shorten(state.get('format'))})")
+    if not isinstance(state["config"], dict):
+        raise ModelFileError(checkpoint, "damaged padnet training checkpoint: its config is not a mapping")
     config = config_from_dict(state["config"], overrides, source=str(checkpoint))
     seed_everything(config.seed)
     device = resolve_device(config.device)
     parts = get_task(config.task).builder(config)
     model = make_dynamic(parts.model, config)
-    restore_model(model, state["model"], state["compacted"])
+    _restore_checked(checkpoint, model, state)
     model.to(device)
     tau = TemperatureSchedule(config.dynamic.temperature_start, config.dynamic.temperature_end,
                               config.dynamic.temperature_epochs)
@@ -694,6 +782,23 @@ def _rebuild_run(run_dir, checkpoint, overrides) -> RebuiltRun:
     set_temperature(model, tau.at_step(int(state["global_step"]), steps_per_epoch))
     trainer = Trainer(config, run_dir or checkpoint.parent)
     return RebuiltRun(checkpoint, state, config, parts, model, _OnDevice(trainer.eval_loader(parts), device), trainer)
+
+
+def _check_export_out(out) -> None:
+    """``export`` writes a new ``.safetensors`` file and never over a run's own files (checkpoint.pt,
+    config.yaml, results.json, ...) nor through a symbolic link."""
+    if out is None:
+        return
+    from .rundir import RUN_FILES
+
+    out = Path(out)
+    if out.suffix != ".safetensors" or out.name in RUN_FILES - {"model.safetensors"}:
+        raise RunError(f"--out {out}: export writes a model file ending in .safetensors and never over a run's "
+                       f"files ({', '.join(sorted(RUN_FILES - {'model.safetensors'}))}); choose another name")
+    if out.is_symlink():
+        raise RunError(f"--out {out} is a symbolic link; export does not write through links")
+    if out.exists() and not out.is_file():
+        raise RunError(f"--out {out} exists and is not a regular file")
 
 
 def evaluate_run(run_dir: str | Path | None = None, checkpoint: str | Path | None = None,
@@ -715,9 +820,12 @@ def export_run(run_dir: str | Path | None = None, checkpoint: str | Path | None 
     from ..deploy import deploy
     from ..serialization import load, save
 
+    _check_export_out(out)
     run = _rebuild_run(run_dir, checkpoint, overrides)
     model = run.model
     out = Path(out) if out is not None else run.checkpoint.parent / "model.safetensors"
+    if out.resolve() == run.checkpoint.resolve():
+        raise RunError(f"--out {out} is the checkpoint being exported; export never writes over a run's files")
     before = run.evaluate()
     model.eval()
     form = "deployed" if pad_layers(model) else "training" if dynamic_layers(model) else "plain"

@@ -8,7 +8,9 @@ import torch
 import torch.nn.functional as F
 
 from .. import models
+from ..errors import shorten
 from ..data import DataConfig, build_datasets, find_fashion_mnist
+from .config import MAX_WIDTH
 from .tasks import TaskParts, register_task
 
 
@@ -27,8 +29,12 @@ class ModelConfig:
             out.append(f"model.name={self.name!r} is not supported; allowed: {', '.join(models.MODELS)}")
         if self.width < 1:
             out.append(f"model.width={self.width!r} must be an integer >= 1")
+        elif self.width > MAX_WIDTH:
+            out.append(f"model.width={self.width!r} must be an integer <= {MAX_WIDTH}")
         if not self.layers or any(n < 1 for n in self.layers):
-            out.append(f"model.layers={self.layers!r} must be a non-empty list of integers >= 1")
+            out.append(f"model.layers={shorten(self.layers)} must be a non-empty list of integers >= 1")
+        elif len(self.layers) > 8 or any(n > 64 for n in self.layers):
+            out.append(f"model.layers={shorten(self.layers)} must have at most 8 stages of at most 64 blocks each")
         return out
 
 

@@ -1,0 +1,67 @@
+"""padnet's errors: one base class, ``PadnetError``, for every problem with the user's input (a config,
+data, a model file, a run directory) that the user can fix, so callers and the CLI catch one class.
+
+- ``ConfigError``: a config (YAML file, ``--set``) that does not validate; lists every problem.
+- ``DataError``: data files that cannot be read (IDX, images, GLUE TSV); names the file.
+- ``ModelFileError``: a model file or checkpoint that cannot be loaded; names the file.
+- ``PartitionError``: the partition cannot run on this model / these scoring batches.
+- ``RunError``: a run that cannot start or go on (the run directory belongs to something else, is
+  locked by another process, holds another run; a non-finite loss; an export that does not reproduce).
+
+The classes that replaced a ``ValueError`` (config, data, model file) still are ``ValueError``s, and the
+ones that replaced a ``RuntimeError`` (partition, run) still are ``RuntimeError``s, so code that caught
+the old classes keeps working. The old import paths (``padnet.train.config.ConfigError``,
+``padnet.serialization.ModelFileError``, ``padnet.partition.PartitionError``) name the same classes.
+"""
+
+from __future__ import annotations
+
+MAX_SHOWN = 200  # characters of a value quoted in a message
+
+
+def shorten(value, limit: int = MAX_SHOWN) -> str:
+    """``repr(value)`` cut to ``limit`` characters, saying how much was cut (a message must never hold a
+    huge value: a YAML alias bomb once made a 312 MB one)."""
+    text = repr(value)
+    if len(text) <= limit:
+        return text
+    return f"{text[:limit]}... ({len(text) - limit} more characters)"
+
+
+class PadnetError(Exception):
+    """Base class of the errors padnet raises for input the user can fix."""
+
+
+class ConfigError(PadnetError, ValueError):
+    """Every problem found in a config, one per line."""
+
+    def __init__(self, problems: list[str], source: str | None = None):
+        self.problems = list(problems)
+        self.source = source
+        where = f" in {source}" if source else ""
+        head = f"{len(self.problems)} problem{'s' if len(self.problems) != 1 else ''}{where}:"
+        super().__init__("\n".join([head] + [f"  - {p}" for p in self.problems]))
+
+
+class DataError(PadnetError, ValueError):
+    """A data file that cannot be used; the message names the file."""
+
+
+class ModelFileError(PadnetError, ValueError):
+    """A model file that cannot be loaded: not a padnet safetensors file, damaged, or not matching."""
+
+    def __init__(self, path, problem: str):
+        super().__init__(f"{path}: {problem}")
+        self.path = str(path)
+        self.problem = problem
+
+
+class PartitionError(PadnetError, RuntimeError):
+    """The partition cannot produce a meaningful mask (all-zero scores, a non-finite loss)."""
+
+
+class RunError(PadnetError, RuntimeError):
+    """A run that cannot start or go on; the message names the run directory or file and the fix."""
+
+
+__all__ = ["ConfigError", "DataError", "ModelFileError", "PadnetError", "PartitionError", "RunError", "shorten"]

@@ -1,0 +1,234 @@
+"""Model files and checkpoints never run or fetch code, never allocate more than they hold, and any
+malformed one raises ModelFileError naming the file (issue 14). "No code ran" and "nothing was
+fetched" are shown with marker files; memory bounds with resource.setrlimit in a subprocess."""
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+import zipfile
+
+import pytest
+import torch
+from safetensors.torch import save_file
+
+import padnet
+from padnet.errors import ModelFileError
+from padnet.train.io import load_checkpoint
+
+from .helpers import SAFETY_TIMEOUT_S, child_env
+
+
+def write_model_file(path, record, tensors=None):
+    """A safetensors file whose padnet record is ``record`` (a dict, or raw JSON text)."""
+    full = record if isinstance(record, str) else json.dumps(
+        {"format": "padnet", "format_version": 1, "padnet_config": None, "form": "plain", "compacted": [],
+         "temperatures": {}, **record})
+    save_file(tensors if tensors is not None else {"w": torch.zeros(2)}, str(path), metadata={"padnet": full})
+    return path
+
+
+def write_evil_model_dir(directory, marker):
+    """A transformers model directory whose config.json points auto_map at a module that creates
+    ``marker`` when imported."""
+    from transformers import BertConfig, BertForSequenceClassification
+
+    config = BertConfig(vocab_size=30, hidden_size=8, num_hidden_layers=1, num_attention_heads=2,
+                        intermediate_size=16, max_position_embeddings=16)
+    BertForSequenceClassification(config).save_pretrained(directory)
+    code = f"open({str(marker)!r}, 'w').write('ran')\nfrom transformers import BertConfig as EvilConfig\n" \
+           "from transformers import BertForSequenceClassification as EvilModel\n"
+    (directory / "evil.py").write_text(code)
+    raw = json.loads((directory / "config.json").read_text())
+    raw["auto_map"] = {"AutoConfig": "evil.EvilConfig", "AutoModelForSequenceClassification": "evil.EvilModel"}
+    (directory / "config.json").write_text(json.dumps(raw))
+
+
+def test_hf_record_with_remote_code_never_runs_it_even_when_answered_yes(tmp_path):
+    pytest.importorskip("transformers")
+    marker = tmp_path / "marker"
+    write_evil_model_dir(tmp_path / "evil", marker)
+    model_file = write_model_file(tmp_path / "m.safetensors", {"arch": {
+        "name": "transformers.sequence_classification", "kwargs": {"name_or_path": str(tmp_path / "evil"), "num_labels": 2}}})
+    # padnet.load of the file, and the GLUE model loader a checkpoint's glue.model reaches, with "y" on stdin
+    script = textwrap.dedent(f"""
+        import padnet
+        from padnet.models.hf import load_sequence_classifier
+        try:
+            padnet.load({str(model_file)!r})
+        except padnet.ModelFileError as err:
+            print("load: ModelFileError", err)
+        try:
+            load_sequence_classifier({str(tmp_path / 'evil')!r}, num_labels=2)
+            print("glue: loaded")
+        except Exception as err:
+            print("glue:", type(err).__name__)
+    """)
+    out = subprocess.run([sys.executable, "-c", script], input="y\ny\ny\n", capture_output=True, text=True,
+                         env=child_env(HF_HUB_OFFLINE="1"), timeout=SAFETY_TIMEOUT_S)
+    assert "load: ModelFileError" in out.stdout and "never loads a model by a name or path" in out.stdout, out
+    assert not marker.exists(), out
+
+
+def test_hf_record_naming_a_hub_model_is_refused_without_network(tmp_path, monkeypatch):
+    pytest.importorskip("transformers")
+    import huggingface_hub
+
+    def no_network(*args, **kwargs):
+        raise AssertionError("padnet.load contacted the hub")
+
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", no_network)
+    path = write_model_file(tmp_path / "m.safetensors", {"arch": {
+        "name": "transformers.sequence_classification", "kwargs": {"name_or_path": "someone/some-model"}}})
+    with pytest.raises(ModelFileError, match=rf"{path}: .*never loads a model by a name or path"):
+        padnet.load(path)
+
+
+@pytest.mark.parametrize("config_update, pattern", [
+    ({"auto_map": {"AutoModelForSequenceClassification": "evil.Model"}}, "sets auto_map"),
+    ({"model_type": "not-a-model"}, "is not a model type built into transformers"),
+    ({"num_hidden_layers": 10**6}, r"num_hidden_layers=1000000 is larger than padnet allows"),
+])
+def test_hf_stored_config_is_checked(tmp_path, config_update, pattern):
+    pytest.importorskip("transformers")
+    from padnet.models.hf import config_record
+    from transformers import BertConfig
+
+    config = config_record(BertConfig(vocab_size=30, hidden_size=8, num_hidden_layers=1, num_attention_heads=2,
+                                      intermediate_size=16, max_position_embeddings=16)) | config_update
+    path = write_model_file(tmp_path / "m.safetensors", {"arch": {
+        "name": "transformers.sequence_classification", "kwargs": {"config": config}}})
+    with pytest.raises(ModelFileError, match=pattern):
+        padnet.load(path)
+
+
+@pytest.mark.parametrize("arch, pattern", [
+    ({"name": "torchvision.fasterrcnn_mobilenet_v3_large_320_fpn", "kwargs": {"num_classes": 3}},
+     "the weights do not match"),
+    ({"name": "padnet.resnet18", "kwargs": {"num_classes": 10, "in_channels": 3, "small_input": True,
+                                            "weights": "IMAGENET1K_V1"}}, "weights is not allowed"),
+    ({"name": "torchvision.resnet18", "kwargs": {"weights": "IMAGENET1K_V1"}}, "weights is not allowed"),
+    ({"name": "torchvision.resnet18", "kwargs": {"pretrained": True}}, "pretrained is not allowed"),
+])
+def test_model_files_never_download_weights(tmp_path, monkeypatch, arch, pattern):
+    import torchvision.models._api as api
+
+    marker = tmp_path / "downloaded"
+
+    def download(self, *args, **kwargs):
+        marker.write_text(self.url)
+        raise OSError("offline")
+
+    monkeypatch.setattr(api.WeightsEnum, "get_state_dict", download)
+    path = write_model_file(tmp_path / "m.safetensors", {"arch": arch})
+    with pytest.raises(ModelFileError, match=pattern):
+        padnet.load(path)
+    assert not marker.exists()
+
+
+SMALL = {"num_classes": 10, "in_channels": 1, "small_input": True, "width": 4, "layers": [1]}
+PAD = {"dynamic": "conv", "pad": True, "num_kernels": 2}
+
+
+def _record(**kwargs):
+    return {"arch": {"name": "padnet.small_resnet", "kwargs": {**SMALL, **kwargs}}}
+
+
+BOMBS = {
+    "num_classes-400000": _record(num_classes=400_000),
+    "num_classes-90000-resnet50": {"arch": {"name": "torchvision.resnet50", "kwargs": {"num_classes": 90_000}}},
+    "layers-10**6": _record(layers=[10**6]),
+    "width-10**6": _record(width=10**6),
+    "num_kernels-10**7": {**_record(), "padnet_config": {**PAD, "num_kernels": 10**7}, "form": "training"},
+    "num_experts-10**7": {**_record(), "padnet_config": {"dynamic": "moe", "num_experts": 10**7}, "form": "training"},
+}
+
+
+def test_records_cannot_allocate_more_than_the_file_holds(tmp_path):
+    """Each file is a few KB; loaded under a 1.5 GB address-space limit (above what is mapped after import)
+    each is refused with ModelFileError before the model is built for real."""
+    files = {name: str(write_model_file(tmp_path / f"{name}.safetensors", record)) for name, record in BOMBS.items()}
+    script = textwrap.dedent(f"""
+        import json, resource
+        import padnet
+        status = open("/proc/self/status").read()
+        mapped = int(next(l for l in status.splitlines() if l.startswith("VmSize:")).split()[1]) * 1024
+        resource.setrlimit(resource.RLIMIT_AS, (mapped + 1536 * 2**20, resource.RLIM_INFINITY))
+        out = {{}}
+        for name, path in {files!r}.items():
+            try:
+                padnet.load(path)
+                out[name] = "loaded"
+            except padnet.ModelFileError as err:
+                out[name] = "ModelFileError: " + str(err)
+            except BaseException as err:
+                out[name] = type(err).__name__ + ": " + str(err)[:200]
+        print(json.dumps(out))
+    """)
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=child_env(),
+                          timeout=SAFETY_TIMEOUT_S)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    outcome = json.loads(proc.stdout.strip().splitlines()[-1])
+    for name in BOMBS:
+        assert outcome[name].startswith(f"ModelFileError: {files[name]}: "), (name, outcome[name])
+
+
+def _deep(n):
+    return "[" * n + "]" * n
+
+
+# Each of these raised something other than ModelFileError before issue 14 (TypeError, AttributeError,
+# KeyError, RecursionError); records the old code already refused with ModelFileError are not repeated here.
+MALFORMED = {
+    "record-not-object": "[1, 2]",
+    "record-deeply-nested": '{"format": "padnet", "format_version": 1, "arch": {"name": "x", "kwargs": {"a": '
+                            + _deep(100_000) + "}}}",
+    "arch-name-int": {"arch": {"name": 5, "kwargs": {}}},
+    "padnet-config-list": {**_record(), "padnet_config": [1]},
+    "padnet-config-converted-int": {**_record(), "padnet_config": {**PAD, "converted": 5}, "form": "training"},
+}
+
+
+@pytest.mark.parametrize("case", list(MALFORMED))
+def test_malformed_records_raise_only_model_file_error(tmp_path, case):
+    path = write_model_file(tmp_path / "m.safetensors", MALFORMED[case])
+    with pytest.raises(ModelFileError) as err:
+        padnet.load(path)
+    assert str(err.value).startswith(f"{path}: ") and len(str(err.value)) < 2500
+
+
+def test_bad_tensor_entries_in_the_header_are_model_file_errors(tmp_path):
+    path = write_model_file(tmp_path / "m.safetensors", _record())
+    data = path.read_bytes()
+    n = int.from_bytes(data[:8], "little")
+    header = data[8:8 + n]
+    assert b'"shape":[2]' in header
+    path.write_bytes(data[:8] + header.replace(b'"shape":[2]', b'"shape":"x"') + data[8 + n:])
+    with pytest.raises(ModelFileError, match=rf"{path}: corrupted safetensors header: bad entry for tensor 'w'"):
+        padnet.load(path)
+
+
+def _deflate(src, dst):
+    with zipfile.ZipFile(src) as zin, zipfile.ZipFile(dst, "w", compression=zipfile.ZIP_DEFLATED) as zout:
+        for info in zin.infolist():
+            zout.writestr(info.filename, zin.read(info.filename))
+
+
+def test_compressed_checkpoint_is_refused_before_it_expands(tmp_path):
+    plain = tmp_path / "plain.pt"
+    torch.save({"format": "padnet.train.checkpoint", "w": torch.zeros(2**22)}, plain)  # 16 MiB of zeros
+    bomb = tmp_path / "checkpoint.pt"
+    _deflate(plain, bomb)
+    assert bomb.stat().st_size < 100_000
+    with pytest.raises(ModelFileError, match=rf"{bomb}: not a loadable padnet checkpoint \(entry .* is compressed"):
+        load_checkpoint(bomb)
+
+
+def test_checkpoint_entry_larger_than_the_file_is_refused(tmp_path):
+    path = tmp_path / "checkpoint.pt"
+    torch.save({"format": "padnet.train.checkpoint", "w": torch.zeros(1000)}, path)
+    data = path.read_bytes()
+    os.truncate(path, len(data) - 3000)  # cut into the tensor data: the zip directory is gone
+    with pytest.raises(ModelFileError, match=rf"{path}: not a loadable padnet checkpoint"):
+        load_checkpoint(path)
