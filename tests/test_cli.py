@@ -208,16 +208,35 @@ def test_export_of_a_static_run_and_errors(tmp_path, capsys, monkeypatch):
     assert not [p for p in (tmp_path / "pad").glob(".*") if p.name not in (".padnet-run", ".padnet-run.lock")]
 
 
-def test_demo_trains_static_and_pad_then_exports(tmp_path, capsys):
-    # Without Fashion-MNIST at --data the demo says so and runs on scikit-learn's digits (about 20 s).
+def test_demo_trains_three_methods_exports_times_and_plots(tmp_path, capsys):
+    # Without Fashion-MNIST at --data the demo says so and runs on scikit-learn's digits (about 40 s).
     assert main(["demo", "--data", str(tmp_path / "no-fmnist"), "--out", str(tmp_path / "demo"), "--quiet"]) == 0
     captured = capsys.readouterr()
     assert "Falling back to scikit-learn's 8x8 digits" in captured.err
-    rows = [line for line in captured.out.splitlines() if line.startswith(("| static |", "| pad-0.3 |"))]
-    assert len(rows) == 2 and "| pad (taylor) | 0.300 |" in rows[1]
-    export = [line for line in captured.out.splitlines() if line.startswith("exported ")]
-    assert len(export) == 1 and ": deployed," in export[0]
-    found = re.search(r"test accuracy ([\d.]+) from the file, ([\d.]+) from the run", export[0])
-    table_accuracy = rows[1].split("|")[5].split("±")[0].strip()
-    assert found and found.group(1) == found.group(2) == table_accuracy
-    assert (tmp_path / "demo" / "pad-0.3" / "seed0" / "model.safetensors").is_file()
+    lines = captured.out.splitlines()
+    assert "| run | test accuracy (%) | deployable params | model file | inference vs static | time / epoch (s) |" in lines
+    rows = {line.split("|")[1].strip(): [c.strip() for c in line.split("|")[2:-1]]
+            for line in lines if line.startswith(("| static |", "| dy-conv |", "| pad-0.3 |"))}
+    assert list(rows) == ["static", "dy-conv", "pad-0.3"]
+    assert rows["static"][3] == "1.00x"
+    for name, cells in rows.items():
+        results = json.loads((tmp_path / "demo" / name / "seed0" / "results.json").read_text())
+        # the table's accuracy is the exported file's, which export_run checked equals the run's
+        assert cells[0] == f"{100 * results['test']['accuracy']:.2f}"
+        assert int(cells[1].replace(",", "")) == results["parameters"]["deployable"]
+        assert (tmp_path / "demo" / name / "seed0" / "model.safetensors").is_file()
+    params = {name: int(cells[1].replace(",", "")) for name, cells in rows.items()}
+    assert params["static"] < params["pad-0.3"] < params["dy-conv"]
+    assert any(line.startswith("PAD (kappa 0.3) ") and "of its parameters" in line for line in lines)
+    assert (tmp_path / "demo" / "demo.png").stat().st_size > 1000
+    assert any(line.strip().startswith("padnet export --run ") for line in lines)
+
+
+def test_demo_config_file_is_the_demo_recipe():
+    from padnet.demo import DEMO_BASE
+
+    raw = yaml.safe_load((Path(__file__).resolve().parents[1] / "configs" / "fmnist_demo.yaml").read_text())
+    for key in ("epochs", "batch_size", "threads", "eval_batch_size", "model", "optim"):
+        assert raw[key] == DEMO_BASE[key], key
+    assert raw["dynamic"]["temperature_epochs"] == DEMO_BASE["dynamic"]["temperature_epochs"]
+    assert raw["partition"]["rounds"] == DEMO_BASE["partition"]["rounds"]

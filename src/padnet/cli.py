@@ -173,66 +173,12 @@ def _recipe(cfg: dict) -> str:
     return yaml.safe_dump(keep, sort_keys=False).rstrip()
 
 
-# The recipe of configs/fmnist_demo.yaml (kept in code so an installed package needs no config file):
-# a few minutes on a 2-core CPU. One thread: the per-sample convs are many small ops.
-DEMO_BASE = {
-    "task": "image_classification",
-    "epochs": 2,
-    "batch_size": 32,
-    "threads": 1,
-    "eval_batch_size": 250,
-    "eval_every": 2,
-    "data": {"name": "fashion_mnist", "train_subset": 5000, "test_subset": 1000},
-    "model": {"name": "small_resnet", "width": 8, "layers": [1, 1, 1]},
-    "optim": {"name": "sgd", "lr": 0.05, "momentum": 0.9, "weight_decay": 5e-4},
-    "dynamic": {"num_kernels": 4, "temperature_epochs": 1},
-    "partition": {"scoring_batches": 10, "rounds": 5},
-    "tensorboard": False,
-}
-
-
 def _demo(args) -> int:
+    from .demo import run_demo
     from .train import distributed
 
     with distributed.process_group("cpu"):
-        return _demo_runs(args, distributed.is_main_process())
-
-
-def _demo_runs(args, main_process: bool) -> int:
-    from .data import find_fashion_mnist
-    from .train import Trainer, config_from_dict, export_run
-    from .train.sweep import collect_results, markdown_table, summarize
-
-    base = json.loads(json.dumps(DEMO_BASE))
-    try:
-        find_fashion_mnist(args.data)
-        base["data"]["root"] = args.data
-    except FileNotFoundError as err:
-        if main_process:
-            print(f"{err}\nFalling back to scikit-learn's 8x8 digits for the demo.", file=sys.stderr)
-        base["data"] = {"name": "digits"}
-        base["epochs"] = 5
-    runs = {"static": {"dynamic": {"mode": "static"}},
-            "pad-0.3": {"dynamic": {"mode": "pad", "dynamic_ratio": 0.3}}}
-    out = Path(args.out)
-    for name, update in runs.items():
-        raw = json.loads(json.dumps(base))
-        raw["dynamic"].update(update["dynamic"])
-        raw.update(name=name, seed=args.seed, run_dir=str(out / name / f"seed{args.seed}"), progress=not args.quiet)
-        config = config_from_dict(raw, source="padnet demo")
-        if main_process:
-            print(f"== {name}: training {config.epochs} epochs -> {config.run_dir}", file=sys.stderr, flush=True)
-        Trainer(config).train()
-    if not main_process:
-        return 0
-    rows = summarize([r for r in collect_results(out) if r["seed"] == args.seed])
-    print(markdown_table(rows))
-    # The last step of the workflow: the deployed PAD model as a file, checked against the run.
-    exported = export_run(out / "pad-0.3" / f"seed{args.seed}")
-    metric = exported["main_metric"]
-    print(f"\nexported {exported['path']}: {exported['form']}, {exported['stored_params']:,} stored parameters, "
-          f"{exported['file_bytes'] / 2**20:.1f} MB; test {metric} {100 * exported['exported'][metric]:.2f} "
-          f"from the file, {100 * exported['run'][metric]:.2f} from the run")
+        run_demo(args.out, args.seed, args.data, args.quiet, distributed.is_main_process())
     return 0
 
 
@@ -279,7 +225,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--copy-results", metavar="DIR", help="copy every results.json here (keeping the layout)")
     p.set_defaults(func=_report)
 
-    p = sub.add_parser("demo", help="a short Fashion-MNIST run: static vs PAD (kappa 0.3), prints the table")
+    p = sub.add_parser("demo", help="Fashion-MNIST in about 3 minutes: static vs DY-Conv vs PAD (kappa 0.3), "
+                                    "exported, timed, tabled and plotted")
     p.add_argument("--data", help="Fashion-MNIST directory (default: auto-detect)")
     p.add_argument("--out", default="runs/demo", help="run directory root (default: runs/demo)")
     p.add_argument("--seed", type=int, default=0)

@@ -192,8 +192,12 @@ def resolve_device(name: str) -> torch.device:
 
 # --------------------------------------------------------------------------------------- trainer
 class Trainer:
-    def __init__(self, config: RunConfig, run_dir: str | Path | None = None):
+    def __init__(self, config: RunConfig, run_dir: str | Path | None = None, bar=None):
+        """``bar``: a tqdm-like bar (``reset``, ``update``, ``set_postfix_str``) that shows the whole run
+        as one bar, in place of a bar per epoch and the log lines on the console (``train.log`` keeps
+        them); the demo uses it."""
         self.config = config
+        self.bar = bar
         self.run_dir = Path(run_dir or config.run_dir)
         self.writer = RunWriter(self.run_dir)
         self.logger = logging.getLogger(f"padnet.run.{id(self)}")
@@ -232,14 +236,19 @@ class Trainer:
             file_handler = logging.StreamHandler(open_append_nofollow(self.run_dir / "train.log"))
             file_handler.setFormatter(fmt)
             self.logger.addHandler(file_handler)
-            console = logging.StreamHandler(sys.stderr)
-            console.setFormatter(logging.Formatter("%(message)s"))
-            self.logger.addHandler(console)
+            if self.bar is None:
+                console = logging.StreamHandler(sys.stderr)
+                console.setFormatter(logging.Formatter("%(message)s"))
+                self.logger.addHandler(console)
 
     def _close_log(self) -> None:
         for handler in list(self.logger.handlers):
             handler.close()
             self.logger.removeHandler(handler)
+
+    def _bar_note(self, text: str) -> None:
+        if self.bar is not None and is_main_process():
+            self.bar.set_postfix_str(text)
 
     def _check_run_dir(self) -> None:
         saved = self.run_dir / "config.yaml"
@@ -443,6 +452,7 @@ class Trainer:
                 # Every rank built the model from the same seed; make sure, whatever the task does.
                 distributed.broadcast_module(model)
             if config.dynamic.mode == "pad":
+                self._bar_note("partition")
                 partition_info = self._partition(model, parts, device, tau, steps_per_epoch)
         if world > 1:
             log.info(f"distributed: {world} processes ({distributed.backend_for(device)}), batch_size "
@@ -466,12 +476,17 @@ class Trainer:
 
         tb = self._tensorboard(global_step)
         eval_loader = _OnDevice(self.eval_loader(parts), device)
+        if self.bar is not None and is_main_process():
+            self.bar.reset(total=config.epochs * steps_per_epoch)
+            self.bar.update(global_step)
         last_eval = {k[5:]: v for k, v in history[-1].items() if k.startswith("eval_")} if history else {}
         try:
             for epoch in range(start_epoch, config.epochs):
                 model.train()
                 loader = self.train_loader(parts, epoch)
-                bar = _progress(loader, config.progress and is_main_process(), f"epoch {epoch + 1}/{config.epochs}")
+                bar = _progress(loader, config.progress and self.bar is None and is_main_process(),
+                                f"epoch {epoch + 1}/{config.epochs}")
+                self._bar_note(f"epoch {epoch + 1}/{config.epochs}")
                 loss_sum, steps, started = 0.0, 0, time.perf_counter()
                 for batch in bar:
                     batch = to_device(batch, device)
@@ -502,6 +517,8 @@ class Trainer:
                     loss_sum += float(step_loss)
                     if hasattr(bar, "set_postfix"):
                         bar.set_postfix(loss=f"{loss_sum / steps:.4f}", refresh=False)
+                    if self.bar is not None and is_main_process():
+                        self.bar.update(1)
                     if global_step % config.log_every == 0:
                         # tau only where a softmax DY-Conv uses it (not for MoE or static models).
                         log.info(f"epoch {epoch + 1} step {global_step} loss {loss_sum / steps:.4f} "
@@ -524,6 +541,8 @@ class Trainer:
                     last_eval = distributed.broadcast_object(self._evaluate(_unwrap(model), parts, eval_loader))
                     row.update({f"eval_{k}": v for k, v in last_eval.items()})
                 history.append(row)
+                self._bar_note(f"epoch {epoch + 1}/{config.epochs} loss {row['train_loss']:.3f}"
+                               + "".join(f" {k[5:]} {v:.3f}" for k, v in row.items() if k in ("eval_accuracy", "eval_score")))
                 log.info("epoch {epoch} done in {epoch_time_s:.1f}s: train_loss {train_loss:.4f}".format(**row)
                          + "".join(f", {k} {v:.4f}" for k, v in row.items() if k.startswith("eval_") and isinstance(v, float)))
                 if tb is not None:
