@@ -29,7 +29,10 @@ class ExpertSlots:
         experts = routing.top_indices.reshape(-1)
         order = torch.argsort(experts, stable=True)
         inverse = torch.empty_like(order).scatter_(0, order, torch.arange(order.numel(), device=order.device))
-        counts = torch.bincount(experts, minlength=num_experts).tolist()
+        # scatter_add, not bincount: bincount's output size depends on the data, which torch.compile
+        # cannot trace; the one graph break left is turning the counts into Python ints for the slices.
+        counts = torch.zeros(num_experts, dtype=torch.long, device=experts.device)
+        counts = counts.scatter_add_(0, experts, torch.ones_like(experts)).tolist()
         return cls(order // routing.top_indices.shape[1], inverse, counts)
 
 
