@@ -38,3 +38,16 @@ def test_set_temperature_changes_softmax_layers_only():
     assert hot.max() < cold.max()  # higher temperature flattens the attention
     with pytest.raises(ValueError, match="tau=0"):
         padnet.set_temperature(model, 0)
+
+
+def test_set_temperature_reaches_deployed_convs():
+    from padnet.layers import DeployedPADConv2d
+
+    pad = PADConv2d(4, 4, 3, padding=1)
+    deployed = DeployedPADConv2d.from_pad(pad.eval())
+    model = torch.nn.Sequential(deployed)
+    assert padnet.set_temperature(model, 7.0) == 1
+    assert deployed.temperature == 7.0
+    x = torch.randn(2, 4, 5, 5)
+    pad.temperature = 7.0
+    torch.testing.assert_close(deployed(x), pad(x), atol=1e-5, rtol=0)

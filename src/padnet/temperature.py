@@ -6,11 +6,12 @@ from dataclasses import dataclass
 
 from torch import nn
 
-from .layers import DynamicConv2d
+from .layers.dynamic_conv import DynamicConvCompute
 
 
 def set_temperature(model: nn.Module, tau: float) -> int:
-    """Set the softmax temperature of every softmax-routed dynamic conv in ``model``.
+    """Set the softmax temperature of every softmax-routed dynamic conv in ``model``: DY-Conv, PAD and
+    deployed PAD layers alike (every form that computes with ``DynamicConvCompute``).
 
     CondConv layers (sigmoid routing) have no temperature and are left as they are. Returns the
     number of layers set.
@@ -19,7 +20,7 @@ def set_temperature(model: nn.Module, tau: float) -> int:
         raise ValueError(f"temperature tau={tau!r} must be > 0")
     count = 0
     for module in model.modules():
-        if isinstance(module, DynamicConv2d) and module.routing == "softmax":
+        if isinstance(module, DynamicConvCompute) and module.routing == "softmax":
             module.temperature = float(tau)
             count += 1
     return count
