@@ -795,12 +795,23 @@ def _rebuild_run(run_dir, checkpoint, overrides) -> RebuiltRun:
     model = make_dynamic(parts.model, config)
     _restore_checked(checkpoint, model, state)
     model.to(device)
-    tau = TemperatureSchedule(config.dynamic.temperature_start, config.dynamic.temperature_end,
-                              config.dynamic.temperature_epochs)
-    steps_per_epoch = max(1, len(parts.train_dataset) // config.batch_size)
-    set_temperature(model, tau.at_step(int(state["global_step"]), steps_per_epoch))
+    set_temperature(model, _run_temperature(config, state, len(parts.train_dataset)))
     trainer = Trainer(config, run_dir or checkpoint.parent)
     return RebuiltRun(checkpoint, state, config, parts, model, _OnDevice(trainer.eval_loader(parts), device), trainer)
+
+
+def _run_temperature(config: RunConfig, state: dict, train_examples: int) -> float:
+    """The attention temperature the run evaluated with at its checkpoint: the one its last epoch
+    recorded; for older checkpoints, recomputed from the schedule with the run's steps per epoch,
+    which a run of several processes divides by their number."""
+    history = state.get("history") or []
+    if history and isinstance(history[-1].get("temperature"), (int, float)):
+        return float(history[-1]["temperature"])
+    world = max(1, int(state.get("world_size", 1)))
+    steps_per_epoch = max(1, train_examples // world // config.batch_size)
+    tau = TemperatureSchedule(config.dynamic.temperature_start, config.dynamic.temperature_end,
+                              config.dynamic.temperature_epochs)
+    return tau.at_step(int(state["global_step"]), steps_per_epoch)
 
 
 def _check_export_out(out) -> None:
