@@ -1,7 +1,6 @@
 """End to end from the CLI: train (static and PAD) with interruption and resume, eval, sweep, report."""
 
 import json
-import re
 from pathlib import Path
 
 import pytest

@@ -22,7 +22,7 @@ What counts (SPEC section 6):
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 
 import torch
 from torch import nn
@@ -82,13 +82,6 @@ class ModelCost:
     @property
     def macs(self) -> int:
         return self.conv_macs + self.aggregation_macs
-
-    def as_dict(self) -> dict:
-        return {
-            "params": self.params, "bytes": self.bytes, "conv_macs": self.conv_macs,
-            "aggregation_macs": self.aggregation_macs, "batch_size": self.batch_size,
-            "layers": [asdict(layer) for layer in self.layers],
-        }
 
     def table(self, only_dynamic: bool = False) -> str:
         rows = ["| layer | kind | kappa | params | bytes | conv/matmul MACs | aggregation MACs |", "|---|---|---|---|---|---|---|"]
@@ -219,8 +212,3 @@ def cost(model: nn.Module, example_input: torch.Tensor | None = None) -> ModelCo
         layer.aggregation_macs += agg // batch
     result.batch_size = batch
     return result
-
-
-def stored_parameters(model: nn.Module) -> int:
-    """Parameter elements the model stores (SPEC section 6's count)."""
-    return cost(model).params

@@ -35,7 +35,3 @@ def deploy(model: nn.Module) -> nn.Module:
         cls = DeployedPADConv2d if isinstance(layer, PADConv2d) else DeployedPADMoELinear
         setattr(parent, child, cls.from_pad(layer))
     return model.eval()
-
-
-def is_deployed(model: nn.Module) -> bool:
-    return any(isinstance(m, DEPLOYED_LAYERS) for m in model.modules())

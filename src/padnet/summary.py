@@ -18,7 +18,7 @@ from torch import nn
 
 from .convert import dynamic_layers
 from .cost import cost, stored_numel
-from .layers import DynamicConv2d, PartiallyDynamic
+from .layers import PartiallyDynamic
 from .layers.deployed_base import DeployedPartiallyDynamic
 
 

@@ -21,7 +21,7 @@ trained on one source evaluates correctly on the other.
 from __future__ import annotations
 
 import random
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -253,7 +253,6 @@ class TokenizedGlue(torch.utils.data.Dataset):
     pad_token_id: int = 0
     is_regression: bool = False
     task: str = ""
-    extra: dict = field(default_factory=dict)
 
     def __len__(self) -> int:
         return len(self.features)
