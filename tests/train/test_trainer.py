@@ -1,5 +1,6 @@
 """Trainer behaviour through the task registry: non-finite loss, atomic files, plug-in tasks."""
 
+import json
 import math
 
 import pytest
@@ -172,3 +173,17 @@ def test_eval_and_export_use_the_temperature_the_run_ended_with(tmp_path):
     older = {"history": [{"epoch": 1}], "world_size": 2, "global_step": 1}
     assert _run_temperature(config, older, 32) == pytest.approx(30 - 29 * 1 / 10)
     assert _run_temperature(config, {**older, "world_size": 1}, 32) == pytest.approx(30 - 29 * 1 / 20)
+
+
+def test_summary_is_written_again_with_the_trained_scale_factors(tmp_path):
+    raw = {**BASE, "task": "tiny_dynamic", "run_dir": str(tmp_path / "run"), "epochs": 2,
+           "dynamic": {"mode": "pad", "dynamic_ratio": 0.5, "temperature_epochs": 1},
+           "partition": {"scoring_batches": 1, "rounds": 1}}
+    Trainer(config_from_dict(raw)).train()
+    state = load_checkpoint(tmp_path / "run" / "checkpoint.pt")
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    phis = {k[: -len(".phi")]: float(v) for k, v in state["model"].items() if k.endswith(".phi")}
+    assert phis and any(abs(p) > 1e-6 for p in phis.values())  # trained away from 0
+    for layer in summary["layers"]:
+        expected = 2 * torch.sigmoid(torch.tensor(phis[layer["name"]]))
+        assert layer["lambda_d"] == pytest.approx(float(expected), abs=1e-6)

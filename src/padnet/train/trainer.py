@@ -571,6 +571,7 @@ class Trainer:
             if tb is not None:
                 tb.close()
 
+        self._write_summary(model)  # again: the trained scale factors (phi), not those after the partition
         results = self._results(model, parts, history, last_eval, partition_info)
         if world > 1:
             results["distributed"] = {
