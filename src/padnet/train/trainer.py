@@ -772,7 +772,10 @@ def _rebuild_run(run_dir, checkpoint, overrides) -> RebuiltRun:
     config = config_from_dict(state["config"], overrides, source=str(checkpoint))
     seed_everything(config.seed)
     device = resolve_device(config.device)
-    parts = get_task(config.task).builder(config)
+    from ..models.hf import local_files_only
+
+    with local_files_only(checkpoint):  # a hub model the checkpoint names comes from the local cache or not at all
+        parts = get_task(config.task).builder(config)
     model = make_dynamic(parts.model, config)
     _restore_checked(checkpoint, model, state)
     model.to(device)
