@@ -365,6 +365,7 @@ class Trainer:
                 self._check_run_dir()
                 return json.loads(results_path.read_text())
             self._check_run_dir()
+            self._check_tensorboard_dir()
             self._resume_state = self._check_checkpoint()
             # Everything that can be checked before the run directory is written is checked here: a
             # refused config leaves no config.yaml behind, so the corrected command is not "a different run".
@@ -667,6 +668,23 @@ class Trainer:
             )
         return metrics
 
+    def _check_tensorboard_dir(self) -> None:
+        """``<run_dir>/tensorboard`` is a real directory holding no symbolic link: TensorBoard's writer
+        opens its event files by name, following links, so a link there (the directory or an event file)
+        would make it write elsewhere. Refused with ``RunError`` naming the link."""
+        if not (self.config.tensorboard and is_main_process()):
+            return
+        from .io import refuse_links
+
+        tb_dir = self.run_dir / "tensorboard"
+        refuse_links(tb_dir, self.run_dir)
+        if tb_dir.exists() and not tb_dir.is_dir():
+            raise RunError(f"{tb_dir} exists and is not a directory; padnet writes TensorBoard event files there "
+                           "(remove it, or set tensorboard: false)")
+        if tb_dir.is_dir():
+            for entry in tb_dir.iterdir():
+                refuse_links(entry)
+
     def _tensorboard(self, global_step: int):
         if not (self.config.tensorboard and is_main_process()):
             return None
@@ -675,6 +693,7 @@ class Trainer:
         except ImportError:
             self.logger.info("tensorboard is not installed; skipping TensorBoard logging")
             return None
+        self._check_tensorboard_dir()  # again, just before the writer opens its file
         return SummaryWriter(str(self.run_dir / "tensorboard"), purge_step=global_step or None)
 
     def _write_summary(self, model) -> None:
