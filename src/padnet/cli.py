@@ -113,7 +113,7 @@ def _sweep_runs(args, configs, print) -> int:  # noqa: A002 - print: rank 0's pr
 
 
 def _report(args) -> int:
-    from .train.io import atomic_write_bytes
+    from .train.io import atomic_write_bytes, refuse_links
     from .train.sweep import collect_results, markdown_table, plot, summarize
 
     _one_process_only("report")
@@ -130,7 +130,9 @@ def _report(args) -> int:
     if args.out:
         out = Path(args.out)
         plot_path = Path(args.plot) if args.plot else out.with_suffix(".png")
-        plot(rows, plot_path)
+        refuse_links(out, out)  # both checked before either is written, then again before each rename
+        refuse_links(plot_path, plot_path)
+        plot(rows, plot_path, no_links_under=plot_path)
         first = results[0]
         cfg = first.get("config", {})
         text = [
@@ -150,12 +152,15 @@ def _report(args) -> int:
         text += [f"- {r['name']}: " + ", ".join(f"seed {s}: {v:.4f}" for s, v in zip(r["seeds"], r["values"])) for r in rows]
         if cfg:
             text += ["", "Shared recipe (from the first run's config):", "", "```yaml", _recipe(cfg), "```", ""]
-        atomic_write_bytes(out, "\n".join(text).encode())
+        atomic_write_bytes(out, "\n".join(text).encode(), no_links_under=out)
         print(f"wrote {out} and {plot_path}", file=sys.stderr)
     if args.copy_results:
         dest = Path(args.copy_results)
-        for path in sorted(root.rglob("results.json")):
-            atomic_write_bytes(dest / path.parent.relative_to(root) / "results.json", path.read_bytes())
+        copies = [(dest / path.parent.relative_to(root) / "results.json", path) for path in sorted(root.rglob("results.json"))]
+        for target, _ in copies:  # every link refused before any file is written
+            refuse_links(target, dest)
+        for target, path in copies:
+            atomic_write_bytes(target, path.read_bytes(), no_links_under=dest)
         print(f"copied {len(results)} results.json files to {dest}", file=sys.stderr)
     return 0
 

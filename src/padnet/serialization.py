@@ -235,7 +235,10 @@ SIZE_LIMITS = {
     "num_experts": 1024, "top_k": 1024, "reduction": 4096, "num_hidden_layers": 256, "num_attention_heads": 1024,
     "hidden_size": 65_536, "intermediate_size": 262_144, "vocab_size": 1_048_576, "max_position_embeddings": 1_048_576,
 }
-MAX_STAGES, MAX_BLOCKS = 8, 64  # padnet.small_resnet's layers: [blocks per stage]
+MAX_STAGES, MAX_BLOCKS = 8, 64
+# Bytes per element of each safetensors dtype.
+DTYPE_BYTES = {"BOOL": 1, "U8": 1, "I8": 1, "F8_E5M2": 1, "F8_E4M3": 1, "I16": 2, "U16": 2, "F16": 2, "BF16": 2,
+               "I32": 4, "U32": 4, "F32": 4, "I64": 8, "U64": 8, "F64": 8}  # padnet.small_resnet's layers: [blocks per stage]
 
 
 def _cut(text, limit: int = 300) -> str:
@@ -298,6 +301,13 @@ def _read_header(path: Path) -> tuple[dict, dict[str, tuple[int, ...]]]:
         if not (isinstance(info, dict) and isinstance(info.get("dtype"), str) and _ints(shape) and len(shape) <= MAX_TENSOR_DIMS
                 and _ints(offsets) and len(offsets) == 2 and offsets[0] <= offsets[1]):
             raise ModelFileError(path, f"corrupted safetensors header: bad entry for tensor {_cut(repr(name), 80)}")
+        itemsize = DTYPE_BYTES.get(info["dtype"])
+        if itemsize is None or math.prod(shape) * itemsize != offsets[1] - offsets[0]:
+            # The shape must be what the bytes hold: a model checked against these shapes then cannot
+            # ask for more memory than the file's own data.
+            raise ModelFileError(path, f"corrupted safetensors header: tensor {_cut(repr(name), 80)} has dtype "
+                                       f"{_cut(repr(info['dtype']), 20)} and shape {_cut(shape, 80)} but "
+                                       f"{offsets[1] - offsets[0]:,} bytes of data")
         shapes[name] = tuple(shape)
         ends.append(offsets[1])
     # Truncation: the data must reach as far as the furthest tensor's end offset.
@@ -388,10 +398,14 @@ def load(path, model_factory: Callable[[], nn.Module] | None = None, map_locatio
 
     Loading runs no code named by the file and fetches nothing: the record names a builder from the
     allow-list (``register_arch``: torchvision and padnet builders, with every weights argument forced
-    off; Hugging Face models rebuilt with ``from_config`` from the config stored in the file), every
-    size in the record is bounded, and the model is first built on the ``meta`` device (no memory) and
-    its size (for a plain model every shape) checked against the file's tensors before it is built for
-    real. Any malformed file raises ``ModelFileError`` naming the file.
+    off; Hugging Face models rebuilt with ``from_config`` from the config stored in the file), and every
+    size in the record is bounded. The model is built on the ``meta`` device (no memory), converted,
+    compacted and deployed there as the record says (PAD layers take their masks' sizes from the
+    file), and every tensor's name, shape and kind is checked against the file's header; only then are
+    the file's tensors read and put in place with ``load_state_dict(assign=True)``, so nothing is
+    allocated beyond the file's own tensors (and the buffers the layers derive from them). Models whose
+    values are not all in the file (Hugging Face models: ``position_ids``) are checked the same way on
+    meta, then built for real. Any malformed file raises ``ModelFileError`` naming the file.
     """
     path = Path(path)
     record, shapes = _read_header(path)
@@ -408,85 +422,101 @@ def load(path, model_factory: Callable[[], nn.Module] | None = None, map_locatio
         raise ModelFileError(path, f"cannot rebuild the model it describes ({type(exc).__name__}: {_cut(exc)})") from None
 
 
-def _probe(path: Path, arch: dict, record: dict, shapes: dict) -> None:
-    """Build ``arch`` on the meta device (no memory) and check it against the file's tensors: every
-    shape for a plain model, the total size otherwise, so a record cannot allocate more than the file holds."""
+def _build(path: Path, arch: dict, meta: bool) -> nn.Module | None:
+    """The base model ``arch`` describes, on the meta device if ``meta``; None when a user-registered
+    builder cannot run on meta (trusted code; the model is then checked after a real build)."""
     name, kwargs = arch["name"], arch.get("kwargs", {})
     try:
         builder = resolve_arch(name)
-        with torch.device("meta"):
-            probe = builder(**kwargs)
+        if meta:
+            with torch.device("meta"):
+                model = builder(**kwargs)
+        else:
+            model = builder(**kwargs)
     except (ValueError, TypeError, KeyError) as exc:
         raise ModelFileError(path, f"cannot rebuild architecture {_cut(repr(arch), 200)}: {_cut(exc)}") from None
     except (NotImplementedError, RuntimeError) as exc:
-        if name in _ARCHS and not name.startswith(("torchvision.", "padnet.", "transformers.")):
-            return  # a user-registered builder that cannot run on meta: trusted code, sizes bounded above
+        if meta and name in _ARCHS and not name.startswith(("torchvision.", "padnet.", "transformers.")):
+            return None
         raise ModelFileError(path, f"cannot rebuild architecture {name!r}: {_cut(exc)}") from None
-    if not isinstance(probe, nn.Module):
+    if not isinstance(model, nn.Module):
         raise ModelFileError(path, f"arch {name!r} did not build an nn.Module")
-    state = probe.state_dict()
-    need = sum(t.numel() for t in state.values())
-    have = sum(math.prod(s) for s in shapes.values())
-    if record.get("padnet_config") is None:
-        wrong = [f"{k}: {tuple(t.shape)} vs {shapes.get(k)}" for k, t in state.items() if shapes.get(k) != tuple(t.shape)]
-        extra = sorted(set(shapes) - set(state))
-        if wrong or extra:
-            raise ModelFileError(path, f"the weights do not match {name}: " + "; ".join(
-                wrong[:5] + ([f"unexpected {', '.join(extra[:5])}"] if extra else [])))
-    elif need > 2 * have + 1_000_000:
-        raise ModelFileError(path, f"arch {name!r} with these arguments has {need:,} values, but the file holds "
-                                   f"{have:,}: the record does not describe these weights")
+    if getattr(model, "padnet_arch", None) is None:
+        model.padnet_arch = arch
+    return model
+
+
+class _FileTensors:
+    """The file's tensors, read one at a time (masks and index lists, before the model is checked) or
+    all at once (once it is)."""
+
+    def __init__(self, path: Path, map_location):
+        self.path, self.map_location = path, map_location
+
+    def get(self, name: str, shapes: dict) -> torch.Tensor | None:
+        if name not in shapes:
+            return None
+        from safetensors import SafetensorError, safe_open
+
+        try:
+            with safe_open(str(self.path), framework="pt", device="cpu") as f:
+                return f.get_tensor(name)
+        except (SafetensorError, OSError, RuntimeError) as exc:
+            raise ModelFileError(self.path, f"corrupted tensor data ({_cut(exc)})") from None
+
+    def all(self) -> dict[str, torch.Tensor]:
+        from safetensors import SafetensorError, safe_open
+
+        device = torch.device(self.map_location)
+        out = {}
+        try:
+            with safe_open(str(self.path), framework="pt", device="cpu") as f:
+                for name in f.keys():
+                    tensor = f.get_tensor(name)
+                    if device.type == "cpu" and tensor.data_ptr() % 64:
+                        # Tensors read from a file sit at any offset; CPU kernels (oneDNN convolutions)
+                        # take other code paths on unaligned data and round differently. A parameter
+                        # allocated by torch is 64-byte aligned: so is each tensor put in place here.
+                        tensor = tensor.clone()
+                    out[name] = tensor.to(device)
+        except (SafetensorError, OSError, RuntimeError) as exc:
+            raise ModelFileError(self.path, f"corrupted tensor data ({_cut(exc)})") from None
+        return out
 
 
 def _load(path: Path, record: dict, shapes: dict, model: nn.Module | None, map_location) -> nn.Module:
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
-
-    from .convert import convert, pad_layers
-    from .deploy import deploy
-
     arch = record.get("arch")
+    file = _FileTensors(path, map_location)
     if model is None:
         if arch is None:
             raise ModelFileError(path, "the file records no architecture; pass load(path, model_factory=...)")
-        _probe(path, arch, record, shapes)
-        try:
-            model = build_arch(arch["name"], **arch.get("kwargs", {}))
-        except (ValueError, TypeError) as exc:
-            raise ModelFileError(path, f"cannot rebuild architecture {_cut(repr(arch), 200)}: {_cut(exc)}") from None
-    try:
-        tensors = load_file(str(path), device=str(map_location))
-    except (SafetensorError, OSError, RuntimeError) as exc:
-        raise ModelFileError(path, f"corrupted tensor data ({_cut(exc)})") from None
-    if arch is not None and getattr(model, "padnet_arch", None) is None:
-        model.padnet_arch = arch
-    what = arch["name"] if arch else "the model from model_factory"
-
-    config = record.get("padnet_config")
-    if config is not None:
-        kwargs = {k: v for k, v in config.items() if k != "converted"}
-        try:
-            convert(model, **kwargs)
-        except (ValueError, TypeError) as exc:
-            raise ModelFileError(path, f"cannot re-apply padnet.convert to {what}: {_cut(exc)}") from None
-        if model.padnet_config["converted"] != config.get("converted"):
-            converted = config.get("converted")
-            raise ModelFileError(
-                path, f"the file is for another architecture: it converted "
-                f"{len(converted) if isinstance(converted, list) else converted!r} layers, {what} converts "
-                f"{len(model.padnet_config['converted'])}"
-            )
-        _restore_masks(path, model, tensors, pad_layers(model))
-        for name, layer in pad_layers(model):
-            if name in record.get("compacted", []) or record.get("form") == "deployed":
-                layer.compact()
-        for name, tau in record.get("temperatures", {}).items():
-            try:
-                model.get_submodule(name).temperature = tau
-            except AttributeError:
-                raise ModelFileError(path, f"temperatures: {what} has no layer {_cut(repr(name), 80)}") from None
-        if record.get("form") == "deployed":
-            deploy(model)
+        what = arch["name"]
+        meta = _build(path, arch, meta=True)
+        if meta is not None:
+            _replay(path, record, shapes, file, meta, what, on_meta=True)
+            kinds = _check_shapes(path, meta, shapes, what)
+            # Hugging Face models (and any other whose non-persistent buffers hold values, e.g.
+            # position_ids) cannot be materialised from the file alone: built on meta those buffers would
+            # have no values. They were checked on meta above; they are built for real below.
+            if not _underived_buffers(meta):
+                tensors = _match_kinds(path, file.all(), kinds)
+                _materialise_derived(meta, map_location)
+                try:
+                    meta.load_state_dict(tensors, strict=True, assign=True)
+                except RuntimeError as exc:
+                    problem = str(exc).replace("\n", " ")
+                    raise ModelFileError(path, f"the weights do not match {what}: {problem[:1500]}") from None
+                if not _meta_tensors(meta):
+                    return meta
+                # A tensor the file does not hold and no layer derives: build for real instead.
+        model = _build(path, arch, meta=False)
+    else:
+        what = "the model from model_factory"
+        if arch is not None and getattr(model, "padnet_arch", None) is None:
+            model.padnet_arch = arch
+    _replay(path, record, shapes, file, model, what, on_meta=False)
+    _check_shapes(path, model, shapes, what)
+    tensors = file.all()
     try:
         model.load_state_dict(tensors, strict=True)
     except RuntimeError as exc:
@@ -495,17 +525,178 @@ def _load(path: Path, record: dict, shapes: dict, model: nn.Module | None, map_l
     return model
 
 
-def _restore_masks(path: Path, model: nn.Module, tensors: dict, layers) -> None:
-    for name, layer in layers:
-        mask = tensors.get(f"{name}.mask")
-        index = tensors.get(f"{name}.dynamic_index")
+def _replay(path: Path, record: dict, shapes: dict, file: _FileTensors, model: nn.Module, what: str,
+            on_meta: bool) -> None:
+    """Re-apply ``padnet.convert``, the masks, compaction, temperatures and ``deploy`` as the record says;
+    on the meta device when ``on_meta`` (PAD layers then take their index lists from the file)."""
+    import contextlib
+
+    from .convert import convert, pad_layers
+
+    config = record.get("padnet_config")
+    if config is None:
+        return
+    device = torch.device("meta") if on_meta else contextlib.nullcontext()
+    kwargs = {k: v for k, v in config.items() if k != "converted"}
+    try:
+        with device:
+            convert(model, **kwargs)
+    except (ValueError, TypeError) as exc:
+        raise ModelFileError(path, f"cannot re-apply padnet.convert to {what}: {_cut(exc)}") from None
+    if model.padnet_config["converted"] != config.get("converted"):
+        converted = config.get("converted")
+        raise ModelFileError(
+            path, f"the file is for another architecture: it converted "
+            f"{len(converted) if isinstance(converted, list) else converted!r} layers, {what} converts "
+            f"{len(model.padnet_config['converted'])}"
+        )
+    layers = pad_layers(model)
+    _restore_masks(path, layers, shapes, file)
+    with device:
+        for name, layer in layers:
+            if name in record.get("compacted", []) or record.get("form") == "deployed":
+                layer.compact()
+    for name, tau in record.get("temperatures", {}).items():
         try:
+            model.get_submodule(name).temperature = tau
+        except AttributeError:
+            raise ModelFileError(path, f"temperatures: {what} has no layer {_cut(repr(name), 80)}") from None
+    if record.get("form") == "deployed":
+        from .deploy import deploy
+
+        if on_meta:
+            for _, layer in layers:  # from_pad reads the static positions: on meta, only their count is known
+                layer.__class__ = _meta_static_index_class(type(layer))
+        with device:
+            deploy(model)
+
+
+_META_CLASSES: dict[type, type] = {}
+
+
+def _meta_static_index_class(cls: type) -> type:
+    """``cls`` whose ``static_index`` is a meta tensor of the right length: ``deploy`` can then run on a
+    meta model (the positions themselves come from the file's index list when it is loaded)."""
+    if cls not in _META_CLASSES:
+        def static_index(self):
+            return torch.empty(self.kernel_numel - self.num_dynamic, dtype=torch.long, device="meta")
+
+        _META_CLASSES[cls] = type(cls.__name__, (cls,), {"static_index": property(static_index),
+                                                        "__module__": cls.__module__})
+    return _META_CLASSES[cls]
+
+
+def _restore_masks(path: Path, layers, shapes: dict, file: _FileTensors) -> None:
+    """Each PAD layer's mask from the file (``<layer>.mask``, or a deployed file's ``dynamic_index``).
+    A meta layer keeps its meta mask (its values come with the state dict) and gets the real index list,
+    which is all compaction and deployment need to know."""
+    for name, layer in layers:
+        try:
+            mask = file.get(f"{name}.mask", shapes)
+            index = file.get(f"{name}.dynamic_index", shapes) if mask is None else None
             if mask is None and index is not None:
-                flat = torch.zeros(layer.kernel_numel, dtype=torch.bool)
+                if index.dim() != 1 or index.dtype not in (torch.int32, torch.int64):
+                    raise ValueError(f"dynamic_index must be a 1-D integer tensor; got {index.dtype} {tuple(index.shape)}")
+                flat = torch.zeros(layer.kernel_numel, dtype=torch.bool, device="cpu")
                 flat[index.long()] = True
                 mask = flat.reshape(layer.kernel_shape)
             if mask is None:
                 raise ValueError("neither a mask nor a dynamic_index is stored")
-            layer.set_mask(mask.to(layer.mask.device))
+            if layer.mask.is_meta:
+                if mask.dtype != torch.bool or tuple(mask.shape) != layer.kernel_shape:
+                    raise ValueError(f"mask must be a torch.bool tensor of the kernel shape {layer.kernel_shape}; "
+                                     f"got {mask.dtype} {tuple(mask.shape)}")
+                layer.dynamic_index = mask.reshape(-1).nonzero().squeeze(1)
+            else:
+                layer.set_mask(mask.to(layer.mask.device))
         except (ValueError, IndexError, RuntimeError) as exc:
-            raise ModelFileError(path, f"layer {name}: bad mask: {exc}") from None
+            raise ModelFileError(path, f"layer {name}: bad mask: {_cut(exc)}") from None
+
+
+def _expected_tensors(model: nn.Module) -> dict[str, torch.Tensor]:
+    """What ``model.state_dict()`` would hold (names -> tensors, meta or not), without running state-dict
+    hooks (a deployed layer's hook computes its static values, which needs data)."""
+    from .layers.deployed_base import DeployedPartiallyDynamic
+
+    out = {}
+    for module_name, module in model.named_modules(remove_duplicate=False):
+        prefix = f"{module_name}." if module_name else ""
+        for name, param in module._parameters.items():
+            if param is not None:
+                out[prefix + name] = param
+        for name, buf in module._buffers.items():
+            if buf is not None and name not in module._non_persistent_buffers_set:
+                out[prefix + name] = buf
+        if isinstance(module, DeployedPartiallyDynamic):
+            out[prefix + "static_values"] = torch.empty(module.kernel_numel - module.num_dynamic, device="meta")
+            if prefix + "dynamic_index" in out:
+                out[prefix + "dynamic_index"] = torch.empty(module.num_dynamic, dtype=torch.int32, device="meta")
+    return out
+
+
+def _kind(dtype: torch.dtype) -> str:
+    return "bool" if dtype == torch.bool else "float" if (dtype.is_floating_point or dtype.is_complex) else "integer"
+
+
+def _check_shapes(path: Path, model: nn.Module, shapes: dict, what: str) -> dict[str, torch.dtype]:
+    """Every tensor the model holds has the file's shape, and the file holds no other; returns the
+    model's dtype for each name."""
+    expected = _expected_tensors(model)
+    wrong = [f"{k}: {what} has {tuple(t.shape)}, the file {shapes[k]}" for k, t in expected.items()
+             if k in shapes and tuple(t.shape) != shapes[k]]
+    missing = sorted(set(expected) - set(shapes))
+    extra = sorted(set(shapes) - set(expected))
+    if wrong or missing or extra:
+        parts = wrong[:5] + ([f"missing {', '.join(missing[:5])}"] if missing else []) + (
+            [f"unexpected {', '.join(extra[:5])}"] if extra else [])
+        raise ModelFileError(path, f"the weights do not match {what}: " + _cut("; ".join(parts), 1500))
+    return {k: t.dtype for k, t in expected.items()}
+
+
+def _match_kinds(path: Path, tensors: dict, dtypes: dict) -> dict:
+    """The file's tensors in the model's dtypes (a float stays a float: a float64 file loads as the
+    model's float32, as ``load_state_dict`` without ``assign`` would copy it); a bool mask stored as
+    floats, or weights stored as integers, are refused."""
+    for name, tensor in tensors.items():
+        want = dtypes[name]
+        if _kind(tensor.dtype) != _kind(want):
+            raise ModelFileError(path, f"tensor {name} is stored as {tensor.dtype}; the model holds {want} there")
+        if tensor.dtype != want and _kind(want) == "float":
+            tensors[name] = tensor.to(want)
+    return tensors
+
+
+# Non-persistent buffers that padnet's layers derive from their state when it is loaded.
+_DERIVED_BUFFERS = {"dynamic_index", "static_keep", "static_kernel"}
+
+
+def _underived_buffers(model: nn.Module) -> list[str]:
+    from .layers.deployed_base import DeployedPartiallyDynamic
+    from .layers.pad_base import PartiallyDynamic
+
+    out = []
+    for module_name, module in model.named_modules():
+        derived = _DERIVED_BUFFERS if isinstance(module, (PartiallyDynamic, DeployedPartiallyDynamic)) else set()
+        out += [f"{module_name}.{n}" for n in module._non_persistent_buffers_set
+                if module._buffers.get(n) is not None and n not in derived]
+    return out
+
+
+def _materialise_derived(model: nn.Module, map_location) -> None:
+    """Give a meta model's deployed layers a real (zero) dense static kernel: loading scatters the file's
+    static values into it."""
+    from .layers.deployed_base import DeployedPartiallyDynamic
+
+    for module in model.modules():
+        if isinstance(module, DeployedPartiallyDynamic) and module.static_kernel.is_meta:
+            module.static_kernel = torch.zeros(module.kernel_numel, device=map_location)
+
+
+def _meta_tensors(model: nn.Module) -> list[str]:
+    """Names of the tensors still on the meta device (parameters, buffers and plain tensor attributes)."""
+    out = []
+    for module_name, module in model.named_modules():
+        for name, value in [*module._parameters.items(), *module._buffers.items(), *vars(module).items()]:
+            if isinstance(value, torch.Tensor) and value.is_meta:
+                out.append(f"{module_name}.{name}")
+    return out

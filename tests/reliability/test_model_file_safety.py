@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+import struct
 import textwrap
 import zipfile
 
@@ -231,4 +232,46 @@ def test_checkpoint_entry_larger_than_the_file_is_refused(tmp_path):
     data = path.read_bytes()
     os.truncate(path, len(data) - 3000)  # cut into the tensor data: the zip directory is gone
     with pytest.raises(ModelFileError, match=rf"{path}: not a loadable padnet checkpoint"):
+        load_checkpoint(path)
+
+
+def _claim_size(path, entry_suffix, size, header_offset=None):
+    """Rewrite ``path``'s zip central directory so the entry ending in ``entry_suffix`` claims ``size``
+    bytes (compressed and uncompressed) and, if given, starts at ``header_offset``. The file keeps its
+    length and its directory: only the numbers lie."""
+    data = bytearray(path.read_bytes())
+    start = 0
+    while True:
+        start = data.index(b"PK\x01\x02", start)
+        name_len = struct.unpack_from("<H", data, start + 28)[0]
+        name = bytes(data[start + 46:start + 46 + name_len]).decode()
+        if name.endswith(entry_suffix):
+            break
+        start += 4
+    struct.pack_into("<II", data, start + 20, size, size)
+    if header_offset is not None:
+        struct.pack_into("<I", data, start + 42, header_offset)
+    path.write_bytes(bytes(data))
+    with zipfile.ZipFile(path) as archive:  # still a well-formed zip directory, with the lie in it
+        info = next(i for i in archive.infolist() if i.filename.endswith(entry_suffix))
+    assert info.file_size == size
+    return info.filename
+
+
+@pytest.mark.parametrize("case", ["larger-than-the-file", "ends-past-the-file"])
+def test_checkpoint_entry_claiming_more_than_the_file_holds_is_refused(tmp_path, case):
+    """The central directory of an intact file says an entry is bigger than the whole file, or that it
+    ends past the file's end; refused by name before torch reads it."""
+    path = tmp_path / "checkpoint.pt"
+    torch.save({"format": "padnet.train.checkpoint", "w": torch.zeros(1000)}, path)
+    size = path.stat().st_size
+    if case == "larger-than-the-file":
+        name = _claim_size(path, "data/0", 2**30)
+        claimed = 2**30
+    else:
+        name = _claim_size(path, "data/0", size - 64, header_offset=128)
+        claimed = size - 64
+    assert path.stat().st_size == size
+    with pytest.raises(ModelFileError, match=rf"{path}: not a loadable padnet checkpoint \(entry '{name}' claims "
+                                             rf"{claimed:,} bytes, beyond the file's {size:,}\)"):
         load_checkpoint(path)

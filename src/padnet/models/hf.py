@@ -9,6 +9,8 @@ The result is a plain ``transformers`` model; ``padnet.convert`` changes it in p
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import json
 import os
 from pathlib import Path
@@ -62,11 +64,62 @@ def resolve_model(name_or_path: str | None) -> tuple[str, bool]:
     return str(name), False
 
 
+# Set while a model is rebuilt from a checkpoint (``padnet eval`` / ``export``): the file that names the model.
+_NAMED_BY: contextvars.ContextVar[str | None] = contextvars.ContextVar("padnet_hf_named_by", default=None)
+
+
+@contextlib.contextmanager
+def local_files_only(named_by):
+    """Within this block a hub model name is loaded from the local Hugging Face cache only
+    (``local_files_only=True``), never downloaded: the name comes from ``named_by`` (a checkpoint), not
+    from the user. A model missing from the cache raises ``RunError`` naming it and how to get it."""
+    token = _NAMED_BY.set(str(named_by))
+    try:
+        # local_files_only alone is not enough: huggingface_hub (2.x) still fetches a registry from the hub
+        # while it builds request headers, unless it is in offline mode.
+        from huggingface_hub import constants
+    except ImportError:
+        constants = None
+    offline = getattr(constants, "HF_HUB_OFFLINE", None)
+    if constants is not None:
+        constants.HF_HUB_OFFLINE = True
+    try:
+        yield
+    finally:
+        _NAMED_BY.reset(token)
+        if constants is not None:
+            constants.HF_HUB_OFFLINE = offline
+
+
+def _source(name_or_path: str | None) -> tuple[str, bool]:
+    """(what to pass to ``from_pretrained``, its ``local_files_only``)."""
+    source, local = resolve_model(name_or_path)
+    return source, local or _NAMED_BY.get() is not None
+
+
+def _from_pretrained(load, source: str, local: bool, **kwargs):
+    """``load(source, local_files_only=local, trust_remote_code=False, **kwargs)``; under
+    ``local_files_only`` a model absent from the cache is one clear ``RunError``."""
+    named_by = _NAMED_BY.get()
+    try:
+        return load(source, local_files_only=local, trust_remote_code=False, **kwargs)
+    except (OSError, ValueError) as err:
+        if named_by is None or Path(source).exists():
+            raise
+        from ..errors import RunError
+
+        raise RunError(
+            f"{named_by}: its config names the Hugging Face model glue.model={source!r}, which is not in the local "
+            "Hugging Face cache, and padnet never downloads a model named by a checkpoint: download it first "
+            f"(huggingface-cli download {source}) or pass --set glue.model=PATH (a local copy of the model)"
+        ) from None
+
+
 def load_tokenizer(name_or_path: str | None = None):
     from transformers import AutoTokenizer
 
-    source, local = resolve_model(name_or_path)
-    return AutoTokenizer.from_pretrained(source, local_files_only=local, trust_remote_code=False)
+    source, local = _source(name_or_path)
+    return _from_pretrained(AutoTokenizer.from_pretrained, source, local)
 
 
 def load_sequence_classifier(name_or_path: str | None = None, num_labels: int = 2, seed: int = 0,
@@ -78,8 +131,8 @@ def load_sequence_classifier(name_or_path: str | None = None, num_labels: int = 
 
     if isinstance(num_labels, bool) or not isinstance(num_labels, int) or num_labels < 1:
         raise ValueError(f"num_labels={num_labels!r} must be an integer >= 1")
-    source, local = resolve_model(name_or_path)
-    if local:
+    source, local = _source(name_or_path)
+    if local and Path(source).exists():
         os.environ.setdefault("HF_HUB_OFFLINE", "1")  # a local model must never reach for the hub
     overrides = {"num_labels": num_labels}
     if num_labels == 1:
@@ -88,14 +141,13 @@ def load_sequence_classifier(name_or_path: str | None = None, num_labels: int = 
         overrides |= {"hidden_dropout_prob": dropout, "attention_probs_dropout_prob": dropout}
     # trust_remote_code=False: a model directory whose config.json has an auto_map never runs its code
     # (transformers would otherwise ask on stdin, and run it on "y").
-    config = AutoConfig.from_pretrained(source, local_files_only=local, trust_remote_code=False, **overrides)
+    config = _from_pretrained(AutoConfig.from_pretrained, source, local, **overrides)
     torch.manual_seed(seed)  # the new head's init
     verbosity, bars = hf_logging.get_verbosity(), hf_logging.is_progress_bar_enabled()
     hf_logging.set_verbosity_error()  # the "newly initialized classifier" warning is expected here
     hf_logging.disable_progress_bar()  # a bar per load would flood sweep logs
     try:
-        model = AutoModelForSequenceClassification.from_pretrained(source, config=config, local_files_only=local,
-                                                                   trust_remote_code=False)
+        model = _from_pretrained(AutoModelForSequenceClassification.from_pretrained, source, local, config=config)
     finally:
         hf_logging.set_verbosity(verbosity)
         if bars:

@@ -19,12 +19,14 @@ import argparse
 import json
 import math
 import os
+import sys
 from pathlib import Path
 
 import numpy as np
 
 from ..metrics import TASK_METRICS, glue_metrics
-from ..train.io import atomic_savefig, atomic_write_bytes
+from ..errors import RunError, shorten
+from ..train.io import atomic_savefig, atomic_write_bytes, refuse_links
 
 TASK_ORDER = ("cola", "sst2", "mrpc", "stsb", "qqp", "mnli", "mnli_mm", "qnli", "rte", "wnli")
 DEFAULT_TITLE = "Text results: PAD-MoE on GLUE"
@@ -172,7 +174,7 @@ def plot(summary: dict, path: str | Path, majority: dict[str, float] | None = No
     ax.grid(axis="y", alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
-    atomic_savefig(fig, path)
+    atomic_savefig(fig, path, no_links_under=path)
     return Path(path)
 
 
@@ -254,6 +256,16 @@ def markdown(summary: dict, results: list[dict], majority: dict[str, float] | No
 
 
 def main(argv: list[str] | None = None) -> int:
+    from ..errors import PadnetError
+
+    try:
+        return _main(argv)
+    except PadnetError as err:
+        print(f"padnet.text.report: {' '.join(str(err).split())}", file=sys.stderr)
+        return 2
+
+
+def _main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m padnet.text.report", description=__doc__.split("\n")[0])
     ap.add_argument("dir", help="directory searched recursively for results.json of glue runs")
     ap.add_argument("--out", help="write the markdown here (default: print it)")
@@ -270,7 +282,20 @@ def main(argv: list[str] | None = None) -> int:
     majority = majority_scores(results)
     figure = None
     plot_path = Path(args.plot) if args.plot else (Path(args.out).with_suffix(".png") if args.out else None)
+    if args.out:
+        refuse_links(args.out, args.out)  # every link refused before anything is written
+    copies = []
+    if args.copy_results:
+        dest = Path(args.copy_results)
+        copies = [(dest / str(r["name"]) / f"seed{r['seed']}.json", Path(r["_path"])) for r in results]
+        for r, (target, _) in zip(results, copies):
+            refuse_links(target, dest)
+            if dest.resolve() not in target.resolve().parents:
+                raise RunError(f"--copy-results {dest}: the run name {shorten(r['name'])} of {r['_path']} would "
+                               "write outside it; padnet copies results only into that directory")
+        refuse_links(dest / "summary.json", dest)
     if plot_path is not None:
+        refuse_links(plot_path, plot_path)
         plot(summary, plot_path, majority)
         start = Path(args.out).parent if args.out else Path.cwd()
         figure = os.path.relpath(plot_path, start)
@@ -279,12 +304,11 @@ def main(argv: list[str] | None = None) -> int:
     if notes is not None and notes.is_file():
         text += "\n" + notes.read_text()
     if args.copy_results:
-        dest = Path(args.copy_results)
-        for r in results:
-            atomic_write_bytes(dest / r["name"] / f"seed{r['seed']}.json", Path(r["_path"]).read_bytes())
-        atomic_write_bytes(dest / "summary.json", (json.dumps(summary, indent=2) + "\n").encode())
+        for target, source in copies:
+            atomic_write_bytes(target, source.read_bytes(), no_links_under=dest)
+        atomic_write_bytes(dest / "summary.json", (json.dumps(summary, indent=2) + "\n").encode(), no_links_under=dest)
     if args.out:
-        atomic_write_bytes(args.out, text.encode())
+        atomic_write_bytes(args.out, text.encode(), no_links_under=args.out)
     else:
         print(text)
     return 0

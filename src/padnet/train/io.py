@@ -33,12 +33,37 @@ def is_main_process() -> bool:
     return not (dist.is_available() and dist.is_initialized()) or dist.get_rank() == 0
 
 
-def atomic_write_bytes(path: str | Path, data: bytes) -> None:
+def refuse_links(path: str | Path, root: str | Path | None = None) -> None:
+    """Raise ``RunError`` naming the first symbolic link among ``path`` and, when ``root`` is given, the
+    directories from ``path``'s parent up to ``root`` (included; ``root`` must be an ancestor of ``path``):
+    padnet never writes through a link. Missing components are fine (they will be created)."""
+    path = Path(path)
+    chain = [path]
+    if root is not None:
+        root, parent = Path(root), path.parent
+        while True:
+            chain.append(parent)
+            if parent == root or parent == parent.parent:
+                break
+            parent = parent.parent
+    for component in chain:
+        if component.is_symlink():
+            from ..errors import RunError
+
+            raise RunError(f"{component} is a symbolic link; padnet does not write through links "
+                           "(remove it or choose another path)")
+
+
+def atomic_write_bytes(path: str | Path, data: bytes, no_links_under: str | Path | None = None) -> None:
     """Write ``data`` to ``path`` so that a crash (or a full disk) leaves either the old file or the
     new one, never a torn one: temp file in the same directory, fsync, rename, fsync the directory.
     The file gets the mode a plain ``open`` would give (0666 less the umask), and the rename replaces
-    a symbolic link at ``path`` rather than writing through it. An ``OSError`` names ``path``."""
+    a symbolic link at ``path`` rather than writing through it. With ``no_links_under=ROOT`` a link at
+    ``path`` or at a directory between it and ``ROOT`` is refused instead (``refuse_links``), checked
+    before anything is created and again just before the rename. An ``OSError`` names ``path``."""
     path = Path(path)
+    if no_links_under is not None:
+        refuse_links(path, no_links_under)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
@@ -48,6 +73,8 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
             f.flush()
             os.fsync(f.fileno())
         _test_pause(path.name)
+        if no_links_under is not None:
+            refuse_links(path, no_links_under)
         os.replace(tmp, path)
     except BaseException as err:
         try:
@@ -145,14 +172,14 @@ def atomic_torch_save(obj, path: str | Path) -> None:
     atomic_write_bytes(path, buffer.getvalue())
 
 
-def atomic_savefig(fig, path: str | Path, dpi: int = 120) -> None:
+def atomic_savefig(fig, path: str | Path, dpi: int = 120, no_links_under: str | Path | None = None) -> None:
     """Write a matplotlib figure as PNG atomically (temp file, then rename), then close it."""
     import matplotlib.pyplot as plt
 
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=dpi)
     plt.close(fig)
-    atomic_write_bytes(path, buffer.getvalue())
+    atomic_write_bytes(path, buffer.getvalue(), no_links_under=no_links_under)
 
 
 # The trainer's checkpoint format (padnet.train.trainer.CHECKPOINT_FORMAT) and the keys it must hold.

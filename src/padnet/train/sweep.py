@@ -165,7 +165,7 @@ def markdown_table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def plot(rows: list[dict], path: str | Path) -> Path:
+def plot(rows: list[dict], path: str | Path, no_links_under: str | Path | None = None) -> Path:
     """Accuracy vs dynamic ratio (left) and vs deployable parameters (right), mean ± std over seeds."""
     import matplotlib
 
@@ -201,5 +201,5 @@ def plot(rows: list[dict], path: str | Path) -> Path:
         ax.grid(alpha=0.3)
     axes[0].legend(fontsize=8)
     fig.tight_layout()
-    atomic_savefig(fig, path)
+    atomic_savefig(fig, path, no_links_under=no_links_under)
     return path

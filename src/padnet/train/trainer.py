@@ -374,6 +374,7 @@ class Trainer:
                 self._check_run_dir()
                 return json.loads(results_path.read_text())
             self._check_run_dir()
+            self._check_tensorboard_dir()
             self._resume_state = self._check_checkpoint()
             # Everything that can be checked before the run directory is written is checked here: a
             # refused config leaves no config.yaml behind, so the corrected command is not "a different run".
@@ -687,6 +688,23 @@ class Trainer:
             )
         return metrics
 
+    def _check_tensorboard_dir(self) -> None:
+        """``<run_dir>/tensorboard`` is a real directory holding no symbolic link: TensorBoard's writer
+        opens its event files by name, following links, so a link there (the directory or an event file)
+        would make it write elsewhere. Refused with ``RunError`` naming the link."""
+        if not (self.config.tensorboard and is_main_process()):
+            return
+        from .io import refuse_links
+
+        tb_dir = self.run_dir / "tensorboard"
+        refuse_links(tb_dir, self.run_dir)
+        if tb_dir.exists() and not tb_dir.is_dir():
+            raise RunError(f"{tb_dir} exists and is not a directory; padnet writes TensorBoard event files there "
+                           "(remove it, or set tensorboard: false)")
+        if tb_dir.is_dir():
+            for entry in tb_dir.iterdir():
+                refuse_links(entry)
+
     def _tensorboard(self, global_step: int):
         if not (self.config.tensorboard and is_main_process()):
             return None
@@ -695,6 +713,7 @@ class Trainer:
         except ImportError:
             self.logger.info("tensorboard is not installed; skipping TensorBoard logging")
             return None
+        self._check_tensorboard_dir()  # again, just before the writer opens its file
         return SummaryWriter(str(self.run_dir / "tensorboard"), purge_step=global_step or None)
 
     def _write_summary(self, model) -> None:
@@ -792,7 +811,10 @@ def _rebuild_run(run_dir, checkpoint, overrides) -> RebuiltRun:
     config = config_from_dict(state["config"], overrides, source=str(checkpoint))
     seed_everything(config.seed)
     device = resolve_device(config.device)
-    parts = get_task(config.task).builder(config)
+    from ..models.hf import local_files_only
+
+    with local_files_only(checkpoint):  # a hub model the checkpoint names comes from the local cache or not at all
+        parts = get_task(config.task).builder(config)
     model = make_dynamic(parts.model, config)
     _restore_checked(checkpoint, model, state)
     model.to(device)
