@@ -319,3 +319,29 @@ def test_deployed_layers_run_under_torch_compile_at_batch_1():
     x = torch.randn(1, 3, 16, 16)
     with torch.no_grad():
         torch.testing.assert_close(compiled(x), model(x), atol=1e-5, rtol=0)
+
+
+def test_deploy_and_cost_ask_the_layer_so_a_new_kind_needs_no_change_outside_layers():
+    """A new partially dynamic layer kind registers its deployed form beside it (``deployed_form``) and
+    answers ``macs``/``kind``; padnet.deploy and padnet.cost then handle it without edits."""
+    import padnet
+    from padnet.cost import cost
+    from padnet.layers import DeployedPADConv2d, PADConv2d
+
+    class MyPADConv(PADConv2d):
+        pass
+
+    class MyDeployedConv(DeployedPADConv2d):
+        @property
+        def kind(self):
+            return "my deployed conv"
+
+    MyPADConv.deployed_form = MyDeployedConv
+    model = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), MyPADConv(4, 4, 3, padding=1))
+    x = torch.randn(2, 3, 6, 6)
+    expected = model.eval()(x)
+    padnet.deploy(model)
+    assert isinstance(model[1], MyDeployedConv)
+    torch.testing.assert_close(model(x), expected, atol=1e-5, rtol=0)
+    kinds = {layer.kind for layer in cost(model, x).layers}
+    assert "my deployed conv" in kinds

@@ -23,8 +23,15 @@ from dataclasses import asdict, dataclass, field
 import torch
 from torch import nn
 
-from .layers import LAMBDA_MODES, DynamicConv2d, MoELinear, PADConv2d, PADMoELinear
-from .layers.deployed_base import DeployedPartiallyDynamic
+from .layers import (
+    DYNAMIC_LAYERS,
+    LAMBDA_MODES,
+    DynamicConv2d,
+    MoELinear,
+    PADConv2d,
+    PADMoELinear,
+    PartiallyDynamic,
+)
 from .layers._validate import check_choice, check_positive_int
 from .layers.attention import ROUTINGS
 
@@ -217,13 +224,12 @@ def _moe_from(linear: nn.Linear, config: ConvertConfig) -> MoELinear:
 
 def dynamic_layers(model: nn.Module) -> list[tuple[str, nn.Module]]:
     """(name, module) of every dynamic layer (DY-Conv, CondConv, MoE, their PAD and deployed forms)."""
-    kinds = (DynamicConv2d, MoELinear, DeployedPartiallyDynamic)
-    return [(n, m) for n, m in model.named_modules() if isinstance(m, kinds)]
+    return [(n, m) for n, m in model.named_modules() if isinstance(m, DYNAMIC_LAYERS)]
 
 
 def pad_layers(model: nn.Module) -> list[tuple[str, nn.Module]]:
     """(name, module) of every PAD layer, in registration order."""
-    return [(n, m) for n, m in model.named_modules() if isinstance(m, (PADConv2d, PADMoELinear))]
+    return [(n, m) for n, m in model.named_modules() if isinstance(m, PartiallyDynamic)]
 
 
 def compact(model: nn.Module) -> nn.Module:

@@ -27,17 +27,11 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from .layers import (
-    DeployedPADConv2d,
-    DeployedPADMoELinear,
-    DynamicConv2d,
-    MoELinear,
-    PADConv2d,
-    PADMoELinear,
-)
+from .layers import DYNAMIC_LAYERS
+from .layers.pad_base import DynamicEntries
 from .layers.deployed_base import DeployedPartiallyDynamic
 
-DYNAMIC_UNITS = (DynamicConv2d, MoELinear, DeployedPADConv2d, DeployedPADMoELinear)
+DYNAMIC_UNITS = DYNAMIC_LAYERS
 
 
 def stored_numel(module: nn.Module, recurse: bool = True) -> int:
@@ -122,35 +116,14 @@ def _units(model: nn.Module) -> list[tuple[str, nn.Module, bool]]:
 
 
 def _dynamic_ratio(module: nn.Module) -> float | None:
-    if isinstance(module, (PADConv2d, PADMoELinear, DeployedPADConv2d, DeployedPADMoELinear)):
-        return float(module.dynamic_ratio)
-    return None
+    return float(module.dynamic_ratio) if isinstance(module, DynamicEntries) else None
 
 
 def _macs(module: nn.Module, inputs, output) -> tuple[int, int]:
-    """(conv/matmul MACs, aggregation MACs) of one call, for the whole batch."""
-    x = inputs[0]
-    if isinstance(module, (DynamicConv2d, DeployedPADConv2d)):
-        batch = x.shape[0]
-        kernel = math.prod(module.weight_shape)
-        conv = batch * kernel * output.shape[2] * output.shape[3]
-        fc1 = module.attention.fc1
-        attention = batch * (fc1.in_features * fc1.out_features + fc1.out_features * module.num_kernels)
-        if isinstance(module, (PADConv2d, DeployedPADConv2d)):
-            aggregation = batch * module.num_kernels * module.num_dynamic
-        else:
-            aggregation = batch * module.num_kernels * kernel
-        if getattr(module, "bias", None) is not None:
-            aggregation += batch * module.num_kernels * module.out_channels
-        return conv + attention, aggregation
-    if isinstance(module, (MoELinear, DeployedPADMoELinear)):
-        tokens = x.numel() // x.shape[-1]
-        dense = module.in_features * module.out_features
-        per_token = module.in_features * module.num_experts + module.top_k * dense
-        # PAD: each expert's full weight is assembled once per forward (E x N writes, at most), then a
-        # token costs what it costs in the MoE
-        assembly = module.num_experts * dense if isinstance(module, (PADMoELinear, DeployedPADMoELinear)) else 0
-        return tokens * per_token, assembly
+    """(conv/matmul MACs, aggregation MACs) of one call, for the whole batch: dynamic layers count
+    their own (``layer.macs``)."""
+    if isinstance(module, DYNAMIC_LAYERS):
+        return module.macs(inputs[0], output)
     if isinstance(module, nn.Conv2d):
         return output.numel() * (module.in_channels // module.groups) * math.prod(module.kernel_size), 0
     if isinstance(module, nn.Linear):
@@ -159,9 +132,7 @@ def _macs(module: nn.Module, inputs, output) -> tuple[int, int]:
 
 
 def _kind(module: nn.Module) -> str:
-    if isinstance(module, DynamicConv2d) and not isinstance(module, PADConv2d):
-        return "CondConv" if module.routing == "sigmoid" else "DY-Conv"
-    return type(module).__name__
+    return module.kind if isinstance(module, DYNAMIC_LAYERS) else type(module).__name__
 
 
 @torch.no_grad()

@@ -35,6 +35,7 @@ import torch
 from torch import nn
 
 from .errors import ModelFileError
+from .layers import DYNAMIC_LAYERS, DeployedPartiallyDynamic, PartiallyDynamic
 
 FORMAT = "padnet"
 FORMAT_VERSION = 1
@@ -141,15 +142,12 @@ def build_arch(name: str, **kwargs) -> nn.Module:
 
 # ----------------------------------------------------------------------------- save
 def _record(model: nn.Module, arch: dict | None) -> dict:
-    from .deploy import DEPLOYED_LAYERS
-    from .layers import DynamicConv2d, PADConv2d, PADMoELinear
-
     arch = arch if arch is not None else getattr(model, "padnet_arch", None)
     config = getattr(model, "padnet_config", None)
-    deployed = [n for n, m in model.named_modules() if isinstance(m, DEPLOYED_LAYERS)]
-    if deployed and any(isinstance(m, (PADConv2d, PADMoELinear)) for m in model.modules()):
+    deployed = [n for n, m in model.named_modules() if isinstance(m, DeployedPartiallyDynamic)]
+    if deployed and any(isinstance(m, PartiallyDynamic) for m in model.modules()):
         raise ValueError("the model mixes deployed and training-form PAD layers; deploy() all of them before save")
-    if (deployed or any(isinstance(m, (DynamicConv2d, PADMoELinear)) for m in model.modules())) and config is None:
+    if any(isinstance(m, DYNAMIC_LAYERS) for m in model.modules()) and config is None:
         raise ValueError("the model has padnet layers but no model.padnet_config; build it with padnet.convert")
     temperatures = {
         n: float(m.temperature) for n, m in model.named_modules()
@@ -164,7 +162,7 @@ def _record(model: nn.Module, arch: dict | None) -> dict:
         "arch": arch,
         "padnet_config": config,
         "form": "deployed" if deployed else ("training" if config is not None else "plain"),
-        "compacted": [n for n, m in model.named_modules() if isinstance(m, (PADConv2d, PADMoELinear)) and m.compacted],
+        "compacted": [n for n, m in model.named_modules() if isinstance(m, PartiallyDynamic) and m.compacted],
         "temperatures": temperatures,
     }
 
@@ -616,8 +614,6 @@ def _restore_masks(path: Path, layers, shapes: dict, file: _FileTensors) -> None
 def _expected_tensors(model: nn.Module) -> dict[str, torch.Tensor]:
     """What ``model.state_dict()`` would hold (names -> tensors, meta or not), without running state-dict
     hooks (a deployed layer's hook computes its static values, which needs data)."""
-    from .layers.deployed_base import DeployedPartiallyDynamic
-
     out = {}
     for module_name, module in model.named_modules(remove_duplicate=False):
         prefix = f"{module_name}." if module_name else ""
@@ -671,8 +667,6 @@ _DERIVED_BUFFERS = {"dynamic_index", "static_keep", "static_kernel"}
 
 
 def _underived_buffers(model: nn.Module) -> list[str]:
-    from .layers.deployed_base import DeployedPartiallyDynamic
-    from .layers.pad_base import PartiallyDynamic
 
     out = []
     for module_name, module in model.named_modules():
@@ -685,7 +679,6 @@ def _underived_buffers(model: nn.Module) -> list[str]:
 def _materialise_derived(model: nn.Module, map_location) -> None:
     """Give a meta model's deployed layers a real (zero) dense static kernel: loading scatters the file's
     static values into it."""
-    from .layers.deployed_base import DeployedPartiallyDynamic
 
     for module in model.modules():
         if isinstance(module, DeployedPartiallyDynamic) and module.static_kernel.is_meta:

@@ -274,3 +274,12 @@ def test_strategy_shows_in_the_repr_and_survives_deepcopy():
     dyn.strategy = "mixture"
     assert "strategy='mixture'" in repr(dyn)
     assert copy.deepcopy(dyn).strategy == "mixture"
+
+
+def test_the_library_default_is_the_autotuner():
+    import subprocess
+    import sys
+
+    code = "from padnet.layers import conv_strategy; print(conv_strategy.get_conv_strategy())"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "autotune"

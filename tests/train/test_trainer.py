@@ -117,12 +117,13 @@ def test_autotuned_run_stores_its_conv_strategy_picks_and_a_resume_reuses_them(t
     raw = {**BASE, "task": "tiny_dynamic", "run_dir": str(tmp_path / "run"), "epochs": 2,
            "conv_strategy": "autotune", "dynamic": {"mode": "dynamic", "temperature_epochs": 1}}
     conv_strategy.clear_conv_strategy_picks()
+    mode_before = conv_strategy.get_conv_strategy()
     assert Trainer(config_from_dict(raw)).train(stop_after_epoch=1) is None
     path = tmp_path / "run" / "checkpoint.pt"
     state = load_checkpoint(path)
     picks = state["conv_strategy_picks"]
     assert picks and all("DynamicConv2d" in key for key in picks)
-    assert conv_strategy.get_conv_strategy() == "autotune"  # the library default: the run's mode did not leak
+    assert conv_strategy.get_conv_strategy() == mode_before  # the run's mode did not leak
     # Force a recognisable pick into the checkpoint: the resumed run must compute with it, not re-tune.
     forced = {key: "loop" for key in picks}
     state["conv_strategy_picks"] = forced

@@ -5,14 +5,29 @@ from .attention import KernelAttention
 from .conv_strategy import CONV_STRATEGIES, conv_strategy_picks, load_conv_strategy_picks, set_conv_strategy
 from .deployed_conv import DeployedPADConv2d
 from .deployed_moe import DeployedPADMoELinear
-from .dynamic_conv import KERNEL_STRATEGIES, DynamicConv2d, apply_per_sample_kernels, choose_kernel_strategy
-from .moe import ExpertSlots, MoELinear, aux_loss, mix_experts
+from .deployed_base import DeployedPartiallyDynamic
+from .dynamic_conv import (
+    KERNEL_STRATEGIES,
+    DynamicConv2d,
+    DynamicConvCompute,
+    apply_per_sample_kernels,
+    choose_kernel_strategy,
+)
+from .moe import ExpertSlots, MoECompute, MoELinear, aux_loss, mix_experts
 from .pad_base import LAMBDA_MODES, PartiallyDynamic
 from .pad_conv import PADConv2d
 from .pad_moe import PADMoELinear
 from .router import NoisyTopKRouter, Routing
 
+# The layer protocol: every dynamic layer is one of these (a conv form or an MoE form); the partially
+# dynamic ones are also ``PartiallyDynamic`` (training form) or ``DeployedPartiallyDynamic`` (inference).
+DYNAMIC_LAYERS = (DynamicConvCompute, MoECompute)
+
 __all__ = [
+    "DYNAMIC_LAYERS",
+    "DeployedPartiallyDynamic",
+    "DynamicConvCompute",
+    "MoECompute",
     "CONV_STRATEGIES",
     "ExpertSlots",
     "conv_strategy",

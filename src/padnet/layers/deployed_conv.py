@@ -84,3 +84,6 @@ class DeployedPADConv2d(DeployedPartiallyDynamic, DynamicConvCompute, nn.Module)
 
     def extra_repr(self) -> str:
         return f"{self.geometry_repr()}, bias={self.bias is not None}, {self.deployed_extra_repr()}"
+
+
+PADConv2d.deployed_form = DeployedPADConv2d

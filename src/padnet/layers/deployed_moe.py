@@ -8,11 +8,12 @@ import torch
 from torch import nn
 
 from .deployed_base import DeployedPartiallyDynamic
-from .moe import ExpertSlots, init_moe_geometry, mix_experts
+from .moe import ExpertSlots, MoECompute, init_moe_geometry, mix_experts
 from .pad_moe import PADMoELinear, assembled_experts
+from .router import Routing
 
 
-class DeployedPADMoELinear(DeployedPartiallyDynamic, nn.Module):
+class DeployedPADMoELinear(DeployedPartiallyDynamic, MoECompute, nn.Module):
     """Inference form of ``PADMoELinear``: the same outputs as the training form in eval mode.
 
     Stores ``static_values`` (N - nnz, times lambda_s), ``dynamic_values`` (E, nnz, times lambda_d),
@@ -56,20 +57,14 @@ class DeployedPADMoELinear(DeployedPartiallyDynamic, nn.Module):
             new.bias.copy_(layer.bias)
         return new.train(layer.training)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.shape[-1] != self.in_features:
-            raise ValueError(f"expected input (..., {self.in_features}); got {tuple(x.shape)}")
-        tokens = x.reshape(-1, self.in_features)
-        routing = self.router(tokens)
-        self.last_aux_loss = self.aux_loss_coef * routing.balance_loss
+    def mix(self, tokens: torch.Tensor, routing: Routing) -> torch.Tensor:
         slots = ExpertSlots.from_routing(routing, self.num_experts)
         experts = assembled_experts(self.static_kernel, self.dynamic_values, self.dynamic_index,
                                     (self.out_features, self.in_features), slots)
-        y = mix_experts(tokens, routing, experts, self.bias, slots)
-        return y.reshape(*x.shape[:-1], self.out_features)
+        return mix_experts(tokens, routing, experts, self.bias, slots)
 
     def extra_repr(self) -> str:
-        return (
-            f"in_features={self.in_features}, out_features={self.out_features}, num_experts={self.num_experts}, "
-            f"top_k={self.top_k}, bias={self.bias is not None}, {self.deployed_extra_repr()}"
-        )
+        return f"{self.geometry_repr()}, {self.deployed_extra_repr()}"
+
+
+PADMoELinear.deployed_form = DeployedPADMoELinear

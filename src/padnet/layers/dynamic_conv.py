@@ -10,6 +10,7 @@ from torch import nn
 
 from ._validate import check_positive_int, pair
 from .attention import KernelAttention
+from .pad_base import DynamicEntries
 from .conv_strategy import (
     MIXTURE_STRATEGIES,
     PER_SAMPLE_STRATEGIES,
@@ -230,6 +231,26 @@ class DynamicConvCompute:
         return resolve_strategy(self.strategy, key, applicable_strategies(self.kernel_size, self.padding,
                                 self.dilation, self.groups), heuristic_strategy(x.shape, *args, needs_grad), run)
 
+    def macs(self, x: torch.Tensor, output: torch.Tensor) -> tuple[int, int]:
+        """(conv + attention MACs, aggregation MACs) of one call in the per-sample form: the conv once
+        per sample, the attention MLP, and the kernel aggregation, K N for DY-Conv and K nnz for the
+        partially dynamic forms (only their dynamic entries are aggregated), plus the dynamic bias."""
+        batch = x.shape[0]
+        kernel = math.prod(self.weight_shape)
+        conv = batch * kernel * output.shape[2] * output.shape[3]
+        fc1 = self.attention.fc1
+        attention = batch * (fc1.in_features * fc1.out_features + fc1.out_features * self.num_kernels)
+        aggregated = self.num_dynamic if isinstance(self, DynamicEntries) else kernel
+        aggregation = batch * self.num_kernels * aggregated
+        if self.bias is not None:
+            aggregation += batch * self.num_kernels * self.out_channels
+        return conv + attention, aggregation
+
+    @property
+    def kind(self) -> str:
+        """The layer's name in cost and summary tables."""
+        return type(self).__name__
+
     def geometry_repr(self) -> str:
         s = (
             f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, stride={self.stride}, "
@@ -324,6 +345,10 @@ class DynamicConv2d(DynamicConvCompute, nn.Module):
     def mixture_kernels(self, alpha: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """The K kernels (K, N) and their per-sample weights alpha (B, K)."""
         return self.weight, alpha
+
+    @property
+    def kind(self) -> str:
+        return "CondConv" if self.routing == "sigmoid" else "DY-Conv"
 
     def extra_repr(self) -> str:
         return self.geometry_repr() + (", bias=False" if self.bias is None else "")

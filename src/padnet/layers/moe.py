@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ._validate import check_positive_int
+from .pad_base import DynamicEntries
 from .router import NoisyTopKRouter, Routing
 
 
@@ -137,7 +138,41 @@ def init_moe_geometry(
     module.last_aux_loss = None
 
 
-class MoELinear(nn.Module):
+class MoECompute:
+    """What every MoE form (MoE, PAD, deployed PAD) shares: the forward over any leading dimensions
+    (route, record the load-balancing loss, ``mix``), its repr and its cost. A form provides
+    ``mix(tokens, routing)``."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.shape[-1] != self.in_features:
+            raise ValueError(f"expected input (..., {self.in_features}); got {tuple(x.shape)}")
+        tokens = x.reshape(-1, self.in_features)
+        routing = self.router(tokens)
+        self.last_aux_loss = self.aux_loss_coef * routing.balance_loss
+        return self.mix(tokens, routing).reshape(*x.shape[:-1], self.out_features)
+
+    def geometry_repr(self) -> str:
+        return (
+            f"in_features={self.in_features}, out_features={self.out_features}, num_experts={self.num_experts}, "
+            f"top_k={self.top_k}, bias={self.bias is not None}"
+        )
+
+    def macs(self, x: torch.Tensor, output: torch.Tensor) -> tuple[int, int]:
+        """(matmul MACs, aggregation MACs) of one call: the router and top_k expert products per token;
+        partially dynamic forms also assemble the E experts' full weights once per call (E N writes)."""
+        tokens = x.numel() // x.shape[-1]
+        dense = self.in_features * self.out_features
+        per_token = self.in_features * self.num_experts + self.top_k * dense
+        assembly = self.num_experts * dense if isinstance(self, DynamicEntries) else 0
+        return tokens * per_token, assembly
+
+    @property
+    def kind(self) -> str:
+        """The layer's name in cost and summary tables."""
+        return type(self).__name__
+
+
+class MoELinear(MoECompute, nn.Module):
     """y = sum_{i in top-k} G_i(x) (W_i x + b_i), routed per token over any leading dimensions.
 
     After each forward, ``last_aux_loss`` holds ``aux_loss_coef * (CV^2(importance) + CV^2(load))``;
@@ -167,22 +202,11 @@ class MoELinear(nn.Module):
         if self.bias is not None:
             nn.init.uniform_(self.bias, -bound, bound)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.shape[-1] != self.in_features:
-            raise ValueError(f"expected input (..., {self.in_features}); got {tuple(x.shape)}")
-        tokens = x.reshape(-1, self.in_features)
-        routing = self.router(tokens)
-        self.last_aux_loss = self.aux_loss_coef * routing.balance_loss
-        return self.mix(tokens, routing).reshape(*x.shape[:-1], self.out_features)
-
     def mix(self, tokens: torch.Tensor, routing: Routing) -> torch.Tensor:
         return mix_experts(tokens, routing, self.weight, self.bias)
 
     def extra_repr(self) -> str:
-        return (
-            f"in_features={self.in_features}, out_features={self.out_features}, num_experts={self.num_experts}, "
-            f"top_k={self.top_k}, bias={self.bias is not None}"
-        )
+        return self.geometry_repr()
 
 
 def aux_loss(model: nn.Module) -> torch.Tensor:
@@ -190,7 +214,7 @@ def aux_loss(model: nn.Module) -> torch.Tensor:
 
     Add it to the task loss while training; the coefficient is each layer's ``aux_loss_coef``.
     """
-    losses = [m.last_aux_loss for m in model.modules() if isinstance(m, MoELinear) and m.last_aux_loss is not None]
+    losses = [m.last_aux_loss for m in model.modules() if isinstance(m, MoECompute) and m.last_aux_loss is not None]
     if not losses:
         param = next(model.parameters(), None)
         return torch.zeros((), device=param.device if param is not None else None)

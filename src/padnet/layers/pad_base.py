@@ -57,6 +57,20 @@ class PartiallyDynamic(DynamicEntries):
     kernel_shape: tuple[int, ...]
     lambda_mode: str
     compacted: bool
+    # The inference form (``DeployedPADConv2d`` for ``PADConv2d``, ...): set by that form's module, so a
+    # new layer kind registers its deployed form beside it and ``padnet.deploy`` needs no change.
+    deployed_form: type | None = None
+
+    def to_deployed(self) -> nn.Module:
+        """The inference form of this layer (its ``deployed_form.from_pad``): the same outputs in eval
+        mode, storing only the static entries, the K x nnz dynamic entries and an index list."""
+        if self.deployed_form is None:
+            raise NotImplementedError(f"{type(self).__name__} has no deployed form registered")
+        return self.deployed_form.from_pad(self)
+
+    @property
+    def kind(self) -> str:
+        return type(self).__name__
 
     def _init_pad(self, kernel_shape: tuple[int, ...], lambda_mode: str) -> None:
         check_choice("lambda_mode", lambda_mode, LAMBDA_MODES)

@@ -46,7 +46,7 @@ from torch.utils.data import DataLoader, RandomSampler
 
 from ..errors import ModelFileError, RunError, shorten
 from ..convert import compact, convert, dynamic_layers, pad_layers
-from ..layers import DynamicConv2d, MoELinear, aux_loss
+from ..layers import DynamicConvCompute, MoECompute, aux_loss
 from ..layers.conv_strategy import conv_strategy, conv_strategy_picks, load_conv_strategy_picks
 from ..temperature import TemperatureSchedule, set_temperature
 from . import distributed
@@ -427,8 +427,8 @@ class Trainer:
         config, log = self.config, self.logger
         tau = TemperatureSchedule(config.dynamic.temperature_start, config.dynamic.temperature_end,
                                   config.dynamic.temperature_epochs)
-        has_moe = any(isinstance(m, MoELinear) for m in model.modules())
-        has_dyconv = any(isinstance(m, DynamicConv2d) for m in model.modules())
+        has_moe = any(isinstance(m, MoECompute) for m in model.modules())
+        has_dyconv = any(isinstance(m, DynamicConvCompute) for m in model.modules())
 
         checkpoint_path = self.run_dir / CHECKPOINT
         state = self._resume_state
@@ -633,7 +633,7 @@ class Trainer:
         learning rate. (Not the training schedule: its first steps are the learning-rate ramp, whose
         factor 1/warmup would leave the experts almost equal and the taylor scores mostly noise.)"""
         optimizer = self._make_optimizer(model)
-        has_moe = any(isinstance(m, MoELinear) for m in model.modules())
+        has_moe = any(isinstance(m, MoECompute) for m in model.modules())
         model.train()
         step = 0
         while step < self.config.partition.warmup_steps:
