@@ -345,3 +345,33 @@ def test_deploy_and_cost_ask_the_layer_so_a_new_kind_needs_no_change_outside_lay
     torch.testing.assert_close(model(x), expected, atol=1e-5, rtol=0)
     kinds = {layer.kind for layer in cost(model, x).layers}
     assert "my deployed conv" in kinds
+
+
+def test_the_extending_guide_example_layer_partitions_deploys_and_costs():
+    """docs/extending.md's example kind: a PAD conv with max-pooled attention, with no change to padnet."""
+    import padnet
+    from padnet.cost import cost
+    from padnet.layers import DeployedPADConv2d, PADConv2d
+
+    class MaxPoolAttention(nn.Module):
+        def __init__(self, attention):
+            super().__init__()
+            self.inner = attention
+
+        def forward(self, x, temperature=1.0):
+            return self.inner(torch.nn.functional.adaptive_max_pool2d(x, 1), temperature)
+
+    class MaxPADConv2d(PADConv2d):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            self.attention = MaxPoolAttention(self.attention)
+
+    model = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), MaxPADConv2d(4, 4, 3, padding=1))
+    x = torch.randn(4, 3, 6, 6)
+    padnet.partition(model, [(x, None)], lambda m, b: m(b[0]).pow(2).mean(), 0.3, rounds=2)
+    padnet.compact(model)
+    expected = model.eval()(x)
+    padnet.deploy(model)
+    assert isinstance(model[1], DeployedPADConv2d) and isinstance(model[1].attention, MaxPoolAttention)
+    torch.testing.assert_close(model(x), expected, atol=1e-5, rtol=0)
+    assert cost(model, x).aggregation_macs > 0

@@ -288,3 +288,40 @@ def test_report_serialises_and_prints():
     data = report.to_dict()
     assert data["num_batches"] == 4 and data["round_ratios"][-1] == 0.3 and set(data["layers"]) == {"a", "b"}
     assert "total" in report.table() and '"scorer": "taylor"' in report.to_json()
+
+
+def test_a_registered_scorer_plugs_into_partition_and_run_configs():
+    from padnet.partition import _SCORERS, scorer_names
+    from padnet.train import config_from_dict
+
+    calls = []
+
+    def first_entries(context):
+        calls.append(len(context.batches))
+        # score = minus the flat position: the first entries of every layer stay dynamic
+        return [-torch.arange(layer.kernel_numel, dtype=torch.float32) for _, layer in context.layers]
+
+    padnet.register_scorer("first_entries", first_entries)
+    try:
+        assert "first_entries" in scorer_names()
+        model, batches = two_layer_problem()
+        report = padnet.partition(model, None, None, 0.5, rounds=2, scope="local", scorer="first_entries")
+        assert calls == [0, 0] and report.scorer == "first_entries" and report.num_batches == 0
+        for layer in (model.a, model.b):
+            keep = round(0.5 * layer.kernel_numel)
+            assert layer.mask.reshape(-1)[:keep].all() and not layer.mask.reshape(-1)[keep:].any()
+        config_from_dict({"dynamic": {"mode": "pad"}, "partition": {"scorer": "first_entries"}})  # accepted
+        with pytest.raises(ValueError, match="scorer 'first_entries' is already registered"):
+            padnet.register_scorer("first_entries", first_entries)
+        padnet.register_scorer("first_entries", lambda context: [torch.zeros(3)], replace=True)
+        with pytest.raises(ValueError, match="scorer 'first_entries' must return one score tensor per PAD layer"):
+            padnet.partition(two_layer_problem()[0], None, None, 0.5, scorer="first_entries")
+        padnet.register_scorer("first_entries", lambda context: [torch.zeros(3), torch.zeros(3)], replace=True)
+        with pytest.raises(ValueError, match="layer 'a' needs 288 scores; got \\(3,\\)"):
+            padnet.partition(two_layer_problem()[0], None, None, 0.5, scorer="first_entries")
+    finally:
+        _SCORERS.pop("first_entries", None)
+    with pytest.raises(ValueError, match="scorer name '2x' must be a Python identifier"):
+        padnet.register_scorer("2x", first_entries)
+    with pytest.raises(ValueError, match="partition.scorer='first_entries' is not supported"):
+        config_from_dict({"dynamic": {"mode": "pad"}, "partition": {"scorer": "first_entries"}})

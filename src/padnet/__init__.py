@@ -3,7 +3,7 @@
 from .convert import ConvertConfig, compact, convert
 from .errors import ConfigError, DataError, ModelFileError, PadnetError, PartitionError, RunError
 from .layers import DynamicConv2d, MoELinear, PADConv2d, PADMoELinear, aux_loss
-from .partition import PartitionReport, partition
+from .partition import PartitionReport, partition, register_scorer
 from .summary import ModelSummary, summary
 from .temperature import TemperatureSchedule, set_temperature
 

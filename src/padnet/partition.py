@@ -22,9 +22,58 @@ from .convert import pad_layers
 from .errors import PartitionError
 from .layers._validate import check_choice
 
-SCORERS = ("taylor", "magnitude", "random")
 SCHEDULES = ("exponential", "linear")
 SCOPES = ("global", "local")
+
+
+@dataclass(frozen=True)
+class ScoringContext:
+    """What a scorer may use: the model (in eval mode), its PAD layers as (name, layer), the scoring
+    batches, the loss function, the seed and a generator seeded with it (for random choices)."""
+
+    model: nn.Module
+    layers: list[tuple[str, nn.Module]]
+    batches: list
+    loss_fn: Callable[[nn.Module, object], torch.Tensor] | None
+    seed: int
+    generator: torch.Generator
+
+
+@dataclass(frozen=True)
+class Scorer:
+    """A partition scorer: ``score(context)`` returns one flat score per layer (entries with the largest
+    scores stay dynamic); ``needs_batches``: it needs scoring batches and ``loss_fn``."""
+
+    name: str
+    score: Callable[[ScoringContext], list[torch.Tensor]]
+    needs_batches: bool = False
+
+
+_SCORERS: dict[str, Scorer] = {}
+
+
+def register_scorer(name: str, score: Callable[[ScoringContext], list[torch.Tensor]], needs_batches: bool = False,
+                    replace: bool = False) -> Scorer:
+    """Make ``scorer=name`` available to ``padnet.partition`` and to run configs (``partition.scorer``).
+    ``score(context)`` returns one flat tensor of ``layer.kernel_numel`` scores per PAD layer, in the
+    order of ``context.layers``."""
+    if not isinstance(name, str) or not name.isidentifier():
+        raise ValueError(f"scorer name {name!r} must be a Python identifier (letters, digits, _)")
+    if not callable(score):
+        raise ValueError(f"scorer {name!r}: score must be callable; got {type(score).__name__}")
+    if name in _SCORERS and not replace:
+        raise ValueError(f"scorer {name!r} is already registered; pass replace=True to replace it")
+    _SCORERS[name] = Scorer(name, score, needs_batches)
+    return _SCORERS[name]
+
+
+def scorer_names() -> tuple[str, ...]:
+    return tuple(_SCORERS)
+
+
+def get_scorer(name: str) -> Scorer:
+    check_choice("scorer", name, scorer_names())
+    return _SCORERS[name]
 
 
 @dataclass
@@ -119,11 +168,12 @@ def partition(
     if compacted:
         raise ValueError(f"PAD layers are compacted (their masks are final): {compacted[:5]}; partition before compact()")
     batch_list = list(batches) if batches is not None else []
-    if scorer == "taylor":
+    chosen = _SCORERS[scorer]
+    if chosen.needs_batches:
         if not batch_list:
-            raise ValueError("batches is empty: the taylor scorer needs at least one scoring batch")
+            raise ValueError(f"batches is empty: the {scorer} scorer needs at least one scoring batch")
         if loss_fn is None:
-            raise ValueError("loss_fn is None: the taylor scorer needs loss_fn(model, batch) -> scalar loss")
+            raise ValueError(f"loss_fn is None: the {scorer} scorer needs loss_fn(model, batch) -> scalar loss")
 
     start = time.perf_counter()
     generator = torch.Generator().manual_seed(seed)
@@ -132,13 +182,9 @@ def partition(
     was_training = model.training
     model.eval()
     try:
+        context = ScoringContext(model, layers, batch_list, loss_fn, seed, generator)
         for target in targets:
-            if scorer == "taylor":
-                scores = _taylor_scores(model, layers, batch_list, loss_fn, seed)
-            elif scorer == "magnitude":
-                scores = [_magnitude_scores(layer) for _, layer in layers]
-            else:
-                scores = [torch.rand(layer.kernel_numel, generator=generator) for _, layer in layers]
+            scores = _checked_scores(scorer, chosen.score(context), layers)
             masks = _select(scores, target, scope)
             count = 0
             for (_, layer), mask in zip(layers, masks):
@@ -166,7 +212,7 @@ def partition(
         schedule=schedule,
         rounds=rounds,
         seed=seed,
-        num_batches=len(batch_list) if scorer == "taylor" else 0,
+        num_batches=len(batch_list) if chosen.needs_batches else 0,
         wall_time_s=time.perf_counter() - start,
         round_revived=revived,
     )
@@ -179,7 +225,32 @@ def _check_arguments(dynamic_ratio, rounds, schedule, scope, scorer) -> None:
         raise ValueError(f"rounds={rounds!r} must be an integer >= 1 (1 is one-shot)")
     check_choice("schedule", schedule, SCHEDULES)
     check_choice("scope", scope, SCOPES)
-    check_choice("scorer", scorer, SCORERS)
+    check_choice("scorer", scorer, scorer_names())
+
+
+def _checked_scores(name: str, scores, layers) -> list[torch.Tensor]:
+    if not isinstance(scores, (list, tuple)) or len(scores) != len(layers):
+        raise ValueError(f"scorer {name!r} must return one score tensor per PAD layer ({len(layers)}); "
+                         f"got {type(scores).__name__}" + (f" of {len(scores)}" if isinstance(scores, (list, tuple)) else ""))
+    out = []
+    for (layer_name, layer), score in zip(layers, scores):
+        if not isinstance(score, torch.Tensor) or score.numel() != layer.kernel_numel:
+            got = tuple(score.shape) if isinstance(score, torch.Tensor) else type(score).__name__
+            raise ValueError(f"scorer {name!r}: layer {layer_name!r} needs {layer.kernel_numel} scores; got {got}")
+        out.append(score.detach().reshape(-1).float().cpu())
+    return out
+
+
+def _taylor(context: ScoringContext) -> list[torch.Tensor]:
+    return _taylor_scores(context.model, context.layers, context.batches, context.loss_fn, context.seed)
+
+
+def _magnitude(context: ScoringContext) -> list[torch.Tensor]:
+    return [_magnitude_scores(layer) for _, layer in context.layers]
+
+
+def _random(context: ScoringContext) -> list[torch.Tensor]:
+    return [torch.rand(layer.kernel_numel, generator=context.generator) for _, layer in context.layers]
 
 
 def _taylor_scores(model, layers, batch_list, loss_fn, seed) -> list[torch.Tensor]:
@@ -245,3 +316,10 @@ def _select(scores: list[torch.Tensor], ratio: float, scope: str) -> list[torch.
     flat = torch.cat(scores)
     mask = top_entries(flat, keep_count(ratio, flat.numel()))
     return list(torch.split(mask, [s.numel() for s in scores]))
+
+
+# The built-in scorers (SPEC section 4): the method and the paper's two baselines.
+register_scorer("taylor", _taylor, needs_batches=True)
+register_scorer("magnitude", _magnitude)
+register_scorer("random", _random)
+SCORERS = scorer_names()  # the built-in names; scorer_names() also lists registered ones

@@ -238,8 +238,9 @@ class DynamicConvCompute:
         batch = x.shape[0]
         kernel = math.prod(self.weight_shape)
         conv = batch * kernel * output.shape[2] * output.shape[3]
-        fc1 = self.attention.fc1
-        attention = batch * (fc1.in_features * fc1.out_features + fc1.out_features * self.num_kernels)
+        # the attention's linear layers (KernelAttention: C_in -> hidden -> K), whatever module holds them
+        attention = batch * sum(m.in_features * m.out_features for m in self.attention.modules()
+                                if isinstance(m, nn.Linear))
         aggregated = self.num_dynamic if isinstance(self, DynamicEntries) else kernel
         aggregation = batch * self.num_kernels * aggregated
         if self.bias is not None:

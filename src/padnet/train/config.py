@@ -24,6 +24,7 @@ import yaml
 
 from ..errors import ConfigError, shorten
 from ..layers.conv_strategy import STRATEGY_MODES
+from ..partition import scorer_names
 from .strict_yaml import load_yaml
 
 MODES = ("static", "dynamic", "pad")
@@ -31,7 +32,6 @@ KINDS = ("conv", "moe")
 ROUTINGS = ("softmax", "sigmoid")
 INITS = ("fresh", "upcycle")
 LAMBDA_MODES = ("both", "static", "dynamic", "none")
-SCORERS = ("taylor", "magnitude", "random")
 SCHEDULES = ("exponential", "linear")
 SCOPES = ("global", "local")
 STATIC_INITS = ("keep", "dynamic_mean")
@@ -104,7 +104,7 @@ class PartitionConfig:
     static_init: str = "keep"
 
     def problems(self) -> list[str]:
-        out = _choices("partition", self, scorer=SCORERS, schedule=SCHEDULES, scope=SCOPES,
+        out = _choices("partition", self, scorer=scorer_names(), schedule=SCHEDULES, scope=SCOPES,
                        static_init=STATIC_INITS)
         out += _at_least("partition", self, rounds=1, scoring_batches=1, warmup_steps=0)
         out += _at_most("partition", self, rounds=1000, scoring_batches=MAX_STEPS, warmup_steps=MAX_STEPS)

@@ -589,14 +589,14 @@ class Trainer:
         return results
 
     def _partition(self, model, parts, device, tau, steps_per_epoch) -> dict:
-        from ..partition import partition
+        from ..partition import get_scorer, partition
 
         config, p, log = self.config, self.config.partition, self.logger
         if p.warmup_steps:
             self._warmup(model, parts, device, tau, steps_per_epoch)
         set_temperature(model, tau.at_step(0, steps_per_epoch))
         batches = []
-        if p.scorer == "taylor":
+        if get_scorer(p.scorer).needs_batches:
             # The scoring set: the first batches of a fixed, seeded draw from the training data.
             loader = self.train_loader(parts, epoch=-1, batch_size=p.batch_size or config.batch_size)
             for i, batch in enumerate(loader):
