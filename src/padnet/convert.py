@@ -101,6 +101,20 @@ def convert(
 
     New PAD layers start fully dynamic (mask all ones); run ``padnet.partition`` to choose the mask.
     Returns ``model``, changed in place.
+
+    Args:
+        model: any ``nn.Module``; its modules are replaced in place.
+        dynamic: ``"conv"`` (every ``nn.Conv2d`` except the first) or ``"moe"`` (FFN output projections).
+        pad: PAD layers (True) or the fully dynamic hosts (DY-Conv/CondConv, MoE).
+        num_kernels: K, the dynamic kernels per conv.
+        routing: ``"softmax"`` (DY-Conv, temperature-annealed) or ``"sigmoid"`` (CondConv).
+        include, exclude: fnmatch patterns on module names that override the rule above.
+        reduction: attention hidden width C_in // reduction (at least 4).
+        init: ``"fresh"`` kernels (SPEC) or ``"upcycle"`` (every kernel/expert from the existing weight,
+            so the converted model computes what it did).
+        lambda_mode: which scale factors learn: ``"both"``, ``"static"``, ``"dynamic"`` or ``"none"``.
+        num_experts, top_k, noisy_gating, aux_loss_coef: the MoE's experts, routing and balance loss.
+        target: which FFN projection becomes the MoE (``"output"``, SPEC section 5).
     """
     if getattr(model, "padnet_config", None) is not None:
         raise ValueError("this model was already converted by padnet.convert")

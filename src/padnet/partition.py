@@ -159,6 +159,18 @@ def partition(
     Scoring runs in eval mode (no dropout, no router noise), changes no weight, leaves no ``.grad``,
     and restores the model's mode. Under torch.distributed, taylor scores are summed over ranks before
     ranking, so every rank gets the same mask.
+
+    Args:
+        model: a model holding uncompacted PAD layers (``padnet.convert(..., pad=True)``).
+        batches: the scoring set, any iterable of what ``loss_fn`` takes (None for scorers that need none).
+        loss_fn: ``loss_fn(model, batch) -> scalar loss``.
+        dynamic_ratio: kappa in (0, 1], the fraction of entries that stay dynamic.
+        rounds: T rounds of re-scoring (1 is one-shot).
+        schedule: ``"exponential"`` (kappa_t = kappa^(t/T)) or ``"linear"``.
+        scope: ``"global"`` (one ranking over all layers) or ``"local"`` (kappa per layer).
+        scorer: ``"taylor"`` (the method), ``"magnitude"``, ``"random"`` or a name from
+            ``padnet.register_scorer``.
+        seed: makes the scoring (and the random scorer) deterministic.
     """
     _check_arguments(dynamic_ratio, rounds, schedule, scope, scorer)
     layers = pad_layers(model)

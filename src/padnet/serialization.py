@@ -172,6 +172,13 @@ def save(model: nn.Module, path, arch: dict | str | None = None) -> Path:
 
     ``arch`` overrides ``model.padnet_arch``: a registered name or ``{"name": ..., "kwargs": {...}}``.
     Without either, the file still saves but ``load`` needs a ``model_factory``.
+
+    Args:
+        model: a plain, converted (training form, compacted or not) or deployed model.
+        path: the ``.safetensors`` file to write (its directory must exist).
+        arch: how ``load`` rebuilds the base model, if ``model.padnet_arch`` is absent or wrong.
+
+    Returns the path written.
     """
     if isinstance(arch, str):
         arch = {"name": arch, "kwargs": {}}
@@ -404,6 +411,12 @@ def load(path, model_factory: Callable[[], nn.Module] | None = None, map_locatio
     allocated beyond the file's own tensors (and the buffers the layers derive from them). Models whose
     values are not all in the file (Hugging Face models: ``position_ids``) are checked the same way on
     meta, then built for real. Any malformed file raises ``ModelFileError`` naming the file.
+
+    Args:
+        path: a file written by ``padnet.save``.
+        model_factory: builds the base model (before ``padnet.convert``) when the file's arch is not
+            registered, or to override it.
+        map_location: the device the loaded tensors go to.
     """
     path = Path(path)
     record, shapes = _read_header(path)

@@ -142,7 +142,12 @@ def summary(model: nn.Module, example_input: torch.Tensor | None = None) -> Mode
     """Per dynamic layer: shape, dynamic ratio, lambda_s, lambda_d and parameter counts; totals beside
     what the same model would hold fully static and fully dynamic, and the bytes it stores now. Given
     an ``example_input``, also the MACs per sample split into convolution/matmul and kernel
-    aggregation (``padnet.cost``), for the training and the deployed form alike."""
+    aggregation (``padnet.cost``), for the training and the deployed form alike.
+
+    Args:
+        model: any model; dynamic layers get a row each, everything else is counted in the totals.
+        example_input: a batch to run once (eval mode, no grad) for the MACs; None skips them.
+    """
     found = dynamic_layers(model)
     # Nested dynamic layers do not exist, so a layer's parameters belong to it alone.
     layers = [_layer_summary(name, layer) for name, layer in found]
