@@ -5,8 +5,9 @@ and returns it to the system when freed, so a tensor of that size costs a page f
 time it is created. A training step of a dynamic network creates several per layer (the K stacked
 kernels and their gradient: 38 MB for a 3x3 512->512 layer with K = 4), every step. Raising the
 mmap and trim thresholds makes freed memory stay in the process and be reused: measured on
-resnet18 at 64x64, batch 32, one thread, the PAD train step went from 1.15 s to 0.98 s (system time
-from 44 % of the step to a few %); a static model gains little. The cost: the process keeps its peak
+resnet18 at 64x64, batch 32, one thread, the PAD train step went from 1.11-1.15 s to 0.95-0.98 s
+(without it, system time, i.e. page faults, was 44 % of the training benchmark's CPU time); a static
+model gains little (0.35 s either way). The cost: the process keeps its peak
 memory instead of returning it between steps. Library users can do the same with the environment
 variables ``MALLOC_MMAP_THRESHOLD_`` and ``MALLOC_TRIM_THRESHOLD_`` or with jemalloc/tcmalloc.
 """
