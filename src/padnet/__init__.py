@@ -27,6 +27,7 @@ __all__ = [
     "compact",
     "convert",
     "partition",
+    "register_scorer",
     "set_temperature",
     "summary",
 ]

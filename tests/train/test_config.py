@@ -100,3 +100,21 @@ def test_sweep_validates_every_run_before_starting(tmp_path):
     assert "unknown sweep key 'extra'" in text
     assert "runs[0] (bad, seed 0): dynamic.dynamic_ratio=2.0 must be in (0, 1]" in text
     assert "runs[1] (bad2, seed 0): optim.lr=0.0 must be > 0" in text
+
+
+def test_every_convert_option_is_reachable_from_yaml(tmp_path):
+    """aux_loss_coef, noisy_gating, include and exclude reach padnet.convert from a run config."""
+    from padnet.models import build
+    from padnet.train.trainer import make_dynamic
+
+    path = tmp_path / "run.yaml"
+    path.write_text("dynamic:\n  mode: dynamic\n  include: ['layer1.*']\n  exclude: ['*.conv2']\n"
+                    "  aux_loss_coef: 0.05\n  noisy_gating: false\n")
+    config = load_config(path, preflight=False)
+    assert config.dynamic.include == ["layer1.*"] and config.dynamic.exclude == ["*.conv2"]
+    model = make_dynamic(build("small_resnet", 3, 1, True, width=4, layers=[1]), config)
+    converted = model.padnet_config["converted"]
+    assert converted and all(n.startswith("layer1.") and not n.endswith(".conv2") for n in converted)
+    assert model.padnet_config["aux_loss_coef"] == 0.05 and model.padnet_config["noisy_gating"] is False
+    with pytest.raises(ValueError, match=r"dynamic.aux_loss_coef=-1.0 must be >= 0"):
+        config_from_dict({"dynamic": {"aux_loss_coef": -1.0}})

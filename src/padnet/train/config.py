@@ -65,6 +65,10 @@ class DynamicConfig:
     dynamic_ratio: float = 0.3  # kappa, for mode=pad
     num_experts: int = 8
     top_k: int = 2
+    noisy_gating: bool = True  # MoE: noisy top-k routing while training
+    aux_loss_coef: float = 0.01  # MoE: load-balancing loss coefficient
+    include: list[str] | None = None  # fnmatch patterns of module names to convert (overrides the rule)
+    exclude: list[str] | None = None  # ... and to leave static
     temperature_start: float = 30.0  # DY-Conv softmax temperature, annealed linearly ...
     temperature_end: float = 1.0
     temperature_epochs: float = 10.0  # ... over this many epochs
@@ -75,6 +79,8 @@ class DynamicConfig:
         out += _at_most("dynamic", self, num_kernels=MAX_KERNELS, reduction=MAX_WIDTH, num_experts=MAX_EXPERTS)
         if not 0 < self.dynamic_ratio <= 1:
             out.append(f"dynamic.dynamic_ratio={self.dynamic_ratio!r} must be in (0, 1]")
+        if not self.aux_loss_coef >= 0:
+            out.append(f"dynamic.aux_loss_coef={self.aux_loss_coef!r} must be >= 0")
         if self.top_k > self.num_experts:
             out.append(f"dynamic.top_k={self.top_k!r} must be <= dynamic.num_experts={self.num_experts!r}")
         for key in ("temperature_start", "temperature_end"):

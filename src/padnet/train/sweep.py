@@ -144,14 +144,17 @@ def summarize(results: list[dict]) -> list[dict]:
             "deployable_params": rs[0]["parameters"]["deployable"],
             "time_per_epoch_s": sum(times) / len(times) if times else None,
             "epochs": rs[0].get("epochs"),
+            "kind": ((rs[0].get("config") or {}).get("dynamic") or {}).get("kind", "conv"),
         })
     return sorted(rows, key=lambda r: (MODE_ORDER.get(r["mode"], 9), r["scorer"] == "random",
                                        r["dynamic_ratio"] or 0, r["name"]))
 
 
 def markdown_table(rows: list[dict]) -> str:
+    metric = rows[0]["metric"] if rows else "accuracy"
+    heading = "test accuracy (%)" if metric == "accuracy" else f"test {metric}"
     lines = [
-        "| run | mode | dynamic ratio | seeds | test accuracy (%) mean ± std | deployable params | time / epoch (s) |",
+        f"| run | mode | dynamic ratio | seeds | {heading} mean ± std | deployable params | time / epoch (s) |",
         "|---|---|---:|---:|---:|---:|---:|",
     ]
     for r in rows:
@@ -165,6 +168,12 @@ def markdown_table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def dynamic_host_label(rows: list[dict]) -> str:
+    """The fully dynamic baseline's name: DY-Conv for conv runs, MoE for MoE runs."""
+    kinds = {r.get("kind", "conv") for r in rows if r["mode"] == "dynamic"}
+    return "MoE (fully dynamic)" if kinds == {"moe"} else "DY-Conv (fully dynamic)"
+
+
 def plot(rows: list[dict], path: str | Path, no_links_under: str | Path | None = None) -> Path:
     """Accuracy vs dynamic ratio (left) and vs deployable parameters (right), mean ± std over seeds."""
     import matplotlib
@@ -175,14 +184,15 @@ def plot(rows: list[dict], path: str | Path, no_links_under: str | Path | None =
     path = Path(path)
     fig, axes = plt.subplots(1, 2, figsize=(10, 4))
     scale = 100 if rows and rows[0]["metric"] == "accuracy" else 1
+    dynamic_label = dynamic_host_label(rows)
     groups = {
         "static": [r for r in rows if r["mode"] == "static"],
-        "DY-Conv (fully dynamic)": [r for r in rows if r["mode"] == "dynamic"],
+        dynamic_label: [r for r in rows if r["mode"] == "dynamic"],
         "PAD (taylor)": [r for r in rows if r["mode"] == "pad" and r["scorer"] == "taylor"],
         "PAD (random)": [r for r in rows if r["mode"] == "pad" and r["scorer"] == "random"],
         "PAD (magnitude)": [r for r in rows if r["mode"] == "pad" and r["scorer"] == "magnitude"],
     }
-    markers = {"static": "s", "DY-Conv (fully dynamic)": "D", "PAD (taylor)": "o", "PAD (random)": "x",
+    markers = {"static": "s", dynamic_label: "D", "PAD (taylor)": "o", "PAD (random)": "x",
                "PAD (magnitude)": "^"}
     for label, rs in groups.items():
         if not rs:

@@ -151,6 +151,7 @@ def make_dynamic(model: nn.Module, config: RunConfig) -> nn.Module:
     return convert(
         model, dynamic=d.kind, pad=d.mode == "pad", num_kernels=d.num_kernels, routing=d.routing,
         reduction=d.reduction, init=d.init, lambda_mode=d.lambda_mode, num_experts=d.num_experts, top_k=d.top_k,
+        noisy_gating=d.noisy_gating, aux_loss_coef=d.aux_loss_coef, include=d.include, exclude=d.exclude,
     )
 
 
