@@ -52,6 +52,8 @@ MOE = {
     "partition": {"scoring_batches": 2, "rounds": 1, "warmup_steps": 2},  # upcycled: warm up first
 }
 NAN = {**DIGITS, "task": "nan_rank1_test", "dynamic": {"mode": "static"}}
+# Still annealing at the end (2 of 4 epochs), so a rebuild with the wrong steps per epoch shows.
+ANNEALING = {**DIGITS, "dynamic": {**DIGITS["dynamic"], "temperature_epochs": 4}}
 
 
 def torchrun(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
@@ -72,10 +74,12 @@ def runs(tmp_path_factory):
     digits = write(root / "digits.yaml", {**DIGITS, "run_dir": str(root / "base")})
     moe = write(root / "moe.yaml", {**MOE, "run_dir": str(root / "moe")})
     nan = write(root / "nan.yaml", {**NAN, "run_dir": str(root / "nan")})
+    annealing = write(root / "annealing.yaml", {**ANNEALING, "run_dir": str(root / "annealing")})
     plan = [
         {"argv": ["train", "--config", str(digits)]},
         {"argv": ["train", "--config", str(moe)]},
         {"argv": ["train", "--config", str(nan)]},
+        {"argv": ["train", "--config", str(annealing)]},
         {"argv": ["train", "--config", str(digits), "--set", f"run_dir={root / 'killed'}"], "kill_after_epoch": 1},
     ]
     plan_path = root / "plan.json"
@@ -177,7 +181,7 @@ def test_nan_on_one_rank_stops_every_rank(runs):
 def test_killed_run_resumes_to_the_uninterrupted_result(runs):
     root, killed = runs["root"], runs["root"] / "killed"
     assert runs["proc"].returncode != 0  # rank 0 was SIGKILLed; torchrun reports the failure
-    assert all(len(c) == 3 for c in runs["codes"])  # the 4th command never returned
+    assert all(len(c) == 4 for c in runs["codes"])  # the last command never returned
     assert load_checkpoint(killed / "checkpoint.pt")["epoch"] == 1
     assert not (killed / "results.json").exists()
 
@@ -191,3 +195,20 @@ def test_killed_run_resumes_to_the_uninterrupted_result(runs):
     a, b = load_checkpoint(base / "checkpoint.pt")["model"], load_checkpoint(killed / "checkpoint.pt")["model"]
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     assert json.loads(proc.stdout)["test"] == uninterrupted["test"]  # rank 0 alone printed the summary
+
+
+def test_eval_of_a_two_process_run_uses_the_run_temperature(runs):
+    """The run took 64 / 2 ranks / 8 = 4 steps per epoch, 8 in all: its attention temperature ended at
+    30 - 29 * 2 / 4 = 15.5. Rebuilt in one process for `padnet eval`, the model must use that, not the
+    22.75 of a one-process schedule (8 steps per epoch), and reproduce the run's test accuracy."""
+    from padnet.layers import DynamicConvCompute
+    from padnet.train.trainer import _rebuild_run
+
+    assert [c[3:4] for c in runs["codes"]] == [[0]] * WORLD, runs["proc"].stderr[-3000:]
+    base = runs["root"] / "annealing"
+    run = _rebuild_run(base, None, None)
+    temperatures = {m.temperature for m in run.model.modules() if isinstance(m, DynamicConvCompute)}
+    assert temperatures == {30 - 29 * 2 / 4}
+    results = json.loads((base / "results.json").read_text())
+    assert run.evaluate()["accuracy"] == results["test"]["accuracy"]
+
