@@ -34,7 +34,8 @@ __all__ = [
 
 # Deployment form and model files (issue 6); counting lives in padnet.cost.
 from .deploy import deploy  # noqa: E402
-from .serialization import build_arch, load, register_arch, save, tag_arch  # noqa: E402
+from .arch import build_arch, register_arch, tag_arch  # noqa: E402
+from .serialization import load, save  # noqa: E402
 
 __all__ += ["ModelFileError", "build_arch", "deploy", "load", "register_arch", "save", "tag_arch"]
 

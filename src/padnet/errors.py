@@ -64,4 +64,9 @@ class RunError(PadnetError, RuntimeError):
     """A run that cannot start or go on; the message names the run directory or file and the fix."""
 
 
-__all__ = ["ConfigError", "DataError", "ModelFileError", "PadnetError", "PartitionError", "RunError", "shorten"]
+class NonFiniteLossError(RunError):
+    """The loss became NaN or inf; the run stopped and its last good checkpoint is kept."""
+
+
+__all__ = ["ConfigError", "DataError", "ModelFileError", "NonFiniteLossError", "PadnetError", "PartitionError",
+           "RunError", "shorten"]

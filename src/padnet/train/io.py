@@ -28,6 +28,8 @@ import torch
 import torch.distributed as dist
 import yaml
 
+from ..errors import ModelFileError, NonFiniteLossError, RunError
+
 
 def is_main_process() -> bool:
     return not (dist.is_available() and dist.is_initialized()) or dist.get_rank() == 0
@@ -48,7 +50,6 @@ def refuse_links(path: str | Path, root: str | Path | None = None) -> None:
             parent = parent.parent
     for component in chain:
         if component.is_symlink():
-            from ..errors import RunError
 
             raise RunError(f"{component} is a symbolic link; padnet does not write through links "
                            "(remove it or choose another path)")
@@ -116,7 +117,6 @@ def open_append_nofollow(path: str | Path):
         fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0), 0o666)
     except OSError as err:
         if err.errno == errno.ELOOP:
-            from ..errors import RunError
 
             raise RunError(f"{path} is a symbolic link; padnet does not write through links (remove it)") from None
         raise
@@ -193,7 +193,6 @@ def load_checkpoint(path: str | Path, map_location="cpu") -> dict:
     mapped from the file, not inflated into memory. Only ``torch.save``'s own zip layout is read, every
     entry stored uncompressed (as ``torch.save`` writes them) and inside the file, so a small file
     cannot expand into a large allocation. Every problem is a ``ModelFileError`` naming the file."""
-    from ..errors import ModelFileError
 
     path = Path(path)
     _check_checkpoint_archive(path)
@@ -221,8 +220,6 @@ def _cut(text: str, limit: int = 300) -> str:
 
 def _check_checkpoint_archive(path: Path) -> None:
     import zipfile
-
-    from ..errors import ModelFileError
 
     if not path.is_file():
         if not path.exists():
@@ -272,8 +269,6 @@ class RunWriter:
         raising while the others wait in the next collective."""
         bad = non_finite_tensors(obj)
         if bad:
-            from .trainer import NonFiniteLossError  # imported here: the trainer imports this module
-
             epoch = obj.get("epoch") if isinstance(obj, dict) else None
             raise NonFiniteLossError(
                 f"non-finite values (nan/inf) in {len(bad)} tensors of the state to save"

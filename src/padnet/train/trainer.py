@@ -44,7 +44,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, RandomSampler
 
-from ..errors import ModelFileError, RunError, shorten
+from ..errors import ModelFileError, NonFiniteLossError, RunError, shorten
 from ..convert import compact, convert, dynamic_layers, pad_layers
 from ..layers import DynamicConvCompute, MoECompute, aux_loss
 from ..layers.conv_strategy import conv_strategy, conv_strategy_picks, load_conv_strategy_picks
@@ -61,10 +61,6 @@ CHECKPOINT_FORMAT = "padnet.train.checkpoint"
 # Keys that may differ between a run and its resumption without changing its results.
 # (Not ``threads``: the number of threads changes the order of float reductions, so the results.)
 RESUME_FREE_KEYS = {"run_dir", "progress", "tensorboard", "log_every", "num_workers", "device"}
-
-
-class NonFiniteLossError(RunError):
-    """The loss became NaN or inf; the run stopped and its last good checkpoint is kept."""
 
 
 class RunDirError(RunError):
