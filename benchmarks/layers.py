@@ -108,7 +108,7 @@ def strategy_rows(batch: int, kappa: float, min_run_time: float, rounds: int) ->
         candidates = [s for s in applicable_strategies(dyn.kernel_size, dyn.padding, dyn.dilation, 1) if s != "loop"]
         for backward in (True, False):
             x = torch.randn(batch, c_in, hw, hw, requires_grad=backward)
-            rule = heuristic_strategy(x.shape, dyn.kernel_size, dyn.stride, dyn.padding, dyn.dilation, 1, backward)
+            rule = heuristic_strategy(x.shape, dyn.kernel_size, dyn.stride, dyn.padding, dyn.dilation, 1)
             for kind, layer in (("DY-Conv", dyn), ("PAD", pad)):
                 def pinned(strategy, run=pass_fn(layer, x, backward), layer=layer):
                     def fn():
@@ -165,7 +165,7 @@ def main(argv=None):
         for batch in args.batches:
             x = torch.empty(batch, c_in, hw, hw)
             for backward in passes:
-                strategy = heuristic_strategy(x.shape, (k, k), (1, 1), (k // 2, k // 2), (1, 1), 1, backward)
+                strategy = heuristic_strategy(x.shape, (k, k), (1, 1), (k // 2, k // 2), (1, 1), 1)
                 t = measure(c_in, c_out, k, hw, batch, args.kappa, min_run_time, backward, rounds)
                 r = {n: t[n] / t["static"] for n in VARIANTS}
                 ok_dy = t["padnet PAD"] <= t["DY-Conv"]

@@ -9,6 +9,7 @@ back to scikit-learn's 8x8 digits (bundled, seconds).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import statistics
 import sys
@@ -96,21 +97,13 @@ def run_demo(out: str | Path = "runs/demo", seed: int = 0, data_root: str | None
     return {"rows": rows, "plot": str(png)}
 
 
-class _NoBar:
-    def __enter__(self):
-        return None
-
-    def __exit__(self, *exc):
-        return False
-
-
 def _run_bar(name: str, enabled: bool):
     if not enabled:
-        return _NoBar()
+        return contextlib.nullcontext()
     try:
         from tqdm.auto import tqdm
     except ImportError:
-        return _NoBar()
+        return contextlib.nullcontext()
     return tqdm(desc=f"{name:>8}", unit="step", dynamic_ncols=True, leave=True)
 
 

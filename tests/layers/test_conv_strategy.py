@@ -181,7 +181,7 @@ def test_mixture_of_one_kernel_is_a_plain_convolution():
 # ----------------------------------------------------------------------------- the choice
 def test_heuristic_uses_mixtures_on_small_maps_and_per_sample_kernels_on_large_ones():
     def pick(hw, k=3, stride=1, groups=1):
-        return heuristic_strategy((32, 64, hw, hw), (k, k), (stride, stride), (k // 2, k // 2), (1, 1), groups, True)
+        return heuristic_strategy((32, 64, hw, hw), (k, k), (stride, stride), (k // 2, k // 2), (1, 1), groups)
 
     assert pick(2) == "mixture_unfold"  # resnet18 layer4 at 64x64 inputs
     assert pick(4) == "mixture"
@@ -247,7 +247,7 @@ def test_saved_picks_are_restored_and_heuristic_and_pinned_modes_never_time():
     calls.clear()
     with conv_strategy.conv_strategy("heuristic"), torch.no_grad():
         pad(x)
-    assert calls == [heuristic_strategy(x.shape, pad.kernel_size, pad.stride, pad.padding, pad.dilation, 1, False)]
+    assert calls == [heuristic_strategy(x.shape, pad.kernel_size, pad.stride, pad.padding, pad.dilation, 1)]
     calls.clear()
     with conv_strategy.conv_strategy("loop"), torch.no_grad():
         pad(x)

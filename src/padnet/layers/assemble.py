@@ -76,7 +76,7 @@ def assemble_kernels(
     dynamic = dynamic.to(static.dtype)
     needs_grad = torch.is_grad_enabled() and any(
         t is not None and t.requires_grad for t in (static, dynamic, scale))
-    if needs_grad or static.device.type != "cpu" or _tracing():
+    if needs_grad or static.device.type != "cpu" or tracing():
         return _AssembleKernels.apply(static, dynamic, index, keep, scale)
     batch = dynamic.shape[0]
     out = _workspace(batch * static.numel(), static.dtype).view(batch, -1)
@@ -110,6 +110,6 @@ if _is_compiling is None:
     from torch._dynamo import is_compiling as _is_compiling
 
 
-def _tracing() -> bool:
+def tracing() -> bool:
     # Traced or compiled graphs must not capture a buffer that the next call overwrites.
     return torch.jit.is_tracing() or _is_compiling()

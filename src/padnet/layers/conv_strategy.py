@@ -25,11 +25,14 @@ computes exactly as the uninterrupted one did.
 from __future__ import annotations
 
 import contextlib
+import functools
 import math
 import time
 from collections.abc import Callable, Iterator, Mapping
 
 import torch
+
+from .assemble import tracing
 
 PER_SAMPLE_STRATEGIES = ("grouped", "unfold", "bmm", "loop")
 MIXTURE_STRATEGIES = ("mixture", "mixture_unfold")
@@ -106,6 +109,7 @@ def is_plain_1x1(kernel_size, padding, dilation, groups) -> bool:
     return groups == 1 and tuple(kernel_size) == (1, 1) and tuple(padding) == (0, 0) and tuple(dilation) == (1, 1)
 
 
+@functools.lru_cache(maxsize=None)
 def applicable_strategies(kernel_size, padding, dilation, groups) -> tuple[str, ...]:
     """The strategies that can compute a layer of this geometry (unfold-based ones need groups = 1,
     ``bmm`` a plain 1x1 conv)."""
@@ -127,11 +131,10 @@ MIXTURE_MAX_POSITIONS = 16
 UNFOLD_MAX_POSITIONS = 64
 
 
-def heuristic_strategy(x_shape, kernel_size, stride, padding, dilation, groups, needs_grad: bool) -> str:
+def heuristic_strategy(x_shape, kernel_size, stride, padding, dilation, groups) -> str:
     """The deterministic rule: by output positions per sample, mixtures on small maps, per-sample
-    kernels on large ones (thresholds above). ``needs_grad`` is kept for callers that measure a
-    different rule per pass; the CPU measurements put the cross-overs at the same sizes."""
-    del needs_grad  # same cross-overs forward-only and fwd+bwd on the measured CPU
+    kernels on large ones (thresholds above; the CPU measurements put the cross-overs at the same sizes
+    forward-only and fwd+bwd)."""
     positions = output_positions(x_shape, kernel_size, stride, padding, dilation)
     if groups == 1 and positions <= MIXTURE_UNFOLD_MAX_POSITIONS:
         return "mixture_unfold"
@@ -144,36 +147,30 @@ def heuristic_strategy(x_shape, kernel_size, stride, padding, dilation, groups, 
     return "grouped"
 
 
-def _tracing() -> bool:
-    return torch.jit.is_tracing() or _is_compiling()
-
-
-_is_compiling = getattr(torch.compiler, "is_compiling", None)  # torch >= 2.3
-if _is_compiling is None:  # pragma: no cover - old torch
-    from torch._dynamo import is_compiling as _is_compiling
-
-
 def resolve_strategy(
     mode: str | None,
-    key: str,
     candidates: tuple[str, ...],
-    heuristic: str,
+    heuristic: Callable[[], str],
+    key: Callable[[], str],
     run: Callable[[str], tuple[torch.Tensor, list[torch.Tensor]]],
 ) -> str:
-    """The strategy for one call. ``mode`` is the layer's own (None: the global mode); ``run(s)``
-    computes the layer's output with strategy ``s`` on detached copies of the inputs and returns it with
-    the tensors to differentiate (empty when no gradient is needed); the autotuner times it."""
+    """The strategy for one call. ``mode`` is the layer's own (None: the global mode); ``heuristic()``
+    gives the rule's pick and ``key()`` the cache key, each computed only when the mode needs it (a
+    forward with a cached or pinned strategy does no more than a dict lookup); ``run(s)`` computes the
+    layer's output with strategy ``s`` on detached copies of the inputs and returns it with the tensors
+    to differentiate (empty when no gradient is needed); the autotuner times it."""
     mode = get_conv_strategy() if mode is None else _check_mode(mode, "strategy")
     if mode in CONV_STRATEGIES:
         if mode not in candidates:
-            raise ValueError(f"conv strategy {mode!r} cannot compute this layer ({key}); "
+            raise ValueError(f"conv strategy {mode!r} cannot compute this layer ({key()}); "
                              f"allowed here: {', '.join(map(repr, candidates))}")
         return mode
-    if mode == "heuristic" or _tracing():
-        return heuristic
-    pick = _picks.get(key)
+    if mode == "heuristic" or tracing():
+        return heuristic()
+    cache_key = key()
+    pick = _picks.get(cache_key)
     if pick is None:
-        pick = _picks[key] = _autotune(candidates, heuristic, run)
+        pick = _picks[cache_key] = _autotune(candidates, heuristic(), run)
     return pick
 
 

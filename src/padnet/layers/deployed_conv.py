@@ -9,7 +9,7 @@ from torch import nn
 
 from .assemble import assemble_kernels
 from .deployed_base import DeployedPartiallyDynamic
-from .dynamic_conv import DynamicConvCompute, init_dynamic_conv_geometry
+from .dynamic_conv import DynamicConvCompute, append_kernel_weight, init_dynamic_conv_geometry
 from .pad_base import dense_dynamic_kernels
 from .pad_conv import PADConv2d
 
@@ -80,7 +80,7 @@ class DeployedPADConv2d(DeployedPartiallyDynamic, DynamicConvCompute, nn.Module)
             return assemble_kernels(self.static_kernel, self.dynamic_values, self.dynamic_index), alpha
         dynamic = dense_dynamic_kernels(self.dynamic_values, self.dynamic_index, self.kernel_numel)
         stack = torch.cat([dynamic, self.static_kernel.unsqueeze(0)])
-        return stack, torch.cat([alpha, alpha.new_ones(alpha.shape[0], 1)], 1)
+        return stack, append_kernel_weight(alpha, 1.0)
 
     def extra_repr(self) -> str:
         return f"{self.geometry_repr()}, bias={self.bias is not None}, {self.deployed_extra_repr()}"

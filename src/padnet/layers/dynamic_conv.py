@@ -186,6 +186,13 @@ def apply_kernel_mixture(
                      f"{', '.join(map(repr, MIXTURE_STRATEGIES))}")
 
 
+def append_kernel_weight(weights: torch.Tensor, value) -> torch.Tensor:
+    """(B, J) mixture weights -> (B, J + 1): one more kernel (a static part stacked after the K dynamic
+    kernels) weighted ``value`` (a number or a 0-d tensor, which keeps its gradient) in every sample."""
+    column = torch.as_tensor(value, dtype=weights.dtype, device=weights.device).expand(weights.shape[0], 1)
+    return torch.cat([weights, column], 1)
+
+
 class DynamicConvCompute:
     """The forward every dynamic conv form shares (DY-Conv/CondConv, PAD, deployed PAD): attention,
     dynamic bias, then the strategy that ``padnet.layers.conv_strategy`` picks. A layer provides
@@ -210,26 +217,31 @@ class DynamicConvCompute:
         return apply_per_sample_kernels(x, self.per_sample_kernels(alpha), bias, *geometry, strategy=strategy)
 
     def pick_strategy(self, x: torch.Tensor, alpha: torch.Tensor, bias: torch.Tensor | None) -> str:
-        needs_grad = torch.is_grad_enabled() and (x.requires_grad or alpha.requires_grad or any(
-            p.requires_grad for p in self.parameters(recurse=False)))
-        args = (self.kernel_size, self.stride, self.padding, self.dilation, self.groups)
-        layout = "cl" if x.dim() == 4 and not x.is_contiguous() and x.is_contiguous(
-            memory_format=torch.channels_last) else "c"
-        key = (f"{type(self).__name__}|x={tuple(x.shape)}|{str(x.dtype).removeprefix('torch.')}|{x.device.type}|"
-               f"{layout}|out={self.out_channels}|k={self.kernel_size}|s={self.stride}|p={self.padding}|"
-               f"d={self.dilation}|g={self.groups}|K={self.num_kernels}|{self.routing}|grad={int(needs_grad)}")
+        geometry = (self.kernel_size, self.stride, self.padding, self.dilation, self.groups)
+
+        def needs_grad() -> bool:
+            return torch.is_grad_enabled() and (x.requires_grad or alpha.requires_grad or any(
+                p.requires_grad for p in self.parameters(recurse=False)))
+
+        def key() -> str:
+            layout = "cl" if not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last) else "c"
+            return (f"{type(self).__name__}|x={tuple(x.shape)}|{str(x.dtype).removeprefix('torch.')}|"
+                    f"{x.device.type}|{layout}|out={self.out_channels}|k={self.kernel_size}|s={self.stride}|"
+                    f"p={self.padding}|d={self.dilation}|g={self.groups}|K={self.num_kernels}|{self.routing}|"
+                    f"grad={int(needs_grad())}")
 
         def run(strategy: str):
-            with torch.set_grad_enabled(needs_grad):
-                inputs = [t.detach().requires_grad_(needs_grad) for t in (x, alpha)]
+            grad = needs_grad()
+            with torch.set_grad_enabled(grad):
+                inputs = [t.detach().requires_grad_(grad) for t in (x, alpha)]
                 if bias is not None:
-                    inputs.append(bias.detach().requires_grad_(needs_grad))
+                    inputs.append(bias.detach().requires_grad_(grad))
                 out = self.compute(inputs[0], inputs[1], inputs[2] if bias is not None else None, strategy)
             params = [p for p in self.parameters(recurse=False) if p.requires_grad]
-            return out, (inputs + params) if needs_grad else []
+            return out, (inputs + params) if grad else []
 
-        return resolve_strategy(self.strategy, key, applicable_strategies(self.kernel_size, self.padding,
-                                self.dilation, self.groups), heuristic_strategy(x.shape, *args, needs_grad), run)
+        candidates = applicable_strategies(self.kernel_size, self.padding, self.dilation, self.groups)
+        return resolve_strategy(self.strategy, candidates, lambda: heuristic_strategy(x.shape, *geometry), key, run)
 
     def macs(self, x: torch.Tensor, output: torch.Tensor) -> tuple[int, int]:
         """(conv + attention MACs, aggregation MACs) of one call in the per-sample form: the conv once

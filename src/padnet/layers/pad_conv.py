@@ -6,7 +6,7 @@ import torch
 from torch import nn
 
 from .assemble import assemble_kernels
-from .dynamic_conv import DynamicConv2d
+from .dynamic_conv import DynamicConv2d, append_kernel_weight
 from .pad_base import PartiallyDynamic
 
 
@@ -51,7 +51,7 @@ class PADConv2d(PartiallyDynamic, DynamicConv2d):
             if self.routing == "softmax":
                 return static + m * (lambda_d * self.weight - static), alpha
             stack = torch.cat([m * (lambda_d * self.weight), (1 - m) * static])
-            return stack, torch.cat([alpha, alpha.new_ones(alpha.shape[0], 1)], 1)
+            return stack, append_kernel_weight(alpha, 1.0)
         # lambda_d scales the (B, K) weights instead of the (K, nnz) entries, and the static part by
         # lambda_s / lambda_d (lambda_d = 2 sigmoid(phi) > 0): no extra pass over the kernels.
         weights = lambda_d * alpha
@@ -60,7 +60,7 @@ class PADConv2d(PartiallyDynamic, DynamicConv2d):
                                      scale=lambda_s / lambda_d, keep=self.static_keep)
             return stack, weights
         stack = torch.cat([self.masked_dynamic_kernels(), self.masked_static_kernel(lambda_s / lambda_d).unsqueeze(0)])
-        return stack, torch.cat([weights, lambda_d.expand(alpha.shape[0], 1).to(alpha.dtype)], 1)
+        return stack, append_kernel_weight(weights, lambda_d)
 
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, {self.pad_extra_repr()}"
