@@ -173,14 +173,9 @@ def partition(
         seed: makes the scoring (and the random scorer) deterministic.
     """
     _check_arguments(dynamic_ratio, rounds, schedule, scope, scorer)
-    layers = pad_layers(model)
-    if not layers:
-        raise ValueError(f"{type(model).__name__} has no PAD layers; convert it first with padnet.convert(..., pad=True)")
-    compacted = [name for name, layer in layers if layer.compacted]
-    if compacted:
-        raise ValueError(f"PAD layers are compacted (their masks are final): {compacted[:5]}; partition before compact()")
-    batch_list = list(batches) if batches is not None else []
+    layers = _uncompacted_pad_layers(model)
     chosen = _SCORERS[scorer]
+    batch_list = list(batches) if batches is not None else []
     if chosen.needs_batches:
         if not batch_list:
             raise ValueError(f"batches is empty: the {scorer} scorer needs at least one scoring batch")
@@ -190,16 +185,43 @@ def partition(
     start = time.perf_counter()
     generator = torch.Generator().manual_seed(seed)
     targets = round_targets(dynamic_ratio, rounds, schedule)
+    revived = _run_rounds(ScoringContext(model, layers, batch_list, loss_fn, seed, generator), chosen, targets, scope)
+    per_layer = {
+        name: {"entries": layer.kernel_numel, "dynamic": layer.num_dynamic, "dynamic_ratio": layer.dynamic_ratio}
+        for name, layer in layers
+    }
+    total = sum(r["entries"] for r in per_layer.values())
+    return PartitionReport(
+        dynamic_ratio=sum(r["dynamic"] for r in per_layer.values()) / total, target_ratio=dynamic_ratio,
+        layers=per_layer, round_ratios=targets, scorer=scorer, scope=scope, schedule=schedule, rounds=rounds,
+        seed=seed, num_batches=len(batch_list) if chosen.needs_batches else 0,
+        wall_time_s=time.perf_counter() - start, round_revived=revived,
+    )
+
+
+def _uncompacted_pad_layers(model: nn.Module) -> list:
+    """The model's PAD layers, none of them compacted (a compacted layer's mask is final)."""
+    layers = pad_layers(model)
+    if not layers:
+        raise ValueError(f"{type(model).__name__} has no PAD layers; convert it first with padnet.convert(..., pad=True)")
+    compacted = [name for name, layer in layers if layer.compacted]
+    if compacted:
+        raise ValueError(f"PAD layers are compacted (their masks are final): {compacted[:5]}; partition before compact()")
+    return layers
+
+
+def _run_rounds(context: ScoringContext, chosen: Scorer, targets: list[float], scope: str) -> list[int]:
+    """Score and set the masks once per round's target ratio, in eval mode (the model's mode is restored
+    afterwards); returns how many static entries each round made dynamic again."""
+    model, layers = context.model, context.layers
     revived = []
     was_training = model.training
     model.eval()
     try:
-        context = ScoringContext(model, layers, batch_list, loss_fn, seed, generator)
         for target in targets:
-            scores = _checked_scores(scorer, chosen.score(context), layers)
-            masks = _select(scores, target, scope)
+            scores = _checked_scores(chosen.name, chosen.score(context), layers)
             count = 0
-            for (_, layer), mask in zip(layers, masks):
+            for (_, layer), mask in zip(layers, _select(scores, target, scope)):
                 mask = mask.reshape(layer.kernel_shape).to(layer.mask.device)
                 count += int((mask & ~layer.mask).sum())
                 layer.set_mask(mask)
@@ -208,26 +230,7 @@ def partition(
         for _, layer in layers:
             layer.relaxed_mask = None
         model.train(was_training)
-
-    per_layer = {
-        name: {"entries": layer.kernel_numel, "dynamic": layer.num_dynamic, "dynamic_ratio": layer.dynamic_ratio}
-        for name, layer in layers
-    }
-    total = sum(r["entries"] for r in per_layer.values())
-    return PartitionReport(
-        dynamic_ratio=sum(r["dynamic"] for r in per_layer.values()) / total,
-        target_ratio=dynamic_ratio,
-        layers=per_layer,
-        round_ratios=targets,
-        scorer=scorer,
-        scope=scope,
-        schedule=schedule,
-        rounds=rounds,
-        seed=seed,
-        num_batches=len(batch_list) if chosen.needs_batches else 0,
-        wall_time_s=time.perf_counter() - start,
-        round_revived=revived,
-    )
+    return revived
 
 
 def _check_arguments(dynamic_ratio, rounds, schedule, scope, scorer) -> None:

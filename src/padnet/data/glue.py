@@ -150,63 +150,13 @@ def read_tsv(task: str | GlueTask, split: str, data_dir: str | Path, on_error: s
     if on_error not in ("raise", "skip"):
         raise ValueError(f"on_error={on_error!r} is not supported; allowed: 'raise', 'skip'")
     path = tsv_path(spec, split, data_dir)
-    data = Path(path).read_bytes()
-    try:
-        text = data.decode("utf-8-sig")  # utf-8-sig drops MRPC's BOM
-    except UnicodeDecodeError as err:
-        line = data[:err.start].count(b"\n") + 1
-        raise DataError(f"{path}:{line}: not UTF-8 text ({err.reason} at byte {err.start}); GLUE TSV files are "
-                        "UTF-8") from None
-    lines = text.split("\n")
-    if lines and lines[-1] == "":
-        lines.pop()
-
-    start = 0
-    if spec.header:
-        if not lines:
-            raise DataError(f"{path}: empty file; expected a header line")
-        header = lines[0].rstrip("\r").split("\t")
-        start = 1
-        columns = {}
-        for role in ("text_a", "text_b", "label"):
-            col = getattr(spec, role)
-            if col is None:
-                continue
-            if col not in header:
-                raise DataError(f"{path}:1: header has no column {col!r} (GLUE {spec.directory} needs it); "
-                                 f"header: {header}")
-            columns[role] = header.index(col)
-        width = len(header)
-    else:
-        columns = {"text_a": spec.text_a, "label": spec.label}
-        width = None  # CoLA: exactly 4 columns, checked below
-    need = max(columns.values()) + 1
-
+    lines = _tsv_lines(path)
+    columns, width = _columns(spec, path, lines)
+    start = 1 if spec.header else 0
     text_a, text_b, labels = [], [] if spec.text_b is not None else None, []
     for lineno, line in enumerate(lines[start:], start=start + 1):
         fields = line.rstrip("\r").split("\t")
-        problem = None
-        if width is not None and len(fields) != width:
-            problem = f"has {len(fields)} tab-separated fields; the header has {width}"
-        elif width is None and len(fields) != 4:
-            problem = f"has {len(fields)} tab-separated fields; GLUE {spec.directory} rows have 4"
-        elif len(fields) < need:
-            problem = f"has {len(fields)} fields; need at least {need}"
-        label = None
-        if problem is None:
-            raw = fields[columns["label"]].strip()
-            if spec.is_regression:
-                try:
-                    label = float(raw)
-                except ValueError:
-                    problem = f"label {raw!r} is not a number"
-                else:
-                    if not 0.0 <= label <= 5.0:
-                        problem = f"score {label} is out of range; STS-B scores lie in [0, 5]"
-            elif raw not in spec.tsv_labels:
-                problem = f"label {raw!r} is out of range; allowed: {', '.join(map(repr, spec.tsv_labels))}"
-            else:
-                label = spec.tsv_labels.index(raw)
+        label, problem = _parse_row(spec, fields, columns, width)
         if problem is not None:
             if on_error == "skip":
                 continue
@@ -218,6 +168,64 @@ def read_tsv(task: str | GlueTask, split: str, data_dir: str | Path, on_error: s
     if not labels:
         raise DataError(f"{path}: no examples (every row was empty or skipped)")
     return GlueExamples(spec.name, split, text_a, text_b, labels, str(path))
+
+
+def _tsv_lines(path: Path) -> list[str]:
+    """The file's lines (UTF-8, a BOM dropped), without the empty one after a final newline."""
+    data = Path(path).read_bytes()
+    try:
+        text = data.decode("utf-8-sig")  # utf-8-sig drops MRPC's BOM
+    except UnicodeDecodeError as err:
+        line = data[:err.start].count(b"\n") + 1
+        raise DataError(f"{path}:{line}: not UTF-8 text ({err.reason} at byte {err.start}); GLUE TSV files are "
+                        "UTF-8") from None
+    lines = text.split("\n")
+    if lines and lines[-1] == "":
+        lines.pop()
+    return lines
+
+
+def _columns(spec: GlueTask, path: Path, lines: list[str]) -> tuple[dict[str, int], int | None]:
+    """({role: column index} for text_a, text_b and label, the number of fields a row must have), from
+    the header line; without a header (CoLA) the spec's fixed columns, and None (rows have 4 fields)."""
+    if not spec.header:
+        return {"text_a": spec.text_a, "label": spec.label}, None
+    if not lines:
+        raise DataError(f"{path}: empty file; expected a header line")
+    header = lines[0].rstrip("\r").split("\t")
+    columns = {}
+    for role in ("text_a", "text_b", "label"):
+        col = getattr(spec, role)
+        if col is None:
+            continue
+        if col not in header:
+            raise DataError(f"{path}:1: header has no column {col!r} (GLUE {spec.directory} needs it); "
+                             f"header: {header}")
+        columns[role] = header.index(col)
+    return columns, len(header)
+
+
+def _parse_row(spec: GlueTask, fields: list[str], columns: dict[str, int], width: int | None):
+    """(the row's label, None), or (None, what is wrong with the row)."""
+    need = max(columns.values()) + 1
+    if width is not None and len(fields) != width:
+        return None, f"has {len(fields)} tab-separated fields; the header has {width}"
+    if width is None and len(fields) != 4:
+        return None, f"has {len(fields)} tab-separated fields; GLUE {spec.directory} rows have 4"
+    if len(fields) < need:
+        return None, f"has {len(fields)} fields; need at least {need}"
+    raw = fields[columns["label"]].strip()
+    if not spec.is_regression:
+        if raw not in spec.tsv_labels:
+            return None, f"label {raw!r} is out of range; allowed: {', '.join(map(repr, spec.tsv_labels))}"
+        return spec.tsv_labels.index(raw), None
+    try:
+        label = float(raw)
+    except ValueError:
+        return None, f"label {raw!r} is not a number"
+    if not 0.0 <= label <= 5.0:
+        return None, f"score {label} is out of range; STS-B scores lie in [0, 5]"
+    return label, None
 
 
 def load_hf(task: str | GlueTask, split: str) -> GlueExamples:
