@@ -23,11 +23,10 @@ name, **kwargs)`` tags a model built elsewhere (``padnet.models.build`` should c
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
-import os
 import struct
-import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
@@ -36,7 +35,10 @@ from torch import nn
 
 from . import models  # noqa: F401  (registers the "padnet." builders)
 from .arch import _ARCHS, build_arch, register_arch, resolve_arch, tag_arch  # noqa: F401  (public re-exports)
+from .convert import convert, pad_layers
+from .deploy import deploy
 from .errors import ModelFileError
+from .infra import atomic_write_bytes
 from .layers import DYNAMIC_LAYERS, DeployedPartiallyDynamic, PartiallyDynamic
 
 FORMAT = "padnet"
@@ -98,36 +100,11 @@ def save(model: nn.Module, path, arch: dict | str | None = None) -> Path:
     tensors = {k: v.detach().to("cpu").contiguous().clone() for k, v in model.state_dict().items()}
     payload = st_save(tensors, metadata={FORMAT: header})
     path = Path(path)
-    _atomic_write(path, payload)
-    return path
-
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    directory = path.parent if str(path.parent) else Path(".")
+    directory = path.parent
     if not directory.is_dir():
         raise ValueError(f"cannot save to {path}: directory {directory} does not exist")
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=directory)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            from .train.io import current_umask
-
-            os.fchmod(f.fileno(), 0o666 & ~current_umask())  # mkstemp's 0600 would ignore the umask
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    try:  # make the rename itself durable
-        dir_fd = os.open(directory, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
-    except OSError:
-        pass
+    atomic_write_bytes(path, payload)
+    return path
 
 
 # ----------------------------------------------------------------------------- load
@@ -160,6 +137,24 @@ def _read_header(path: Path) -> tuple[dict, dict[str, tuple[int, ...]]]:
     if not path.is_file():
         raise ModelFileError(path, "no such file")
     size = path.stat().st_size
+    header_len, raw = _raw_header(path, size)
+    try:
+        header = json.loads(raw)
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
+        raise ModelFileError(path, f"corrupted safetensors header ({_cut(exc)})") from None
+    if not isinstance(header, dict):
+        raise ModelFileError(path, f"corrupted safetensors header (a JSON {type(header).__name__}, not an object)")
+    record = _padnet_record(path, header.get("__metadata__"))
+    shapes, end = _tensor_shapes(path, header)
+    # Truncation: the data must reach as far as the furthest tensor's end offset.
+    if 8 + header_len + end > size:
+        raise ModelFileError(path, f"truncated: tensors need {8 + header_len + end} bytes, file has {size}")
+    _check_record(path, record)
+    return record, shapes
+
+
+def _raw_header(path: Path, size: int) -> tuple[int, bytes]:
+    """(the header's length, its bytes) of a safetensors file of ``size`` bytes."""
     with open(path, "rb") as f:
         head = f.read(8)
         header_len = struct.unpack("<Q", head)[0] if len(head) == 8 else None
@@ -178,14 +173,11 @@ def _read_header(path: Path) -> tuple[dict, dict[str, tuple[int, ...]]]:
             raise ModelFileError(
                 path, f"not a safetensors file or truncated: header length {header_len} vs file size {size}"
             )
-        raw = first + f.read(header_len - 1)
-    try:
-        header = json.loads(raw)
-    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
-        raise ModelFileError(path, f"corrupted safetensors header ({_cut(exc)})") from None
-    if not isinstance(header, dict):
-        raise ModelFileError(path, f"corrupted safetensors header (a JSON {type(header).__name__}, not an object)")
-    meta = header.get("__metadata__")
+        return header_len, first + f.read(header_len - 1)
+
+
+def _padnet_record(path: Path, meta) -> dict:
+    """The padnet record in a safetensors header's ``__metadata__``, of this format and version."""
     if not isinstance(meta, dict) or not isinstance(meta.get(FORMAT), str):
         raise ModelFileError(path, "a safetensors file without padnet metadata (not written by padnet.save)")
     try:
@@ -199,8 +191,14 @@ def _read_header(path: Path) -> tuple[dict, dict[str, tuple[int, ...]]]:
             path, f"unsupported format {_cut(repr(record.get('format')), 80)} version "
             f"{_cut(repr(record.get('format_version')), 80)}; this padnet reads {FORMAT!r} version {FORMAT_VERSION}"
         )
+    return record
+
+
+def _tensor_shapes(path: Path, header: dict) -> tuple[dict[str, tuple[int, ...]], int]:
+    """({tensor name: shape}, the end offset of the furthest tensor's data) of a safetensors header,
+    each entry checked: a dtype, a shape, and data offsets holding exactly that many bytes."""
     shapes: dict[str, tuple[int, ...]] = {}
-    ends = []
+    end = 0
     for name, info in header.items():
         if name == "__metadata__":
             continue
@@ -217,12 +215,8 @@ def _read_header(path: Path) -> tuple[dict, dict[str, tuple[int, ...]]]:
                                        f"{_cut(repr(info['dtype']), 20)} and shape {_cut(shape, 80)} but "
                                        f"{offsets[1] - offsets[0]:,} bytes of data")
         shapes[name] = tuple(shape)
-        ends.append(offsets[1])
-    # Truncation: the data must reach as far as the furthest tensor's end offset.
-    if 8 + header_len + max(ends, default=0) > size:
-        raise ModelFileError(path, f"truncated: tensors need {8 + header_len + max(ends)} bytes, file has {size}")
-    _check_record(path, record)
-    return record, shapes
+        end = max(end, offsets[1])
+    return shapes, end
 
 
 def _ints(value) -> bool:
@@ -443,10 +437,6 @@ def _replay(path: Path, record: dict, shapes: dict, file: _FileTensors, model: n
             on_meta: bool) -> None:
     """Re-apply ``padnet.convert``, the masks, compaction, temperatures and ``deploy`` as the record says;
     on the meta device when ``on_meta`` (PAD layers then take their index lists from the file)."""
-    import contextlib
-
-    from .convert import convert, pad_layers
-
     config = record.get("padnet_config")
     if config is None:
         return
@@ -464,25 +454,53 @@ def _replay(path: Path, record: dict, shapes: dict, file: _FileTensors, model: n
             f"{len(converted) if isinstance(converted, list) else converted!r} layers, {what} converts "
             f"{len(model.padnet_config['converted'])}"
         )
-    layers = pad_layers(model)
-    _restore_masks(path, layers, shapes, file)
-    with device:
-        for name, layer in layers:
-            if name in record.get("compacted", []) or record.get("form") == "deployed":
-                layer.compact()
+    deployed = record.get("form") == "deployed"
+    compacted = set(record.get("compacted", []))
+    try:
+        restore_pad_layers(model, lambda key: file.get(key, shapes), lambda name: deployed or name in compacted,
+                           on_meta=on_meta)
+    except ValueError as exc:
+        raise ModelFileError(path, str(exc)) from None
     for name, tau in record.get("temperatures", {}).items():
         try:
             model.get_submodule(name).temperature = tau
         except AttributeError:
             raise ModelFileError(path, f"temperatures: {what} has no layer {_cut(repr(name), 80)}") from None
-    if record.get("form") == "deployed":
-        from .deploy import deploy
-
+    if deployed:
         if on_meta:
-            for _, layer in layers:  # from_pad reads the static positions: on meta, only their count is known
+            for _, layer in pad_layers(model):  # from_pad reads the static positions: on meta, only their count is known
                 layer.__class__ = _meta_static_index_class(type(layer))
         with device:
             deploy(model)
+
+
+def restore_pad_layers(model: nn.Module, stored: Callable[[str], torch.Tensor | None],
+                       compacted: Callable[[str], bool], on_meta: bool = False) -> None:
+    """Give every PAD layer of a freshly converted ``model`` its trained mask, then compact the layers
+    that were compacted: what a converted model needs before a trained state dict fits it. The one
+    rebuild path of ``load`` (tensors from a file) and of the trainer (``padnet.train.checkpoint.
+    restore_model``: a checkpoint's state dict).
+
+    Args:
+        model: a model just converted by ``padnet.convert``, its PAD layers not masked yet.
+        stored: the tensor stored under a state-dict key, or None. A layer's mask is ``<layer>.mask``
+            or, in a deployed model, comes from its list of dynamic positions ``<layer>.dynamic_index``.
+        compacted: whether the layer of this name was compacted (every layer of a deployed model was).
+        on_meta: the model is on the meta device: its layers get their dynamic positions only (the mask
+            values come with the state dict) and are compacted on meta.
+
+    Raises ``ValueError`` naming the layer whose mask is missing or malformed.
+    """
+    layers = pad_layers(model)
+    for name, layer in layers:
+        try:
+            _set_stored_mask(layer, _stored_mask(name, layer, stored))
+        except (ValueError, IndexError, RuntimeError) as exc:
+            raise ValueError(f"layer {name}: bad mask: {_cut(exc)}") from None
+    with torch.device("meta") if on_meta else contextlib.nullcontext():
+        for name, layer in layers:
+            if compacted(name):
+                layer.compact()
 
 
 _META_CLASSES: dict[type, type] = {}
@@ -500,31 +518,32 @@ def _meta_static_index_class(cls: type) -> type:
     return _META_CLASSES[cls]
 
 
-def _restore_masks(path: Path, layers, shapes: dict, file: _FileTensors) -> None:
-    """Each PAD layer's mask from the file (``<layer>.mask``, or a deployed file's ``dynamic_index``).
-    A meta layer keeps its meta mask (its values come with the state dict) and gets the real index list,
-    which is all compaction and deployment need to know."""
-    for name, layer in layers:
-        try:
-            mask = file.get(f"{name}.mask", shapes)
-            index = file.get(f"{name}.dynamic_index", shapes) if mask is None else None
-            if mask is None and index is not None:
-                if index.dim() != 1 or index.dtype not in (torch.int32, torch.int64):
-                    raise ValueError(f"dynamic_index must be a 1-D integer tensor; got {index.dtype} {tuple(index.shape)}")
-                flat = torch.zeros(layer.kernel_numel, dtype=torch.bool, device="cpu")
-                flat[index.long()] = True
-                mask = flat.reshape(layer.kernel_shape)
-            if mask is None:
-                raise ValueError("neither a mask nor a dynamic_index is stored")
-            if layer.mask.is_meta:
-                if mask.dtype != torch.bool or tuple(mask.shape) != layer.kernel_shape:
-                    raise ValueError(f"mask must be a torch.bool tensor of the kernel shape {layer.kernel_shape}; "
-                                     f"got {mask.dtype} {tuple(mask.shape)}")
-                layer.dynamic_index = mask.reshape(-1).nonzero().squeeze(1)
-            else:
-                layer.set_mask(mask.to(layer.mask.device))
-        except (ValueError, IndexError, RuntimeError) as exc:
-            raise ModelFileError(path, f"layer {name}: bad mask: {_cut(exc)}") from None
+def _stored_mask(name: str, layer, stored: Callable[[str], torch.Tensor | None]) -> torch.Tensor:
+    """A PAD layer's stored mask: ``<layer>.mask``, or one built from a deployed layer's ``dynamic_index``."""
+    prefix = f"{name}." if name else ""
+    mask = stored(f"{prefix}mask")
+    if mask is not None:
+        return mask
+    index = stored(f"{prefix}dynamic_index")
+    if index is None:
+        raise ValueError(f"neither {prefix}mask nor {prefix}dynamic_index is stored")
+    if index.dim() != 1 or index.dtype not in (torch.int32, torch.int64):
+        raise ValueError(f"dynamic_index must be a 1-D integer tensor; got {index.dtype} {tuple(index.shape)}")
+    flat = torch.zeros(layer.kernel_numel, dtype=torch.bool, device="cpu")
+    flat[index.long()] = True
+    return flat.reshape(layer.kernel_shape)
+
+
+def _set_stored_mask(layer, mask: torch.Tensor) -> None:
+    """``layer.set_mask``; a meta layer keeps its meta mask (its values come with the state dict) and gets
+    the real index list, which is all compaction and deployment need to know."""
+    if not layer.mask.is_meta:
+        layer.set_mask(mask.to(layer.mask.device))
+        return
+    if mask.dtype != torch.bool or tuple(mask.shape) != layer.kernel_shape:
+        raise ValueError(f"mask must be a torch.bool tensor of the kernel shape {layer.kernel_shape}; "
+                         f"got {mask.dtype} {tuple(mask.shape)}")
+    layer.dynamic_index = mask.reshape(-1).nonzero().squeeze(1)
 
 
 def _expected_tensors(model: nn.Module) -> dict[str, torch.Tensor]:

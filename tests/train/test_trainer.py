@@ -176,6 +176,36 @@ def test_eval_and_export_use_the_temperature_the_run_ended_with(tmp_path):
     assert _run_temperature(config, {**older, "world_size": 1}, 32) == pytest.approx(30 - 29 * 1 / 20)
 
 
+def test_the_checkpoint_stores_the_schedule_training_used_and_eval_reads_it(tmp_path):
+    """The schedule (steps per epoch, learning rate, temperature) is derived once and stored: the rows
+    of the run follow it, and padnet eval takes the temperature from it, not from a new derivation."""
+    from padnet.errors import ModelFileError
+    from padnet.train import evaluate_run
+    from padnet.train.schedule import RunSchedule, derive_schedule
+    from padnet.train.trainer import _run_temperature
+
+    raw = {**BASE, "task": "tiny_dynamic", "run_dir": str(tmp_path / "run"), "epochs": 2,
+           "optim": {"lr": 0.05, "warmup_epochs": 0.5}, "dynamic": {"mode": "dynamic", "temperature_epochs": 10}}
+    Trainer(config_from_dict(raw)).train()
+    path = tmp_path / "run" / "checkpoint.pt"
+    state = load_checkpoint(path)
+    config = config_from_dict(raw)
+    schedule = RunSchedule.from_dict(state["schedule"])
+    assert schedule == derive_schedule(config, 32, 1)
+    assert (schedule.steps_per_epoch, schedule.warmup_steps, schedule.world_size) == (2, 1, 1)
+    for row in state["history"]:
+        assert row["lr"] == pytest.approx(0.05 * schedule.lr_factor(row["step"]))
+        assert row["temperature"] == pytest.approx(schedule.temperature_at(row["step"]))
+    # A stored schedule wins over the recorded and the derived temperature (here: one of a 2-process run).
+    two = {**state["schedule"], "steps_per_epoch": 1, "world_size": 2}
+    older = {"global_step": 1, "history": [{"epoch": 1, "temperature": 5.0}]}
+    assert _run_temperature(config, {**older, "schedule": two}, 32) == pytest.approx(30 - 29 * 1 / 10)
+    # A damaged schedule is refused, naming the key.
+    atomic_write_bytes(path, _torch_bytes({**state, "schedule": {**two, "steps_per_epoch": 0}}))
+    with pytest.raises(ModelFileError, match="damaged padnet training checkpoint: schedule.steps_per_epoch=0"):
+        evaluate_run(tmp_path / "run")
+
+
 def test_summary_is_written_again_with_the_trained_scale_factors(tmp_path):
     raw = {**BASE, "task": "tiny_dynamic", "run_dir": str(tmp_path / "run"), "epochs": 2,
            "dynamic": {"mode": "pad", "dynamic_ratio": 0.5, "temperature_epochs": 1},
@@ -188,3 +218,13 @@ def test_summary_is_written_again_with_the_trained_scale_factors(tmp_path):
     for layer in summary["layers"]:
         expected = 2 * torch.sigmoid(torch.tensor(phis[layer["name"]]))
         assert layer["lambda_d"] == pytest.approx(float(expected), abs=1e-6)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the error on a machine without CUDA")
+def test_a_one_process_run_on_cuda_without_cuda_is_a_config_error(tmp_path):
+    from padnet.errors import ConfigError
+
+    config = config_from_dict({**BASE, "task": "tiny_dynamic", "run_dir": str(tmp_path / "run"), "device": "cuda"})
+    with pytest.raises(ConfigError, match="device='cuda' but CUDA is not available; allowed here: 'cpu', 'auto'"):
+        Trainer(config).train()
+    assert not (tmp_path / "run" / "config.yaml").exists()  # refused before anything was written

@@ -16,57 +16,22 @@ rank, in the same order.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
 from torch import nn
 from torch.utils.data import DistributedSampler
 
-ENV_KEYS = ("RANK", "WORLD_SIZE", "LOCAL_RANK")
+from ..errors import ConfigError
+# The process identity and the device live in padnet.infra (serialization needs them too); the names
+# are re-exported here, where the trainer and its callers have always found them.
+from ..infra import (  # noqa: F401
+    DistributedSetupError, LaunchEnv, is_initialized, is_main_process, launch_env, rank, resolve_device, world_size,
+)
+
 BACKENDS = ("gloo", "nccl")
-
-
-class DistributedSetupError(RuntimeError):
-    """The torchrun environment or the devices do not allow the requested distributed run."""
-
-
-@dataclass(frozen=True)
-class LaunchEnv:
-    """What torchrun told this process."""
-
-    rank: int
-    world_size: int
-    local_rank: int
-
-
-def launch_env(environ: dict | None = None) -> LaunchEnv | None:
-    """The torchrun environment of this process, or None when it was not launched by torchrun
-    (no ``WORLD_SIZE``). Raises ``DistributedSetupError`` naming the bad variable and value."""
-    environ = os.environ if environ is None else environ
-    if "WORLD_SIZE" not in environ:
-        return None
-    values = {}
-    for key in ENV_KEYS:
-        raw = environ.get(key, "0" if key != "WORLD_SIZE" else None)
-        try:
-            values[key] = int(raw)
-        except (TypeError, ValueError):
-            raise DistributedSetupError(
-                f"{key}={raw!r} is not an integer; torchrun sets RANK, WORLD_SIZE and LOCAL_RANK to integers "
-                "(launch with torchrun, or unset WORLD_SIZE for one process)"
-            ) from None
-    rank, world, local = values["RANK"], values["WORLD_SIZE"], values["LOCAL_RANK"]
-    if world < 1:
-        raise DistributedSetupError(f"WORLD_SIZE={world} must be >= 1")
-    if not 0 <= rank < world:
-        raise DistributedSetupError(f"RANK={rank} must be in [0, WORLD_SIZE={world})")
-    if not 0 <= local < world:
-        raise DistributedSetupError(f"LOCAL_RANK={local} must be in [0, WORLD_SIZE={world})")
-    return LaunchEnv(rank, world, local)
 
 
 def backend_for(device: torch.device | str) -> str:
@@ -74,47 +39,9 @@ def backend_for(device: torch.device | str) -> str:
     return "nccl" if torch.device(device).type == "cuda" else "gloo"
 
 
-def is_initialized() -> bool:
-    return dist.is_available() and dist.is_initialized()
-
-
-def world_size() -> int:
-    return dist.get_world_size() if is_initialized() else 1
-
-
-def rank() -> int:
-    return dist.get_rank() if is_initialized() else 0
-
-
 def is_distributed() -> bool:
     """True when a process group of more than one process is running (DDP paths on)."""
     return world_size() > 1
-
-
-def is_main_process() -> bool:
-    return rank() == 0
-
-
-def resolve_device(name: str) -> torch.device:
-    """``cpu`` / ``cuda`` / ``auto`` as the run's device; under torchrun, CUDA means ``cuda:LOCAL_RANK``."""
-    if name not in ("cpu", "cuda", "auto"):
-        raise DistributedSetupError(f"device={name!r} is not supported; allowed: 'cpu', 'cuda', 'auto'")
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    if name == "cpu":
-        return torch.device("cpu")
-    if not torch.cuda.is_available():
-        raise DistributedSetupError(f"device={name!r} but CUDA is not available; allowed here: 'cpu', 'auto'")
-    env = launch_env()
-    if env is None or env.world_size == 1:
-        return torch.device("cuda")
-    count = torch.cuda.device_count()
-    if env.local_rank >= count:
-        raise DistributedSetupError(
-            f"LOCAL_RANK={env.local_rank} but this machine has {count} visible CUDA device(s): launch at most "
-            f"--nproc_per_node {count} processes per machine (one per GPU), or set device=cpu"
-        )
-    return torch.device("cuda", env.local_rank)
 
 
 def init_from_env(device_name: str = "auto", backend: str | None = None) -> bool:
@@ -128,7 +55,10 @@ def init_from_env(device_name: str = "auto", backend: str | None = None) -> bool
         return False
     if not dist.is_available():
         raise DistributedSetupError(f"WORLD_SIZE={env.world_size} is set but this torch build has no torch.distributed")
-    device = resolve_device(device_name)
+    try:
+        device = resolve_device(device_name)
+    except ConfigError as err:  # under torchrun, a device this machine lacks is a launch problem
+        raise DistributedSetupError("; ".join(err.problems)) from None
     backend = backend or backend_for(device)
     if backend not in BACKENDS:
         raise DistributedSetupError(f"backend={backend!r} is not supported; allowed: {', '.join(BACKENDS)}")

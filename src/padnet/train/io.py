@@ -1,15 +1,14 @@
 """Everything the trainer writes goes through here, so that under torch.distributed only rank 0
-writes (``is_main_process``), and every file is replaced atomically (temp file, fsync, ``os.replace``).
+writes (``is_main_process``), and every file is replaced atomically (``padnet.infra.atomic_write_bytes``:
+temp file, fsync, ``os.replace``).
 
 Checkpoints are ``torch.save`` of tensors and plain containers only and are read back with
 ``torch.load(weights_only=True)``: a checkpoint can never run code when it is loaded. A checkpoint
 whose tensors hold nan/inf is never written (the previous, good one stays), and a checkpoint save
 first removes the temp files that a killed save of the same file left behind.
 
-Test hook (off by default; used by tests/reliability to kill a run at a known point): with
-``PADNET_TEST_PAUSE_WRITE=NAME@N`` in the environment, the N-th atomic write of a file called NAME in
-this process stops after the temp file is written and fsynced and before the rename, prints
-``padnet test hook: paused writing NAME`` to stderr, and sleeps up to 10 minutes (the test kills it).
+The atomic writer and its helpers live in ``padnet.infra`` (``padnet.serialization`` writes with it
+too) and are re-exported here, where the trainer's callers have always found them.
 """
 
 from __future__ import annotations
@@ -18,139 +17,15 @@ import csv
 import errno
 import io
 import json
-import os
-import sys
-import tempfile
-import time
 from pathlib import Path
 
 import torch
-import torch.distributed as dist
 import yaml
 
-from ..errors import ModelFileError, NonFiniteLossError, RunError
-
-
-def is_main_process() -> bool:
-    return not (dist.is_available() and dist.is_initialized()) or dist.get_rank() == 0
-
-
-def refuse_links(path: str | Path, root: str | Path | None = None) -> None:
-    """Raise ``RunError`` naming the first symbolic link among ``path`` and, when ``root`` is given, the
-    directories from ``path``'s parent up to ``root`` (included; ``root`` must be an ancestor of ``path``):
-    padnet never writes through a link. Missing components are fine (they will be created)."""
-    path = Path(path)
-    chain = [path]
-    if root is not None:
-        root, parent = Path(root), path.parent
-        while True:
-            chain.append(parent)
-            if parent == root or parent == parent.parent:
-                break
-            parent = parent.parent
-    for component in chain:
-        if component.is_symlink():
-
-            raise RunError(f"{component} is a symbolic link; padnet does not write through links "
-                           "(remove it or choose another path)")
-
-
-def atomic_write_bytes(path: str | Path, data: bytes, no_links_under: str | Path | None = None) -> None:
-    """Write ``data`` to ``path`` so that a crash (or a full disk) leaves either the old file or the
-    new one, never a torn one: temp file in the same directory, fsync, rename, fsync the directory.
-    The file gets the mode a plain ``open`` would give (0666 less the umask), and the rename replaces
-    a symbolic link at ``path`` rather than writing through it. With ``no_links_under=ROOT`` a link at
-    ``path`` or at a directory between it and ``ROOT`` is refused instead (``refuse_links``), checked
-    before anything is created and again just before the rename. An ``OSError`` names ``path``."""
-    path = Path(path)
-    if no_links_under is not None:
-        refuse_links(path, no_links_under)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            os.fchmod(f.fileno(), 0o666 & ~current_umask())
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        _test_pause(path.name)
-        if no_links_under is not None:
-            refuse_links(path, no_links_under)
-        os.replace(tmp, path)
-    except BaseException as err:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        if isinstance(err, OSError) and err.filename is None and err.errno is not None:
-            raise type(err)(err.errno, f"cannot write {path}: {err.strerror}", str(path)) from err
-        raise
-    try:
-        dir_fd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
-    except OSError:  # some filesystems do not support fsync on directories
-        pass
-
-
-def current_umask() -> int:
-    """The process umask, read without changing it where Linux allows (``/proc/self/status``)."""
-    try:
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith("Umask:"):
-                    return int(line.split()[1], 8)
-    except (OSError, ValueError, IndexError):
-        pass
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
-
-
-def open_append_nofollow(path: str | Path):
-    """``path`` opened for appending text, refusing a symbolic link there (``O_NOFOLLOW``): a log must
-    never append to whatever file a link points at."""
-    path = Path(path)
-    try:
-        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0), 0o666)
-    except OSError as err:
-        if err.errno == errno.ELOOP:
-
-            raise RunError(f"{path} is a symbolic link; padnet does not write through links (remove it)") from None
-        raise
-    return os.fdopen(fd, "a", encoding="utf-8")
-
-
-_PAUSE_ENV = "PADNET_TEST_PAUSE_WRITE"
-_write_counts: dict[str, int] = {}
-
-
-def _test_pause(name: str) -> None:
-    """The test hook described in the module docstring; a no-op unless PADNET_TEST_PAUSE_WRITE is set."""
-    spec = os.environ.get(_PAUSE_ENV)
-    if not spec:
-        return
-    target, _, nth = spec.partition("@")
-    if name != target:
-        return
-    _write_counts[name] = _write_counts.get(name, 0) + 1
-    if _write_counts[name] == int(nth or 1):
-        print(f"padnet test hook: paused writing {name}", file=sys.stderr, flush=True)
-        time.sleep(600)
-
-
-def remove_stale_temp_files(path: str | Path) -> list[Path]:
-    """Delete the temp files (``.NAME.*.tmp``) that an interrupted atomic write of ``path`` left."""
-    path = Path(path)
-    stale = sorted(path.parent.glob(f".{path.name}.*.tmp")) if path.parent.is_dir() else []
-    for tmp in stale:
-        try:
-            tmp.unlink()
-        except FileNotFoundError:
-            pass
-    return stale
+from ..errors import ModelFileError, NonFiniteLossError
+from ..infra import (  # noqa: F401  (re-exported)
+    atomic_write_bytes, current_umask, is_main_process, open_append_nofollow, refuse_links, remove_stale_temp_files,
+)
 
 
 def non_finite_tensors(obj, prefix: str = "") -> list[str]:
