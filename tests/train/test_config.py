@@ -109,7 +109,8 @@ def test_sweep_validates_every_run_before_starting(tmp_path):
 
 
 def test_every_convert_option_is_reachable_from_yaml(tmp_path):
-    """aux_loss_coef, noisy_gating, include and exclude reach padnet.convert from a run config."""
+    """Every padnet.convert setting (aux_loss_coef, noisy_gating, include, exclude, ...) reaches convert from a
+    run config."""
     from padnet.models import build
     from padnet.train.trainer import make_dynamic
 
