@@ -347,24 +347,26 @@ def test_deploy_and_cost_ask_the_layer_so_a_new_kind_needs_no_change_outside_lay
     assert "my deployed conv" in kinds
 
 
+class MaxPoolAttention(nn.Module):
+    """docs/extending.md's example: the kernel attention read from a max-pool."""
+
+    def __init__(self, attention):
+        super().__init__()
+        self.inner = attention
+
+    def forward(self, x, temperature=1.0):
+        return self.inner(torch.nn.functional.adaptive_max_pool2d(x, 1), temperature)
+
+
+class MaxPADConv2d(PADConv2d):
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.attention = MaxPoolAttention(self.attention)
+
+
 def test_the_extending_guide_example_layer_partitions_deploys_and_costs():
     """docs/extending.md's example kind: a PAD conv with max-pooled attention, with no change to padnet."""
-    import padnet
     from padnet.cost import cost
-    from padnet.layers import DeployedPADConv2d, PADConv2d
-
-    class MaxPoolAttention(nn.Module):
-        def __init__(self, attention):
-            super().__init__()
-            self.inner = attention
-
-        def forward(self, x, temperature=1.0):
-            return self.inner(torch.nn.functional.adaptive_max_pool2d(x, 1), temperature)
-
-    class MaxPADConv2d(PADConv2d):
-        def __init__(self, *args, **kwargs):
-            super().__init__(*args, **kwargs)
-            self.attention = MaxPoolAttention(self.attention)
 
     model = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), MaxPADConv2d(4, 4, 3, padding=1))
     x = torch.randn(4, 3, 6, 6)
@@ -375,3 +377,54 @@ def test_the_extending_guide_example_layer_partitions_deploys_and_costs():
     assert isinstance(model[1], DeployedPADConv2d) and isinstance(model[1].attention, MaxPoolAttention)
     torch.testing.assert_close(model(x), expected, atol=1e-5, rtol=0)
     assert cost(model, x).aggregation_macs > 0
+
+
+@pytest.fixture
+def conversions(monkeypatch):
+    """padnet.layers.conversions with a registry of its own for the test."""
+    from padnet.layers import conversions
+
+    monkeypatch.setattr(conversions, "_CONVERSIONS", dict(conversions._CONVERSIONS))
+    return conversions
+
+
+def test_the_extending_guide_conversion_kind_converts_saves_and_loads(conversions, tmp_path):
+    """docs/extending.md's registration: one register_conversion call makes the kind reachable from
+    padnet.convert (both forms, include patterns, upcycling), a run config, deploy, save and load."""
+    from padnet.convert import dynamic_layers
+    from padnet.layers import DynamicConv2d, register_conversion
+    from padnet.models import build
+    from padnet.train.config import config_from_dict
+
+    def conv_settings(config):
+        return dict(num_kernels=config.num_kernels, reduction=config.reduction, routing=config.routing,
+                    upcycle=config.init == "upcycle")
+
+    register_conversion(
+        "maxconv", conversions.find_convs,
+        dynamic=lambda conv, config: DynamicConv2d.from_conv(conv, **conv_settings(config)),
+        pad=lambda conv, config: MaxPADConv2d.from_conv(conv, **conv_settings(config), lambda_mode=config.lambda_mode),
+        looks_for="nn.Conv2d to convert",
+    )
+    torch.manual_seed(0)
+    model = build("small_resnet", 3, 1, True, width=4, layers=[1]).eval()
+    x = torch.randn(2, 1, 8, 8)
+    static_out = model(x)
+    padnet.convert(model, dynamic="maxconv", num_kernels=2, init="upcycle", exclude=["*.conv2"])
+    layers = pad_layers(model)
+    assert [n for n, _ in layers] == model.padnet_config["converted"] == ["layer1.0.conv1"]
+    assert all(type(layer) is MaxPADConv2d and layer.num_kernels == 2 for _, layer in layers)
+    torch.testing.assert_close(model(x), static_out, atol=1e-5, rtol=1e-4)  # upcycled: the same function
+    fully = padnet.convert(build("small_resnet", 3, 1, True, width=4, layers=[1]), dynamic="maxconv", pad=False)
+    assert {type(m) for _, m in dynamic_layers(fully)} == {DynamicConv2d}
+    run = config_from_dict({"data": {"name": "digits"}, "dynamic": {"mode": "pad", "kind": "maxconv"}}, preflight=False)
+    assert run.dynamic.convert_config().dynamic == "maxconv"
+
+    for _, layer in layers:
+        layer.set_mask(torch.rand(layer.kernel_shape) < 0.3)
+    padnet.deploy(model)
+    expected = model(x)
+    padnet.save(model, tmp_path / "m.safetensors")
+    loaded = padnet.load(tmp_path / "m.safetensors")
+    assert isinstance(loaded.get_submodule("layer1.0.conv1").attention, MaxPoolAttention)
+    torch.testing.assert_close(loaded(x), expected, atol=1e-5, rtol=0)

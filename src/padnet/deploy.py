@@ -1,8 +1,9 @@
 """``padnet.deploy(model)``: the inference form of a PAD model (SPEC section 6 storage).
 
-Every partially dynamic layer (``PADConv2d``, ``PADMoELinear``) is replaced by its deployed layer, which stores only the
-static entries (times lambda_s), the K x nnz dynamic entries (times lambda_d) and an index list;
-attention and routers are unchanged. Outputs equal the training form's in eval mode. The mask is
+Every partially dynamic layer (a ``PartiallyDynamic`` training form) is replaced by its deployed layer
+(its ``deployed_form``, a ``DeployedPartiallyDynamic``), which stores only the static entries (times
+lambda_s), the K x nnz dynamic entries (times lambda_d) and an index list; attention and routers are
+unchanged. Outputs equal the training form's in eval mode. The mask is
 frozen for good: deploy after partitioning and training.
 """
 

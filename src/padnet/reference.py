@@ -13,14 +13,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .layers import PADConv2d, PADMoELinear
+from .layers import PartiallyDynamic
 from .layers.dynamic_conv import apply_per_sample_kernels
 
 
 class DenseMaskPADConv2d(nn.Module):
-    """PAD DY-Conv as the reference code computes it; built from (a copy of) a PADConv2d."""
+    """PAD DY-Conv as the reference code computes it; built from (a copy of) an uncompacted PAD conv (a
+    ``PartiallyDynamic`` ``DynamicConvCompute`` with a per-sample attention)."""
 
-    def __init__(self, layer: PADConv2d):
+    def __init__(self, layer: PartiallyDynamic):
         super().__init__()
         if layer.compacted:
             raise ValueError("DenseMaskPADConv2d needs the uncompacted layer (it stores every entry)")
@@ -41,7 +42,7 @@ class DenseMaskPADConv2d(nn.Module):
         )
 
 
-def per_expert_pad_moe(layer: PADMoELinear, x: torch.Tensor) -> torch.Tensor:
+def per_expert_pad_moe(layer: PartiallyDynamic, x: torch.Tensor) -> torch.Tensor:
     """PAD MoE in the per-expert form: y = sum_{i in top-k} G_i (W_i' x + b_i) with
     W_i' = lambda_d M (.) W_i + lambda_s (1 - M) (.) W_s built for every expert."""
     lambda_s, lambda_d = layer.scales

@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from padnet import models
+from padnet import ConfigError, ConvertConfig, models
 from padnet.convert import convert, pad_layers
 from padnet.layers import DynamicConv2d, PADConv2d
 
@@ -113,3 +113,41 @@ def test_upcycle_keeps_the_function(pad):
         other = fresh(x)
     torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-5)
     assert not torch.allclose(other, expected, atol=1e-3)  # fresh init does not keep it: the check can fail
+
+
+def tiny():
+    return models.build("small_resnet", 3, 1, True, width=4, layers=[1])
+
+
+def test_convert_takes_one_convert_config_peft_style():
+    torch.manual_seed(0)
+    by_keywords = convert(tiny(), pad=False, num_kernels=2, include="layer1.*")
+    settings = ConvertConfig(pad=False, num_kernels=2, include="layer1.*")
+    torch.manual_seed(0)
+    by_config = convert(tiny(), config=settings)
+    assert by_config.padnet_config == by_keywords.padnet_config
+    assert by_config.padnet_config["include"] == ["layer1.*"] and settings.include == "layer1.*"  # a copy
+    for a, b in zip(by_config.state_dict().values(), by_keywords.state_dict().values()):
+        torch.testing.assert_close(a, b)
+    with pytest.raises(ValueError, match="config= or keyword settings, not both; got config and num_kernels"):
+        convert(tiny(), config=settings, num_kernels=3)
+    with pytest.raises(TypeError, match="config must be a padnet.ConvertConfig; got dict"):
+        convert(tiny(), config={"pad": False})
+
+
+def test_convert_lists_every_bad_setting_by_name():
+    with pytest.raises(ConfigError) as err:
+        convert(tiny(), routing="relu", reduction=0, aux_loss_coef=-1.0)
+    assert err.value.problems == [
+        "routing='relu' is not supported; allowed: 'softmax', 'sigmoid'",
+        "reduction=0 must be an integer >= 1",
+        "aux_loss_coef=-1.0 must be >= 0",
+    ]
+    with pytest.raises(ConfigError, match=r"top_k=9 must be <= num_experts=8"):
+        convert(tiny(), top_k=9)
+    with pytest.raises(ConfigError, match=r"dynamic='lstm' is not supported; allowed: 'conv', 'moe'"):
+        convert(tiny(), dynamic="lstm")
+    with pytest.raises(ConfigError, match=r"init='upcycle' keeps the model's function only with routing='softmax'"):
+        convert(tiny(), init="upcycle", routing="sigmoid")
+    with pytest.raises(ValueError, match=r"found no nn.Conv2d to convert in SmallResNet .*include=\['nothing'\]"):
+        convert(tiny(), include="nothing")

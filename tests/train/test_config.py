@@ -1,10 +1,15 @@
 """Config validation: every problem at once, each naming the key, the value and what is allowed."""
 
+import dataclasses
+
 import pytest
 import yaml
 
+from padnet.convert import ConvertOptions
+from padnet.data import DataConfig
 from padnet.train import ConfigError, config_from_dict, load_config
 from padnet.train.sweep import load_sweep
+from padnet.train.vision import ModelConfig
 
 
 def problems_of(raw, overrides=None):
@@ -15,8 +20,9 @@ def problems_of(raw, overrides=None):
 
 def test_valid_config_and_overrides():
     config = config_from_dict({"data": {"name": "digits"}}, ["optim.lr=0.02", "dynamic.mode=pad", "model.layers=[2, 1]"])
-    assert config.optim.lr == 0.02 and config.dynamic.mode == "pad" and config.model.layers == [2, 1]
-    assert config.data.name == "digits"  # task sections read as attributes
+    assert config.optim.lr == 0.02 and config.dynamic.mode == "pad"
+    assert config.section("model", ModelConfig).layers == [2, 1]
+    assert config.section("data", DataConfig).name == "digits"  # task sections, typed
     assert config_from_dict(config.to_dict()).to_dict() == config.to_dict()  # the written YAML round-trips
 
 
@@ -103,7 +109,8 @@ def test_sweep_validates_every_run_before_starting(tmp_path):
 
 
 def test_every_convert_option_is_reachable_from_yaml(tmp_path):
-    """aux_loss_coef, noisy_gating, include and exclude reach padnet.convert from a run config."""
+    """Every padnet.convert setting (aux_loss_coef, noisy_gating, include, exclude, ...) reaches convert from a
+    run config."""
     from padnet.models import build
     from padnet.train.trainer import make_dynamic
 
@@ -116,5 +123,28 @@ def test_every_convert_option_is_reachable_from_yaml(tmp_path):
     converted = model.padnet_config["converted"]
     assert converted and all(n.startswith("layer1.") and not n.endswith(".conv2") for n in converted)
     assert model.padnet_config["aux_loss_coef"] == 0.05 and model.padnet_config["noisy_gating"] is False
+    # Every setting padnet.convert has is a key of the dynamic section, and reaches convert as it is.
+    keys = {f.name for f in dataclasses.fields(ConvertOptions)}
+    assert keys <= set(config.to_dict()["dynamic"])
+    assert {k: model.padnet_config[k] for k in keys} == config.dynamic.options()
+    assert model.padnet_config["dynamic"] == "conv" and model.padnet_config["pad"] is False
     with pytest.raises(ValueError, match=r"dynamic.aux_loss_coef=-1.0 must be >= 0"):
         config_from_dict({"dynamic": {"aux_loss_coef": -1.0}})
+
+
+def test_task_sections_are_typed():
+    config = config_from_dict({"data": {"name": "digits"}})
+    with pytest.raises(KeyError, match="task 'image_classification' has no config section 'glue'; its sections: data, model"):
+        config.section("glue", DataConfig)
+    with pytest.raises(TypeError, match="config section 'model' holds a ModelConfig; expected a DataConfig"):
+        config.section("model", DataConfig)
+    with pytest.raises(AttributeError):
+        config.data  # noqa: B018  (sections are not attributes: a typo cannot read as a section)
+
+
+def test_mode_static_converts_nothing_and_the_others_convert_as_configured():
+    static = config_from_dict({"data": {"name": "digits"}})
+    assert static.dynamic.convert_config() is None
+    pad = config_from_dict({"data": {"name": "digits"}, "dynamic": {"mode": "pad", "kind": "moe", "num_experts": 4}})
+    settings = pad.dynamic.convert_config()
+    assert (settings.dynamic, settings.pad, settings.num_experts) == ("moe", True, 4)

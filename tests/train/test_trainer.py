@@ -51,8 +51,9 @@ def test_plugin_task_runs_without_trainer_changes(tmp_path):
     calls = []
 
     def build_task(config):
-        calls.append(config.toy.size)
-        data = torch.utils.data.TensorDataset(torch.randn(config.toy.size, 1, 8, 8), torch.randint(0, 3, (config.toy.size,)))
+        size = config.section("toy", ToyConfig).size
+        calls.append(size)
+        data = torch.utils.data.TensorDataset(torch.randn(size, 1, 8, 8), torch.randint(0, 3, (size,)))
         return TaskParts(model=build("small_resnet", 3, 1, True, width=4, layers=[1]), train_dataset=data,
                          eval_dataset=data, loss_fn=lambda m, b: F.cross_entropy(m(b[0]), b[1]), evaluate=evaluate)
 

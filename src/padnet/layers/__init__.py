@@ -18,9 +18,11 @@ from .pad_base import LAMBDA_MODES, PartiallyDynamic
 from .pad_conv import PADConv2d
 from .pad_moe import PADMoELinear
 from .router import NoisyTopKRouter, Routing
+from .conversions import Conversion, Targets, conversion_kinds, get_conversion, register_conversion
 
 # The layer protocol: every dynamic layer is one of these (a conv form or an MoE form); the partially
 # dynamic ones are also ``PartiallyDynamic`` (training form) or ``DeployedPartiallyDynamic`` (inference).
+# What ``padnet.convert`` builds them from is registered in ``conversions`` (one ``Conversion`` per kind).
 DYNAMIC_LAYERS = (DynamicConvCompute, MoECompute)
 
 __all__ = [
@@ -29,6 +31,11 @@ __all__ = [
     "DynamicConvCompute",
     "MoECompute",
     "CONV_STRATEGIES",
+    "Conversion",
+    "Targets",
+    "conversion_kinds",
+    "get_conversion",
+    "register_conversion",
     "ExpertSlots",
     "conv_strategy",
     "conv_strategy_picks",

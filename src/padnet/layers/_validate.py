@@ -1,19 +1,39 @@
-"""Argument checks shared by the layers: every bad value names itself and what is allowed."""
+"""Argument checks shared by the layers: every bad value names itself and what is allowed.
+
+The ``*_problem`` forms return the message (or None) so that a config can list every problem at once;
+the ``check_*`` forms raise it.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Iterable
 
+from ..errors import shorten
+
+
+def choice_problem(name: str, value, allowed: Iterable) -> str | None:
+    allowed = tuple(allowed)
+    if value in allowed:
+        return None
+    return f"{name}={shorten(value)} is not supported; allowed: {', '.join(map(repr, allowed))}"
+
+
+def int_problem(name: str, value, minimum: int = 1) -> str | None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        return f"{name}={shorten(value)} must be an integer >= {minimum}"
+    return None
+
 
 def check_choice(name: str, value, allowed: Iterable) -> None:
-    allowed = tuple(allowed)
-    if value not in allowed:
-        raise ValueError(f"{name}={value!r} is not supported; allowed: {', '.join(map(repr, allowed))}")
+    problem = choice_problem(name, value, allowed)
+    if problem:
+        raise ValueError(problem)
 
 
 def check_positive_int(name: str, value, minimum: int = 1) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ValueError(f"{name}={value!r} must be an integer >= {minimum}")
+    problem = int_problem(name, value, minimum)
+    if problem:
+        raise ValueError(problem)
 
 
 def pair(name: str, value, minimum: int) -> tuple[int, int]:

@@ -10,7 +10,7 @@ from torch import nn
 
 from ._validate import check_positive_int, pair
 from .attention import KernelAttention
-from .pad_base import DynamicEntries
+from .pad_base import DynamicEntries, upcycle_from
 from .conv_strategy import (
     MIXTURE_STRATEGIES,
     PER_SAMPLE_STRATEGIES,
@@ -338,6 +338,29 @@ class DynamicConv2d(DynamicConvCompute, nn.Module):
         self.weight = nn.Parameter(torch.empty(num_kernels, math.prod(self.weight_shape)))
         self.bias = nn.Parameter(torch.zeros(num_kernels, out_channels)) if bias else None
         self.reset_parameters()
+
+    @classmethod
+    def from_conv(cls, conv: nn.Conv2d, *, upcycle: bool = False, **settings) -> "DynamicConv2d":
+        """This kind of layer (a subclass builds its own) with ``conv``'s geometry, bias, device and dtype:
+        what ``padnet.convert`` puts in place of a convolution.
+
+        Args:
+            conv: the convolution to replace; zero padding given as ints.
+            upcycle: every kernel (and a PAD layer's W_s) starts as ``conv``'s weight and every
+                kernel bias as its bias, so with softmax routing the layer computes what ``conv`` did;
+                False: fresh kernels (SPEC section 2).
+            **settings: the layer's own arguments: ``num_kernels``, ``reduction``, ``routing``, and
+                ``lambda_mode`` for a PAD layer.
+        """
+        if conv.padding_mode != "zeros" or isinstance(conv.padding, str):
+            raise ValueError(f"convert supports zero padding given as ints; got padding={conv.padding!r}, "
+                             f"padding_mode={conv.padding_mode!r}")
+        layer = cls(conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding, conv.dilation,
+                    conv.groups, bias=conv.bias is not None, **settings)
+        layer.to(device=conv.weight.device, dtype=conv.weight.dtype)
+        if upcycle:
+            upcycle_from(layer, conv.weight, conv.bias)
+        return layer
 
     @property
     def init_std(self) -> float:

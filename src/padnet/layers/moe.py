@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ._validate import check_positive_int
-from .pad_base import DynamicEntries
+from .pad_base import DynamicEntries, upcycle_from
 from .router import NoisyTopKRouter, Routing
 
 
@@ -194,6 +194,23 @@ class MoELinear(MoECompute, nn.Module):
         self.weight = nn.Parameter(torch.empty(num_experts, out_features, in_features))
         self.bias = nn.Parameter(torch.empty(num_experts, out_features)) if bias else None
         self.reset_parameters()
+
+    @classmethod
+    def from_linear(cls, linear: nn.Linear, **settings) -> "MoELinear":
+        """This kind of MoE (a subclass builds its own) upcycled from ``linear``: every expert (and a PAD
+        layer's W_s) starts as its weight, every expert bias as its bias, on its device and dtype, so the
+        layer computes ``linear`` at init (the gates sum to 1). What ``padnet.convert`` puts in place of an
+        FFN projection.
+
+        Args:
+            linear: the projection to replace.
+            **settings: the layer's own arguments: ``num_experts``, ``top_k``, ``noisy_gating``,
+                ``aux_loss_coef``, and ``lambda_mode`` for a PAD layer.
+        """
+        layer = cls(linear.in_features, linear.out_features, bias=linear.bias is not None, **settings)
+        layer.to(device=linear.weight.device, dtype=linear.weight.dtype)
+        upcycle_from(layer, linear.weight, linear.bias)
+        return layer
 
     def reset_parameters(self) -> None:
         # nn.Linear's init, per expert.

@@ -30,6 +30,18 @@ def dense_dynamic_kernels(values: torch.Tensor, index: torch.Tensor, numel: int)
     return values.new_zeros(values.shape[0], numel).scatter(1, wide_index, values)
 
 
+@torch.no_grad()
+def upcycle_from(layer: nn.Module, weight: torch.Tensor, bias: torch.Tensor | None) -> None:
+    """Set every kernel (or expert) of a dynamic ``layer`` to ``weight``, a PAD layer's W_s too, and
+    every kernel's bias to ``bias``: with mixing weights that sum to 1 the layer then computes what the
+    static layer holding ``weight`` and ``bias`` did (upcycling)."""
+    layer.weight.copy_(weight.reshape(1, *layer.weight.shape[1:]).expand_as(layer.weight))
+    if isinstance(layer, PartiallyDynamic):
+        layer.static_weight.copy_(weight.reshape(layer.static_weight.shape))
+    if bias is not None:
+        layer.bias.copy_(bias.reshape(1, -1).expand_as(layer.bias))
+
+
 class DynamicEntries:
     """Counts shared by the training and deployed PAD forms: both keep ``kernel_shape`` and a sorted
     ``dynamic_index`` of the dynamic entries' flat positions."""

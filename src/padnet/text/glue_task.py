@@ -21,6 +21,7 @@ import torch
 
 from ..data import glue as glue_data
 from ..metrics import TASK_METRICS, glue_metrics
+from ..train.config import RunConfig
 from ..train.tasks import TaskParts, register_task
 
 ON_ERROR = ("raise", "skip")
@@ -66,9 +67,9 @@ class GlueConfig:
         return out
 
 
-def check_glue(config) -> list[str]:
+def check_glue(config: RunConfig) -> list[str]:
     """Pre-flight checks: the data and the model exist, and the dynamic settings make sense for text."""
-    g = config.glue
+    g = config.section("glue", GlueConfig)
     out = []
     try:
         spec = glue_data.get_task(g.task_name)
@@ -137,10 +138,10 @@ def _eval_metric_key(spec: glue_data.GlueTask, split: str) -> str:
     return "mnli_mm" if split == "dev_mismatched" else spec.name
 
 
-def build_glue(config) -> TaskParts:
+def build_glue(config: RunConfig) -> TaskParts:
     from ..models.hf import load_sequence_classifier, load_tokenizer
 
-    g = config.glue
+    g = config.section("glue", GlueConfig)
     spec = glue_data.get_task(g.task_name)
     data_dir = Path(g.data_dir) if g.data_dir is not None else None
     train = glue_data.load_glue(spec.name, "train", data_dir, g.on_error).subset(g.train_subset, g.subset_seed)

@@ -29,14 +29,8 @@ CHECKPOINT_FORMAT = TRAINING_CHECKPOINT
 # --------------------------------------------------------------------------------------- model
 def make_dynamic(model: nn.Module, config: RunConfig) -> nn.Module:
     """Apply ``config.dynamic`` to a static model (no-op for mode=static)."""
-    d = config.dynamic
-    if d.mode == "static":
-        return model
-    return convert(
-        model, dynamic=d.kind, pad=d.mode == "pad", num_kernels=d.num_kernels, routing=d.routing,
-        reduction=d.reduction, init=d.init, lambda_mode=d.lambda_mode, num_experts=d.num_experts, top_k=d.top_k,
-        noisy_gating=d.noisy_gating, aux_loss_coef=d.aux_loss_coef, include=d.include, exclude=d.exclude,
-    )
+    settings = config.dynamic.convert_config()
+    return model if settings is None else convert(model, config=settings)
 
 
 def restore_model(model: nn.Module, state_dict: dict, compacted: bool) -> None:

@@ -3,10 +3,11 @@
 One config = one run. The top level holds the run settings (seed, epochs, batch size, run_dir) and the
 sections ``dynamic``, ``partition`` and ``optim``; the task named by ``task`` adds its own sections
 (``image_classification``: ``data`` and ``model``), declared where the task is registered
-(``padnet.train.tasks``). ``load_config`` validates every key before any work starts (unknown keys,
-wrong types, out-of-range values, cross-field rules, and the task's own pre-flight checks such as
-"is the data there") and raises one ``ConfigError`` listing all problems, each naming the key, the
-value and what is allowed.
+(``padnet.train.tasks``) and read with ``config.section(name, cls)``. The ``dynamic`` section holds
+every setting of ``padnet.convert`` (``padnet.convert.ConvertOptions``) beside the run's own keys.
+``load_config`` validates every key before any work starts (unknown keys, wrong types, out-of-range
+values, cross-field rules, and the task's own pre-flight checks such as "is the data there") and raises
+one ``ConfigError`` listing all problems, each naming the key, the value and what is allowed.
 """
 
 from __future__ import annotations
@@ -18,22 +19,21 @@ import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import yaml
 
+from ..convert import ConvertConfig, ConvertOptions
 from ..errors import ConfigError, shorten
+from ..layers._validate import choice_problem, int_problem
 from ..layers.conv_strategy import STRATEGY_MODES
-from ..partition import scorer_names
+from ..layers.conversions import conversion_kinds, get_conversion
+from ..partition import SCHEDULES, SCOPES, scorer_names
 from .strict_yaml import load_yaml
 
+T = TypeVar("T")
+
 MODES = ("static", "dynamic", "pad")
-KINDS = ("conv", "moe")
-ROUTINGS = ("softmax", "sigmoid")
-INITS = ("fresh", "upcycle")
-LAMBDA_MODES = ("both", "static", "dynamic", "none")
-SCHEDULES = ("exponential", "linear")
-SCOPES = ("global", "local")
 STATIC_INITS = ("keep", "dynamic_mean")
 OPTIMIZERS = ("sgd", "adamw")
 LR_SCHEDULERS = ("cosine", "constant")
@@ -51,38 +51,41 @@ MAX_WIDTH = 4096
 
 
 
-@dataclass
-class DynamicConfig:
-    """How the model is made dynamic: ``mode`` static (untouched), dynamic (fully, kappa = 1) or pad."""
+@dataclass(kw_only=True)
+class RunDynamicKeys:
+    """The ``dynamic`` section's keys that only a run has (``DynamicConfig`` adds the convert settings)."""
 
-    mode: str = "static"
-    kind: str = "conv"  # conv: DY-Conv / CondConv in place of convolutions; moe: FFN outputs as MoE
-    num_kernels: int = 4
-    routing: str = "softmax"  # softmax = DY-Conv, sigmoid = CondConv
-    reduction: int = 16
-    init: str = "fresh"  # fresh (SPEC) or upcycle (every kernel from the existing weight)
-    lambda_mode: str = "both"
+    mode: str = "static"  # static (untouched), dynamic (fully, kappa = 1) or pad
+    kind: str = "conv"  # padnet.convert's ``dynamic``: conv (DY-Conv / CondConv in place of convolutions),
+    # moe (FFN outputs as MoE), or another registered kind (padnet.layers.conversions)
     dynamic_ratio: float = 0.3  # kappa, for mode=pad
-    num_experts: int = 8
-    top_k: int = 2
-    noisy_gating: bool = True  # MoE: noisy top-k routing while training
-    aux_loss_coef: float = 0.01  # MoE: load-balancing loss coefficient
-    include: list[str] | None = None  # fnmatch patterns of module names to convert (overrides the rule)
-    exclude: list[str] | None = None  # ... and to leave static
     temperature_start: float = 30.0  # DY-Conv softmax temperature, annealed linearly ...
     temperature_end: float = 1.0
     temperature_epochs: float = 10.0  # ... over this many epochs
 
+
+# The run's own keys are the base listed last so that they come first in config.yaml and in messages.
+@dataclass(kw_only=True)
+class DynamicConfig(ConvertOptions, RunDynamicKeys):
+    """How the model is made dynamic: the run's keys (``RunDynamicKeys``) and every setting of
+    ``padnet.convert`` (``padnet.convert.ConvertOptions``: num_kernels, routing, ..., include, exclude),
+    under the names ``padnet.convert`` gives them."""
+
+    def convert_config(self) -> ConvertConfig | None:
+        """What ``padnet.convert`` is given for this run; None for mode=static (nothing is converted)."""
+        if self.mode == "static":
+            return None
+        return ConvertConfig(dynamic=self.kind, pad=self.mode == "pad", **self.options())
+
     def problems(self) -> list[str]:
-        out = _choices("dynamic", self, mode=MODES, kind=KINDS, routing=ROUTINGS, init=INITS, lambda_mode=LAMBDA_MODES)
-        out += _at_least("dynamic", self, num_kernels=1, reduction=1, num_experts=1, top_k=1)
+        out = _choices("dynamic", self, mode=MODES, kind=conversion_kinds())
+        out += ConvertOptions.problems(self, "dynamic.")
+        if not out and self.mode != "static":
+            # The kind's own rules (e.g. conv: upcycle needs softmax), once the settings they read are valid.
+            out += get_conversion(self.kind).problems(self.convert_config(), "dynamic.")
         out += _at_most("dynamic", self, num_kernels=MAX_KERNELS, reduction=MAX_WIDTH, num_experts=MAX_EXPERTS)
         if not 0 < self.dynamic_ratio <= 1:
             out.append(f"dynamic.dynamic_ratio={self.dynamic_ratio!r} must be in (0, 1]")
-        if not self.aux_loss_coef >= 0:
-            out.append(f"dynamic.aux_loss_coef={self.aux_loss_coef!r} must be >= 0")
-        if self.top_k > self.num_experts:
-            out.append(f"dynamic.top_k={self.top_k!r} must be <= dynamic.num_experts={self.num_experts!r}")
         for key in ("temperature_start", "temperature_end"):
             if not getattr(self, key) > 0:
                 out.append(f"dynamic.{key}={getattr(self, key)!r} must be > 0")
@@ -153,8 +156,8 @@ class OptimConfig:
 
 @dataclass
 class RunConfig:
-    """A whole run. Task sections (e.g. ``data``, ``model``) live in ``sections`` and read as
-    attributes: ``config.data.root``."""
+    """A whole run. Task sections (e.g. ``data``, ``model``) live in ``sections``, each the dataclass its
+    task declared: ``config.section("data", DataConfig).root``."""
 
     task: str = "image_classification"
     name: str | None = None  # label of the run in reports, e.g. "pad-0.3"; default: derived
@@ -179,12 +182,20 @@ class RunConfig:
     optim: OptimConfig = field(default_factory=OptimConfig)
     sections: dict[str, Any] = field(default_factory=dict)
 
-    def __getattr__(self, key: str):
-        # Only called when normal lookup fails: expose task sections as attributes.
-        sections = self.__dict__.get("sections", {})
-        if key in sections:
-            return sections[key]
-        raise AttributeError(f"RunConfig has no attribute or task section {key!r}")
+    def section(self, name: str, cls: type[T]) -> T:
+        """The task section ``name`` (e.g. ``config.section("data", DataConfig)``), checked to be a ``cls``.
+
+        Args:
+            name: a section the run's task declares (``padnet.train.tasks.register_task(sections=...)``).
+            cls: the dataclass the task declared for it; the result is typed as one.
+        """
+        if name not in self.sections:
+            raise KeyError(f"task {self.task!r} has no config section {name!r}; its sections: "
+                           f"{', '.join(self.sections) or 'none'}")
+        value = self.sections[name]
+        if not isinstance(value, cls):
+            raise TypeError(f"config section {name!r} holds a {type(value).__name__}; expected a {cls.__name__}")
+        return value
 
     def problems(self) -> list[str]:
         out = _at_least("", self, epochs=1, batch_size=1, eval_batch_size=1, eval_every=1, log_every=1)
@@ -233,11 +244,8 @@ class RunConfig:
 # ---------------------------------------------------------------------------------------- helpers
 def _choices(section: str, obj, **allowed) -> list[str]:
     prefix = f"{section}." if section else ""
-    return [
-        f"{prefix}{key}={shorten(getattr(obj, key))} is not supported; allowed: {', '.join(map(repr, values))}"
-        for key, values in allowed.items()
-        if getattr(obj, key) not in values
-    ]
+    problems = [choice_problem(f"{prefix}{key}", getattr(obj, key), values) for key, values in allowed.items()]
+    return [p for p in problems if p]
 
 
 def _at_most(section: str, obj, **maximum) -> list[str]:
@@ -252,11 +260,8 @@ def _at_most(section: str, obj, **maximum) -> list[str]:
 
 def _at_least(section: str, obj, **minimum) -> list[str]:
     prefix = f"{section}." if section else ""
-    return [
-        f"{prefix}{key}={getattr(obj, key)!r} must be an integer >= {low}"
-        for key, low in minimum.items()
-        if getattr(obj, key) < low
-    ]
+    problems = [int_problem(f"{prefix}{key}", getattr(obj, key), low) for key, low in minimum.items()]
+    return [p for p in problems if p]
 
 
 _MISSING = object()

@@ -12,7 +12,8 @@ A task is registered once, by name, with a builder and the config sections it re
         def problems(self) -> list[str]:   # optional: range checks, "glue.max_length=0 must be >= 1"
             return []
 
-    def build_glue(config) -> TaskParts:   # config: padnet.train.config.RunConfig; config.glue is a GlueConfig
+    def build_glue(config) -> TaskParts:   # config: padnet.train.config.RunConfig
+        glue = config.section("glue", GlueConfig)
         ...
         return TaskParts(model=..., train_dataset=..., eval_dataset=..., loss_fn=..., evaluate=...,
                          main_metric="accuracy", collate_fn=...)

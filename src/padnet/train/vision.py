@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from .. import models
 from ..errors import shorten
 from ..data import DataConfig, build_datasets, find_fashion_mnist
-from .config import MAX_WIDTH
+from .config import MAX_WIDTH, RunConfig
 from .tasks import TaskParts, register_task
 
 
@@ -55,9 +55,10 @@ def evaluate(model, batches) -> dict[str, float]:
     return {"accuracy": correct / max(total, 1), "loss": loss_sum / max(total, 1)}
 
 
-def build(config) -> TaskParts:
-    train, test, info = build_datasets(config.data)
-    m = config.model
+def build(config: RunConfig) -> TaskParts:
+    data = config.section("data", DataConfig)
+    train, test, info = build_datasets(data)
+    m = config.section("model", ModelConfig)
     kwargs = {"width": m.width, "layers": list(m.layers)} if m.name == "small_resnet" else {}
     small = info.small_input if m.small_input is None else m.small_input
     model = models.build(m.name, info.num_classes, info.in_channels, small_input=small, **kwargs)
@@ -69,7 +70,7 @@ def build(config) -> TaskParts:
         evaluate=evaluate,
         main_metric="accuracy",
         info={
-            "dataset": config.data.name,
+            "dataset": data.name,
             "data_source": info.source,
             "num_classes": info.num_classes,
             "train_examples": len(train),
@@ -79,9 +80,9 @@ def build(config) -> TaskParts:
     )
 
 
-def check(config) -> list[str]:
+def check(config: RunConfig) -> list[str]:
     """Pre-flight: the data must be there before any work starts."""
-    data = config.data
+    data = config.section("data", DataConfig)
     if data.name == "fashion_mnist" and not data.download:
         try:
             find_fashion_mnist(data.root)
