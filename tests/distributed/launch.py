@@ -106,7 +106,7 @@ def _tokens_evaluate(model, batches):
 
 
 def build_tokens(config) -> TaskParts:
-    c = config.tokens
+    c = config.section("tokens", TokensConfig)
     g = torch.Generator().manual_seed(1234)  # the data never depends on the rank or the run seed
     tokens = torch.randint(0, c.vocab, (c.examples, c.length), generator=g)
     labels = tokens[:, 0] % 4
