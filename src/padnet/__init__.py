@@ -7,7 +7,7 @@ from .partition import PartitionReport, partition, register_scorer
 from .summary import ModelSummary, summary
 from .temperature import TemperatureSchedule, set_temperature
 
-__version__ = "0.1.0"
+from ._version import __version__  # noqa: F401
 
 __all__ = [
     "ConfigError",

@@ -34,6 +34,7 @@ import torch
 from torch import nn
 
 from . import models  # noqa: F401  (registers the "padnet." builders)
+from ._version import __version__
 from .arch import _ARCHS, build_arch, register_arch, resolve_arch, tag_arch  # noqa: F401  (public re-exports)
 from .convert import convert, pad_layers
 from .deploy import deploy
@@ -58,7 +59,6 @@ def _record(model: nn.Module, arch: dict | None) -> dict:
         n: float(m.temperature) for n, m in model.named_modules()
         if hasattr(m, "temperature") and hasattr(m, "attention") and float(m.temperature) != 1.0
     }
-    from . import __version__
 
     return {
         "format": FORMAT,

