@@ -35,25 +35,28 @@ bench: venv
 	$(PY) benchmarks/layers.py
 	$(PY) benchmarks/partition_cost.py
 
-# The committed experiments: resumable (re-run to continue), then the reports in docs/results/.
+# The committed experiments: resumable (re-run to continue), then the reports in docs/results/ (one report
+# system for every task: `padnet report`; a NOTES.md beside the copied results is kept in the report).
 sweep-vision: venv data
 	$(PY) -m padnet sweep --config configs/fmnist_sweep.yaml --set progress=false
 
 report-vision: venv
-	$(PY) -m padnet report runs/fmnist_sweep --out docs/results/vision.md --copy-results docs/results/vision
+	$(PY) -m padnet report runs/fmnist_sweep --out docs/results/vision.md --copy-results docs/results/vision \
+		--title "Results: fmnist_sweep"
 
 sweep-glue: venv
 	HF_HUB_OFFLINE=1 $(PY) -m padnet sweep --config configs/glue_sweep.yaml
 
 report-glue: venv
-	$(PY) -m padnet.text.report runs/glue_sweep --out docs/results/text.md --copy-results docs/results/text
+	$(PY) -m padnet report runs/glue_sweep --out docs/results/text.md --copy-results docs/results/text \
+		--title "Text results: PAD-MoE on GLUE"
 
 # The longer-budget CoLA check (whole training set).
 sweep-glue-long: venv
 	HF_HUB_OFFLINE=1 $(PY) -m padnet sweep --config configs/glue_long.yaml
 
 report-glue-long: venv
-	$(PY) -m padnet.text.report runs/glue_long --out docs/results/text_long.md --copy-results docs/results/text_long \
+	$(PY) -m padnet report runs/glue_long --out docs/results/text_long.md --copy-results docs/results/text_long \
 		--title "Text results: CoLA with a longer budget"
 
 clean:

@@ -4,7 +4,7 @@
     padnet eval --run runs/demo/pad-0.3        (or --checkpoint FILE)
     padnet export --run runs/demo/pad-0.3      (deployed model.safetensors, checked against the run)
     padnet sweep --config configs/fmnist_sweep.yaml
-    padnet report runs/fmnist_sweep --out docs/results/vision.md
+    padnet report runs/fmnist_sweep --out docs/results/vision.md   (any task: runs/glue_sweep too)
     padnet demo
 
 Under torchrun (several processes, one per GPU or several on CPU) ``train``, ``sweep`` and ``demo`` train
@@ -113,69 +113,19 @@ def _sweep_runs(args, configs, print) -> int:  # noqa: A002 - print: rank 0's pr
 
 
 def _report(args) -> int:
-    from .train.io import atomic_write_bytes, refuse_links
-    from .train.sweep import collect_results, markdown_table, plot, summarize
+    from .report import write_report
 
     _one_process_only("report")
-    root = Path(args.dir)
-    if not root.is_dir():
-        raise SystemExit(f"padnet report: {root} is not a directory")
-    results = collect_results(root)
-    if not results:
-        raise SystemExit(f"padnet report: no results.json under {root} (runs write it when they finish)")
-    rows = summarize(results)
-    table = markdown_table(rows)
-    unfinished = sorted(str(p.parent) for p in root.rglob("checkpoint.pt") if not (p.parent / "results.json").exists())
-    print(table)
+    report, text = write_report(args.dirs, out=args.out, plot_path=args.plot, json_path=args.json,
+                                copy_results=args.copy_results, notes=args.notes, title=args.title,
+                                baseline=args.baseline, task=args.task)
     if args.out:
-        out = Path(args.out)
-        plot_path = Path(args.plot) if args.plot else out.with_suffix(".png")
-        refuse_links(out, out)  # both checked before either is written, then again before each rename
-        refuse_links(plot_path, plot_path)
-        plot(rows, plot_path, no_links_under=plot_path)
-        first = results[0]
-        cfg = first.get("config", {})
-        text = [
-            f"# Results: {root.name}",
-            "",
-            f"{len(results)} finished runs under `{root}`; mean ± sample std over seeds of the final-epoch "
-            f"test {rows[0]['metric']}. Time per epoch is training time only (no evaluation), on this machine.",
-            "",
-            table,
-            "",
-            f"![accuracy vs dynamic ratio]({_relpath(plot_path, out.parent)})",
-            "",
-        ]
-        if unfinished:
-            text += [f"Unfinished runs (checkpoint, no results yet): {', '.join(unfinished)}", ""]
-        text += ["Per-seed values:", ""]
-        text += [f"- {r['name']}: " + ", ".join(f"seed {s}: {v:.4f}" for s, v in zip(r["seeds"], r["values"])) for r in rows]
-        if cfg:
-            text += ["", "Shared recipe (from the first run's config):", "", "```yaml", _recipe(cfg), "```", ""]
-        atomic_write_bytes(out, "\n".join(text).encode(), no_links_under=out)
-        print(f"wrote {out} and {plot_path}", file=sys.stderr)
+        print(f"wrote {args.out} and {args.plot or Path(args.out).with_suffix('.png')}", file=sys.stderr)
+    else:
+        print(text)
     if args.copy_results:
-        dest = Path(args.copy_results)
-        copies = [(dest / path.parent.relative_to(root) / "results.json", path) for path in sorted(root.rglob("results.json"))]
-        for target, _ in copies:  # every link refused before any file is written
-            refuse_links(target, dest)
-        for target, path in copies:
-            atomic_write_bytes(target, path.read_bytes(), no_links_under=dest)
-        print(f"copied {len(results)} results.json files to {dest}", file=sys.stderr)
+        print(f"copied {report.runs} results.json files to {args.copy_results}", file=sys.stderr)
     return 0
-
-
-def _relpath(path: Path, start: Path) -> str:
-    import os
-
-    return os.path.relpath(path, start)
-
-
-def _recipe(cfg: dict) -> str:
-    import yaml
-
-    keep = {k: v for k, v in cfg.items() if k not in ("name", "seed", "run_dir", "progress", "tensorboard", "log_every")}
-    return yaml.safe_dump(keep, sort_keys=False).rstrip()
 
 
 def _demo(args) -> int:
@@ -223,11 +173,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seeds", type=int, nargs="+", metavar="SEED", help="run only these of the sweep's seeds")
     p.set_defaults(func=_sweep)
 
-    p = sub.add_parser("report", help="markdown table (mean ± std over seeds) and plots of finished runs under DIR")
-    p.add_argument("dir", help="directory searched recursively for results.json")
-    p.add_argument("--out", help="write the markdown report here (and the plot beside it)")
+    p = sub.add_parser("report", help="markdown tables (mean ± std over seeds, paired differences to the fully "
+                                      "dynamic baseline), plot and JSON of the finished runs of any task")
+    p.add_argument("dirs", nargs="+", metavar="DIR", help="sweep or run directory searched recursively for "
+                                                          "results.json (several: reported together)")
+    p.add_argument("--out", help="write the markdown report here (and the plot beside it); default: print it")
     p.add_argument("--plot", help="PNG path of the plot (default: --out with .png)")
-    p.add_argument("--copy-results", metavar="DIR", help="copy every results.json here (keeping the layout)")
+    p.add_argument("--json", help="write the report's data as JSON here (default: DIR of --copy-results/report.json)")
+    p.add_argument("--copy-results", metavar="DIR", help="copy every results.json here (keeping each sweep's layout)")
+    p.add_argument("--notes", help="markdown placed after the tables (default: NOTES.md of --copy-results, if any)")
+    p.add_argument("--title", help="the report's heading (default: 'Results: <DIR name>')")
+    p.add_argument("--baseline", metavar="LABEL", help="the configuration the paired differences subtract "
+                                                      "(default: the fully dynamic one, DY-Conv or MoE)")
+    p.add_argument("--task", help="report only the runs of this task (when the directories hold several)")
     p.set_defaults(func=_report)
 
     p = sub.add_parser("demo", help="Fashion-MNIST in about 3 minutes: static vs DY-Conv vs PAD (kappa 0.3), "

@@ -177,10 +177,10 @@ def reading(rows: list[dict]) -> str:
 
 
 def _plot(out: Path, seed: int) -> Path:
-    from .train.sweep import collect_results, plot, summarize
+    from .report import build_report, collect, plot
 
-    rows = summarize([r for r in collect_results(out) if r["seed"] == seed])
-    return plot(rows, out / "demo.png")
+    runs = [run for run in collect([out]) if run.result["seed"] == seed]
+    return plot(build_report(runs, [str(out)]), out / "demo.png")
 
 
 def next_steps(out: Path, seed: int, png: Path) -> str:
