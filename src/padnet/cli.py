@@ -23,6 +23,9 @@ import sys
 import time
 from pathlib import Path
 
+# The commands import their modules when they run, so `padnet --help` and a bad argument answer without
+# importing torch (seconds on this machine); no import cycle hides behind them.
+
 
 def _train(args) -> int:
     from .train import Trainer, load_config

@@ -18,6 +18,11 @@ from pathlib import Path
 
 import torch
 
+from .data import find_fashion_mnist
+from .report import build_report, collect, plot
+from .serialization import load
+from .train import Trainer, config_from_dict, export_run
+
 # Sized with the speed benchmarks (docs/results/efficiency.md): one epoch over the 60,000 training images,
 # batch 64, SGD with cosine decay: the static net reaches about 88 % test accuracy.
 DEMO_BASE = {
@@ -50,8 +55,6 @@ TIE_POINTS = 0.5
 def demo_configs(out: Path, seed: int, data_root: str | None) -> tuple[dict[str, dict], str, tuple[int, int, int]]:
     """The three run configs (raw dicts), the data set's name (Fashion-MNIST, or the digits fallback) and
     its image shape."""
-    from .data import find_fashion_mnist
-
     base = json.loads(json.dumps(DEMO_BASE))
     try:
         find_fashion_mnist(data_root)
@@ -76,8 +79,6 @@ def demo_configs(out: Path, seed: int, data_root: str | None) -> tuple[dict[str,
 def run_demo(out: str | Path = "runs/demo", seed: int = 0, data_root: str | None = None, quiet: bool = False,
              main_process: bool = True) -> dict:
     """Train, export and time the three runs; print the closing table. Returns the rows."""
-    from .train import Trainer, config_from_dict
-
     out = Path(out)
     configs, dataset, image_shape = demo_configs(out, seed, data_root)
     started = time.perf_counter()
@@ -109,9 +110,6 @@ def _run_bar(name: str, enabled: bool):
 
 def _closing_rows(configs: dict[str, dict], image_shape: tuple[int, int, int]) -> list[dict]:
     """Export each run (the file is checked against the run), then time the loaded files' inference."""
-    from .serialization import load
-    from .train import export_run
-
     rows = []
     for name, raw in configs.items():
         run_dir = Path(raw["run_dir"])
@@ -177,8 +175,6 @@ def reading(rows: list[dict]) -> str:
 
 
 def _plot(out: Path, seed: int) -> Path:
-    from .report import build_report, collect, plot
-
     runs = [run for run in collect([out]) if run.result["seed"] == seed]
     return plot(build_report(runs, [str(out)]), out / "demo.png")
 
