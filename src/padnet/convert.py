@@ -19,6 +19,7 @@ from dataclasses import dataclass
 
 from torch import nn
 
+from .arch import detect_arch
 from .errors import ConfigError
 from .layers import DYNAMIC_LAYERS, LAMBDA_MODES, PartiallyDynamic
 from .layers._validate import choice_problem, int_problem
@@ -148,6 +149,11 @@ def convert(
     config = _one_config(keywords, config)
     conversion = get_conversion(config.dynamic)
     targets = _targets(model, conversion, config)
+    # Before any module changes: a model built by a torchvision builder or by transformers is recognised
+    # by its own structure, so padnet.save records how to rebuild it and padnet.load(path) needs nothing more.
+    arch = detect_arch(model)
+    if arch is not None:
+        model.padnet_arch = arch
     for name in targets:
         parent_name, _, child = name.rpartition(".")
         parent = model.get_submodule(parent_name)

@@ -34,7 +34,7 @@ import torch
 from torch import nn
 
 from . import models  # noqa: F401  (registers the "padnet." builders)
-from .arch import _ARCHS, build_arch, register_arch, resolve_arch, tag_arch  # noqa: F401  (public re-exports)
+from .arch import _ARCHS, HOW_TO_RECORD, build_arch, detect_arch, register_arch, resolve_arch, tag_arch  # noqa: F401
 from .convert import convert, pad_layers
 from .deploy import deploy
 from .errors import ModelFileError
@@ -47,8 +47,9 @@ MAX_HEADER_BYTES = 100 * 1024 * 1024  # safetensors' own limit
 
 # ----------------------------------------------------------------------------- save
 def _record(model: nn.Module, arch: dict | None) -> dict:
-    arch = arch if arch is not None else getattr(model, "padnet_arch", None)
     config = getattr(model, "padnet_config", None)
+    if arch is None:  # a converted model was looked at by convert, before its modules changed
+        arch = getattr(model, "padnet_arch", None) if config is not None else detect_arch(model)
     deployed = [n for n, m in model.named_modules() if isinstance(m, DeployedPartiallyDynamic)]
     if deployed and any(isinstance(m, PartiallyDynamic) for m in model.modules()):
         raise ValueError("the model mixes deployed and training-form PAD layers; deploy() all of them before save")
@@ -76,7 +77,9 @@ def save(model: nn.Module, path, arch: dict | str | None = None) -> Path:
     """Write ``model`` (training or deployed form) to ``path`` as one safetensors file, atomically.
 
     ``arch`` overrides ``model.padnet_arch``: a registered name or ``{"name": ..., "kwargs": {...}}``.
-    Without either, the file still saves but ``load`` needs a ``model_factory``.
+    Without either, a model that ``padnet.arch.detect_arch`` recognises (built by a torchvision builder,
+    or a Hugging Face model) is recorded as such; any other still saves, but ``load`` then needs a
+    ``model_factory``.
 
     Args:
         model: a plain, converted (training form, compacted or not) or deployed model.
@@ -397,7 +400,7 @@ def _load(path: Path, record: dict, shapes: dict, model: nn.Module | None, map_l
     file = _FileTensors(path, map_location)
     if model is None:
         if arch is None:
-            raise ModelFileError(path, "the file records no architecture; pass load(path, model_factory=...)")
+            raise ModelFileError(path, f"the file records no architecture; {HOW_TO_RECORD}")
         what = arch["name"]
         meta = _build(path, arch, meta=True)
         if meta is not None:
