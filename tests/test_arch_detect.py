@@ -116,3 +116,16 @@ def test_hf_record_names_only_transformers_own_classes(tmp_path, architectures, 
     rewrite_record(path, change)
     with pytest.raises(ModelFileError, match=error):
         padnet.load(path)
+
+
+def test_file_that_converted_se_convs_still_loads(tmp_path):
+    """A file written when the default rule converted squeeze-excitation convs loads as it was written."""
+    torch.manual_seed(0)
+    model = torchvision.models.mobilenet_v3_small(num_classes=10)
+    padnet.convert(model, include=["features.*"], exclude=["features.0.0"])  # all but the stem: SE convs too
+    assert "features.1.block.1.fc1" in model.padnet_config["converted"]
+    model.padnet_config.update(include=None, exclude=None, skipped={})  # as the old default recorded it
+    path = padnet.save(model, tmp_path / "old.safetensors")
+    loaded = padnet.load(path)
+    assert loaded.padnet_config == read_record(path)["padnet_config"]
+    same_outputs(model, loaded, torch.randn(2, 3, 64, 64))

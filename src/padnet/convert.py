@@ -148,7 +148,7 @@ def convert(
         raise ValueError("this model was already converted by padnet.convert")
     config = _one_config(keywords, config)
     conversion = get_conversion(config.dynamic)
-    targets = _targets(model, conversion, config)
+    targets, skipped = _targets(model, conversion, config)
     # Before any module changes: a model built by a torchvision builder or by transformers is recognised
     # by its own structure, so padnet.save records how to rebuild it and padnet.load(path) needs nothing more.
     arch = detect_arch(model)
@@ -158,8 +158,15 @@ def convert(
         parent_name, _, child = name.rpartition(".")
         parent = model.get_submodule(parent_name)
         setattr(parent, child, conversion.build(getattr(parent, child), config))
-    model.padnet_config = {**dataclasses.asdict(config), "converted": targets}
+    model.padnet_config = {**dataclasses.asdict(config), "converted": targets, "skipped": skipped}
     return model
+
+
+def plan_conversion(model: nn.Module, **settings) -> tuple[list[str], dict[str, str]]:
+    """(the names of the modules ``convert(model, **settings)`` would replace, those its rule skips:
+    name -> why), without changing the model."""
+    config = _one_config(ConvertConfig(**settings), None)
+    return _targets(model, get_conversion(config.dynamic), config)
 
 
 def _one_config(keywords: ConvertConfig, config: ConvertConfig | None) -> ConvertConfig:
@@ -182,9 +189,10 @@ def _matches(name: str, patterns: list[str] | None) -> bool:
     return any(fnmatch.fnmatchcase(name, p) for p in patterns or [])
 
 
-def _targets(model: nn.Module, conversion: Conversion, config: ConvertConfig) -> list[str]:
+def _targets(model: nn.Module, conversion: Conversion, config: ConvertConfig) -> tuple[list[str], dict[str, str]]:
     """The names of the modules to replace: the kind's default ones, or those of its eligible ones that
-    ``include`` matches; less those ``exclude`` matches."""
+    ``include`` matches; less those ``exclude`` matches. And the ones the kind skips that stay as they
+    are (name -> why)."""
     found = conversion.find(model)
     if config.include is not None:
         chosen = [n for n in found.eligible if _matches(n, config.include)]
@@ -197,7 +205,7 @@ def _targets(model: nn.Module, conversion: Conversion, config: ConvertConfig) ->
             f"convert(dynamic={config.dynamic!r}) found no {conversion.looks_for} in {type(model).__name__}{hint} "
             f"(include={config.include}, exclude={config.exclude}; eligible: {found.eligible[:8]})"
         )
-    return chosen
+    return chosen, {name: why for name, why in (found.skipped or {}).items() if name not in chosen}
 
 
 def dynamic_layers(model: nn.Module) -> list[tuple[str, nn.Module]]:

@@ -35,7 +35,7 @@ from torch import nn
 
 from . import models  # noqa: F401  (registers the "padnet." builders)
 from .arch import _ARCHS, HOW_TO_RECORD, build_arch, detect_arch, register_arch, resolve_arch, tag_arch  # noqa: F401
-from .convert import convert, pad_layers
+from .convert import convert, pad_layers, plan_conversion
 from .deploy import deploy
 from .errors import ModelFileError
 from .infra import atomic_write_bytes
@@ -444,14 +444,20 @@ def _replay(path: Path, record: dict, shapes: dict, file: _FileTensors, model: n
     if config is None:
         return
     device = torch.device("meta") if on_meta else contextlib.nullcontext()
-    kwargs = {k: v for k, v in config.items() if k != "converted"}
+    kwargs = {k: v for k, v in config.items() if k not in ("converted", "skipped")}
+    converted = config.get("converted")
     try:
+        if _converted_before_a_rule_changed(model, kwargs, converted):
+            # A file written before the rule skipped some modules (squeeze-excitation convs) converted
+            # them: replay exactly its modules.
+            kwargs |= {"include": [fnmatch_escape(n) for n in converted], "exclude": None}
         with device:
             convert(model, **kwargs)
     except (ValueError, TypeError) as exc:
         raise ModelFileError(path, f"cannot re-apply padnet.convert to {what}: {_cut(exc)}") from None
-    if model.padnet_config["converted"] != config.get("converted"):
-        converted = config.get("converted")
+    if model.padnet_config["converted"] == converted:
+        model.padnet_config = dict(config)  # the settings as the file records them
+    else:
         raise ModelFileError(
             path, f"the file is for another architecture: it converted "
             f"{len(converted) if isinstance(converted, list) else converted!r} layers, {what} converts "
@@ -475,6 +481,21 @@ def _replay(path: Path, record: dict, shapes: dict, file: _FileTensors, model: n
                 layer.__class__ = _meta_static_index_class(type(layer))
         with device:
             deploy(model)
+
+
+def _converted_before_a_rule_changed(model: nn.Module, settings: dict, converted) -> bool:
+    """Whether ``converted`` (a file's list) is what ``convert(model, **settings)`` replaces today plus
+    only modules its rule now skips."""
+    if not (isinstance(converted, list) and all(isinstance(n, str) for n in converted)):
+        return False
+    planned, skipped = plan_conversion(model, **settings)
+    extra = set(converted) - set(planned)
+    return bool(extra) and extra <= set(skipped) and set(planned) <= set(converted)
+
+
+def fnmatch_escape(name: str) -> str:
+    """``name`` as an fnmatch pattern that matches only itself."""
+    return "".join(f"[{c}]" if c in "*?[" else c for c in name)
 
 
 def restore_pad_layers(model: nn.Module, stored: Callable[[str], torch.Tensor | None],
