@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from torch import nn
 
 from .arch import detect_arch
+from .deploy import refuse_unpartitioned
 from .errors import ConfigError
 from .layers import DYNAMIC_LAYERS, LAMBDA_MODES, PartiallyDynamic
 from .layers._validate import choice_problem, int_problem
@@ -218,13 +219,21 @@ def pad_layers(model: nn.Module) -> list[tuple[str, nn.Module]]:
     return [(n, m) for n, m in model.named_modules() if isinstance(m, PartiallyDynamic)]
 
 
-def compact(model: nn.Module) -> nn.Module:
+def compact(model: nn.Module, allow_unpartitioned: bool = False) -> nn.Module:
     """Make every PAD layer's mask permanent (``PartiallyDynamic.compact``): only the
     used entries stay, so parameters and optimizer state built afterwards shrink. Call it after
-    ``padnet.partition`` and before creating the optimizer. Returns ``model``."""
+    ``padnet.partition`` and before creating the optimizer. Returns ``model``.
+
+    Args:
+        model: a model holding PAD layers.
+        allow_unpartitioned: compact even when every mask is still all ones (the partition never ran),
+            which keeps every entry; refused without it.
+    """
     layers = pad_layers(model)
     if not layers:
         raise ValueError(f"compact() found no PAD layer in {type(model).__name__}")
+    if not allow_unpartitioned:
+        refuse_unpartitioned(layers, "compact")
     for _, layer in layers:
         layer.compact()
     return model

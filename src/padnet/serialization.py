@@ -480,7 +480,7 @@ def _replay(path: Path, record: dict, shapes: dict, file: _FileTensors, model: n
             for _, layer in pad_layers(model):  # from_pad reads the static positions: on meta, only their count is known
                 layer.__class__ = _meta_static_index_class(type(layer))
         with device:
-            deploy(model)
+            deploy(model, allow_unpartitioned=True)  # the file's masks, whatever they are
 
 
 def _converted_before_a_rule_changed(model: nn.Module, settings: dict, converted) -> bool:
