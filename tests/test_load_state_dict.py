@@ -9,6 +9,7 @@ import padnet
 from padnet.convert import pad_layers
 from tests.conftest import random_mask
 from tests.test_deploy import TinyEncoder
+from tests.test_serialization import deployed_moe_encoder
 
 INCLUDE = ["layer1.*", "layer2.0.*"]
 
@@ -60,13 +61,7 @@ def test_fresh_converted_model_adopts_the_state_dict_form(form):
 
 def test_deployed_moe_state_dict_into_a_fresh_pad_moe():
     torch.manual_seed(0)
-    model = padnet.convert(TinyEncoder(), dynamic="moe", num_experts=4)
-    for i, (_, layer) in enumerate(pad_layers(model)):
-        with torch.no_grad():
-            layer.router.w_gate.normal_()
-            layer.weight.add_(0.05 * torch.randn_like(layer.weight))
-        layer.set_mask(random_mask(layer.kernel_shape, 0.5, seed=i))
-    padnet.deploy(model)
+    model = deployed_moe_encoder()
     fresh = padnet.convert(TinyEncoder(), dynamic="moe", num_experts=4)
     fresh.load_state_dict(model.state_dict())
     x = torch.randn(2, 5, 16)
