@@ -190,8 +190,8 @@ def test_export_of_a_static_run_and_errors(tmp_path, capsys, monkeypatch):
     deploy_module = sys.modules["padnet.deploy"]
     real = deploy_module.deploy
 
-    def broken(model):
-        real(model)
+    def broken(model, **kwargs):
+        real(model, **kwargs)
         for name, p in model.named_parameters():
             if name.endswith("dynamic_values"):
                 p.data.mul_(3)

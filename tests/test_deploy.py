@@ -340,7 +340,7 @@ def test_deploy_and_cost_ask_the_layer_so_a_new_kind_needs_no_change_outside_lay
     model = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), MyPADConv(4, 4, 3, padding=1))
     x = torch.randn(2, 3, 6, 6)
     expected = model.eval()(x)
-    padnet.deploy(model)
+    padnet.deploy(model, allow_unpartitioned=True)  # the mask does not matter here
     assert isinstance(model[1], MyDeployedConv)
     torch.testing.assert_close(model(x), expected, atol=1e-5, rtol=0)
     kinds = {layer.kind for layer in cost(model, x).layers}
@@ -428,3 +428,31 @@ def test_the_extending_guide_conversion_kind_converts_saves_and_loads(conversion
     loaded = padnet.load(tmp_path / "m.safetensors")
     assert isinstance(loaded.get_submodule("layer1.0.conv1").attention, MaxPoolAttention)
     torch.testing.assert_close(loaded(x), expected, atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("what", ["deploy", "compact"])
+def test_unpartitioned_model_is_refused_unless_asked(what):
+    model = padnet.convert(nn.Sequential(nn.Conv2d(3, 4, 3), nn.Conv2d(4, 4, 3), nn.Conv2d(4, 4, 3)))
+    action = getattr(padnet, what)
+    with pytest.raises(ValueError, match=rf"{what}\(\) on a model whose 2 PAD layers are all fully dynamic.*"
+                                         rf"padnet.partition.*{what}\(model, allow_unpartitioned=True\)"):
+        action(model)
+    assert all(type(m).__name__ == "PADConv2d" and not m.compacted for m in model[1:])  # left as it was
+    x = torch.randn(1, 3, 8, 8)
+    expected = model.eval()(x)
+    action(model, allow_unpartitioned=True)
+    torch.testing.assert_close(model.eval()(x), expected, rtol=1e-5, atol=1e-6)
+    # One partitioned layer is enough: the model was partitioned (kappa may keep some layers whole).
+    other = padnet.convert(nn.Sequential(nn.Conv2d(3, 4, 3), nn.Conv2d(4, 4, 3), nn.Conv2d(4, 4, 3)))
+    other[1].set_mask(torch.rand(other[1].kernel_shape) < 0.5)
+    getattr(padnet, what)(other)
+
+
+def test_model_cost_takes_an_input_shape():
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.Flatten(), nn.Linear(4 * 6 * 6, 2))
+    by_shape = padnet.model_cost(model, input_shape=(1, 3, 8, 8))
+    by_input = padnet.cost.cost(model, torch.randn(1, 3, 8, 8))
+    assert by_shape.macs == by_input.macs == 4 * 6 * 6 * 27 + 2 * 144
+    assert padnet.model_cost(model).params == sum(p.numel() for p in model.parameters())
+    with pytest.raises(ValueError, match=r"input_shape=\(1, 0\) must be a tuple of integers >= 1"):
+        padnet.model_cost(model, input_shape=(1, 0))

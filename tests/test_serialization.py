@@ -64,14 +64,19 @@ def test_round_trip(tmp_path, form):
     assert not [p for p in os.listdir(tmp_path) if p != "m.safetensors"]  # no temp file left behind
 
 
-def test_round_trip_moe_with_model_factory(tmp_path):
+def deployed_moe_encoder():
+    """A TinyEncoder with deployed PAD-MoE layers whose experts and routers differ (kappa 0.5)."""
     model = convert(TinyEncoder(), dynamic="moe", num_experts=4)
     for i, (_, layer) in enumerate(pad_layers(model)):
         with torch.no_grad():
             layer.router.w_gate.normal_()
             layer.weight.add_(0.05 * torch.randn_like(layer.weight))
         layer.set_mask(random_mask(layer.kernel_shape, 0.5, seed=i))
-    padnet.deploy(model)
+    return padnet.deploy(model)
+
+
+def test_round_trip_moe_with_model_factory(tmp_path):
+    model = deployed_moe_encoder()
     padnet.save(model, tmp_path / "moe.safetensors")
     with pytest.raises(ModelFileError, match="records no architecture.*model_factory"):
         padnet.load(tmp_path / "moe.safetensors")

@@ -34,10 +34,11 @@ __all__ = [
 
 # Deployment form and model files (issue 6); counting lives in padnet.cost.
 from .deploy import deploy  # noqa: E402
+from .cost import model_cost  # noqa: E402
 from .arch import build_arch, register_arch, tag_arch  # noqa: E402
 from .serialization import load, save  # noqa: E402
 
-__all__ += ["ModelFileError", "build_arch", "deploy", "load", "register_arch", "save", "tag_arch"]
+__all__ += ["ModelFileError", "build_arch", "deploy", "load", "model_cost", "register_arch", "save", "tag_arch"]
 
 # Text models (issue 5): importing registers their arch for padnet.load; transformers loads lazily.
 from .models.hf import load_sequence_classifier  # noqa: E402

@@ -5,20 +5,35 @@
 Built in: ``"torchvision.<builder>"`` (torchvision's registered builders, every weights argument forced
 off); ``padnet.models`` registers ``"padnet.<name>"`` and ``padnet.models.hf`` the Hugging Face records.
 Only registered builders run when a file is loaded: a file never names code to import.
+
+``detect_arch(model)`` finds the record of a model built elsewhere, through the detectors registered
+with ``register_arch_detector``: built in, a model of a torchvision class that one of torchvision's
+builders rebuilds exactly (``torchvision.models.resnet18(num_classes=10)``); ``padnet.models.hf``
+adds Hugging Face models (their config, stored as JSON). ``padnet.convert`` and ``padnet.save`` call it,
+so ``padnet.load(path)`` alone rebuilds such models.
 """
 
 from __future__ import annotations
 
+import functools
 import json
+import sys
 from collections.abc import Callable
 
+import torch
 from torch import nn
 
 _ARCHS: dict[str, Callable[..., nn.Module]] = {}
 _ARCH_PREFIXES: dict[str, Callable[[str], Callable[..., nn.Module]]] = {}
+_DETECTORS: list[Callable[[nn.Module], dict | None]] = []
 
-
-
+# What a model without a record needs (named by the errors of save/load).
+HOW_TO_RECORD = (
+    "record how to rebuild the model: build it with padnet.build_arch(name, **kwargs) (e.g. "
+    "'torchvision.resnet18', num_classes=10), or call padnet.tag_arch(model, name, **kwargs) before "
+    "padnet.convert, or pass padnet.save(model, path, arch={'name': ..., 'kwargs': {...}}) (a registered "
+    "name, see padnet.register_arch); or load it with padnet.load(path, model_factory=...)"
+)
 
 # ----------------------------------------------------------------------------- architecture registry
 def register_arch(name: str, builder: Callable[..., nn.Module] | None = None):
@@ -95,3 +110,82 @@ def tag_arch(model: nn.Module, name: str, **kwargs) -> nn.Module:
 def build_arch(name: str, **kwargs) -> nn.Module:
     """Build a registered base architecture (no pretrained weights) and tag it for ``save``."""
     return tag_arch(resolve_arch(name)(**kwargs), name, **kwargs)
+
+
+# ----------------------------------------------------------------------------- detection
+def register_arch_detector(detector: Callable[[nn.Module], dict | None]):
+    """Register ``detector(model) -> {"name": ..., "kwargs": {...}} | None``: the record that rebuilds a
+    model built without ``build_arch``, or None when it is not one the detector knows. Usable as a
+    decorator."""
+    _DETECTORS.append(detector)
+    return detector
+
+
+def detect_arch(model: nn.Module) -> dict | None:
+    """``model.padnet_arch`` if set, else the first record a registered detector finds (None: none)."""
+    arch = getattr(model, "padnet_arch", None)
+    if arch is not None:
+        return arch
+    for detector in _DETECTORS:
+        arch = detector(model)
+        if arch is not None:
+            return arch
+    return None
+
+
+def _signature(model: nn.Module) -> tuple:
+    """What a rebuilt model must reproduce: every tensor's name and shape, and the modules' settings
+    (``repr`` shows kernel sizes, norm epsilons, dropout rates, activations)."""
+    shapes = tuple((k, tuple(v.shape)) for k, v in model.state_dict(keep_vars=True).items())
+    return shapes, repr(model)
+
+
+@register_arch_detector
+def _torchvision_arch(model: nn.Module) -> dict | None:
+    """``torchvision.<builder>`` with ``num_classes`` when the model is of a torchvision class and one of
+    the builders of its module rebuilds it exactly (same tensors and shapes, same module settings)."""
+    module = type(model).__module__
+    if not module.startswith("torchvision.models.") or "torchvision.models" not in sys.modules:
+        return None
+    shapes, text = _signature(model)
+    found = _match_torchvision(module, shapes, text)
+    return {"name": f"torchvision.{found[0]}", "kwargs": dict(found[1])} if found else None
+
+
+@functools.lru_cache(maxsize=64)
+def _match_torchvision(module: str, shapes: tuple, text: str) -> tuple[str, tuple] | None:
+    """(builder, kwargs) of the single torchvision builder of ``module`` that rebuilds the model, or None
+    (no builder, or more than one)."""
+    import torchvision.models as tvm
+
+    matches = []
+    for name in tvm.list_models():
+        if tvm.get_model_builder(name).__module__ != module:
+            continue
+        try:
+            kwargs = _torchvision_kwargs(name, dict(shapes))
+        except (TypeError, ValueError, RuntimeError, NotImplementedError):
+            continue
+        if kwargs is not None:
+            with torch.device("meta"):
+                candidate = resolve_arch(f"torchvision.{name}")(**kwargs)
+            if _signature(candidate) == (shapes, text):
+                matches.append((name, tuple(sorted(kwargs.items()))))
+    return matches[0] if len(matches) == 1 else None
+
+
+def _torchvision_kwargs(name: str, shapes: dict) -> dict | None:
+    """The builder's default kwargs, or ``num_classes`` set to the size the model's differing tensors
+    (its classifier) share; None when the tensors differ otherwise."""
+    with torch.device("meta"):
+        default = resolve_arch(f"torchvision.{name}")()
+    own = {k: tuple(v.shape) for k, v in default.state_dict(keep_vars=True).items()}
+    if own.keys() != shapes.keys():
+        return None
+    differ = [(own[k], shapes[k]) for k in own if own[k] != shapes[k]]
+    if not differ:
+        return {}
+    sizes = {theirs[0] for _, theirs in differ if theirs}
+    if len(sizes) == 1 and all(len(a) == len(b) and a[1:] == b[1:] for a, b in differ):
+        return {"num_classes": sizes.pop()}
+    return None

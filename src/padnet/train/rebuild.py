@@ -133,7 +133,7 @@ def export_run(run_dir: str | Path | None = None, checkpoint: str | Path | None 
     model.eval()
     form = "deployed" if pad_layers(model) else "training" if dynamic_layers(model) else "plain"
     if form == "deployed":
-        deploy(model)
+        deploy(model, allow_unpartitioned=True)  # the run partitioned it (kappa = 1 keeps every entry)
     unchecked = save(model.cpu(), out.with_name(f".{out.stem}.unchecked{out.suffix}"))
     try:
         loaded = load(unchecked).to(resolve_device(run.config.device))

@@ -372,7 +372,7 @@ class Trainer:
                 layer.static_from_dynamic()
             log.info("partition: static entries set to lambda_d / lambda_s x the mean of the dynamic kernels")
         if p.compact:
-            compact(model)
+            compact(model, allow_unpartitioned=True)  # partitioned above (kappa = 1 keeps every entry)
         info = {"dynamic_ratio": report.dynamic_ratio, "wall_time_s": report.wall_time_s,
                 "scoring_batches": len(batches) * world}
         if world > 1:
