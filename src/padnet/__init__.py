@@ -43,3 +43,8 @@ __all__ += ["ModelFileError", "build_arch", "deploy", "load", "register_arch", "
 from .models.hf import load_sequence_classifier  # noqa: E402
 
 __all__ += ["load_sequence_classifier"]
+
+# Prediction on new inputs from an exported model file (issue 17).
+from .prediction import predict  # noqa: E402
+
+__all__ += ["predict"]

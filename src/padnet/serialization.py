@@ -9,6 +9,8 @@ The file is a plain safetensors file (readable by any safetensors tool) whose he
   (``padnet.models.build``, when that module exists). ``load(path, model_factory=...)`` is the escape
   hatch for anything else.
 - ``padnet_config``: ``model.padnet_config`` as ``padnet.convert`` recorded it; load re-runs convert.
+- ``predict``: what prediction on new inputs needs (``model.padnet_predict``: task, label names,
+  preprocessing or tokenizer; ``padnet.predict``), or null.
 - ``form``: ``"plain"`` (never converted), ``"training"``, or ``"deployed"``; ``compacted`` lists
   the PAD layers that were compacted; ``temperatures`` the DY-Conv temperatures that are not 1.
 
@@ -69,6 +71,8 @@ def _record(model: nn.Module, arch: dict | None) -> dict:
         "form": "deployed" if deployed else ("training" if config is not None else "plain"),
         "compacted": [n for n, m in model.named_modules() if isinstance(m, PartiallyDynamic) and m.compacted],
         "temperatures": temperatures,
+        # What prediction needs (task, label names, preprocessing or tokenizer): padnet.predict.
+        "predict": getattr(model, "padnet_predict", None),
     }
 
 
@@ -246,8 +250,11 @@ def _check_record(path: Path, record: dict) -> None:
             isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and v > 0
             for v in temperatures.values())):
         raise bad("temperatures must map layer names to finite numbers > 0")
+    predict = record.get("predict")
+    if predict is not None and not isinstance(predict, dict):
+        raise bad(f"predict must be a mapping; got {type(predict).__name__}")
     nodes = [0]
-    for where, value in (("arch", arch), ("padnet_config", config)):
+    for where, value in (("arch", arch), ("padnet_config", config), ("predict", predict)):
         problem = _bounded(value, where, 0, nodes)
         if problem:
             raise bad(problem)
@@ -323,7 +330,10 @@ def load(path, model_factory: Callable[[], nn.Module] | None = None, map_locatio
         if not isinstance(model, nn.Module):
             raise ValueError(f"model_factory must return an nn.Module; got {type(model).__name__}")
     try:
-        return _load(path, record, shapes, model, map_location)
+        model = _load(path, record, shapes, model, map_location)
+        if record.get("predict") is not None:
+            model.padnet_predict = record["predict"]  # padnet.predict(model, ...) reads it
+        return model
     except ModelFileError:
         raise
     except (Exception, RecursionError, MemoryError) as exc:

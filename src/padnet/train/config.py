@@ -29,6 +29,7 @@ from ..layers._validate import choice_problem, int_problem
 from ..layers.conv_strategy import STRATEGY_MODES
 from ..layers.conversions import conversion_kinds, get_conversion
 from ..partition import SCHEDULES, SCOPES, scorer_names
+from ..plugins import PluginError, import_plugins
 from .strict_yaml import load_yaml
 from .tasks import get_task
 
@@ -161,6 +162,7 @@ class RunConfig:
     task declared: ``config.section("data", DataConfig).root``."""
 
     task: str = "image_classification"
+    imports: list[str] = field(default_factory=list)  # plug-in modules imported first (padnet.plugins)
     name: str | None = None  # label of the run in reports, e.g. "pad-0.3"; default: derived
     run_dir: str = "runs/default"
     seed: int = 0
@@ -425,6 +427,7 @@ def config_from_dict(raw: dict, overrides: list[str] | None = None, source: str 
     all problems. ``preflight`` also runs the task's checks (e.g. that the data exists)."""
     problems: list[str] = []
     raw = merge(raw or {}, parse_overrides(overrides, problems))
+    _import_plugins(raw.get("imports"), source, problems)
     task_name = raw.get("task", RunConfig.task)
     try:
         task = get_task(task_name)
@@ -456,6 +459,21 @@ def config_from_dict(raw: dict, overrides: list[str] | None = None, source: str 
     if problems:
         raise ConfigError(problems, source)
     return config
+
+
+def _import_plugins(names, source: str | None, problems: list[str]) -> None:
+    """Import the config's ``imports`` (modules that register tasks) before its task is looked up; they
+    are searched in the current directory and the config file's."""
+    if names is None:
+        return
+    if not isinstance(names, list):
+        problems.append(f"imports={shorten(names)} must be a list of module names, e.g. [my_tasks]")
+        return
+    search = [Path(source).parent] if source and Path(source).is_file() else []
+    try:
+        import_plugins(names, search, key="imports")
+    except PluginError as err:
+        problems.append(str(err))
 
 
 def load_config(path: str | Path, overrides: list[str] | None = None, preflight: bool = True) -> RunConfig:
