@@ -162,7 +162,6 @@ class RunConfig:
     task declared: ``config.section("data", DataConfig).root``."""
 
     task: str = "image_classification"
-    imports: list[str] = field(default_factory=list)  # plug-in modules imported first (padnet.plugins)
     name: str | None = None  # label of the run in reports, e.g. "pad-0.3"; default: derived
     run_dir: str = "runs/default"
     seed: int = 0
@@ -180,6 +179,7 @@ class RunConfig:
     progress: bool = True  # tqdm bars
     tensorboard: bool = True  # if tensorboard is importable
     log_every: int = 50  # steps between loss lines in the log file
+    imports: list[str] = field(default_factory=list)  # plug-in modules imported first (padnet.plugins)
     dynamic: DynamicConfig = field(default_factory=DynamicConfig)
     partition: PartitionConfig = field(default_factory=PartitionConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)

@@ -63,6 +63,7 @@ from ..plugins import load_entry_point, task_entry_points
 TASK_MODULES = {
     "image_classification": "padnet.train.vision",
     "glue": "padnet.text",
+    "text_classification": "padnet.text",
 }
 
 
