@@ -173,6 +173,21 @@ def _add_imports(p: argparse.ArgumentParser) -> None:
                         "repeatable; searched in the current directory too")
 
 
+def _add_predict_parser(sub) -> None:
+    p = sub.add_parser("predict", help="a model file from padnet export on new inputs: label and probability per input")
+    p.add_argument("--model", required=True, help="the .safetensors file padnet export wrote")
+    p.add_argument("inputs", nargs="+", metavar="INPUT", help="image models: image files or folders; text models: "
+                   "texts, or files (one example per line, or CSV/TSV/JSON-lines with the text columns)")
+    out = p.add_mutually_exclusive_group()
+    out.add_argument("--json", action="store_true", help="print a JSON list")
+    out.add_argument("--csv", action="store_true", help="print CSV (input,label,probability)")
+    p.add_argument("--batch-size", type=_positive, default=32, help="inputs per forward pass (default 32)")
+    p.add_argument("--device", default="cpu", help="cpu or cuda")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    _add_imports(p)
+    p.set_defaults(func=_predict)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="padnet", description="Partially dynamic networks (PAD-Net): train, "
                                      "evaluate, sweep and report.")
@@ -202,18 +217,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_imports(p)
     p.set_defaults(func=_export)
 
-    p = sub.add_parser("predict", help="a model file from padnet export on new inputs: label and probability per input")
-    p.add_argument("--model", required=True, help="the .safetensors file padnet export wrote")
-    p.add_argument("inputs", nargs="+", metavar="INPUT", help="image models: image files or folders; text models: "
-                   "texts, or files (one example per line, or CSV/TSV/JSON-lines with the text columns)")
-    out = p.add_mutually_exclusive_group()
-    out.add_argument("--json", action="store_true", help="print a JSON list")
-    out.add_argument("--csv", action="store_true", help="print CSV (input,label,probability)")
-    p.add_argument("--batch-size", type=_positive, default=32, help="inputs per forward pass (default 32)")
-    p.add_argument("--device", default="cpu", help="cpu or cuda")
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
-    _add_imports(p)
-    p.set_defaults(func=_predict)
+    _add_predict_parser(sub)
 
     p = sub.add_parser("sweep", help="run every run of a sweep file (skips finished, resumes interrupted)")
     p.add_argument("--config", required=True, help="sweep YAML (base, output_dir, seeds, runs)")

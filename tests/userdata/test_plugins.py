@@ -42,14 +42,10 @@ PLUGIN = textwrap.dedent('''
 
         @torch.no_grad()
         def evaluate(model, batches):
-            right = n = 0
-            loss = 0.0
-            for x, y in batches:
-                out = model(x)
-                loss += float(F.cross_entropy(out, y, reduction="sum"))
-                right += int((out.argmax(1) == y).sum())
-                n += len(y)
-            return {"accuracy": right / n, "loss": loss / n}
+            pairs = [(model(x), y) for x, y in batches]
+            logits, y = torch.cat([p[0] for p in pairs]), torch.cat([p[1] for p in pairs])
+            return {"accuracy": float((logits.argmax(1) == y).float().mean()),
+                    "loss": float(F.cross_entropy(logits, y))}
 
         return TaskParts(model=model, train_dataset=data, eval_dataset=data, loss_fn=loss_fn, evaluate=evaluate)
 
