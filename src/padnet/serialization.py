@@ -62,7 +62,7 @@ def _record(model: nn.Module, arch: dict | None) -> dict:
         if hasattr(m, "temperature") and hasattr(m, "attention") and float(m.temperature) != 1.0
     }
 
-    return {
+    record = {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
         "padnet_version": __version__,
@@ -71,9 +71,11 @@ def _record(model: nn.Module, arch: dict | None) -> dict:
         "form": "deployed" if deployed else ("training" if config is not None else "plain"),
         "compacted": [n for n, m in model.named_modules() if isinstance(m, PartiallyDynamic) and m.compacted],
         "temperatures": temperatures,
-        # What prediction needs (task, label names, preprocessing or tokenizer): padnet.predict.
-        "predict": getattr(model, "padnet_predict", None),
     }
+    predict = getattr(model, "padnet_predict", None)
+    if predict is not None:  # what prediction needs (task, label names, preprocessing or tokenizer): padnet.predict
+        record["predict"] = predict
+    return record
 
 
 def save(model: nn.Module, path, arch: dict | str | None = None) -> Path:

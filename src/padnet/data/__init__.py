@@ -170,8 +170,9 @@ def _file_datasets(config: DataConfig) -> tuple[Dataset, Dataset, DataInfo]:
     train = _image_files(config, True, train_transform(record, config.augment_preset()))
     test = _image_files(config, False, eval_transform(record), getattr(train, "class_to_idx", None))
     if train.classes != test.classes:
+        which = "val" if config.name == "imagefolder" else "evaluation"
         raise DataError(f"{config.root or config.eval_file}: train classes {train.classes[:5]}... differ from "
-                        f"evaluation classes {test.classes[:5]}...")
+                        f"{which} classes {test.classes[:5]}...")
     source = str(config.root) if config.name == "imagefolder" else f"{config.train_file}, {config.eval_file}"
     info = DataInfo(len(train.classes), config.channels, config.image_size, config.image_size <= 64, source,
                     list(train.classes), record)
