@@ -44,3 +44,8 @@ __all__ += ["ModelFileError", "build_arch", "deploy", "load", "model_cost", "reg
 from .models.hf import load_sequence_classifier  # noqa: E402
 
 __all__ += ["load_sequence_classifier"]
+
+# Prediction on new inputs from an exported model file (issue 17).
+from .prediction import predict  # noqa: E402
+
+__all__ += ["predict"]

@@ -1,11 +1,14 @@
-"""The ``padnet`` command: train, eval, export, sweep, report, demo.
+"""The ``padnet`` command: train, eval, export, predict, sweep, report, demo.
 
     padnet train --config configs/fmnist_demo.yaml --set seed=1 --set optim.lr=0.05
     padnet eval --run runs/demo/pad-0.3        (or --checkpoint FILE)
     padnet export --run runs/demo/pad-0.3      (deployed model.safetensors, checked against the run)
+    padnet predict --model runs/demo/pad-0.3/model.safetensors photos/ --csv
     padnet sweep --config configs/fmnist_sweep.yaml
     padnet report runs/fmnist_sweep --out docs/results/vision.md   (any task: runs/glue_sweep too)
     padnet demo
+
+Plug-in tasks: ``--import MODULE`` (or ``imports:`` in a config, or an entry point; ``padnet.plugins``).
 
 Under torchrun (several processes, one per GPU or several on CPU) ``train``, ``sweep`` and ``demo`` train
 with DistributedDataParallel; only rank 0 prints and writes:
@@ -95,9 +98,10 @@ def _sweep(args) -> int:
 
 def _sweep_runs(args, configs, print) -> int:  # noqa: A002 - print: rank 0's print, a no-op elsewhere
     from .train import Trainer
-    from .train.sweep import run_status
+    from .train.sweep import SweepClock, run_status
 
     statuses = [run_status(c) for c in configs]
+    clock = SweepClock(statuses.count("pending") + statuses.count("interrupted"))
     print(f"sweep {args.config}: {len(configs)} runs ({statuses.count('finished')} finished, "
           f"{statuses.count('interrupted')} interrupted, {statuses.count('pending')} pending)", flush=True)
     if args.dry_run:
@@ -107,11 +111,30 @@ def _sweep_runs(args, configs, print) -> int:  # noqa: A002 - print: rank 0's pr
     for i, (config, status) in enumerate(zip(configs, statuses)):
         if status == "finished":
             continue
-        print(f"[{i + 1}/{len(configs)}] {'resuming' if status == 'interrupted' else 'starting'} {config.run_dir}", flush=True)
+        print(f"[{i + 1}/{len(configs)}] {'resuming' if status == 'interrupted' else 'starting'} {config.run_dir} "
+              f"({clock.line()})", flush=True)
         started = time.perf_counter()
         results = Trainer(config).train()
+        clock.done()
         print(f"[{i + 1}/{len(configs)}] {config.run_dir}: {results['main_metric']} "
-              f"{results['test'][results['main_metric']]:.4f} ({time.perf_counter() - started:.0f}s)", flush=True)
+              f"{results['test'][results['main_metric']]:.4f} ({time.perf_counter() - started:.0f}s; "
+              f"{clock.line()})", flush=True)
+    return 0
+
+
+def _predict(args) -> int:
+    from .prediction import format_results, predict, prediction_spec, read_text_inputs
+    from .serialization import load
+
+    _one_process_only("predict")
+    model = load(args.model)
+    spec = prediction_spec(model, args.model)
+    inputs = list(args.inputs)
+    if spec["input"]["kind"] == "text":
+        columns = list(spec["input"].get("columns") or ["text"])
+        inputs = [x for item in inputs for x in (read_text_inputs(item, columns) if Path(item).is_file() else [item])]
+    results = predict(model, inputs, batch_size=args.batch_size, device=args.device, progress=not args.quiet)
+    print(format_results(results, "json" if args.json else "csv" if args.csv else "text"))
     return 0
 
 
@@ -140,6 +163,34 @@ def _demo(args) -> int:
     return 0
 
 
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value} must be an integer >= 1")
+    return value
+
+
+def _add_imports(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--import", dest="imports", action="append", default=[], metavar="MODULE",
+                   help="import this plug-in module first (one that calls padnet.train.tasks.register_task); "
+                        "repeatable; searched in the current directory too")
+
+
+def _add_predict_parser(sub) -> None:
+    p = sub.add_parser("predict", help="a model file from padnet export on new inputs: label and probability per input")
+    p.add_argument("--model", required=True, help="the .safetensors file padnet export wrote")
+    p.add_argument("inputs", nargs="+", metavar="INPUT", help="image models: image files or folders; text models: "
+                   "texts, or files (one example per line, or CSV/TSV/JSON-lines with the text columns)")
+    out = p.add_mutually_exclusive_group()
+    out.add_argument("--json", action="store_true", help="print a JSON list")
+    out.add_argument("--csv", action="store_true", help="print CSV (input,label,probability)")
+    p.add_argument("--batch-size", type=_positive, default=32, help="inputs per forward pass (default 32)")
+    p.add_argument("--device", default="cpu", help="cpu or cuda")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    _add_imports(p)
+    p.set_defaults(func=_predict)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="padnet", description="Partially dynamic networks (PAD-Net): train, "
                                      "evaluate, sweep and report.")
@@ -148,6 +199,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("train", help="train one run from a YAML config (resumes if its run_dir holds a checkpoint)")
     p.add_argument("--config", required=True, help="YAML run config")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a key, e.g. optim.lr=0.05")
+    _add_imports(p)
     p.set_defaults(func=_train)
 
     p = sub.add_parser("eval", help="evaluate a run's last checkpoint on its eval set")
@@ -155,6 +207,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoint", help="a checkpoint file instead of --run")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override a key of the stored config, e.g. data.root=/other/dir")
+    _add_imports(p)
     p.set_defaults(func=_eval)
 
     p = sub.add_parser("export", help="deploy a run's model, save it (padnet.save) and check the file reproduces "
@@ -164,7 +217,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="the .safetensors file to write (default: <run dir>/model.safetensors)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override a key of the stored config, e.g. data.root=/other/dir")
+    _add_imports(p)
     p.set_defaults(func=_export)
+
+    _add_predict_parser(sub)
 
     p = sub.add_parser("sweep", help="run every run of a sweep file (skips finished, resumes interrupted)")
     p.add_argument("--config", required=True, help="sweep YAML (base, output_dir, seeds, runs)")
@@ -174,6 +230,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="run only the runs whose name matches this glob (repeatable); e.g. split a sweep over "
                         "several processes with disjoint patterns")
     p.add_argument("--seeds", type=int, nargs="+", metavar="SEED", help="run only these of the sweep's seeds")
+    _add_imports(p)
     p.set_defaults(func=_sweep)
 
     p = sub.add_parser("report", help="markdown tables (mean ± std over seeds, paired differences to the fully "
@@ -203,6 +260,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     from .errors import ConfigError, PadnetError
+    from .plugins import import_plugins
     from .runtime import reuse_large_allocations
     from .train.distributed import DistributedSetupError, launch_env
     from .train.trainer import ExportCheckError, NonFiniteLossError
@@ -217,6 +275,7 @@ def main(argv: list[str] | None = None) -> int:
     # Under torchrun every rank reports its own error; say which one it is.
     where = f" (rank {env.rank} of {env.world_size})" if env is not None and env.world_size > 1 else ""
     try:
+        import_plugins(getattr(args, "imports", None))
         code = args.func(args)
     except ConfigError as err:
         print(f"padnet {args.command}{where}: invalid config: {err}", file=sys.stderr)

@@ -113,3 +113,27 @@ def glue_average(scores: Mapping[str, float | Mapping[str, float]] | Sequence[fl
     if not values:
         raise ValueError("glue_average needs at least one task score; got none")
     return float(np.mean([v["score"] if isinstance(v, Mapping) else v for v in values]))
+
+
+def macro_f1(y_true, y_pred) -> float:
+    """The unweighted mean over the classes present in ``y_true`` or ``y_pred`` of each class's F1."""
+    a, b = _pair(y_true, y_pred)
+    return float(np.mean([f1(a, b, positive=c) for c in np.unique(np.concatenate([a, b]))]))
+
+
+def mse(y_true, y_pred) -> float:
+    a, b = _pair(y_true, y_pred)
+    return float(np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2))
+
+
+_FUNCS |= {"macro_f1": macro_f1, "mse": mse}
+CLASSIFICATION_METRICS = ("accuracy", "macro_f1", "mcc")
+REGRESSION_METRICS = ("mse", "pearson", "spearman")
+
+
+def compute_metrics(names: Sequence[str], y_true, y_pred) -> dict[str, float]:
+    """The metrics ``names`` (keys of accuracy, f1, macro_f1, mcc, mse, pearson, spearman) of predictions."""
+    unknown = [n for n in names if n not in _FUNCS]
+    if unknown:
+        raise ValueError(f"unknown metric {unknown[0]!r}; known: {', '.join(_FUNCS)}")
+    return {name: _FUNCS[name](y_true, y_pred) for name in names}

@@ -9,6 +9,8 @@ The file is a plain safetensors file (readable by any safetensors tool) whose he
   (``padnet.models.build``, when that module exists). ``load(path, model_factory=...)`` is the escape
   hatch for anything else.
 - ``padnet_config``: ``model.padnet_config`` as ``padnet.convert`` recorded it; load re-runs convert.
+- ``predict``: what prediction on new inputs needs (``model.padnet_predict``: task, label names,
+  preprocessing or tokenizer; ``padnet.predict``), or null.
 - ``form``: ``"plain"`` (never converted), ``"training"``, or ``"deployed"``; ``compacted`` lists
   the PAD layers that were compacted; ``temperatures`` the DY-Conv temperatures that are not 1.
 
@@ -61,7 +63,7 @@ def _record(model: nn.Module, arch: dict | None) -> dict:
         if hasattr(m, "temperature") and hasattr(m, "attention") and float(m.temperature) != 1.0
     }
 
-    return {
+    record = {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
         "padnet_version": __version__,
@@ -71,6 +73,10 @@ def _record(model: nn.Module, arch: dict | None) -> dict:
         "compacted": [n for n, m in model.named_modules() if isinstance(m, PartiallyDynamic) and m.compacted],
         "temperatures": temperatures,
     }
+    predict = getattr(model, "padnet_predict", None)
+    if predict is not None:  # what prediction needs (task, label names, preprocessing or tokenizer): padnet.predict
+        record["predict"] = predict
+    return record
 
 
 def save(model: nn.Module, path, arch: dict | str | None = None) -> Path:
@@ -249,8 +255,11 @@ def _check_record(path: Path, record: dict) -> None:
             isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and v > 0
             for v in temperatures.values())):
         raise bad("temperatures must map layer names to finite numbers > 0")
+    predict = record.get("predict")
+    if predict is not None and not isinstance(predict, dict):
+        raise bad(f"predict must be a mapping; got {type(predict).__name__}")
     nodes = [0]
-    for where, value in (("arch", arch), ("padnet_config", config)):
+    for where, value in (("arch", arch), ("padnet_config", config), ("predict", predict)):
         problem = _bounded(value, where, 0, nodes)
         if problem:
             raise bad(problem)
@@ -326,7 +335,10 @@ def load(path, model_factory: Callable[[], nn.Module] | None = None, map_locatio
         if not isinstance(model, nn.Module):
             raise ValueError(f"model_factory must return an nn.Module; got {type(model).__name__}")
     try:
-        return _load(path, record, shapes, model, map_location)
+        model = _load(path, record, shapes, model, map_location)
+        if record.get("predict") is not None:
+            model.padnet_predict = record["predict"]  # padnet.predict(model, ...) reads it
+        return model
     except ModelFileError:
         raise
     except (Exception, RecursionError, MemoryError) as exc:

@@ -48,7 +48,7 @@ BAD = {
     "choice": (["dynamic.mode=partial"], "dynamic.mode='partial' is not supported; allowed: 'static', 'dynamic', 'pad'"),
     "scorer": (["partition.scorer=fisher"], "partition.scorer='fisher' is not supported; allowed: 'taylor'"),
     "device": (["device=tpu"], "device='tpu' is not supported; allowed: 'cpu', 'cuda', 'auto'"),
-    "dataset": (["data.name=cifar"], "data.name='cifar' is not supported; allowed: fashion_mnist, imagefolder, digits"),
+    "dataset": (["data.name=cifar"], "data.name='cifar' is not supported; allowed: fashion_mnist, imagefolder, image_csv, digits"),
     "model-layers": (["model.layers=[0]"], "model.layers=[0] must be a non-empty list of integers >= 1"),
     "task": (["task=speech"], "task='speech' is not supported; known tasks:"),
     # pre-flight: the data must be there

@@ -2,7 +2,8 @@
 
 - ``fashion_mnist``: Fashion-MNIST from the original IDX files (auto-detected, a given dir, or
   torchvision's download when online).
-- ``folder``: ImageNet-style class folders (``root/train/<class>/...``, ``root/val/<class>/...``).
+- ``folder``: ImageNet-style class folders (``root/train/<class>/...``, ``root/val/<class>/...``),
+  or CSVs of ``path,label`` (``image_csv``); their transforms are configurable (``transforms``).
 - ``digits``: scikit-learn's bundled 8x8 digits, for tiny runs and tests.
 """
 
@@ -15,10 +16,14 @@ from torch.utils.data import Dataset, Subset
 
 from ..errors import DataError, shorten
 from .digits import Digits
+from .fashion_mnist import CLASSES as FASHION_MNIST_CLASSES, MEAN as FMNIST_MEAN, STD as FMNIST_STD
 from .fashion_mnist import FashionMNIST, find_fashion_mnist
+from .transforms import (AUGMENT, NORMALIZE, dataset_stats, eval_transform, image_record, imagenet_stats,
+                         train_transform)
 from .idx import IDXError, read_idx, write_idx
 
-DATASETS = ("fashion_mnist", "imagefolder", "digits")
+DATASETS = ("fashion_mnist", "imagefolder", "image_csv", "digits")
+FILE_DATASETS = ("imagefolder", "image_csv")  # images in files: every transform key applies
 
 
 @dataclass
@@ -31,8 +36,25 @@ class DataConfig:
     train_subset: int | None = None  # use this many training images (a fixed seeded subset)
     test_subset: int | None = None  # evaluate on this many test images (None: all)
     subset_seed: int = 0  # draws the subsets and the digits split; independent of the run seed
-    augment: bool = False  # Fashion-MNIST: random crop + flip
-    image_size: int = 224  # imagefolder only
+    # Training augmentation: none, flip, crop_flip or randaugment (padnet.data.transforms.AUGMENT);
+    # null: the dataset's default (imagefolder/image_csv: crop_flip, the ImageNet recipe; others: none).
+    # Fashion-MNIST knows none and crop_flip (true/false: the older spelling of crop_flip/none).
+    augment: bool | str | None = None
+    image_size: int = 224  # imagefolder / image_csv: the crop size
+    channels: int = 3  # imagefolder / image_csv: 1 (greyscale) or 3 (RGB)
+    normalize: str = "imagenet"  # imagenet, dataset (the training set's mean/std), given (mean and std), none
+    mean: list[float] | None = None  # normalize=given: one per channel
+    std: list[float] | None = None
+    train_file: str | None = None  # image_csv: CSV with path,label columns (paths relative to the file)
+    eval_file: str | None = None  # image_csv: the evaluation CSV
+
+    def augment_preset(self) -> str:
+        """``augment`` as one of ``AUGMENT`` (the dataset's default for null, the older booleans mapped)."""
+        if self.augment is None:
+            return "crop_flip" if self.name in FILE_DATASETS else "none"
+        if isinstance(self.augment, bool):
+            return "crop_flip" if self.augment else "none"
+        return self.augment
 
     def problems(self) -> list[str]:
         out = []
@@ -40,6 +62,10 @@ class DataConfig:
             out.append(f"data.name={shorten(self.name)} is not supported; allowed: {', '.join(DATASETS)}")
         if self.name == "imagefolder" and not self.root:
             out.append("data.root=None: the imagefolder dataset needs data.root=DIR (holding train/ and val/)")
+        if self.name == "image_csv":
+            out += [f"data.{key}=None: the image_csv dataset needs data.{key}=FILE (a CSV with path,label columns)"
+                    for key in ("train_file", "eval_file") if not getattr(self, key)]
+        out += self._transform_problems()
         for key in ("train_subset", "test_subset"):
             value = getattr(self, key)
             if value is not None and value < 1:
@@ -51,6 +77,34 @@ class DataConfig:
         return out
 
 
+    def _transform_problems(self) -> list[str]:
+        out = []
+        allowed = AUGMENT if self.name in FILE_DATASETS else ("none", "crop_flip") if self.name == "fashion_mnist" \
+            else ("none",)
+        if self.augment_preset() not in allowed:
+            out.append(f"data.augment={self.augment!r} is not supported for data.name={self.name!r}; allowed: "
+                       f"{', '.join(allowed)} (or null: the dataset's default)")
+        if self.channels not in (1, 3):
+            out.append(f"data.channels={self.channels!r} must be 1 (greyscale) or 3 (RGB)")
+        if self.normalize not in NORMALIZE:
+            out.append(f"data.normalize={shorten(self.normalize)} is not supported; allowed: {', '.join(NORMALIZE)}")
+        given = self.mean is not None or self.std is not None
+        if self.normalize == "given" and not (self.mean and self.std and len(self.mean) == len(self.std) == self.channels
+                                              and all(s > 0 for s in self.std)):
+            out.append(f"data.normalize=given needs data.mean and data.std, {self.channels} number(s) each (one per "
+                       f"channel, std > 0); got mean={self.mean!r}, std={self.std!r}")
+        elif given and self.normalize != "given":
+            out.append(f"data.mean/data.std are set but data.normalize={self.normalize!r}; set data.normalize=given "
+                       "to use them, or remove them")
+        fixed = self.name not in FILE_DATASETS
+        changed = [k for k, v in (("channels", self.channels != 3), ("normalize", self.normalize != "imagenet"),
+                                  ("train_file", self.train_file), ("eval_file", self.eval_file)) if v]
+        if fixed and changed:
+            out.append(f"data.{changed[0]} applies to image files only (data.name: {', '.join(FILE_DATASETS)}); "
+                       f"{self.name} has a fixed format")
+        return out
+
+
 @dataclass
 class DataInfo:
     num_classes: int
@@ -58,6 +112,8 @@ class DataInfo:
     image_size: int
     small_input: bool  # True for 28x28 / 32x32 / 8x8 inputs: the model adapts its stem
     source: str  # where the data came from, for the run record
+    label_names: list[str] | None = None  # class id -> name (class folders, CSV labels)
+    preprocessing: dict | None = None  # what prediction on new image files needs (padnet.data.transforms)
 
 
 def _subset(dataset: Dataset, size: int | None, seed: int) -> Dataset:
@@ -73,22 +129,53 @@ def build_datasets(config: DataConfig) -> tuple[Dataset, Dataset, DataInfo]:
     if problems:
         raise ValueError("; ".join(problems))
     if config.name == "fashion_mnist":
-        train = FashionMNIST(config.root, train=True, download=config.download, augment=config.augment)
+        train = FashionMNIST(config.root, train=True, download=config.download,
+                             augment=config.augment_preset() == "crop_flip")
         test = FashionMNIST(train.root, train=False)
-        info = DataInfo(10, 1, 28, True, str(train.root))
+        info = DataInfo(10, 1, 28, True, str(train.root), list(FASHION_MNIST_CLASSES),
+                        image_record(1, 28, [FMNIST_MEAN], [FMNIST_STD]) | {"resize": 28})
     elif config.name == "digits":
         train, test = Digits(True, config.subset_seed), Digits(False, config.subset_seed)
         info = DataInfo(10, 1, 8, True, "sklearn.datasets.load_digits")
     else:
-        from .folder import image_folder
-
-        train = image_folder(config.root, True, config.image_size)
-        test = image_folder(config.root, False, config.image_size)
-        if train.classes != test.classes:
-            raise DataError(f"{config.root}: train classes {train.classes[:5]}... differ from val classes {test.classes[:5]}...")
-        info = DataInfo(len(train.classes), 3, config.image_size, config.image_size <= 64, str(config.root))
+        train, test, info = _file_datasets(config)
     train = _subset(train, config.train_subset, config.subset_seed)
     test = _subset(test, config.test_subset, config.subset_seed + 1)
+    return train, test, info
+
+
+def _image_files(config: DataConfig, train: bool, transform, class_to_idx=None):
+    from .folder import ImageCSV, image_folder
+
+    if config.name == "imagefolder":
+        return image_folder(config.root, train, config.image_size, transform)
+    return ImageCSV(config.train_file if train else config.eval_file, transform, class_to_idx)
+
+
+def _normalisation(config: DataConfig) -> tuple[list[float], list[float]]:
+    """(mean, std) of ``data.normalize``; ``dataset`` reads the training images once (eval transform)."""
+    if config.normalize == "imagenet":
+        return imagenet_stats(config.channels)
+    if config.normalize == "given":
+        return list(config.mean), list(config.std)
+    if config.normalize == "none":
+        return [], []
+    plain = eval_transform(image_record(config.channels, config.image_size, [], []))
+    return dataset_stats(_image_files(config, True, plain), config.channels)
+
+
+def _file_datasets(config: DataConfig) -> tuple[Dataset, Dataset, DataInfo]:
+    """Image files (an ImageFolder tree or CSVs of path,label) with the transforms the config asks for."""
+    record = image_record(config.channels, config.image_size, *_normalisation(config))
+    train = _image_files(config, True, train_transform(record, config.augment_preset()))
+    test = _image_files(config, False, eval_transform(record), getattr(train, "class_to_idx", None))
+    if train.classes != test.classes:
+        which = "val" if config.name == "imagefolder" else "evaluation"
+        raise DataError(f"{config.root or config.eval_file}: train classes {train.classes[:5]}... differ from "
+                        f"{which} classes {test.classes[:5]}...")
+    source = str(config.root) if config.name == "imagefolder" else f"{config.train_file}, {config.eval_file}"
+    info = DataInfo(len(train.classes), config.channels, config.image_size, config.image_size <= 64, source,
+                    list(train.classes), record)
     return train, test, info
 
 

@@ -1,7 +1,9 @@
 """ImageNet-style class folders: ``root/train/<class>/*.jpg`` and ``root/val/<class>/*.jpg``.
 
-Training images get torchvision's ImageNet recipe (RandomResizedCrop + flip), evaluation images a
-resize to ``image_size * 256 / 224`` and a center crop; both are normalised with the ImageNet mean/std.
+The transforms come from ``padnet.data.transforms`` (``data.augment``, ``data.channels``,
+``data.normalize``); by default training images get torchvision's ImageNet recipe (RandomResizedCrop +
+flip), evaluation images a resize to ``image_size * 256 / 224`` and a center crop, both normalised with
+the ImageNet mean/std. ``image_csv`` reads a CSV of ``path,label`` rows instead of class folders.
 """
 
 from __future__ import annotations
@@ -9,15 +11,24 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import torch
+
 from ..errors import DataError
 
-MEAN = (0.485, 0.456, 0.406)
-STD = (0.229, 0.224, 0.225)
 SPLITS = {True: "train", False: "val"}
 
 
-def image_folder(root: str | Path, train: bool, image_size: int = 224):
-    from torchvision import transforms
+def image_folder(root: str | Path, train: bool, image_size: int = 224, transform=None):
+    """The ``train/`` (``train=True``) or ``val/`` split of an ImageFolder tree.
+
+    Args:
+        root: the directory holding ``train/<class>/...`` and ``val/<class>/...``.
+        train: which split.
+        image_size: the crop size of the default transform.
+        transform: PIL image -> tensor; default: the ImageNet recipe (``padnet.data.transforms``, RGB,
+            ``crop_flip`` for training, resize + center crop for evaluation, ImageNet mean/std).
+    """
+    from .transforms import eval_transform, image_record, imagenet_stats, train_transform
 
     root = Path(root)
     split = root / SPLITS[train]
@@ -26,20 +37,9 @@ def image_folder(root: str | Path, train: bool, image_size: int = 224):
             f"ImageFolder split directory {split} not found; expected {root}/train/<class>/<image> and "
             f"{root}/val/<class>/<image> (one sub-directory per class, the same classes in both)"
         )
-    if train:
-        transform = transforms.Compose([
-            transforms.RandomResizedCrop(image_size),
-            transforms.RandomHorizontalFlip(),
-            transforms.ToTensor(),
-            transforms.Normalize(MEAN, STD),
-        ])
-    else:
-        transform = transforms.Compose([
-            transforms.Resize(int(round(image_size * 256 / 224))),
-            transforms.CenterCrop(image_size),
-            transforms.ToTensor(),
-            transforms.Normalize(MEAN, STD),
-        ])
+    if transform is None:
+        record = image_record(3, image_size, *imagenet_stats(3))
+        transform = train_transform(record, "crop_flip") if train else eval_transform(record)
     try:
         dataset = _StrictImageFolder(str(split), transform=transform, loader=load_image)
     except (FileNotFoundError, RuntimeError) as err:
@@ -124,3 +124,50 @@ def load_image(path: str):
     except (OSError, ValueError, SyntaxError, Image.DecompressionBombError, MemoryError) as err:
         raise ImageFileError(f"{path}: cannot read this image ({type(err).__name__}: {err}); "
                              "replace or delete the file") from err
+
+
+class ImageCSV(torch.utils.data.Dataset):
+    """Images listed in a CSV file with a header holding ``path`` and ``label`` columns; paths are relative
+    to the CSV's directory (or absolute). Labels are class names, mapped to ids with ``class_to_idx``
+    (default: the sorted labels of this file)."""
+
+    def __init__(self, csv_path: str | Path, transform=None, class_to_idx: dict[str, int] | None = None):
+        self.path = Path(csv_path)
+        rows = _csv_rows(self.path, ("path", "label"))
+        names = sorted({label for _, _, label in rows})
+        self.class_to_idx = dict(class_to_idx) if class_to_idx is not None else {n: i for i, n in enumerate(names)}
+        self.classes = list(self.class_to_idx)
+        self.samples = []
+        for line, image, label in rows:
+            if label not in self.class_to_idx:
+                raise DataError(f"{self.path}:{line}: label {label!r} is not one of the training labels "
+                                f"({', '.join(map(repr, self.classes[:20]))})")
+            full = Path(image) if Path(image).is_absolute() else self.path.parent / image
+            self.samples.append((str(full), self.class_to_idx[label]))
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, index: int):
+        path, target = self.samples[index]
+        image = load_image(path)
+        return (self.transform(image) if self.transform is not None else image), target
+
+
+def _csv_rows(path: Path, columns: tuple[str, str]) -> list[tuple[int, str, str]]:
+    """(line number, first column, second column) of each row of a CSV with a header naming ``columns``."""
+    import csv
+
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such file (a CSV with a header line holding {', '.join(columns)})")
+    with open(path, newline="", encoding="utf-8-sig") as f:
+        reader = csv.DictReader(f)
+        header = reader.fieldnames or []
+        missing = [c for c in columns if c not in header]
+        if missing:
+            raise DataError(f"{path}:1: no column {missing[0]!r}; the header has {header or 'nothing (empty file)'}")
+        rows = [(reader.line_num, row[columns[0]] or "", row[columns[1]] or "") for row in reader]
+    if not rows:
+        raise DataError(f"{path}: no rows after the header (an empty file)")
+    return rows

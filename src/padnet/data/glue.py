@@ -282,13 +282,15 @@ class TokenizedGlue(torch.utils.data.Dataset):
         return batch
 
 
-def tokenize(examples: GlueExamples, tokenizer, max_length: int = 128) -> TokenizedGlue:
-    """Tokenise with the model's tokenizer, truncating pairs to ``max_length`` tokens."""
+def tokenize(examples: GlueExamples, tokenizer, max_length: int = 128, regression: bool | None = None) -> TokenizedGlue:
+    """Tokenise with the model's tokenizer, truncating pairs to ``max_length`` tokens (every text task:
+    GLUE and ``text_classification``). ``regression``: float labels; None: as the GLUE task says."""
     if isinstance(max_length, bool) or not isinstance(max_length, int) or max_length < 8:
         raise ValueError(f"max_length={max_length!r} must be an integer >= 8")
     enc = tokenizer(examples.text_a, examples.text_b, truncation=True, max_length=max_length, padding=False)
     keys = [k for k in ("input_ids", "token_type_ids", "attention_mask") if k in enc]
     features = [{k: list(enc[k][i]) for k in keys} | {"labels": examples.labels[i]} for i in range(len(examples))]
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-    spec = get_task(examples.task)
-    return TokenizedGlue(features, pad_id, spec.is_regression, spec.name)
+    if regression is None:
+        regression = get_task(examples.task).is_regression
+    return TokenizedGlue(features, pad_id, regression, examples.task)

@@ -16,13 +16,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
-import torch
-
 from ..data import glue as glue_data
-from ..metrics import TASK_METRICS, glue_metrics
+from ..metrics import TASK_METRICS
 from ..train.config import RunConfig
 from ..train.tasks import TaskParts, register_task
+from .classification import TextSetup, loss_fn, text_parts  # noqa: F401  (loss_fn: the old import path)
 
 ON_ERROR = ("raise", "skip")
 
@@ -87,15 +85,21 @@ def check_glue(config: RunConfig) -> list[str]:
         except ImportError:
             out.append("glue.data_dir=null loads GLUE with the `datasets` package, which is not installed; "
                        "pip install datasets, or set glue.data_dir to a directory in the GLUE TSV layout")
+    return out + check_text_model(config, g.model, "glue.model")
+
+
+def check_text_model(config: RunConfig, model: str, key: str) -> list[str]:
+    """Pre-flight checks of every text task: the model exists and the dynamic settings suit a transformer."""
     from ..models.hf import resolve_model
 
+    out = []
     try:
-        resolve_model(g.model)
+        resolve_model(model)
     except (ImportError, FileNotFoundError) as err:
-        out.append(f"glue.model={g.model!r}: {err}")
+        out.append(f"{key}={model!r}: {err}")
     d = config.dynamic
     if d.mode != "static" and d.kind != "moe":
-        out.append(f"dynamic.kind={d.kind!r}: GLUE models are transformers; their dynamic layers are "
+        out.append(f"dynamic.kind={d.kind!r}: text models (GLUE, text_classification) are transformers; their dynamic layers are "
                    "FFN-output MoEs, so set dynamic.kind=moe")
     if d.mode == "pad" and d.kind == "moe" and config.partition.scorer == "taylor" and config.partition.warmup_steps < 1:
         out.append("partition.warmup_steps=0 with an upcycled MoE: every expert equals the static weight at "
@@ -104,73 +108,23 @@ def check_glue(config: RunConfig) -> list[str]:
     return out
 
 
-def loss_fn(model, batch):
-    """The model's own loss (cross-entropy, or MSE for STS-B); the trainer adds the MoE aux loss."""
-    return model(**batch).loss
-
-
-def make_evaluate(task: str):
-    metric_key = task if task in TASK_METRICS else glue_data.get_task(task).name
-
-    @torch.no_grad()
-    def evaluate(model, batches) -> dict[str, float]:
-        preds, labels, loss_sum, n = [], [], 0.0, 0
-        for batch in batches:
-            out = model(**batch)
-            logits = out.logits
-            k = int(batch["labels"].shape[0])
-            loss_sum += float(out.loss) * k
-            n += k
-            preds.append((logits.squeeze(-1) if logits.shape[-1] == 1 else logits.argmax(-1)).float().cpu())
-            labels.append(batch["labels"].float().cpu())
-        if n == 0:
-            raise ValueError("evaluate got no batches")
-        y_pred, y_true = torch.cat(preds).numpy(), torch.cat(labels).numpy()
-        if logits.shape[-1] > 1:
-            y_pred, y_true = y_pred.astype(np.int64), y_true.astype(np.int64)
-        metrics = glue_metrics(metric_key, y_true, y_pred)
-        return metrics | {"loss": loss_sum / n, "examples": n}
-
-    return evaluate
-
-
 def _eval_metric_key(spec: glue_data.GlueTask, split: str) -> str:
     return "mnli_mm" if split == "dev_mismatched" else spec.name
 
 
 def build_glue(config: RunConfig) -> TaskParts:
-    from ..models.hf import load_sequence_classifier, load_tokenizer
-
+    """A GLUE task as a preset of ``text_classification``: the task's files, label names and metrics
+    (score: their mean), through the same ``text_parts``."""
     g = config.section("glue", GlueConfig)
     spec = glue_data.get_task(g.task_name)
     data_dir = Path(g.data_dir) if g.data_dir is not None else None
     train = glue_data.load_glue(spec.name, "train", data_dir, g.on_error).subset(g.train_subset, g.subset_seed)
     dev = glue_data.load_glue(spec.name, g.eval_split, data_dir, g.on_error).subset(g.eval_subset, g.subset_seed)
-    tokenizer = load_tokenizer(g.model)
-    train_ds = glue_data.tokenize(train, tokenizer, g.max_length)
-    dev_ds = glue_data.tokenize(dev, tokenizer, g.max_length)
-    model = load_sequence_classifier(g.model, spec.num_labels, seed=config.seed, dropout=g.dropout)
-    return TaskParts(
-        model=model,
-        train_dataset=train_ds,
-        eval_dataset=dev_ds,
-        loss_fn=loss_fn,
-        evaluate=make_evaluate(_eval_metric_key(spec, dev.split)),
-        main_metric="score",
-        collate_fn=train_ds.collate,
-        info={
-            "glue_task": spec.name,
-            "metrics": list(TASK_METRICS[_eval_metric_key(spec, dev.split)]),
-            "label_names": list(spec.label_names) if spec.label_names else None,
-            "train_examples": len(train),
-            "eval_examples": len(dev),
-            "train_source": train.source,
-            "eval_source": dev.source,
-            "model": g.model,
-            "model_class": type(model).__name__,
-            "max_length": g.max_length,
-        },
-    )
+    metrics = TASK_METRICS[_eval_metric_key(spec, dev.split)]
+    columns = [c for c in spec.hf_fields if c is not None]
+    setup = TextSetup("glue", g.model, g.max_length, g.dropout, list(spec.label_names) if spec.label_names else None,
+                      columns, metrics, "score", score=metrics)
+    return text_parts(config, setup, train, dev, {"glue_task": spec.name})
 
 
 register_task("glue", build_glue, sections={"glue": GlueConfig}, check=check_glue)

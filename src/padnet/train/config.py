@@ -29,6 +29,7 @@ from ..layers._validate import choice_problem, int_problem
 from ..layers.conv_strategy import STRATEGY_MODES
 from ..layers.conversions import conversion_kinds, get_conversion
 from ..partition import SCHEDULES, SCOPES, scorer_names
+from ..plugins import PluginError, import_plugins
 from .strict_yaml import load_yaml
 from .tasks import get_task
 
@@ -178,6 +179,7 @@ class RunConfig:
     progress: bool = True  # tqdm bars
     tensorboard: bool = True  # if tensorboard is importable
     log_every: int = 50  # steps between loss lines in the log file
+    imports: list[str] = field(default_factory=list)  # plug-in modules imported first (padnet.plugins)
     dynamic: DynamicConfig = field(default_factory=DynamicConfig)
     partition: PartitionConfig = field(default_factory=PartitionConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
@@ -425,6 +427,7 @@ def config_from_dict(raw: dict, overrides: list[str] | None = None, source: str 
     all problems. ``preflight`` also runs the task's checks (e.g. that the data exists)."""
     problems: list[str] = []
     raw = merge(raw or {}, parse_overrides(overrides, problems))
+    _import_plugins(raw.get("imports"), source, problems)
     task_name = raw.get("task", RunConfig.task)
     try:
         task = get_task(task_name)
@@ -456,6 +459,21 @@ def config_from_dict(raw: dict, overrides: list[str] | None = None, source: str 
     if problems:
         raise ConfigError(problems, source)
     return config
+
+
+def _import_plugins(names, source: str | None, problems: list[str]) -> None:
+    """Import the config's ``imports`` (modules that register tasks) before its task is looked up; they
+    are searched in the current directory and the config file's."""
+    if names is None:
+        return
+    if not isinstance(names, list):
+        problems.append(f"imports={shorten(names)} must be a list of module names, e.g. [my_tasks]")
+        return
+    search = [Path(source).parent] if source and Path(source).is_file() else []
+    try:
+        import_plugins(names, search, key="imports")
+    except PluginError as err:
+        problems.append(str(err))
 
 
 def load_config(path: str | Path, overrides: list[str] | None = None, preflight: bool = True) -> RunConfig:

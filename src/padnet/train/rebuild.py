@@ -134,6 +134,7 @@ def export_run(run_dir: str | Path | None = None, checkpoint: str | Path | None 
     form = "deployed" if pad_layers(model) else "training" if dynamic_layers(model) else "plain"
     if form == "deployed":
         deploy(model, allow_unpartitioned=True)  # the run partitioned it (kappa = 1 keeps every entry)
+    model.padnet_predict = run.parts.predict  # recorded in the file: padnet predict needs nothing else
     unchecked = save(model.cpu(), out.with_name(f".{out.stem}.unchecked{out.suffix}"))
     try:
         loaded = load(unchecked).to(resolve_device(run.config.device))

@@ -20,10 +20,12 @@ from __future__ import annotations
 
 import json
 import re
+import time
 from pathlib import Path
 
 from .config import ConfigError, RunConfig, config_from_dict, merge, parse_overrides, read_yaml
 from ..errors import shorten
+from ..plugins import PluginError, import_plugins
 
 SWEEP_KEYS = ("base", "output_dir", "seeds", "runs")
 _NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]{0,127}")
@@ -40,6 +42,11 @@ def load_sweep(path: str | Path, overrides: list[str] | None = None) -> list[Run
     raw = read_yaml(path)
     problems = [f"unknown sweep key {key!r}; allowed: {', '.join(SWEEP_KEYS)}" for key in raw if key not in SWEEP_KEYS]
     base = merge(_base(raw.get("base", {}), path, problems), parse_overrides(overrides, problems))
+    if isinstance(base.get("imports"), list):
+        try:  # plug-ins beside the sweep file are found too
+            import_plugins(base["imports"], [path.parent], key="imports")
+        except PluginError as err:
+            problems.append(str(err))
     output_dir = raw.get("output_dir", "runs/sweep")
     if not isinstance(output_dir, str):
         problems.append(f"output_dir={output_dir!r} must be a string (a directory)")
@@ -126,3 +133,30 @@ def run_status(config: RunConfig) -> str:
     if (run_dir / "checkpoint.pt").is_file():
         return "interrupted"
     return "pending"
+
+
+def _duration(seconds: float) -> str:
+    seconds = int(round(seconds))
+    hours, rest = divmod(seconds, 3600)
+    return f"{hours}h{rest // 60:02d}m" if hours else f"{rest // 60}m{rest % 60:02d}s"
+
+
+class SweepClock:
+    """Overall progress of a sweep: runs done of the runs to do, time elapsed, and an estimate of the
+    time left (the mean time of the runs done so far, times the runs left)."""
+
+    def __init__(self, todo: int, clock=time.monotonic):
+        self.todo, self.finished, self._clock = todo, 0, clock
+        self.started = clock()
+
+    def done(self) -> None:
+        self.finished += 1
+
+    def line(self) -> str:
+        elapsed = self._clock() - self.started
+        left = self.todo - self.finished
+        if self.finished and left:
+            estimate = f", about {_duration(elapsed / self.finished * left)} left"
+        else:
+            estimate = "" if left else ", done"
+        return f"{self.finished}/{self.todo} runs done, {_duration(elapsed)} elapsed{estimate}"

@@ -21,8 +21,9 @@ A task is registered once, by name, with a builder and the config sections it re
     register_task("glue", build_glue, sections={"glue": GlueConfig}, check=None)
 
 Then a YAML with ``task: glue``, a ``glue:`` section and ``dynamic: {mode: pad, kind: moe}`` runs with
-``padnet train``. ``get_task(name)`` imports the module listed in ``TASK_MODULES`` on first use, so
-the module that calls ``register_task`` must be importable under that name (add one line there).
+``padnet train``. ``get_task(name)`` imports the module listed in ``TASK_MODULES`` on first use (padnet's
+own tasks) or loads the installed entry point of that name (group ``padnet.tasks``); a module of your
+own is named with ``imports: [my_module]`` in the config or ``--import my_module`` (``padnet.plugins``).
 
 The contract, what the trainer does with ``TaskParts``:
 
@@ -39,6 +40,9 @@ The contract, what the trainer does with ``TaskParts``:
 - ``evaluate(model, batches) -> dict[str, float]``: metrics over an iterable of batches (already on the
   device; the model is already in eval mode under ``torch.no_grad``). It must contain ``main_metric``.
 - ``info``: a JSON-able dict recorded in ``results.json`` (dataset sizes, label names, ...).
+- ``predict``: what ``padnet predict`` needs (task, label names, input preprocessing), JSON-able;
+  ``padnet export`` writes it into the model file (``padnet.predict``). None: the model cannot predict
+  on new inputs from its file alone.
 - ``check(config) -> list[str]`` (at registration): pre-flight checks run during config validation,
   before any work starts, e.g. "is the data there"; each string names the key, the value and the fix.
 """
@@ -53,10 +57,13 @@ from typing import Any
 from torch import nn
 from torch.utils.data import Dataset
 
+from ..plugins import load_entry_point, task_entry_points
+
 # name -> module whose import registers it (imported lazily, on first use of the name).
 TASK_MODULES = {
     "image_classification": "padnet.train.vision",
     "glue": "padnet.text",
+    "text_classification": "padnet.text",
 }
 
 
@@ -70,6 +77,10 @@ class TaskParts:
     main_metric: str = "accuracy"
     collate_fn: Callable | None = None
     info: dict = field(default_factory=dict)
+    # What prediction on new inputs needs, written into the exported model file (``padnet predict``):
+    # {"task": ..., "problem": "classification" or "regression", "label_names": [...], "input": {...}}
+    # where "input" is a preprocessing record (``padnet.data.transforms``) or {"kind": "text", ...}.
+    predict: dict | None = None
 
 
 @dataclass(frozen=True)
@@ -100,15 +111,19 @@ def register_task(name: str, builder: Callable[[Any], TaskParts], sections: dict
 def get_task(name: str) -> Task:
     if not isinstance(name, str):
         raise TypeError(f"task={name!r} must be a string; known tasks: {', '.join(known_tasks())}")
+    if name not in _REGISTRY and name not in TASK_MODULES:
+        load_entry_point(name)  # an installed plug-in (entry point group padnet.tasks), if there is one
     if name not in _REGISTRY and name in TASK_MODULES:
         try:
             importlib.import_module(TASK_MODULES[name])
         except ImportError as err:
             raise KeyError(f"task={name!r}: its module {TASK_MODULES[name]} cannot be imported ({err})") from err
     if name not in _REGISTRY:
-        raise KeyError(f"task={name!r} is not supported; known tasks: {', '.join(known_tasks())}")
+        raise KeyError(f"task={name!r} is not supported; known tasks: {', '.join(known_tasks())} (a task of your "
+                       "own: imports: [my_module] in the config, --import my_module, or an entry point in the "
+                       "group padnet.tasks)")
     return _REGISTRY[name]
 
 
 def known_tasks() -> list[str]:
-    return sorted(set(_REGISTRY) | set(TASK_MODULES))
+    return sorted(set(_REGISTRY) | set(TASK_MODULES) | set(task_entry_points()))

@@ -1,8 +1,10 @@
-"""The ``image_classification`` task: torchvision-style models on Fashion-MNIST, ImageFolder or digits."""
+"""The ``image_classification`` task: torchvision-style models on Fashion-MNIST, ImageFolder, a CSV of
+path,label, or digits."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -76,7 +78,12 @@ def build(config: RunConfig) -> TaskParts:
             "train_examples": len(train),
             "eval_examples": len(test),
             "image_size": info.image_size,
+            "label_names": info.label_names,
+            "preprocessing": info.preprocessing,
         },
+        predict=None if info.preprocessing is None else {
+            "task": config.task, "problem": "classification", "label_names": info.label_names,
+            "input": info.preprocessing},
     )
 
 
@@ -88,9 +95,10 @@ def check(config: RunConfig) -> list[str]:
             find_fashion_mnist(data.root)
         except FileNotFoundError as err:
             return [f"data.root={data.root!r}: {err}"]
+    if data.name == "image_csv":
+        return [f"data.{key}={getattr(data, key)!r}: no such file (a CSV with path,label columns)"
+                for key in ("train_file", "eval_file") if getattr(data, key) and not Path(getattr(data, key)).is_file()]
     if data.name == "imagefolder" and data.root:
-        from pathlib import Path
-
         missing = [s for s in ("train", "val") if not (Path(data.root) / s).is_dir()]
         if missing:
             return [f"data.root={data.root!r}: missing {', '.join(missing)}/ (expected {data.root}/train/<class>/<image> "

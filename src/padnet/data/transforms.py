@@ -1,0 +1,113 @@
+"""Image preprocessing for image files (ImageFolder trees, CSVs of path,label, and ``padnet predict``).
+
+Everything prediction needs is one JSON-able mapping, the *preprocessing record*::
+
+    {"kind": "image", "channels": 1 or 3, "image_size": 224, "resize": 256, "mean": [...], "std": [...]}
+
+Evaluation (and prediction) resizes the shorter side to ``resize``, center-crops ``image_size``, converts
+to ``channels`` (greyscale or RGB) and normalises with ``mean``/``std``. Training adds the augmentation
+preset of ``data.augment`` (``AUGMENT``). ``padnet export`` writes the record into the model file, so
+``padnet predict`` / ``padnet.predict`` apply exactly the transform the run evaluated with.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+# none: the eval transform; flip: + random horizontal flip (not for digits or text in images: it mirrors
+# them); crop_flip: torchvision's ImageNet recipe, RandomResizedCrop (scale 0.08-1) + flip; randaugment:
+# RandAugment (torchvision defaults) before the eval resize and crop, no flip.
+AUGMENT = ("none", "flip", "crop_flip", "randaugment")
+NORMALIZE = ("imagenet", "dataset", "given", "none")
+
+
+def resize_for(image_size: int) -> int:
+    """The shorter side images are resized to before the center crop (the ImageNet ratio 256/224)."""
+    return int(round(image_size * 256 / 224))
+
+
+def image_record(channels: int, image_size: int, mean, std) -> dict:
+    """The preprocessing record (see the module docstring)."""
+    return {"kind": "image", "channels": int(channels), "image_size": int(image_size),
+            "resize": resize_for(image_size), "mean": [float(m) for m in mean], "std": [float(s) for s in std]}
+
+
+def imagenet_stats(channels: int) -> tuple[list[float], list[float]]:
+    """ImageNet's mean/std; for greyscale, their averages (what a grey conversion of ImageNet gives, near enough)."""
+    if channels == 3:
+        return list(IMAGENET_MEAN), list(IMAGENET_STD)
+    return [sum(IMAGENET_MEAN) / 3], [sum(IMAGENET_STD) / 3]
+
+
+def _channels(channels: int):
+    from torchvision import transforms
+
+    # load_image always gives RGB; greyscale is converted here, so the record says what the model sees.
+    return [transforms.Grayscale(1)] if channels == 1 else []
+
+
+def _to_tensor(record: dict) -> list:
+    from torchvision import transforms
+
+    out = [transforms.ToTensor()]
+    if record["mean"]:
+        out.append(transforms.Normalize(record["mean"], record["std"]))
+    return out
+
+
+def eval_transform(record: dict) -> Callable:
+    """The deterministic transform of a preprocessing record: PIL image -> normalised tensor (C, H, W)."""
+    from torchvision import transforms
+
+    check_record(record)
+    return transforms.Compose([*_channels(record["channels"]), transforms.Resize(record["resize"]),
+                               transforms.CenterCrop(record["image_size"]), *_to_tensor(record)])
+
+
+def train_transform(record: dict, augment: str) -> Callable:
+    """The training transform: ``augment`` (one of ``AUGMENT``) over the record's eval transform."""
+    from torchvision import transforms
+
+    if augment not in AUGMENT:
+        raise ValueError(f"augment={augment!r} is not supported; allowed: {', '.join(AUGMENT)}")
+    size = record["image_size"]
+    geometry = [transforms.Resize(record["resize"]), transforms.CenterCrop(size)]
+    steps = {
+        "none": geometry,
+        "flip": geometry + [transforms.RandomHorizontalFlip()],
+        "crop_flip": [transforms.RandomResizedCrop(size), transforms.RandomHorizontalFlip()],
+        "randaugment": [transforms.RandAugment()] + geometry,
+    }[augment]
+    return transforms.Compose([*_channels(record["channels"]), *steps, *_to_tensor(record)])
+
+
+def check_record(record) -> None:
+    """ValueError unless ``record`` is a well-formed image preprocessing record."""
+    ok = (isinstance(record, dict) and record.get("kind") == "image" and record.get("channels") in (1, 3)
+          and all(isinstance(record.get(k), int) and 1 <= record[k] <= 4096 for k in ("image_size", "resize"))
+          and isinstance(record.get("mean"), list) and isinstance(record.get("std"), list)
+          and len(record["mean"]) == len(record["std"]) in (0, record["channels"])
+          and all(isinstance(s, (int, float)) and s > 0 for s in record["std"]))
+    if not ok:
+        raise ValueError(f"malformed image preprocessing record {str(record)[:300]}; expected {{'kind': 'image', "
+                         "'channels': 1 or 3, 'image_size': int, 'resize': int, 'mean': [...], 'std': [...]}")
+
+
+def dataset_stats(dataset, channels: int, batch_size: int = 64) -> tuple[list[float], list[float]]:
+    """Per-channel mean and std of a dataset's (unnormalised) images, in one pass."""
+    loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=False)
+    total = torch.zeros(channels, dtype=torch.float64)
+    square = torch.zeros(channels, dtype=torch.float64)
+    count = 0
+    for images, _ in loader:
+        flat = images.to(torch.float64).transpose(0, 1).reshape(channels, -1)
+        total += flat.sum(1)
+        square += (flat * flat).sum(1)
+        count += flat.shape[1]
+    mean = total / count
+    std = (square / count - mean * mean).clamp_min(1e-12).sqrt()
+    return mean.tolist(), std.tolist()

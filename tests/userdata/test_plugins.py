@@ -1,0 +1,143 @@
+"""Plug-in tasks reach every command: ``imports:`` in a config, ``--import`` on the command line, and
+an installed entry point of the group ``padnet.tasks``; a sweep reports its overall progress."""
+
+import json
+import sys
+import textwrap
+
+import pytest
+import yaml
+
+from padnet import cli
+from padnet.plugins import PluginError, import_plugins
+from padnet.train.sweep import SweepClock
+from padnet.train.tasks import get_task, known_tasks
+
+PLUGIN = textwrap.dedent('''
+    from dataclasses import dataclass
+
+    import torch
+    import torch.nn.functional as F
+    from torch import nn
+
+    from padnet.train.tasks import TaskParts, register_task
+
+
+    @dataclass
+    class ParityConfig:
+        examples: int = 64
+
+
+    def build(config):
+        c = config.section("parity", ParityConfig)
+        g = torch.Generator().manual_seed(7)
+        x = torch.randn(c.examples, 4, generator=g)
+        y = (x[:, 0] > 0).long()
+        data = torch.utils.data.TensorDataset(x, y)
+        torch.manual_seed(config.seed)
+        model = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 2))
+
+        def loss_fn(model, batch):
+            return F.cross_entropy(model(batch[0]), batch[1])
+
+        @torch.no_grad()
+        def evaluate(model, batches):
+            pairs = [(model(x), y) for x, y in batches]
+            logits, y = torch.cat([p[0] for p in pairs]), torch.cat([p[1] for p in pairs])
+            return {"accuracy": float((logits.argmax(1) == y).float().mean()),
+                    "loss": float(F.cross_entropy(logits, y))}
+
+        return TaskParts(model=model, train_dataset=data, eval_dataset=data, loss_fn=loss_fn, evaluate=evaluate)
+
+
+    register_task("TASKNAME", build, sections={"parity": ParityConfig})
+''')
+
+
+def _plugin(tmp_path, module: str, task: str):
+    (tmp_path / f"{module}.py").write_text(PLUGIN.replace("TASKNAME", task))
+    return tmp_path
+
+
+def _config(tmp_path, task: str, **extra) -> str:
+    config = {"task": task, "run_dir": str(tmp_path / "run"), "epochs": 2, "batch_size": 16, "progress": False,
+              "tensorboard": False, "optim": {"lr": 0.1}, "parity": {"examples": 64}} | extra
+    path = tmp_path / "run.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return str(path)
+
+
+@pytest.fixture
+def clean_modules():
+    before = set(sys.modules)
+    path = list(sys.path)
+    yield
+    for name in set(sys.modules) - before:
+        if name.startswith("userplugin_"):
+            del sys.modules[name]
+    sys.path[:] = path
+
+
+def test_import_on_the_command_line_reaches_train_and_eval(tmp_path, monkeypatch, capsys, clean_modules):
+    monkeypatch.chdir(_plugin(tmp_path, "userplugin_cli", "parity_cli"))
+    config = _config(tmp_path, "parity_cli")
+    assert cli.main(["train", "--config", config]) == 2  # without the plug-in the task is unknown
+    assert "task='parity_cli' is not supported" in capsys.readouterr().err
+    assert cli.main(["train", "--import", "userplugin_cli", "--config", config]) == 0
+    trained = json.loads((tmp_path / "run" / "results.json").read_text())["test"]
+    capsys.readouterr()
+    assert cli.main(["eval", "--import", "userplugin_cli", "--run", str(tmp_path / "run")]) == 0
+    evaluated = json.loads(capsys.readouterr().out)
+    assert evaluated["accuracy"] == trained["accuracy"]
+
+
+def test_imports_in_the_config_are_stored_with_the_run(tmp_path, monkeypatch, capsys, clean_modules):
+    (tmp_path / "plugins").mkdir()
+    config_dir = _plugin(tmp_path / "plugins", "userplugin_cfg", "parity_cfg")
+    monkeypatch.chdir(tmp_path)  # not the plug-in's directory: found from the config's directory
+    config = _config(config_dir, "parity_cfg", imports=["userplugin_cfg"])
+    assert cli.main(["train", "--config", config]) == 0
+    stored = yaml.safe_load((config_dir / "run" / "config.yaml").read_text())
+    assert stored["imports"] == ["userplugin_cfg"]
+    trained = json.loads((config_dir / "run" / "results.json").read_text())["test"]
+    capsys.readouterr()
+    monkeypatch.chdir(config_dir)  # eval finds the module from where the user runs it
+    del sys.modules["userplugin_cfg"]
+    assert cli.main(["eval", "--run", str(config_dir / "run")]) == 0
+    assert json.loads(capsys.readouterr().out)["accuracy"] == trained["accuracy"]
+
+
+def test_entry_point_group_padnet_tasks(tmp_path, monkeypatch, clean_modules):
+    _plugin(tmp_path, "userplugin_ep", "parity_ep")
+    dist = tmp_path / "userplugin_ep-1.0.dist-info"
+    dist.mkdir()
+    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: userplugin-ep\nVersion: 1.0\n")
+    (dist / "entry_points.txt").write_text("[padnet.tasks]\nparity_ep = userplugin_ep\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    assert "parity_ep" in known_tasks()
+    assert get_task("parity_ep").name == "parity_ep"
+
+
+def test_plugin_errors_name_the_module(tmp_path, monkeypatch, capsys, clean_modules):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(PluginError, match="cannot import plug-in module 'userplugin_missing'"):
+        import_plugins(["userplugin_missing"])
+    with pytest.raises(PluginError, match="must be a Python module name"):
+        import_plugins(["not a module"])
+    (tmp_path / "userplugin_broken.py").write_text("raise RuntimeError('boom')\n")
+    config = _config(tmp_path, "parity_x", imports=["userplugin_broken"])
+    assert cli.main(["train", "--config", config]) == 2
+    err = capsys.readouterr().err
+    assert "plug-in module 'userplugin_broken' failed while importing: RuntimeError: boom" in err
+
+
+def test_sweep_clock_reports_runs_elapsed_and_estimate():
+    now = [0.0]
+    clock = SweepClock(4, clock=lambda: now[0])
+    assert clock.line() == "0/4 runs done, 0m00s elapsed"
+    now[0] = 60.0
+    clock.done()
+    assert clock.line() == "1/4 runs done, 1m00s elapsed, about 3m00s left"
+    now[0] = 3 * 3600.0
+    clock.done(), clock.done(), clock.done()
+    assert clock.line() == "4/4 runs done, 3h00m elapsed, done"
