@@ -56,6 +56,8 @@ class ModelSummary:
     stored_bytes: int  # parameters and persistent buffers (masks, index lists) as held now
     conv_macs: int | None = None  # per sample, when summary() was given an example input
     aggregation_macs: int | None = None  # per sample: building the per-sample kernels / expert mixing
+    static_macs: int | None = None  # per sample, of conv_macs: weights shared by the batch (SPEC 8)
+    dynamic_macs: int | None = None  # per sample, of conv_macs: per-sample kernels, routed experts
 
     @property
     def dynamic_ratio(self) -> float:
@@ -91,7 +93,8 @@ class ModelSummary:
         ]
         if self.conv_macs is not None:
             lines.append(
-                f"MACs per sample  conv/matmul: {self.conv_macs:,}   kernel aggregation: {self.aggregation_macs:,}"
+                f"MACs per sample  conv/matmul: {self.conv_macs:,} (static {self.static_macs:,}, dynamic "
+                f"{self.dynamic_macs:,})   kernel aggregation: {self.aggregation_macs:,}"
             )
         return "\n".join(lines)
 
@@ -168,5 +171,7 @@ def summary(model: nn.Module, example_input: torch.Tensor | None = None) -> Mode
         stored_bytes=measured.bytes,
         conv_macs=measured.conv_macs if example_input is not None else None,
         aggregation_macs=measured.aggregation_macs if example_input is not None else None,
+        static_macs=measured.static_macs if example_input is not None else None,
+        dynamic_macs=measured.dynamic_macs if example_input is not None else None,
     )
 

@@ -85,6 +85,17 @@ def assemble_kernels(
     return out.scatter_(1, index.unsqueeze(0).expand(batch, -1), dynamic)
 
 
+def mixed_kernels(weights: torch.Tensor, kernels: torch.Tensor) -> torch.Tensor:
+    """(B, M) per-sample kernels ``weights @ kernels`` for (B, K) weights and (K, M) kernels; without
+    autograd on CPU written into the per-thread workspace (see below), so consume it before the next call."""
+    weights = weights.to(kernels.dtype)
+    needs_grad = torch.is_grad_enabled() and (weights.requires_grad or kernels.requires_grad)
+    if needs_grad or kernels.device.type != "cpu" or tracing():
+        return weights @ kernels
+    out = _workspace(weights.shape[0] * kernels.shape[1], kernels.dtype).view(weights.shape[0], -1)
+    return torch.matmul(weights, kernels, out=out)
+
+
 # Inference on CPU: a fresh (B, N) kernel tensor of more than a few MB is mmap-ed by the allocator and
 # page-faulted on first write, which measured 5x slower than the copy and scatter into it (B = 64,
 # 3x3 256->256: 124 ms vs 23 ms). Without autograd nothing keeps the kernels after the convolution

@@ -40,6 +40,8 @@ def method_of(result: dict) -> str:
     if mode == "dynamic":
         return "MoE"
     name = f"PAD-MoE k={result['target_dynamic_ratio']:g}"
+    if result.get("config", {}).get("dynamic", {}).get("granularity") == "channel":
+        name += ", channel"
     if result.get("config", {}).get("partition", {}).get("static_init") == "dynamic_mean":
         name += ", W_s from experts"
     return name

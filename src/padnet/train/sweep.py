@@ -145,6 +145,7 @@ def summarize(results: list[dict]) -> list[dict]:
             "time_per_epoch_s": sum(times) / len(times) if times else None,
             "epochs": rs[0].get("epochs"),
             "kind": ((rs[0].get("config") or {}).get("dynamic") or {}).get("kind", "conv"),
+            "granularity": ((rs[0].get("config") or {}).get("dynamic") or {}).get("granularity", "element"),
         })
     return sorted(rows, key=lambda r: (MODE_ORDER.get(r["mode"], 9), r["scorer"] == "random",
                                        r["dynamic_ratio"] or 0, r["name"]))
@@ -160,7 +161,8 @@ def markdown_table(rows: list[dict]) -> str:
     for r in rows:
         scale = 100 if r["metric"] == "accuracy" else 1
         std = "n/a" if math.isnan(r["std"]) else f"{r['std'] * scale:.2f}"
-        mode = r["mode"] + (f" ({r['scorer']})" if r["scorer"] else "")
+        mode = r["mode"] + (", channel" if r["mode"] == "pad" and r.get("granularity") == "channel" else "") + (
+            f" ({r['scorer']})" if r["scorer"] else "")
         ratio = "" if r["dynamic_ratio"] is None else f"{r['dynamic_ratio']:.3f}"
         t = "" if r["time_per_epoch_s"] is None else f"{r['time_per_epoch_s']:.1f}"
         lines.append(f"| {r['name']} | {mode} | {ratio} | {len(r['seeds'])} | {r['mean'] * scale:.2f} ± {std} | "
@@ -185,15 +187,15 @@ def plot(rows: list[dict], path: str | Path, no_links_under: str | Path | None =
     fig, axes = plt.subplots(1, 2, figsize=(10, 4))
     scale = 100 if rows and rows[0]["metric"] == "accuracy" else 1
     dynamic_label = dynamic_host_label(rows)
-    groups = {
-        "static": [r for r in rows if r["mode"] == "static"],
-        dynamic_label: [r for r in rows if r["mode"] == "dynamic"],
-        "PAD (taylor)": [r for r in rows if r["mode"] == "pad" and r["scorer"] == "taylor"],
-        "PAD (random)": [r for r in rows if r["mode"] == "pad" and r["scorer"] == "random"],
-        "PAD (magnitude)": [r for r in rows if r["mode"] == "pad" and r["scorer"] == "magnitude"],
-    }
-    markers = {"static": "s", dynamic_label: "D", "PAD (taylor)": "o", "PAD (random)": "x",
-               "PAD (magnitude)": "^"}
+    groups = {"static": [r for r in rows if r["mode"] == "static"],
+              dynamic_label: [r for r in rows if r["mode"] == "dynamic"]}
+    markers = {"static": "s", dynamic_label: "D"}
+    for granularity, prefix in (("element", "PAD"), ("channel", "PAD channel")):
+        pads = [r for r in rows if r["mode"] == "pad" and r.get("granularity", "element") == granularity]
+        for scorer, marker in (("taylor", "o"), ("random", "x"), ("magnitude", "^")):
+            label = f"{prefix} ({scorer})"
+            groups[label] = [r for r in pads if r["scorer"] == scorer]
+            markers[label] = marker if granularity == "element" else {"o": "v", "x": "+", "^": "<"}[marker]
     for label, rs in groups.items():
         if not rs:
             continue
