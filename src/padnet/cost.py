@@ -66,29 +66,16 @@ class ModelCost:
     layers: list[LayerCost] = field(default_factory=list)
     batch_size: int | None = None  # of the example input the MACs came from (None: MACs not measured)
 
-    @property
-    def params(self) -> int:
-        return sum(layer.params for layer in self.layers)
+    def total(self, key: str) -> int:
+        """The sum over layers of one ``LayerCost`` count (``"params"``, ``"static_macs"``, ...)."""
+        return sum(getattr(layer, key) for layer in self.layers)
 
-    @property
-    def bytes(self) -> int:
-        return sum(layer.bytes for layer in self.layers)
-
-    @property
-    def conv_macs(self) -> int:
-        return sum(layer.conv_macs for layer in self.layers)
-
-    @property
-    def static_macs(self) -> int:
-        return sum(layer.static_macs for layer in self.layers)
-
-    @property
-    def dynamic_macs(self) -> int:
-        return sum(layer.dynamic_macs for layer in self.layers)
-
-    @property
-    def aggregation_macs(self) -> int:
-        return sum(layer.aggregation_macs for layer in self.layers)
+    params = property(lambda self: self.total("params"))
+    bytes = property(lambda self: self.total("bytes"))
+    conv_macs = property(lambda self: self.total("conv_macs"))
+    static_macs = property(lambda self: self.total("static_macs"))
+    dynamic_macs = property(lambda self: self.total("dynamic_macs"))
+    aggregation_macs = property(lambda self: self.total("aggregation_macs"))
 
     @property
     def macs(self) -> int:

@@ -47,6 +47,8 @@ CONV_CASES = [
     dict(groups=2, bias=True),
     dict(groups=2, strategy="mixture", routing="sigmoid", num_kernels=2),
     dict(routing="sigmoid", num_kernels=2, bias=True),
+    dict(strategy="whole", bias=True),  # whole per-sample kernels built from the rows
+    dict(strategy="whole", groups=2, routing="sigmoid"),
 ]
 
 

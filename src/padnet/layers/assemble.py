@@ -14,6 +14,7 @@ where autograd would first materialise a B x N masked copy of the incoming gradi
 
 from __future__ import annotations
 
+import math
 import threading
 
 import torch
@@ -103,17 +104,31 @@ def mixed_kernels(weights: torch.Tensor, kernels: torch.Tensor) -> torch.Tensor:
 _local = threading.local()
 
 
-def _workspace(numel: int, dtype: torch.dtype) -> torch.Tensor:
-    buffer = getattr(_local, "buffer", None)
+def _workspace(numel: int, dtype: torch.dtype, slot: int = 0) -> torch.Tensor:
+    """``numel`` elements of this thread's buffer number ``slot`` (a caller that needs two at once, e.g.
+    the mixed dynamic rows and the whole kernels they are written into, takes two slots)."""
+    buffers = getattr(_local, "buffers", None)
+    if buffers is None:
+        buffers = _local.buffers = {}
+    buffer = buffers.get(slot)
     if buffer is None or buffer.dtype != dtype or buffer.numel() < numel:
-        buffer = _local.buffer = torch.empty(numel, dtype=dtype)
+        buffer = buffers[slot] = torch.empty(numel, dtype=dtype)
     return buffer[:numel]
+
+
+def workspace_like(shape: tuple[int, ...], like: torch.Tensor, slot: int) -> torch.Tensor:
+    """An uninitialised tensor of ``shape`` in ``like``'s dtype and device: a view of this thread's
+    workspace ``slot`` without autograd on CPU (consume it before the next call), a fresh tensor
+    otherwise."""
+    if torch.is_grad_enabled() or like.device.type != "cpu" or tracing():
+        return torch.empty(shape, dtype=like.dtype, device=like.device)
+    return _workspace(math.prod(shape), like.dtype, slot).view(shape)
 
 
 def release_workspace() -> None:
     """Free this thread's inference workspace (it keeps the largest B x N seen, e.g. about 600 MB after
     a batch-64 resnet50 forward); the next no-grad forward allocates it again."""
-    _local.buffer = None
+    _local.buffers = None
 
 
 _is_compiling = getattr(torch.compiler, "is_compiling", None)  # torch >= 2.3; resolved once, not per forward

@@ -14,6 +14,7 @@ from .pad_base import DynamicEntries, upcycle_from
 from .conv_strategy import (
     MIXTURE_STRATEGIES,
     PER_SAMPLE_STRATEGIES,
+    WHOLE,
     UNFOLD_MAX_POSITIONS,
     applicable_strategies,
     heuristic_strategy,
@@ -241,6 +242,10 @@ class DynamicConvCompute:
             return out, (inputs + params) if grad else []
 
         candidates = applicable_strategies(self.kernel_size, self.padding, self.dilation, self.groups)
+        if self.structure_key():  # channel granularity: whole kernels too, and they at batch 1 by the rule
+            candidates += (WHOLE,)
+            if x.shape[0] == 1:
+                return resolve_strategy(self.strategy, candidates, lambda: WHOLE, key, run)
         return resolve_strategy(self.strategy, candidates, lambda: heuristic_strategy(x.shape, *geometry), key, run)
 
     def structure_key(self) -> str:

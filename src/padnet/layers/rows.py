@@ -17,8 +17,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from .assemble import mixed_kernels
-from .conv_strategy import MIXTURE_STRATEGIES
+from .assemble import mixed_kernels, workspace_like
+from .conv_strategy import MIXTURE_STRATEGIES, WHOLE
 
 
 def place_rows(parts: list[tuple[torch.Tensor, torch.Tensor]], rows: int) -> torch.Tensor:
@@ -62,8 +62,8 @@ def channel_conv(layer, x: torch.Tensor, rows: tuple[torch.Tensor, torch.Tensor]
 
     dynamic_rows, static_rows = rows
     static, weights = keep_in_graph(static, dynamic, weights, static_rows, dynamic_rows)
-    if layer.groups != 1:  # the rows of a grouped conv read different inputs: whole kernels (see below)
-        return _grouped_rows(layer, x, static, dynamic, weights, bias, strategy, dynamic_rows, static_rows)
+    if layer.groups != 1 or strategy == WHOLE:  # whole kernels (see below)
+        return _whole_kernels(layer, x, static, dynamic, weights, bias, strategy, dynamic_rows, static_rows)
     geometry = (layer.kernel_size, layer.stride, layer.padding, layer.dilation, 1)
     parts = []
     if static_rows.numel():
@@ -81,26 +81,41 @@ def channel_conv(layer, x: torch.Tensor, rows: tuple[torch.Tensor, torch.Tensor]
     return place_rows(parts, layer.out_channels)
 
 
-def _grouped_rows(layer, x, static, dynamic, weights, bias, strategy, dynamic_rows, static_rows):
-    """Grouped convs (depthwise ones in MobileNetV2): a subset of output channels breaks the groups, so
-    the whole kernels are built from the rows: per sample, or as K + 1 mixture kernels (the static rows
-    as the last one, weight 1). Depthwise convs are the cheapest layers; the saving lies elsewhere."""
+def _whole_kernels(layer, x, static, dynamic, weights, bias, strategy, dynamic_rows, static_rows):
+    """Whole kernels built from the rows: per sample (strategy ``whole`` or a per-sample one; ``whole``
+    lets the rule choose how to apply them), or as K + 1 mixture kernels (the static rows as the last
+    one, weight 1). Grouped convs (depthwise ones in MobileNetV2) always take this path: a subset of
+    output channels breaks the groups; they are the cheapest layers, the saving lies elsewhere."""
     from .dynamic_conv import append_kernel_weight, apply_kernel_mixture, apply_per_sample_kernels
 
     geometry = (layer.out_channels, layer.kernel_size, layer.stride, layer.padding, layer.dilation, layer.groups)
     rows, width = layer.out_channels, layer.row_numel
-    static, dynamic = static.to(x.dtype), dynamic.to(x.dtype)
-    dynamic_part = _rows_of(dynamic if strategy in MIXTURE_STRATEGIES else weights.to(dynamic.dtype) @ dynamic,
-                            dynamic_rows.numel(), width)
-    static_part = static.reshape(static_rows.numel(), width)
+    static = static.to(x.dtype).reshape(static_rows.numel(), width)
     if strategy in MIXTURE_STRATEGIES:
-        body = static.new_zeros(dynamic.shape[0], rows, width).index_copy(1, dynamic_rows, dynamic_part)
-        last = static.new_zeros(1, rows, width).index_copy(1, static_rows, static_part.unsqueeze(0))
-        stack = torch.cat([body, last]).reshape(dynamic.shape[0] + 1, -1)
-        return apply_kernel_mixture(x, stack, append_kernel_weight(weights, 1.0), bias, *geometry, strategy=strategy)
-    per_sample = static.new_zeros(weights.shape[0], rows, width).index_copy(1, dynamic_rows, dynamic_part)
-    per_sample = per_sample.index_copy(1, static_rows, static_part.unsqueeze(0).expand(weights.shape[0], -1, -1))
-    return apply_per_sample_kernels(x, per_sample.reshape(weights.shape[0], -1), bias, *geometry, strategy=strategy)
+        count, zeros = dynamic.shape[0], x.new_zeros(())
+        body = _placed(count, rows, width, x, [(dynamic_rows, _rows_of(dynamic, dynamic_rows.numel(), width)),
+                                               (static_rows, zeros.expand(count, static_rows.numel(), width))])
+        last = _placed(1, rows, width, x, [(static_rows, static.unsqueeze(0)),
+                                           (dynamic_rows, zeros.expand(1, dynamic_rows.numel(), width))])
+        stack = torch.cat([body, last])
+        weights = append_kernel_weight(weights, 1.0)
+        return apply_kernel_mixture(x, stack.reshape(stack.shape[0], -1), weights, bias, *geometry, strategy=strategy)
+    batch = weights.shape[0]
+    mixed = _rows_of(mixed_kernels(weights, dynamic), dynamic_rows.numel(), width)  # workspace slot 0
+    kernels = workspace_like((batch, rows, width), x, slot=1)
+    kernels.index_copy_(1, dynamic_rows, mixed)
+    kernels.index_copy_(1, static_rows, static.unsqueeze(0).expand(batch, -1, -1))
+    return apply_per_sample_kernels(x, kernels.reshape(batch, -1), bias, *geometry,
+                                    strategy="auto" if strategy == WHOLE else strategy)
+
+
+def _placed(count: int, rows: int, width: int, like: torch.Tensor, parts) -> torch.Tensor:
+    """A (count, rows, width) tensor with each ``(row_index, values)`` part written at its rows (one write
+    per part; rows no part covers are left uninitialised)."""
+    out = torch.empty(count, rows, width, dtype=like.dtype, device=like.device)
+    for index, values in parts:
+        out.index_copy_(1, index, values.to(like.dtype))
+    return out
 
 
 def _rows_of(flat: torch.Tensor, rows: int, width: int) -> torch.Tensor:
