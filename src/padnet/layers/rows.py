@@ -3,9 +3,9 @@ on the dynamic rows only, the two results written into one output in the origina
 
 With an element mask every sample needs its own full kernel; with a channel mask the static output
 channels share one kernel across the batch, so they are one ordinary conv (or matmul), and only kappa of
-the rows go through the per-sample (or mixture) path. Measured at 3x3 256 -> 256, 14x14, batch 64, one
-thread: DY-Conv 3.4x the static conv, element PAD 1.7-3.0x, the channel split 1.6x at kappa 0.3
-(issue 16). Each part is written once into the output (``index_copy_``): no concatenation and no
+the rows go through the per-sample (or mixture) path. At 3x3 256 -> 256, 14x14, batch 64, one thread,
+kappa 0.3, issue 16 measured DY-Conv 3.4x the static conv, element PAD 1.7-3.0x and this split 1.6x;
+the deployed layer here measured 1.17x with the ``grouped`` split (under load, docs/results/efficiency.md). Each part is written once into the output (``index_copy_``): no concatenation and no
 permutation copy of the whole output.
 
 Used by the training, compacted and deployed forms alike; they differ only in where the static rows and
