@@ -26,9 +26,11 @@ def exact_mask(shape, kappa: float, generator: torch.Generator) -> torch.Tensor:
 
 
 def set_masks(model: nn.Module, kappa: float, seed: int = 0) -> nn.Module:
+    """Random masks with exactly round(kappa n) dynamic units per layer (entries, or output channels of
+    channel-granular layers)."""
     g = torch.Generator().manual_seed(seed)
     for _, layer in pad_layers(model):
-        layer.set_mask(exact_mask(layer.kernel_shape, kappa, g))
+        layer.set_mask(layer.mask_from_units(exact_mask((layer.num_units,), kappa, g)))
     return model
 
 

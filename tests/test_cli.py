@@ -146,11 +146,13 @@ def test_sweep_skips_finished_and_report_writes_table_and_plot(tmp_path, capsys)
     assert len(list(copies.rglob("results.json"))) == 4
 
 
-def test_export_writes_a_deployed_file_that_reproduces_the_run(tmp_path, capsys):
+@pytest.mark.parametrize("granularity", ["element", "channel"])
+def test_export_writes_a_deployed_file_that_reproduces_the_run(tmp_path, capsys, granularity):
     import padnet
     from padnet.train.trainer import _rebuild_run
 
-    config = write_config(tmp_path, "e", epochs=1, dynamic={"mode": "pad", "dynamic_ratio": 0.3})
+    config = write_config(tmp_path, "e", epochs=1,
+                          dynamic={"mode": "pad", "dynamic_ratio": 0.3, "granularity": granularity})
     run = tmp_path / "run"
     assert main(["train", "--config", str(config), "--set", f"run_dir={run}"]) == 0
     capsys.readouterr()
@@ -160,7 +162,9 @@ def test_export_writes_a_deployed_file_that_reproduces_the_run(tmp_path, capsys)
     assert out["exported"]["accuracy"] == out["run"]["accuracy"] == json.loads((run / "results.json").read_text())["test"]["accuracy"]
     # The file loads on its own (no config, no model factory) and gives the training form's outputs.
     loaded = padnet.load(run / "model.safetensors").eval()
-    assert any(type(m).__name__ == "DeployedPADConv2d" for m in loaded.modules())
+    deployed = [m for m in loaded.modules() if type(m).__name__ == "DeployedPADConv2d"]
+    assert deployed and all(m.granularity == granularity for m in deployed)
+    assert loaded.padnet_config["granularity"] == granularity
     model = _rebuild_run(run, None, None).model.eval()
     x = torch.randn(4, 1, 8, 8)
     with torch.no_grad():

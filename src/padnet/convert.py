@@ -22,7 +22,7 @@ from torch import nn
 from .arch import detect_arch
 from .deploy import refuse_unpartitioned
 from .errors import ConfigError
-from .layers import DYNAMIC_LAYERS, LAMBDA_MODES, PartiallyDynamic
+from .layers import DYNAMIC_LAYERS, GRANULARITIES, LAMBDA_MODES, PartiallyDynamic
 from .layers._validate import choice_problem, int_problem
 from .layers.attention import ROUTINGS
 from .layers.conversions import (  # noqa: F401  (find_ffn_outputs: public re-export)
@@ -45,6 +45,7 @@ class ConvertOptions:
     reduction: int = 16  # conv: attention hidden width C_in // reduction (at least 4)
     init: str = "fresh"  # conv: fresh kernels (SPEC) or upcycle (every kernel from the existing weight)
     lambda_mode: str = "both"  # PAD: which scale factors learn: both, static, dynamic or none
+    granularity: str = "element"  # PAD: mask per entry (the paper) or per output channel / row (SPEC 8)
     num_experts: int = 8  # moe: experts per layer ...
     top_k: int = 2  # ... and how many each token uses
     noisy_gating: bool = True  # moe: noisy top-k routing while training
@@ -56,7 +57,8 @@ class ConvertOptions:
     def problems(self, prefix: str = "") -> list[str]:
         """Every bad setting, each naming its key (after ``prefix``, e.g. ``"dynamic."``), the value and
         what is allowed."""
-        choices = {"routing": ROUTINGS, "init": INITS, "lambda_mode": LAMBDA_MODES, "target": MOE_TARGETS}
+        choices = {"routing": ROUTINGS, "init": INITS, "lambda_mode": LAMBDA_MODES, "granularity": GRANULARITIES,
+                   "target": MOE_TARGETS}
         out = [choice_problem(f"{prefix}{key}", getattr(self, key), allowed) for key, allowed in choices.items()]
         sizes = [int_problem(f"{prefix}{key}", getattr(self, key))
                  for key in ("num_kernels", "reduction", "num_experts", "top_k")]
@@ -109,6 +111,7 @@ def convert(
     reduction: int = 16,
     init: str = "fresh",
     lambda_mode: str = "both",
+    granularity: str = "element",
     num_experts: int = 8,
     top_k: int = 2,
     noisy_gating: bool = True,
@@ -135,6 +138,9 @@ def convert(
         init: ``"fresh"`` kernels (SPEC) or ``"upcycle"`` (every kernel/expert from the existing weight,
             so the converted model computes what it did).
         lambda_mode: which scale factors learn: ``"both"``, ``"static"``, ``"dynamic"`` or ``"none"``.
+        granularity: ``"element"`` (the paper: the mask chooses single entries) or ``"channel"`` (whole
+            output channels of a conv, output rows of an MoE expert: the static ones are computed once
+            for the whole batch, SPEC section 8).
         num_experts, top_k, noisy_gating, aux_loss_coef: the MoE's experts, routing and balance loss.
         target: which FFN projection becomes the MoE (``"output"``, SPEC section 5).
         config: all of the above as one ``ConvertConfig`` (``convert(model, config=ConvertConfig(...))``);
@@ -142,7 +148,8 @@ def convert(
     """
     keywords = ConvertConfig(
         dynamic=dynamic, pad=pad, num_kernels=num_kernels, routing=routing, include=include, exclude=exclude,
-        reduction=reduction, init=init, lambda_mode=lambda_mode, num_experts=num_experts, top_k=top_k,
+        reduction=reduction, init=init, lambda_mode=lambda_mode, granularity=granularity, num_experts=num_experts,
+        top_k=top_k,
         noisy_gating=noisy_gating, aux_loss_coef=aux_loss_coef, target=target,
     )
     if getattr(model, "padnet_config", None) is not None:

@@ -15,6 +15,10 @@ What counts (SPEC section 6):
   PAD-MoE token costs top_k expert products, as in the MoE. These count the function in its
   per-sample form; the strategy a conv runs with (``padnet.layers.conv_strategy``) may trade kernel
   aggregation for K times the conv MACs (the mixtures) where that is faster.
+- ``conv_macs`` split: ``static_macs`` run with weights shared by the whole batch (static layers,
+  attention and routers, and the static channels / rows of a channel-granular PAD layer, SPEC section
+  8), ``dynamic_macs`` with per-sample kernels or routed experts; ``conv_macs`` is their sum. A
+  channel-granular PAD-MoE counts (1 - kappa) + top_k kappa dense products per token.
 
 ``padnet.summary`` builds on ``cost(model, example_input)``; ``ModelCost.table()`` is a markdown table.
 """
@@ -47,9 +51,14 @@ class LayerCost:
     kind: str
     params: int = 0
     bytes: int = 0
-    conv_macs: int = 0
+    static_macs: int = 0
+    dynamic_macs: int = 0
     aggregation_macs: int = 0
     dynamic_ratio: float | None = None
+
+    @property
+    def conv_macs(self) -> int:
+        return self.static_macs + self.dynamic_macs
 
 
 @dataclass
@@ -57,37 +66,34 @@ class ModelCost:
     layers: list[LayerCost] = field(default_factory=list)
     batch_size: int | None = None  # of the example input the MACs came from (None: MACs not measured)
 
-    @property
-    def params(self) -> int:
-        return sum(layer.params for layer in self.layers)
+    def total(self, key: str) -> int:
+        """The sum over layers of one ``LayerCost`` count (``"params"``, ``"static_macs"``, ...)."""
+        return sum(getattr(layer, key) for layer in self.layers)
 
-    @property
-    def bytes(self) -> int:
-        return sum(layer.bytes for layer in self.layers)
-
-    @property
-    def conv_macs(self) -> int:
-        return sum(layer.conv_macs for layer in self.layers)
-
-    @property
-    def aggregation_macs(self) -> int:
-        return sum(layer.aggregation_macs for layer in self.layers)
+    params = property(lambda self: self.total("params"))
+    bytes = property(lambda self: self.total("bytes"))
+    conv_macs = property(lambda self: self.total("conv_macs"))
+    static_macs = property(lambda self: self.total("static_macs"))
+    dynamic_macs = property(lambda self: self.total("dynamic_macs"))
+    aggregation_macs = property(lambda self: self.total("aggregation_macs"))
 
     @property
     def macs(self) -> int:
         return self.conv_macs + self.aggregation_macs
 
     def table(self, only_dynamic: bool = False) -> str:
-        rows = ["| layer | kind | kappa | params | bytes | conv/matmul MACs | aggregation MACs |", "|---|---|---|---|---|---|---|"]
+        rows = ["| layer | kind | kappa | params | bytes | conv/matmul MACs | of which static | of which dynamic | "
+                "aggregation MACs |", "|---|---|---|---|---|---|---|---|---|"]
         for layer in self.layers:
             if only_dynamic and layer.dynamic_ratio is None and layer.aggregation_macs == 0:
                 continue
             kappa = "" if layer.dynamic_ratio is None else f"{layer.dynamic_ratio:.3f}"
             rows.append(
                 f"| {layer.name} | {layer.kind} | {kappa} | {layer.params:,} | {layer.bytes:,} | "
-                f"{layer.conv_macs:,} | {layer.aggregation_macs:,} |"
+                f"{layer.conv_macs:,} | {layer.static_macs:,} | {layer.dynamic_macs:,} | {layer.aggregation_macs:,} |"
             )
-        rows.append(f"| total | | | {self.params:,} | {self.bytes:,} | {self.conv_macs:,} | {self.aggregation_macs:,} |")
+        rows.append(f"| total | | | {self.params:,} | {self.bytes:,} | {self.conv_macs:,} | {self.static_macs:,} | "
+                    f"{self.dynamic_macs:,} | {self.aggregation_macs:,} |")
         return "\n".join(rows)
 
 
@@ -119,16 +125,16 @@ def _dynamic_ratio(module: nn.Module) -> float | None:
     return float(module.dynamic_ratio) if isinstance(module, DynamicEntries) else None
 
 
-def _macs(module: nn.Module, inputs, output) -> tuple[int, int]:
-    """(conv/matmul MACs, aggregation MACs) of one call, for the whole batch: dynamic layers count
-    their own (``layer.macs``)."""
+def _macs(module: nn.Module, inputs, output) -> tuple[int, int, int]:
+    """(static, dynamic, aggregation) MACs of one call, for the whole batch: dynamic layers count their
+    own (``layer.macs``); plain convs and linears are static."""
     if isinstance(module, DYNAMIC_LAYERS):
         return module.macs(inputs[0], output)
     if isinstance(module, nn.Conv2d):
-        return output.numel() * (module.in_channels // module.groups) * math.prod(module.kernel_size), 0
+        return output.numel() * (module.in_channels // module.groups) * math.prod(module.kernel_size), 0, 0
     if isinstance(module, nn.Linear):
-        return output.numel() * module.in_features, 0
-    return 0, 0
+        return output.numel() * module.in_features, 0, 0
+    return 0, 0, 0
 
 
 def _kind(module: nn.Module) -> str:
@@ -160,10 +166,9 @@ def cost(model: nn.Module, example_input: torch.Tensor | None = None) -> ModelCo
     handles = []
     for name, module in counted.items():
         def hook(mod, inputs, output, name=name):
-            conv, agg = _macs(mod, inputs, output)
-            acc = totals.setdefault(name, [0, 0])
-            acc[0] += conv
-            acc[1] += agg
+            acc = totals.setdefault(name, [0, 0, 0])
+            for i, value in enumerate(_macs(mod, inputs, output)):
+                acc[i] += value
         handles.append(module.register_forward_hook(hook))
     was_training = model.training
     try:
@@ -173,13 +178,14 @@ def cost(model: nn.Module, example_input: torch.Tensor | None = None) -> ModelCo
         for h in handles:
             h.remove()
         model.train(was_training)
-    for name, (conv, agg) in totals.items():
+    for name, (static, dynamic, agg) in totals.items():
         owner = next((u for u, _, rec in units if rec and name.startswith(u + ".")), name)
         layer = layers.get(owner)
         if layer is None:  # a parameter-free module (cannot happen for Conv2d/Linear, kept for safety)
             layer = layers[owner] = LayerCost(owner, _kind(counted[name]))
             result.layers.append(layer)
-        layer.conv_macs += conv // batch
+        layer.static_macs += static // batch
+        layer.dynamic_macs += dynamic // batch
         layer.aggregation_macs += agg // batch
     result.batch_size = batch
     return result

@@ -4,6 +4,10 @@ Each round relaxes every PAD layer's mask to a float that carries gradient, accu
 dL/dM over the scoring batches (the first-order Taylor estimate of the loss change of making an entry
 static), and keeps the top kappa_t fraction. kappa_t follows the schedule and reaches kappa in the
 last round; entries dropped in one round can come back in a later one.
+
+What is ranked are each layer's units (``layer.num_units``): its entries, or for ``granularity=
+"channel"`` its rows (output channels), scored by the sum of their entries' signed Taylor terms, then
+the absolute value (SPEC section 8); counts, scopes and schedules are then in units.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ from torch import nn
 
 from .convert import pad_layers
 from .errors import PartitionError
+from .layers import GRANULARITIES
 from .layers._validate import check_choice
 
 SCHEDULES = ("exponential", "linear")
@@ -41,8 +46,10 @@ class ScoringContext:
 
 @dataclass(frozen=True)
 class Scorer:
-    """A partition scorer: ``score(context)`` returns one flat score per layer (entries with the largest
-    scores stay dynamic); ``needs_batches``: it needs scoring batches and ``loss_fn``."""
+    """A partition scorer: ``score(context)`` returns one flat score tensor per layer, one score per unit
+    (``layer.num_units``) or per entry (``layer.kernel_numel``; summed into units by ``layer.unit_scores``);
+    the units with the largest scores stay dynamic. ``needs_batches``: it needs scoring batches and
+    ``loss_fn``."""
 
     name: str
     score: Callable[[ScoringContext], list[torch.Tensor]]
@@ -55,8 +62,8 @@ _SCORERS: dict[str, Scorer] = {}
 def register_scorer(name: str, score: Callable[[ScoringContext], list[torch.Tensor]], needs_batches: bool = False,
                     replace: bool = False) -> Scorer:
     """Make ``scorer=name`` available to ``padnet.partition`` and to run configs (``partition.scorer``).
-    ``score(context)`` returns one flat tensor of ``layer.kernel_numel`` scores per PAD layer, in the
-    order of ``context.layers``."""
+    ``score(context)`` returns one flat tensor of ``layer.num_units`` (or ``layer.kernel_numel``) scores
+    per PAD layer, in the order of ``context.layers``."""
     if not isinstance(name, str) or not name.isidentifier():
         raise ValueError(f"scorer name {name!r} must be a Python identifier (letters, digits, _)")
     if not callable(score):
@@ -80,7 +87,7 @@ def get_scorer(name: str) -> Scorer:
 class PartitionReport:
     dynamic_ratio: float  # achieved overall ratio (dynamic entries / entries, all PAD layers)
     target_ratio: float
-    layers: dict[str, dict]  # name -> {"entries", "dynamic", "dynamic_ratio"}
+    layers: dict[str, dict]  # name -> {"entries", "dynamic", "dynamic_ratio", "units", "dynamic_units"}
     round_ratios: list[float]  # the target kappa_t of each round
     scorer: str
     scope: str
@@ -89,7 +96,9 @@ class PartitionReport:
     seed: int
     num_batches: int
     wall_time_s: float
-    round_revived: list[int] = field(default_factory=list)  # static entries made dynamic again, per round
+    round_revived: list[int] = field(default_factory=list)  # static units made dynamic again, per round
+    granularity: str = "element"  # what the units are: "element", "channel" (or "mixed")
+    unit_ratio: float = 0.0  # achieved ratio in units (dynamic units / units, all PAD layers)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -101,7 +110,8 @@ class PartitionReport:
         width = max([len("layer")] + [len(n) for n in self.layers])
         lines = [
             f"Iterative Mode Partition: scorer={self.scorer} scope={self.scope} schedule={self.schedule} "
-            f"rounds={self.rounds} seed={self.seed} batches={self.num_batches} time={self.wall_time_s:.2f}s",
+            f"rounds={self.rounds} seed={self.seed} batches={self.num_batches} granularity={self.granularity} "
+            f"time={self.wall_time_s:.2f}s",
             "round targets: " + ", ".join(f"{r:.4f}" for r in self.round_ratios),
             f"{'layer':<{width}}  {'entries':>10}  {'dynamic':>10}  {'ratio':>7}",
         ]
@@ -149,13 +159,15 @@ def partition(
     scope: str = "global",
     scorer: str = "taylor",
     seed: int = 0,
+    granularity: str | None = None,
 ) -> PartitionReport:
     """Set the mode mask of every PAD layer in ``model`` so a fraction ``dynamic_ratio`` stays dynamic.
 
     ``batches`` is iterated once and kept (it is a small scoring set: the reference uses 10 batches of
     the training batch size); ``loss_fn(model, batch)`` returns the scalar loss. The ``magnitude`` and
     ``random`` scorers need neither. With ``scope="global"`` the total number of dynamic entries is
-    round(kappa * N) over all PAD layers; with ``"local"`` each layer gets round(kappa * N_l).
+    round(kappa * N) over all PAD layers; with ``"local"`` each layer gets round(kappa * N_l), N counted
+    in units: entries, or output channels (rows) for channel-granular layers (SPEC section 8).
     Scoring runs in eval mode (no dropout, no router noise), changes no weight, leaves no ``.grad``,
     and restores the model's mode. Under torch.distributed, taylor scores are summed over ranks before
     ranking, so every rank gets the same mask.
@@ -171,9 +183,16 @@ def partition(
         scorer: ``"taylor"`` (the method), ``"magnitude"``, ``"random"`` or a name from
             ``padnet.register_scorer``.
         seed: makes the scoring (and the random scorer) deterministic.
+        granularity: None keeps each layer's own (``padnet.convert(granularity=...)``); ``"element"`` or
+            ``"channel"`` sets it on every PAD layer first (and in ``model.padnet_config``, so
+            ``padnet.save``/``load`` rebuild it).
     """
     _check_arguments(dynamic_ratio, rounds, schedule, scope, scorer)
+    if granularity is not None:
+        check_choice("granularity", granularity, GRANULARITIES)
     layers = _uncompacted_pad_layers(model)
+    if granularity is not None:
+        _set_granularity(model, layers, granularity)
     chosen = _SCORERS[scorer]
     batch_list = list(batches) if batches is not None else []
     if chosen.needs_batches:
@@ -186,17 +205,35 @@ def partition(
     generator = torch.Generator().manual_seed(seed)
     targets = round_targets(dynamic_ratio, rounds, schedule)
     revived = _run_rounds(ScoringContext(model, layers, batch_list, loss_fn, seed, generator), chosen, targets, scope)
+    return _report(layers, dynamic_ratio, targets, scorer, scope, schedule, rounds, seed,
+                   len(batch_list) if chosen.needs_batches else 0, time.perf_counter() - start, revived)
+
+
+def _report(layers, dynamic_ratio, targets, scorer, scope, schedule, rounds, seed, num_batches, wall_time_s,
+            revived) -> PartitionReport:
     per_layer = {
-        name: {"entries": layer.kernel_numel, "dynamic": layer.num_dynamic, "dynamic_ratio": layer.dynamic_ratio}
+        name: {"entries": layer.kernel_numel, "dynamic": layer.num_dynamic, "dynamic_ratio": layer.dynamic_ratio,
+               "units": layer.num_units, "dynamic_units": int(layer.dynamic_units().sum())}
         for name, layer in layers
     }
     total = sum(r["entries"] for r in per_layer.values())
+    kinds = {layer.granularity for _, layer in layers}
     return PartitionReport(
         dynamic_ratio=sum(r["dynamic"] for r in per_layer.values()) / total, target_ratio=dynamic_ratio,
         layers=per_layer, round_ratios=targets, scorer=scorer, scope=scope, schedule=schedule, rounds=rounds,
-        seed=seed, num_batches=len(batch_list) if chosen.needs_batches else 0,
-        wall_time_s=time.perf_counter() - start, round_revived=revived,
+        seed=seed, num_batches=num_batches, wall_time_s=wall_time_s, round_revived=revived,
+        granularity=kinds.pop() if len(kinds) == 1 else "mixed",
+        unit_ratio=sum(r["dynamic_units"] for r in per_layer.values()) / sum(r["units"] for r in per_layer.values()),
     )
+
+
+def _set_granularity(model: nn.Module, layers, granularity: str) -> None:
+    """Give every PAD layer ``granularity`` and record it where ``padnet.save`` reads the settings."""
+    for _, layer in layers:
+        layer.set_granularity(granularity)
+    config = getattr(model, "padnet_config", None)
+    if isinstance(config, dict):
+        config["granularity"] = granularity
 
 
 def _uncompacted_pad_layers(model: nn.Module) -> list:
@@ -221,10 +258,9 @@ def _run_rounds(context: ScoringContext, chosen: Scorer, targets: list[float], s
         for target in targets:
             scores = _checked_scores(chosen.name, chosen.score(context), layers)
             count = 0
-            for (_, layer), mask in zip(layers, _select(scores, target, scope)):
-                mask = mask.reshape(layer.kernel_shape).to(layer.mask.device)
-                count += int((mask & ~layer.mask).sum())
-                layer.set_mask(mask)
+            for (_, layer), units in zip(layers, _select(scores, target, scope)):
+                count += int((units & ~layer.dynamic_units().cpu()).sum())
+                layer.set_mask(layer.mask_from_units(units).to(layer.mask.device))
             revived.append(count)
     finally:
         for _, layer in layers:
@@ -249,10 +285,13 @@ def _checked_scores(name: str, scores, layers) -> list[torch.Tensor]:
                          f"got {type(scores).__name__}" + (f" of {len(scores)}" if isinstance(scores, (list, tuple)) else ""))
     out = []
     for (layer_name, layer), score in zip(layers, scores):
-        if not isinstance(score, torch.Tensor) or score.numel() != layer.kernel_numel:
+        if not isinstance(score, torch.Tensor) or score.numel() not in (layer.kernel_numel, layer.num_units):
             got = tuple(score.shape) if isinstance(score, torch.Tensor) else type(score).__name__
-            raise ValueError(f"scorer {name!r}: layer {layer_name!r} needs {layer.kernel_numel} scores; got {got}")
-        out.append(score.detach().reshape(-1).float().cpu())
+            units = f" or {layer.num_units} (one per unit)" if layer.num_units != layer.kernel_numel else ""
+            raise ValueError(f"scorer {name!r}: layer {layer_name!r} needs {layer.kernel_numel} scores{units}; "
+                             f"got {got}")
+        score = score.detach().reshape(-1).float().cpu()
+        out.append(layer.unit_scores(score) if score.numel() != layer.num_units else score)
     return out
 
 
@@ -265,11 +304,12 @@ def _magnitude(context: ScoringContext) -> list[torch.Tensor]:
 
 
 def _random(context: ScoringContext) -> list[torch.Tensor]:
-    return [torch.rand(layer.kernel_numel, generator=context.generator) for _, layer in context.layers]
+    return [torch.rand(layer.num_units, generator=context.generator) for _, layer in context.layers]
 
 
 def _taylor_scores(model, layers, batch_list, loss_fn, seed) -> list[torch.Tensor]:
-    """|sum over the scoring set of dL/dM| per layer, flattened."""
+    """|sum over the scoring set of dL/dM| per layer and unit: per entry, or summed over each row (signed,
+    then the absolute value: SPEC section 8) for channel granularity."""
     relaxed = []
     for _, layer in layers:
         m = layer.mask.to(layer.phi.dtype).detach().requires_grad_(True)
@@ -306,7 +346,7 @@ def _taylor_scores(model, layers, batch_list, loss_fn, seed) -> list[torch.Tenso
         flat = torch.cat([s.reshape(-1) for s in sums])
         dist.all_reduce(flat, op=dist.ReduceOp.SUM)
         sums = list(torch.split(flat, [s.numel() for s in sums]))
-    scores = [s.reshape(-1).abs().cpu() for s in sums]
+    scores = [layer.unit_scores(s.reshape(-1)).abs().cpu() for (_, layer), s in zip(layers, sums)]
     if not all(torch.isfinite(s).all() for s in scores):
         raise PartitionError("some taylor scores are not finite; check the model and the scoring batches")
     if all(float(s.max()) == 0.0 for s in scores if s.numel()):

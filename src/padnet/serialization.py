@@ -562,12 +562,25 @@ def _stored_mask(name: str, layer, stored: Callable[[str], torch.Tensor | None])
         return mask
     index = stored(f"{prefix}dynamic_index")
     if index is None:
-        raise ValueError(f"neither {prefix}mask nor {prefix}dynamic_index is stored")
+        return _mask_from_rows(prefix, layer, stored(f"{prefix}dynamic_rows"))
     if index.dim() != 1 or index.dtype not in (torch.int32, torch.int64):
         raise ValueError(f"dynamic_index must be a 1-D integer tensor; got {index.dtype} {tuple(index.shape)}")
     flat = torch.zeros(layer.kernel_numel, dtype=torch.bool, device="cpu")
     flat[index.long()] = True
     return flat.reshape(layer.kernel_shape)
+
+
+def _mask_from_rows(prefix: str, layer, rows: torch.Tensor | None) -> torch.Tensor:
+    """The mask of a deployed channel-granular layer's ``dynamic_rows`` (whole rows dynamic)."""
+    if rows is None:
+        raise ValueError(f"none of {prefix}mask, {prefix}dynamic_index, {prefix}dynamic_rows is stored")
+    if rows.dim() != 1 or rows.dtype not in (torch.int32, torch.int64):
+        raise ValueError(f"dynamic_rows must be a 1-D integer tensor; got {rows.dtype} {tuple(rows.shape)}")
+    if layer.granularity != "channel":
+        raise ValueError(f"dynamic_rows is stored but the layer has granularity {layer.granularity!r}")
+    units = torch.zeros(layer.kernel_shape[0], dtype=torch.bool)
+    units[rows.long()] = True
+    return layer.mask_from_units(units).clone()
 
 
 def _set_stored_mask(layer, mask: torch.Tensor) -> None:
@@ -594,10 +607,10 @@ def _expected_tensors(model: nn.Module) -> dict[str, torch.Tensor]:
         for name, buf in module._buffers.items():
             if buf is not None and name not in module._non_persistent_buffers_set:
                 out[prefix + name] = buf
-        if isinstance(module, DeployedPartiallyDynamic):
-            out[prefix + "static_values"] = torch.empty(module.kernel_numel - module.num_dynamic, device="meta")
-            if prefix + "dynamic_index" in out:
-                out[prefix + "dynamic_index"] = torch.empty(module.num_dynamic, dtype=torch.int32, device="meta")
+        if isinstance(module, DeployedPartiallyDynamic):  # what its state-dict hook writes instead
+            out.pop(prefix + "dynamic_index", None)
+            for name, (shape, dtype) in module.file_tensors().items():
+                out[prefix + name] = torch.empty(shape, dtype=dtype, device="meta")
     return out
 
 
@@ -653,7 +666,7 @@ def _materialise_derived(model: nn.Module, map_location) -> None:
 
     for module in model.modules():
         if isinstance(module, DeployedPartiallyDynamic) and module.static_kernel.is_meta:
-            module.static_kernel = torch.zeros(module.kernel_numel, device=map_location)
+            module.static_kernel = torch.zeros(module.static_kernel.shape, device=map_location)
 
 
 def _meta_tensors(model: nn.Module) -> list[str]:

@@ -57,6 +57,8 @@ class ModelSummary:
     conv_macs: int | None = None  # per sample, when summary() was given an example input
     aggregation_macs: int | None = None  # per sample: building the per-sample kernels / expert mixing
     skipped: dict[str, str] | None = None  # modules padnet.convert's rule left static on purpose: name -> why
+    static_macs: int | None = None  # per sample, of conv_macs: weights shared by the batch (SPEC 8)
+    dynamic_macs: int | None = None  # per sample, of conv_macs: per-sample kernels, routed experts
 
     @property
     def dynamic_ratio(self) -> float:
@@ -95,7 +97,8 @@ class ModelSummary:
             lines.append(f"kept static by the conversion rule (include= converts them): {names}")
         if self.conv_macs is not None:
             lines.append(
-                f"MACs per sample  conv/matmul: {self.conv_macs:,}   kernel aggregation: {self.aggregation_macs:,}"
+                f"MACs per sample  conv/matmul: {self.conv_macs:,} (static {self.static_macs:,}, dynamic "
+                f"{self.dynamic_macs:,})   kernel aggregation: {self.aggregation_macs:,}"
             )
         return "\n".join(lines)
 
@@ -173,5 +176,7 @@ def summary(model: nn.Module, example_input: torch.Tensor | None = None) -> Mode
         conv_macs=measured.conv_macs if example_input is not None else None,
         aggregation_macs=measured.aggregation_macs if example_input is not None else None,
         skipped=dict((getattr(model, "padnet_config", None) or {}).get("skipped") or {}),
+        static_macs=measured.static_macs if example_input is not None else None,
+        dynamic_macs=measured.dynamic_macs if example_input is not None else None,
     )
 

@@ -266,7 +266,10 @@ def test_bad_modes_and_picks_are_refused_with_what_is_allowed():
     dyn.strategy = "quick"
     with pytest.raises(ValueError, match="strategy='quick' is not supported"):
         dyn(torch.randn(2, 4, 5, 5))
-    assert set(CONV_STRATEGIES) == {"mixture", "mixture_unfold", "grouped", "unfold", "bmm", "loop"}
+    assert set(CONV_STRATEGIES) == {"mixture", "mixture_unfold", "grouped", "unfold", "bmm", "loop", "whole"}
+    dyn.strategy = "whole"  # channel-granular PAD layers only
+    with pytest.raises(ValueError, match="conv strategy 'whole' cannot compute this layer.*allowed here"):
+        dyn(torch.randn(2, 4, 5, 5))
 
 
 def test_strategy_shows_in_the_repr_and_survives_deepcopy():

@@ -159,3 +159,20 @@ def test_bad_configs_fail_before_any_work(tmp_path, tiny_model_dir, glue_dir, ex
     assert cli.main(["train", "--config", str(config)]) != 0
     assert re.search(message, capsys.readouterr().err)
     assert not run_dir.exists()
+
+
+def test_channel_granular_pad_moe_trains_and_exports(tmp_path, tiny_model_dir, glue_dir, capsys):
+    """dynamic.granularity=channel from a run config: the partition makes whole output rows static, and the
+    exported file (deployed, row index) rebuilds on its own with the run's granularity."""
+    import padnet
+
+    run_dir = tmp_path / "channel"
+    config = write_config(tmp_path, tiny_model_dir, glue_dir, run_dir, epochs=1, dynamic__granularity="channel")
+    assert cli.main(["train", "--config", str(config)]) == 0
+    results = json.loads((run_dir / "results.json").read_text())
+    assert results["name"] == "pad-0.5-channel-taylor" and results["config"]["dynamic"]["granularity"] == "channel"
+    capsys.readouterr()
+    assert cli.main(["export", "--run", str(run_dir)]) == 0
+    layers = [m for m in padnet.load(run_dir / "model.safetensors").modules() if hasattr(m, "dynamic_index")]
+    assert len(layers) == 2 and all(m.granularity == "channel" for m in layers)
+    assert sum(m.num_dynamic // m.row_numel for m in layers) == sum(m.kernel_shape[0] for m in layers) // 2

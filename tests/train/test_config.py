@@ -130,6 +130,8 @@ def test_every_convert_option_is_reachable_from_yaml(tmp_path):
     assert model.padnet_config["dynamic"] == "conv" and model.padnet_config["pad"] is False
     with pytest.raises(ValueError, match=r"dynamic.aux_loss_coef=-1.0 must be >= 0"):
         config_from_dict({"dynamic": {"aux_loss_coef": -1.0}})
+    with pytest.raises(ValueError, match=r"dynamic.granularity='row' is not supported; allowed: 'element', 'channel'"):
+        config_from_dict({"dynamic": {"granularity": "row"}})
 
 
 def test_task_sections_are_typed():

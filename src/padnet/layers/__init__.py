@@ -14,7 +14,7 @@ from .dynamic_conv import (
     choose_kernel_strategy,
 )
 from .moe import ExpertSlots, MoECompute, MoELinear, aux_loss, mix_experts
-from .pad_base import LAMBDA_MODES, PartiallyDynamic
+from .pad_base import GRANULARITIES, LAMBDA_MODES, PartiallyDynamic
 from .pad_conv import PADConv2d
 from .pad_moe import PADMoELinear
 from .router import NoisyTopKRouter, Routing
@@ -43,6 +43,7 @@ __all__ = [
     "set_conv_strategy",
     "KERNEL_STRATEGIES",
     "LAMBDA_MODES",
+    "GRANULARITIES",
     "DeployedPADConv2d",
     "DeployedPADMoELinear",
     "DynamicConv2d",

@@ -14,6 +14,7 @@ where autograd would first materialise a B x N masked copy of the incoming gradi
 
 from __future__ import annotations
 
+import math
 import threading
 
 import torch
@@ -85,6 +86,17 @@ def assemble_kernels(
     return out.scatter_(1, index.unsqueeze(0).expand(batch, -1), dynamic)
 
 
+def mixed_kernels(weights: torch.Tensor, kernels: torch.Tensor) -> torch.Tensor:
+    """(B, M) per-sample kernels ``weights @ kernels`` for (B, K) weights and (K, M) kernels; without
+    autograd on CPU written into the per-thread workspace (see below), so consume it before the next call."""
+    weights = weights.to(kernels.dtype)
+    needs_grad = torch.is_grad_enabled() and (weights.requires_grad or kernels.requires_grad)
+    if needs_grad or kernels.device.type != "cpu" or tracing():
+        return weights @ kernels
+    out = _workspace(weights.shape[0] * kernels.shape[1], kernels.dtype).view(weights.shape[0], -1)
+    return torch.matmul(weights, kernels, out=out)
+
+
 # Inference on CPU: a fresh (B, N) kernel tensor of more than a few MB is mmap-ed by the allocator and
 # page-faulted on first write, which measured 5x slower than the copy and scatter into it (B = 64,
 # 3x3 256->256: 124 ms vs 23 ms). Without autograd nothing keeps the kernels after the convolution
@@ -92,17 +104,31 @@ def assemble_kernels(
 _local = threading.local()
 
 
-def _workspace(numel: int, dtype: torch.dtype) -> torch.Tensor:
-    buffer = getattr(_local, "buffer", None)
+def _workspace(numel: int, dtype: torch.dtype, slot: int = 0) -> torch.Tensor:
+    """``numel`` elements of this thread's buffer number ``slot`` (a caller that needs two at once, e.g.
+    the mixed dynamic rows and the whole kernels they are written into, takes two slots)."""
+    buffers = getattr(_local, "buffers", None)
+    if buffers is None:
+        buffers = _local.buffers = {}
+    buffer = buffers.get(slot)
     if buffer is None or buffer.dtype != dtype or buffer.numel() < numel:
-        buffer = _local.buffer = torch.empty(numel, dtype=dtype)
+        buffer = buffers[slot] = torch.empty(numel, dtype=dtype)
     return buffer[:numel]
+
+
+def workspace_like(shape: tuple[int, ...], like: torch.Tensor, slot: int) -> torch.Tensor:
+    """An uninitialised tensor of ``shape`` in ``like``'s dtype and device: a view of this thread's
+    workspace ``slot`` without autograd on CPU (consume it before the next call), a fresh tensor
+    otherwise."""
+    if torch.is_grad_enabled() or like.device.type != "cpu" or tracing():
+        return torch.empty(shape, dtype=like.dtype, device=like.device)
+    return _workspace(math.prod(shape), like.dtype, slot).view(shape)
 
 
 def release_workspace() -> None:
     """Free this thread's inference workspace (it keeps the largest B x N seen, e.g. about 600 MB after
     a batch-64 resnet50 forward); the next no-grad forward allocates it again."""
-    _local.buffer = None
+    _local.buffers = None
 
 
 _is_compiling = getattr(torch.compiler, "is_compiling", None)  # torch >= 2.3; resolved once, not per forward

@@ -220,14 +220,16 @@ def _moe_settings(config: "ConvertConfig") -> dict:
 register_conversion(
     "conv", find_convs,
     dynamic=lambda conv, config: DynamicConv2d.from_conv(conv, **_conv_settings(config)),
-    pad=lambda conv, config: PADConv2d.from_conv(conv, **_conv_settings(config), lambda_mode=config.lambda_mode),
+    pad=lambda conv, config: PADConv2d.from_conv(conv, **_conv_settings(config), lambda_mode=config.lambda_mode,
+                                                 granularity=config.granularity),
     looks_for="nn.Conv2d to convert", check=_upcycle_needs_softmax,
 )
 register_conversion(
     "moe", _find_ffn_output_targets,
     dynamic=lambda linear, config: MoELinear.from_linear(linear, **_moe_settings(config)),
     pad=lambda linear, config: PADMoELinear.from_linear(linear, **_moe_settings(config),
-                                                         lambda_mode=config.lambda_mode),
+                                                         lambda_mode=config.lambda_mode,
+                                                         granularity=config.granularity),
     looks_for="FFN output projection",
     hint="it looks for a Linear hidden->intermediate and a Linear intermediate->hidden (intermediate > hidden) "
          "under one module",

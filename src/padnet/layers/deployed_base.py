@@ -9,6 +9,11 @@ dynamic positions): each forward builds a sample's kernel with one copy of it pl
 values. A state-dict hook writes its N - nnz static entries to files as ``static_values`` (and the
 index list as int32), and loading scatters them back, so a file holds exactly the stored entries while
 memory holds no second copy of them and no list of the static positions.
+
+Channel granularity (SPEC section 8): the static entries are whole rows, so memory holds them compact,
+(1 - kappa) C_out rows in order (``static_kernel`` is then the static conv's weight or the static
+matmul's, with no zeros), and files hold the sorted dynamic rows (``dynamic_rows``, int32) instead of
+the entries' positions.
 """
 
 from __future__ import annotations
@@ -18,7 +23,8 @@ import math
 import torch
 from torch import nn
 
-from .pad_base import DynamicEntries
+from ._validate import check_choice
+from .pad_base import GRANULARITIES, DynamicEntries
 
 
 class DeployedPartiallyDynamic(DynamicEntries):
@@ -26,7 +32,10 @@ class DeployedPartiallyDynamic(DynamicEntries):
 
     kernel_shape: tuple[int, ...]
 
-    def _init_deployed(self, kernel_shape, num_kernels: int, dynamic_index: torch.Tensor | None) -> None:
+    def _init_deployed(self, kernel_shape, num_kernels: int, dynamic_index: torch.Tensor | None,
+                       granularity: str = "element") -> None:
+        check_choice("granularity", granularity, GRANULARITIES)
+        self.granularity = granularity
         self.kernel_shape = tuple(kernel_shape)
         numel = math.prod(self.kernel_shape)
         if dynamic_index is None:
@@ -35,7 +44,8 @@ class DeployedPartiallyDynamic(DynamicEntries):
         nnz = dynamic_index.numel()
         self.dynamic_values = nn.Parameter(torch.zeros(num_kernels, nnz), requires_grad=False)
         self.register_buffer("dynamic_index", dynamic_index.clone())
-        self.register_buffer("static_kernel", torch.zeros(numel), persistent=False)
+        static_numel = numel - nnz if granularity == "channel" else numel
+        self.register_buffer("static_kernel", torch.zeros(static_numel), persistent=False)
         register = getattr(self, "register_state_dict_post_hook", None) or self._register_state_dict_hook
         register(_save_static_values_and_int32_index)
 
@@ -61,7 +71,9 @@ class DeployedPartiallyDynamic(DynamicEntries):
     @property
     def static_values(self) -> torch.Tensor:
         """The N - nnz static entries in position order, lambda_s folded in (a copy): what files store.
-        Boolean indexing walks the positions in order."""
+        Boolean indexing walks the positions in order; channel granularity holds them so already."""
+        if self.granularity == "channel":
+            return self.static_kernel.clone()
         return self.static_kernel[self._is_static()]
 
     @torch.no_grad()
@@ -69,6 +81,9 @@ class DeployedPartiallyDynamic(DynamicEntries):
         if values.dim() != 1 or values.numel() != self.num_static:
             raise ValueError(f"static_values must be 1-D with N - nnz = {self.kernel_numel} - {self.num_dynamic} = "
                              f"{self.num_static} entries; got shape {tuple(values.shape)}")
+        if self.granularity == "channel":
+            self.static_kernel = values.to(self.dynamic_values).clone()
+            return
         kernel = self.dynamic_values.new_zeros(self.kernel_numel)
         kernel[self._is_static().to(kernel.device)] = values.to(kernel)
         self.static_kernel = kernel
@@ -85,6 +100,7 @@ class DeployedPartiallyDynamic(DynamicEntries):
         # size so a strict load of a deployed model needs no mask up front.
         # Not a parameter: taken out before the default loader, which would call it unexpected.
         static = state_dict.pop(prefix + "static_values", None)
+        self._rows_to_index(state_dict, prefix, errors)
         index = state_dict.get(prefix + "dynamic_index")
         if isinstance(index, torch.Tensor) and index.dtype == torch.int32:
             index = state_dict[prefix + "dynamic_index"] = index.long()  # files hold int32 (see below)
@@ -112,8 +128,33 @@ class DeployedPartiallyDynamic(DynamicEntries):
         except ValueError as exc:
             errors.append(f"{prefix}static_values: {exc}")
 
+    def _rows_to_index(self, state_dict, prefix, errors) -> None:
+        """A channel-granular file's ``dynamic_rows`` as the entries' ``dynamic_index`` (whole rows)."""
+        rows = state_dict.pop(prefix + "dynamic_rows", None)
+        if rows is None or self.granularity != "channel":
+            if rows is not None:
+                errors.append(f"{prefix}dynamic_rows: this layer has granularity {self.granularity!r}, not 'channel'")
+            return
+        if not isinstance(rows, torch.Tensor) or rows.dim() != 1 or rows.dtype not in (torch.int32, torch.int64):
+            errors.append(f"{prefix}dynamic_rows: must be a 1-D integer tensor of row indices")
+            return
+        if rows.numel() and (int(rows.min()) < 0 or int(rows.max()) >= self.kernel_shape[0]):
+            errors.append(f"{prefix}dynamic_rows: holds rows outside [0, {self.kernel_shape[0]})")
+            return
+        width = self.row_numel
+        offsets = torch.arange(width, device=rows.device)
+        state_dict[prefix + "dynamic_index"] = (rows.long().unsqueeze(1) * width + offsets).reshape(-1)
+
+    def file_tensors(self) -> dict[str, tuple[tuple[int, ...], torch.dtype]]:
+        """What a file holds for this layer beside its parameters: name -> (shape, dtype) (the state-dict
+        hook's output, known without running it)."""
+        index = ("dynamic_rows", (self.num_dynamic // self.row_numel,)) if self.granularity == "channel" else (
+            "dynamic_index", (self.num_dynamic,))
+        return {"static_values": ((self.num_static,), self.dynamic_values.dtype), index[0]: (index[1], torch.int32)}
+
     def deployed_extra_repr(self) -> str:
-        return f"dynamic_ratio={self.dynamic_ratio:.3f}, stored={self.num_static}+{tuple(self.dynamic_values.shape)}"
+        return f"dynamic_ratio={self.dynamic_ratio:.3f}, stored={self.num_static}+{tuple(self.dynamic_values.shape)}" + (
+            f", granularity={self.granularity!r}" if self.granularity != "element" else "")
 
 
 def _save_static_values_and_int32_index(module, state_dict, prefix, local_metadata) -> None:
@@ -122,5 +163,8 @@ def _save_static_values_and_int32_index(module, state_dict, prefix, local_metada
     kappa 0.3). Every kernel here has far fewer than 2^31 entries; larger ones keep int64."""
     state_dict[prefix + "static_values"] = module.static_values
     key = prefix + "dynamic_index"
-    if key in state_dict and module.kernel_numel < 2**31:
+    if key in state_dict and module.granularity == "channel":  # whole rows: the row index says it all
+        index = state_dict.pop(key)
+        state_dict[prefix + "dynamic_rows"] = (index[:: module.row_numel] // module.row_numel).to(torch.int32)
+    elif key in state_dict and module.kernel_numel < 2**31:
         state_dict[key] = state_dict[key].to(torch.int32)

@@ -12,13 +12,15 @@ from .deployed_base import DeployedPartiallyDynamic
 from .dynamic_conv import DynamicConvCompute, append_kernel_weight, init_dynamic_conv_geometry
 from .pad_base import dense_dynamic_kernels
 from .pad_conv import PADConv2d
+from .rows import channel_conv
 
 
 class DeployedPADConv2d(DeployedPartiallyDynamic, DynamicConvCompute, nn.Module):
     """Inference form of ``PADConv2d``: the same outputs as the training form in eval mode.
 
     Stores ``static_values`` (N - nnz, times lambda_s), ``dynamic_values`` (K, nnz, times lambda_d),
-    ``dynamic_index`` (nnz), the dynamic bias (K, C_out) if any, and the unchanged ``attention``.
+    ``dynamic_index`` (nnz; for ``granularity="channel"`` the dynamic rows ``dynamic_rows`` instead),
+    the dynamic bias (K, C_out) if any, and the unchanged ``attention``.
     Build one with ``DeployedPADConv2d.from_pad(layer)`` or ``padnet.deploy(model)``.
     """
 
@@ -36,13 +38,14 @@ class DeployedPADConv2d(DeployedPartiallyDynamic, DynamicConvCompute, nn.Module)
         reduction: int = 16,
         routing: str = "softmax",
         dynamic_index: torch.Tensor | None = None,
+        granularity: str = "element",
     ):
         super().__init__()
         init_dynamic_conv_geometry(
             self, in_channels, out_channels, kernel_size, stride, padding, dilation, groups, num_kernels,
             reduction, routing,
         )
-        self._init_deployed(self.weight_shape, num_kernels, dynamic_index)
+        self._init_deployed(self.weight_shape, num_kernels, dynamic_index, granularity)
         self.bias = nn.Parameter(torch.zeros(num_kernels, out_channels), requires_grad=False) if bias else None
 
     @classmethod
@@ -54,7 +57,7 @@ class DeployedPADConv2d(DeployedPartiallyDynamic, DynamicConvCompute, nn.Module)
             layer.in_channels, layer.out_channels, layer.kernel_size, layer.stride, layer.padding, layer.dilation,
             layer.groups, bias=layer.bias is not None, num_kernels=layer.num_kernels,
             routing=layer.routing,
-            dynamic_index=layer.dynamic_index.detach().cpu(),
+            dynamic_index=layer.dynamic_index.detach().cpu(), granularity=layer.granularity,
         )
         # Attention unchanged: a copy, whatever reduction built it.
         new.attention = copy.deepcopy(layer.attention)
@@ -67,6 +70,12 @@ class DeployedPADConv2d(DeployedPartiallyDynamic, DynamicConvCompute, nn.Module)
         if layer.bias is not None:
             new.bias.copy_(layer.bias)
         return new.train(layer.training)
+
+    def compute(self, x: torch.Tensor, alpha: torch.Tensor, bias: torch.Tensor | None, strategy: str) -> torch.Tensor:
+        if self.granularity == "element":
+            return super().compute(x, alpha, bias, strategy)
+        # Channel granularity: ``static_kernel`` holds the static rows compact, the static conv's weight.
+        return channel_conv(self, x, self.row_split(), self.static_kernel, self.dynamic_values, alpha, bias, strategy)
 
     def per_sample_kernels(self, alpha: torch.Tensor) -> torch.Tensor:
         """W(x) flattened, (B, N): the dense static kernel with the nnz aggregated dynamic entries written in.

@@ -11,6 +11,7 @@ from .deployed_base import DeployedPartiallyDynamic
 from .moe import ExpertSlots, MoECompute, init_moe_geometry, mix_experts
 from .pad_moe import PADMoELinear, assembled_experts
 from .router import Routing
+from .rows import channel_mix
 
 
 class DeployedPADMoELinear(DeployedPartiallyDynamic, MoECompute, nn.Module):
@@ -32,10 +33,11 @@ class DeployedPADMoELinear(DeployedPartiallyDynamic, MoECompute, nn.Module):
         aux_loss_coef: float = 0.01,
         bias: bool = True,
         dynamic_index: torch.Tensor | None = None,
+        granularity: str = "element",
     ):
         super().__init__()
         init_moe_geometry(self, in_features, out_features, num_experts, top_k, noisy_gating, aux_loss_coef)
-        self._init_deployed((out_features, in_features), num_experts, dynamic_index)
+        self._init_deployed((out_features, in_features), num_experts, dynamic_index, granularity)
         self.bias = nn.Parameter(torch.zeros(num_experts, out_features), requires_grad=False) if bias else None
 
     @classmethod
@@ -46,6 +48,7 @@ class DeployedPADMoELinear(DeployedPartiallyDynamic, MoECompute, nn.Module):
         new = cls(
             layer.in_features, layer.out_features, layer.num_experts, layer.top_k, layer.router.noisy_gating,
             layer.aux_loss_coef, bias=layer.bias is not None, dynamic_index=layer.dynamic_index.detach().cpu(),
+            granularity=layer.granularity,
         )
         new.router = copy.deepcopy(layer.router)
         ref = layer.dynamic_entries()
@@ -58,6 +61,11 @@ class DeployedPADMoELinear(DeployedPartiallyDynamic, MoECompute, nn.Module):
         return new.train(layer.training)
 
     def mix(self, tokens: torch.Tensor, routing: Routing) -> torch.Tensor:
+        if self.granularity == "channel":  # static rows held compact: the static matmul's weight
+            rows = self.row_split()
+            static = self.static_kernel.reshape(-1, self.in_features)
+            dynamic = self.dynamic_values.reshape(self.num_experts, -1, self.in_features)
+            return channel_mix(tokens, routing, rows, static, dynamic, self.bias, self.out_features)
         slots = ExpertSlots.from_routing(routing, self.num_experts)
         experts = assembled_experts(self.static_kernel, self.dynamic_values, self.dynamic_index,
                                     (self.out_features, self.in_features), slots)

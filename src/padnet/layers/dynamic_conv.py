@@ -14,6 +14,7 @@ from .pad_base import DynamicEntries, upcycle_from
 from .conv_strategy import (
     MIXTURE_STRATEGIES,
     PER_SAMPLE_STRATEGIES,
+    WHOLE,
     UNFOLD_MAX_POSITIONS,
     applicable_strategies,
     heuristic_strategy,
@@ -228,7 +229,7 @@ class DynamicConvCompute:
             return (f"{type(self).__name__}|x={tuple(x.shape)}|{str(x.dtype).removeprefix('torch.')}|"
                     f"{x.device.type}|{layout}|out={self.out_channels}|k={self.kernel_size}|s={self.stride}|"
                     f"p={self.padding}|d={self.dilation}|g={self.groups}|K={self.num_kernels}|{self.routing}|"
-                    f"grad={int(needs_grad())}")
+                    f"grad={int(needs_grad())}{self.structure_key()}")
 
         def run(strategy: str):
             grad = needs_grad()
@@ -241,15 +242,29 @@ class DynamicConvCompute:
             return out, (inputs + params) if grad else []
 
         candidates = applicable_strategies(self.kernel_size, self.padding, self.dilation, self.groups)
+        if self.structure_key():  # channel granularity: whole kernels too, and they at batch 1 by the rule
+            candidates += (WHOLE,)
+            if x.shape[0] == 1:
+                return resolve_strategy(self.strategy, candidates, lambda: WHOLE, key, run)
         return resolve_strategy(self.strategy, candidates, lambda: heuristic_strategy(x.shape, *geometry), key, run)
 
-    def macs(self, x: torch.Tensor, output: torch.Tensor) -> tuple[int, int]:
-        """(conv + attention MACs, aggregation MACs) of one call in the per-sample form: the conv once
-        per sample, the attention MLP, and the kernel aggregation, K N for DY-Conv and K nnz for the
-        partially dynamic forms (only their dynamic entries are aggregated), plus the dynamic bias."""
+    def structure_key(self) -> str:
+        """What the strategy cache key adds for a channel-granular layer: its dynamic row count (the
+        dynamic path's size)."""
+        if isinstance(self, DynamicEntries) and self.granularity == "channel":
+            return f"|rows={self.num_dynamic // self.row_numel}"
+        return ""
+
+    def macs(self, x: torch.Tensor, output: torch.Tensor) -> tuple[int, int, int]:
+        """(static, dynamic, aggregation) MACs of one call in the per-sample form. Static: work with
+        weights shared by the batch, the attention MLP and, for channel granularity, the conv of the
+        static channels; dynamic: the conv with per-sample kernels (all channels, or the dynamic ones);
+        aggregation: K N for DY-Conv and K nnz for the partially dynamic forms (only their dynamic
+        entries are aggregated), plus the dynamic bias."""
         batch = x.shape[0]
         kernel = math.prod(self.weight_shape)
-        conv = batch * kernel * output.shape[2] * output.shape[3]
+        positions = batch * output.shape[2] * output.shape[3]
+        structured = self.structured_static_numel if isinstance(self, DynamicEntries) else 0
         # the attention's linear layers (KernelAttention: C_in -> hidden -> K), whatever module holds them
         attention = batch * sum(m.in_features * m.out_features for m in self.attention.modules()
                                 if isinstance(m, nn.Linear))
@@ -257,7 +272,7 @@ class DynamicConvCompute:
         aggregation = batch * self.num_kernels * aggregated
         if self.bias is not None:
             aggregation += batch * self.num_kernels * self.out_channels
-        return conv + attention, aggregation
+        return attention + positions * structured, positions * (kernel - structured), aggregation
 
     @property
     def kind(self) -> str:

@@ -157,14 +157,18 @@ class MoECompute:
             f"top_k={self.top_k}, bias={self.bias is not None}"
         )
 
-    def macs(self, x: torch.Tensor, output: torch.Tensor) -> tuple[int, int]:
-        """(matmul MACs, aggregation MACs) of one call: the router and top_k expert products per token;
-        partially dynamic forms also assemble the E experts' full weights once per call (E N writes)."""
+    def macs(self, x: torch.Tensor, output: torch.Tensor) -> tuple[int, int, int]:
+        """(static, dynamic, aggregation) MACs of one call. Static: the router, and for channel
+        granularity the static rows once per token ((1 - kappa) N); dynamic: the top_k expert products
+        per token (of the kappa N dynamic rows for channel granularity); aggregation: element-granular
+        PAD forms assemble the E experts' full weights once per call (E N writes)."""
         tokens = x.numel() // x.shape[-1]
         dense = self.in_features * self.out_features
-        per_token = self.in_features * self.num_experts + self.top_k * dense
-        assembly = self.num_experts * dense if isinstance(self, DynamicEntries) else 0
-        return tokens * per_token, assembly
+        entries = isinstance(self, DynamicEntries)
+        structured = self.structured_static_numel if entries else 0
+        static = tokens * (self.in_features * self.num_experts + structured)
+        assembly = self.num_experts * dense if entries and self.granularity == "element" else 0
+        return static, tokens * self.top_k * (dense - structured), assembly
 
     @property
     def kind(self) -> str:

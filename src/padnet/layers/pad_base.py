@@ -10,6 +10,13 @@ optimizer state from (K + 1) N to K nnz + N. W_s stays a dense kernel (zero at t
 which get no gradient) because every forward needs it dense: keeping only its N - nnz used entries
 would cost a scatter of them per forward, more than DY-Conv's whole kernel aggregation at batch 1.
 (The deployed form, whose W_s never changes, stores N - nnz values and densifies once at load.)
+
+Granularity (SPEC section 8): ``"element"`` (the paper) lets every entry of the mask be chosen on its
+own; ``"channel"`` keeps the mask constant along every row of the kernel (an output channel of a conv,
+an output row of an expert weight), so the layer can compute the static rows once for the whole batch
+and the dynamic path on the kappa rows only. The mask keeps its shape and meaning (an element mask with
+whole rows set); the partition ranks the layer's units (``num_units``, ``unit_scores``,
+``mask_from_units``), so it needs no knowledge of the granularity.
 """
 
 from __future__ import annotations
@@ -22,6 +29,7 @@ from torch import nn
 from ._validate import check_choice
 
 LAMBDA_MODES = ("both", "static", "dynamic", "none")
+GRANULARITIES = ("element", "channel")
 
 
 def dense_dynamic_kernels(values: torch.Tensor, index: torch.Tensor, numel: int) -> torch.Tensor:
@@ -43,11 +51,12 @@ def upcycle_from(layer: nn.Module, weight: torch.Tensor, bias: torch.Tensor | No
 
 
 class DynamicEntries:
-    """Counts shared by the training and deployed PAD forms: both keep ``kernel_shape`` and a sorted
-    ``dynamic_index`` of the dynamic entries' flat positions."""
+    """Counts shared by the training and deployed PAD forms: both keep ``kernel_shape``, a sorted
+    ``dynamic_index`` of the dynamic entries' flat positions and their ``granularity``."""
 
     kernel_shape: tuple[int, ...]
     dynamic_index: torch.Tensor
+    granularity: str = "element"
 
     @property
     def kernel_numel(self) -> int:
@@ -61,6 +70,60 @@ class DynamicEntries:
     def dynamic_ratio(self) -> float:
         """kappa = mean(M): the fraction of one kernel's entries that are dynamic."""
         return self.num_dynamic / self.kernel_numel
+
+    # ----------------------------------------------------------------- units (SPEC section 8)
+    @property
+    def row_numel(self) -> int:
+        """Entries of one row (an output channel of a conv kernel, an output row of an expert weight)."""
+        return self.kernel_numel // self.kernel_shape[0]
+
+    @property
+    def num_units(self) -> int:
+        """What the partition ranks in this layer: entries, or rows for ``granularity="channel"``."""
+        return self.kernel_numel if self.granularity == "element" else self.kernel_shape[0]
+
+    def unit_scores(self, entry_scores: torch.Tensor) -> torch.Tensor:
+        """Per-entry scores (N,) summed into per-unit scores (``num_units``,): the identity for elements,
+        the sum over every row for channels (SPEC section 8 sums the signed element terms of a row)."""
+        flat = entry_scores.reshape(-1)
+        return flat if self.granularity == "element" else flat.reshape(self.kernel_shape[0], -1).sum(1)
+
+    def mask_from_units(self, units: torch.Tensor) -> torch.Tensor:
+        """The element mask (kernel shape) of a bool mask over the units (whole rows for channels)."""
+        units = units.reshape(-1)
+        if self.granularity == "element":
+            return units.reshape(self.kernel_shape)
+        return units.unsqueeze(1).expand(-1, self.row_numel).reshape(self.kernel_shape)
+
+    def dynamic_units(self) -> torch.Tensor:
+        """Which units are dynamic now, a bool tensor (``num_units``,)."""
+        flat = torch.zeros(self.kernel_numel, dtype=torch.bool, device=self.dynamic_index.device)
+        flat[self.dynamic_index] = True
+        return flat if self.granularity == "element" else flat.reshape(self.kernel_shape[0], -1)[:, 0].clone()
+
+    def row_split(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(dynamic rows, static rows), sorted row indices of a channel-granular layer; derived from
+        ``dynamic_index`` when asked (C_out-sized work, nothing cached that ``.to()`` could leave behind)."""
+        rows = self.dynamic_index[:: self.row_numel] // self.row_numel
+        is_static = torch.ones(self.kernel_shape[0], dtype=torch.bool, device=rows.device)
+        is_static[rows] = False
+        return rows, is_static.nonzero().squeeze(1)
+
+    @property
+    def structured_static_numel(self) -> int:
+        """Entries computed once for the whole batch (static rows): (1 - kappa) N for channels, else 0."""
+        return self.kernel_numel - self.num_dynamic if self.granularity == "channel" else 0
+
+
+def check_rows(mask: torch.Tensor, granularity: str) -> None:
+    """A channel-granular mask must be constant along every row; raise naming the first mixed rows."""
+    if granularity != "channel":
+        return
+    rows = mask.reshape(mask.shape[0], -1)
+    mixed = (rows.any(1) & ~rows.all(1)).nonzero().squeeze(1)
+    if mixed.numel():
+        raise ValueError(f"granularity='channel' needs a mask constant along every row (output channel); rows "
+                         f"{mixed[:5].tolist()} mix dynamic and static entries")
 
 
 class PartiallyDynamic(DynamicEntries):
@@ -84,9 +147,11 @@ class PartiallyDynamic(DynamicEntries):
     def kind(self) -> str:
         return type(self).__name__
 
-    def _init_pad(self, kernel_shape: tuple[int, ...], lambda_mode: str) -> None:
+    def _init_pad(self, kernel_shape: tuple[int, ...], lambda_mode: str, granularity: str = "element") -> None:
         check_choice("lambda_mode", lambda_mode, LAMBDA_MODES)
+        check_choice("granularity", granularity, GRANULARITIES)
         self.lambda_mode = lambda_mode
+        self.granularity = granularity
         self.kernel_shape = tuple(kernel_shape)
         self.compacted = False
         self.static_weight = nn.Parameter(torch.empty(self.kernel_shape))
@@ -121,12 +186,24 @@ class PartiallyDynamic(DynamicEntries):
             raise ValueError(f"mask must be a torch.bool tensor; got {got}")
         if tuple(mask.shape) != self.kernel_shape:
             raise ValueError(f"mask shape {tuple(mask.shape)} does not match the kernel shape {self.kernel_shape}")
+        check_rows(mask, self.granularity)
         if self.compacted:
             if torch.equal(mask.to(self.mask.device), self.mask):
                 return
             raise ValueError("this layer is compacted: its mask is final and cannot change")
         self.mask.copy_(mask)
         self._refresh_index()
+
+    def set_granularity(self, granularity: str) -> None:
+        """Switch between ``"element"`` and ``"channel"`` before the mask is final (not compacted); the
+        current mask must fit the new granularity (a fresh layer's all-ones mask fits both)."""
+        check_choice("granularity", granularity, GRANULARITIES)
+        if granularity == self.granularity:
+            return
+        if self.compacted:
+            raise ValueError("this layer is compacted: its granularity is final and cannot change")
+        check_rows(self.mask, granularity)
+        self.granularity = granularity
 
     def _refresh_index(self) -> None:
         flat = self.mask.reshape(-1)
@@ -217,8 +294,9 @@ class PartiallyDynamic(DynamicEntries):
 
     def pad_extra_repr(self) -> str:
         return f"dynamic_ratio={self.dynamic_ratio:.3f}, lambda_mode={self.lambda_mode!r}" + (
-            ", compacted=True" if self.compacted else ""
-        )
+            f", granularity={self.granularity!r}" if self.granularity != "element" else "") + (
+            ", compacted=True" if self.compacted else "")
+
 
 
 def _deployed_entries_as_training(layer: PartiallyDynamic, state_dict, prefix: str) -> None:

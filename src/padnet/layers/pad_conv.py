@@ -8,21 +8,40 @@ from torch import nn
 from .assemble import assemble_kernels
 from .dynamic_conv import DynamicConv2d, append_kernel_weight
 from .pad_base import PartiallyDynamic
+from .rows import channel_conv
 
 
 class PADConv2d(PartiallyDynamic, DynamicConv2d):
     """Partially dynamic convolution (SPEC section 3).
 
-    Takes DynamicConv2d's arguments plus ``lambda_mode``. Only the nnz dynamic entries are aggregated
-    per sample (``alpha @ W_dyn[:, idx]``, (B, nnz)) and written into the shared static kernel; no
-    B x K x N tensor and no dense float mask exist. Biases stay fully dynamic.
+    Takes DynamicConv2d's arguments plus ``lambda_mode`` and ``granularity``. Element granularity: only
+    the nnz dynamic entries are aggregated per sample (``alpha @ W_dyn[:, idx]``, (B, nnz)) and written
+    into the shared static kernel; no B x K x N tensor and no dense float mask exist. Channel
+    granularity (SPEC section 8): the static output channels are one conv for the whole batch and the
+    dynamic path runs on the dynamic channels only (``padnet.layers.rows``). Biases stay fully dynamic.
     """
 
-    def __init__(self, *args, lambda_mode: str = "both", **kwargs):
+    def __init__(self, *args, lambda_mode: str = "both", granularity: str = "element", **kwargs):
         super().__init__(*args, **kwargs)
-        self._init_pad(self.weight_shape, lambda_mode)
+        self._init_pad(self.weight_shape, lambda_mode, granularity)
         # W_s is initialised independently of the kernels, with the same init (SPEC section 3).
         nn.init.normal_(self.static_weight, 0.0, self.init_std)
+
+    def compute(self, x: torch.Tensor, alpha: torch.Tensor, bias: torch.Tensor | None, strategy: str) -> torch.Tensor:
+        if self.granularity == "element" or self.relaxed_mask is not None:
+            return super().compute(x, alpha, bias, strategy)
+        lambda_s, lambda_d = self.scales
+        rows = self.row_split()
+        static = self.static_weight.reshape(self.out_channels, -1).index_select(0, rows[1]).mul(lambda_s)
+        return channel_conv(self, x, rows, static, self.dynamic_row_kernels(rows[0]), lambda_d * alpha, bias, strategy)
+
+    def dynamic_row_kernels(self, dynamic_rows: torch.Tensor) -> torch.Tensor:
+        """The dynamic rows of the K kernels, (K, n_d R): stored as such once compacted, a row gather
+        (contiguous rows, faster than the entry gather) before."""
+        if self.compacted:
+            return self.dynamic_values
+        rows = self.weight.reshape(self.num_kernels, self.out_channels, -1).index_select(1, dynamic_rows)
+        return rows.reshape(self.num_kernels, -1)
 
     def per_sample_kernels(self, alpha: torch.Tensor) -> torch.Tensor:
         lambda_s, lambda_d = self.scales

@@ -11,6 +11,7 @@ from .assemble import assemble_kernels
 from .moe import ExpertSlots, MoELinear, mix_experts
 from .pad_base import PartiallyDynamic
 from .router import Routing
+from .rows import channel_mix
 
 
 def assembled_experts(
@@ -46,11 +47,15 @@ class PADMoELinear(PartiallyDynamic, MoELinear):
     costs in the MoE: top_k matmuls. The static-factored form (static path once per token plus the
     masked experts) is the same function but costs one more dense matmul per token: measured 1.77x the
     MoE at MiniLM's FFN-output shape, 1,024 tokens (``benchmarks/layers.py --moe``).
+
+    With ``granularity="channel"`` (SPEC section 8) the static rows are one matmul per token and each
+    routed expert computes only its dynamic rows (``padnet.layers.rows.channel_mix``): (1 - kappa) +
+    top_k kappa dense matmuls per token, fewer than the MoE's top_k.
     """
 
-    def __init__(self, *args, lambda_mode: str = "both", **kwargs):
+    def __init__(self, *args, lambda_mode: str = "both", granularity: str = "element", **kwargs):
         super().__init__(*args, **kwargs)
-        self._init_pad((self.out_features, self.in_features), lambda_mode)
+        self._init_pad((self.out_features, self.in_features), lambda_mode, granularity)
         bound = 1 / math.sqrt(self.in_features)
         nn.init.uniform_(self.static_weight, -bound, bound)
 
@@ -64,6 +69,11 @@ class PADMoELinear(PartiallyDynamic, MoELinear):
             static = lambda_s * self.static_weight
             experts = static + self.relaxed_mask * (lambda_d * self.weight - static)
             return mix_experts(tokens, routing, experts, self.bias)
+        if self.granularity == "channel":
+            rows = self.row_split()
+            static = self.static_weight.index_select(0, rows[1]).mul(lambda_s)
+            return channel_mix(tokens, routing, rows, static, self.dynamic_rows(rows[0]), self.bias,
+                               self.out_features, gate_scale=lambda_d)
         # W_i' x + b_i = lambda_d (W~_i x + b_i / lambda_d) with W~_i = M W_i + lambda_s / lambda_d (1 - M) W_s
         # (lambda_d = 2 sigmoid(phi) > 0): lambda_d scales the (T, k) gates and the (E, out) biases instead
         # of the (E, nnz) dynamic entries, one pass over them fewer in forward and in backward.
@@ -72,6 +82,12 @@ class PADMoELinear(PartiallyDynamic, MoELinear):
                                     shape, slots, scale=lambda_s / lambda_d, keep=self.static_keep)
         bias = self.bias / lambda_d if self.bias is not None else None
         return mix_experts(tokens, routing, experts, bias, slots, gate_scale=lambda_d)
+
+    def dynamic_rows(self, rows: torch.Tensor) -> torch.Tensor:
+        """The experts' dynamic rows, (E, n_d, in): a view once compacted, a row gather before."""
+        if self.compacted:
+            return self.dynamic_values.reshape(self.num_experts, rows.numel(), self.in_features)
+        return self.weight.index_select(1, rows)
 
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, {self.pad_extra_repr()}"

@@ -26,6 +26,7 @@ class Group:
     kind: str
     scorer: str | None
     metrics: tuple[str, ...]
+    granularity: str = "element"  # PAD's mask unit (SPEC 8): entries, or whole output channels
     seeds: list[int] = field(default_factory=list)
     values: dict[str, list[float]] = field(default_factory=dict)  # metric -> one value per seed
     ratios: list[float] = field(default_factory=list)
@@ -59,7 +60,13 @@ class Group:
             return "static"
         if self.mode == "dynamic":
             return "MoE (fully dynamic)" if self.kind == "moe" else "DY-Conv (fully dynamic)"
-        return ("PAD-MoE" if self.kind == "moe" else "PAD") + (f" ({self.scorer})" if self.scorer else "")
+        return ("PAD-MoE" if self.kind == "moe" else "PAD") + self.pad_detail
+
+    @property
+    def pad_detail(self) -> str:
+        """", channel" for channel-granular PAD, then the scorer in brackets: " (taylor)"."""
+        channel = ", channel" if self.mode == "pad" and self.granularity == "channel" else ""
+        return channel + (f" ({self.scorer})" if self.scorer else "")
 
 
 @dataclass
@@ -142,7 +149,8 @@ def _group(runs: list[FinishedRun], view: TaskView) -> list[Group]:
         key = (view.subtask(r), view.label(r))
         dynamic = (r.get("config") or {}).get("dynamic") or {}
         g = groups.setdefault(key, Group(label=key[1], subtask=key[0], mode=r["mode"], kind=dynamic.get("kind", "conv"),
-                                         scorer=r.get("scorer"), metrics=view.metrics(r)))
+                                         scorer=r.get("scorer"), metrics=view.metrics(r),
+                                         granularity=dynamic.get("granularity", "element")))
         if r["seed"] in g.seeds:
             raise RunError(f"{g.paths[g.seeds.index(r['seed'])]} and {run.path} are both seed {r['seed']} of "
                            f"{shorten(g.label)}; report one of them (give the directories to report)")

@@ -52,7 +52,7 @@ def _lines(report: Report, axes) -> None:
         err = [0 if math.isnan(s.std) else s.std * scale for s in stats]
         for ax, x in ((axes[0], [g.dynamic_ratio or 0 for g in groups]),
                       (axes[1], [g.parameters["deployable"] for g in groups])):
-            ax.errorbar(x, y, yerr=err, marker=MARKERS.get(family, "x" if "random" in family else "o"), capsize=3,
+            ax.errorbar(x, y, yerr=err, marker=MARKERS.get(family, _marker(family)), capsize=3,
                         label=family, linestyle="-" if len(groups) > 1 else "none")
     floor = report.floors.get(report.subtasks[0])
     for ax in axes:
@@ -93,3 +93,8 @@ def _bars(report: Report, ax) -> None:
     ax.set_title(f"mean ± std over seeds{dashed}", fontsize=10)
     ax.grid(axis="y", alpha=0.3)
     ax.legend(fontsize=8)
+
+
+def _marker(family: str) -> str:
+    """Random partitions as crosses, channel-granular PAD as triangles, the rest as dots."""
+    return "x" if "random" in family else "v" if "channel" in family else "o"

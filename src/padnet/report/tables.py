@@ -118,7 +118,7 @@ def _single(report: Report) -> list[str]:
              "|---|---|---:|" + "---:|" * (len(metrics) + len(heads))]
     for label in report.labels:
         g = report.group(subtask, label)
-        mode = g.mode + (f" ({g.scorer})" if g.scorer else "")
+        mode = g.mode + g.pad_detail
         ratio = "" if g.dynamic_ratio is None else f"{g.dynamic_ratio:.3f}"
         scores = [_cell(g.values[m], m, v.decimals) if m in g.values else "—" for m in metrics]
         lines.append(_row([label, mode, ratio] + scores + _resource_cells([g], extra)))

@@ -27,7 +27,10 @@ def method_of(result: dict) -> str:
     if mode == "dynamic":
         return "MoE"
     name = f"PAD-MoE k={result['target_dynamic_ratio']:g}"
-    if ((result.get("config") or {}).get("partition") or {}).get("static_init") == "dynamic_mean":
+    config = result.get("config") or {}
+    if (config.get("dynamic") or {}).get("granularity") == "channel":
+        name += ", channel"
+    if (config.get("partition") or {}).get("static_init") == "dynamic_mean":
         name += ", W_s from experts"
     return name
 

@@ -227,7 +227,8 @@ class RunConfig:
             return "static"
         if d.mode == "dynamic":
             return f"dynamic-{d.kind}"
-        return f"pad-{d.dynamic_ratio:g}-{self.partition.scorer}"
+        channel = "-channel" if d.granularity == "channel" else ""
+        return f"pad-{d.dynamic_ratio:g}{channel}-{self.partition.scorer}"
 
     def to_dict(self) -> dict:
         out = {}

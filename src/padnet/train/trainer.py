@@ -365,8 +365,9 @@ class Trainer:
         self.writer.json("partition.json", report.to_dict())
         self.writer.text("partition.txt", report.table() + "\n")
         shards = f" per process x {world} processes" if world > 1 else ""
-        log.info(f"partition ({p.scorer}, {len(batches)} scoring batches{shards}): dynamic ratio {report.dynamic_ratio:.4f} "
-                 f"in {report.wall_time_s:.1f}s")
+        units = f" (of the {report.granularity}s: {report.unit_ratio:.4f})" if report.granularity != "element" else ""
+        log.info(f"partition ({p.scorer}, {len(batches)} scoring batches{shards}): dynamic ratio {report.dynamic_ratio:.4f}"
+                 f"{units} in {report.wall_time_s:.1f}s")
         if p.static_init == "dynamic_mean":
             for _, layer in pad_layers(model):
                 layer.static_from_dynamic()
