@@ -176,6 +176,18 @@ def _add_imports(p: argparse.ArgumentParser) -> None:
                         "repeatable; searched in the current directory too")
 
 
+def _add_finished_run_parser(sub, name: str, help: str, func) -> argparse.ArgumentParser:
+    """A command on a finished run (eval, export): the run or its checkpoint, overrides, plug-ins."""
+    p = sub.add_parser(name, help=help)
+    p.add_argument("--run", help="run directory (holding checkpoint.pt)")
+    p.add_argument("--checkpoint", help="a checkpoint file instead of --run")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a key of the stored config, e.g. data.root=/other/dir")
+    _add_imports(p)
+    p.set_defaults(func=func)
+    return p
+
+
 def _add_predict_parser(sub) -> None:
     p = sub.add_parser("predict", help="a model file from padnet export on new inputs: label and probability per input")
     p.add_argument("--model", required=True, help="the .safetensors file padnet export wrote")
@@ -202,23 +214,10 @@ def build_parser() -> argparse.ArgumentParser:
     _add_imports(p)
     p.set_defaults(func=_train)
 
-    p = sub.add_parser("eval", help="evaluate a run's last checkpoint on its eval set")
-    p.add_argument("--run", help="run directory (holding checkpoint.pt)")
-    p.add_argument("--checkpoint", help="a checkpoint file instead of --run")
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a key of the stored config, e.g. data.root=/other/dir")
-    _add_imports(p)
-    p.set_defaults(func=_eval)
-
-    p = sub.add_parser("export", help="deploy a run's model, save it (padnet.save) and check the file reproduces "
-                                      "the run's eval metrics")
-    p.add_argument("--run", help="run directory (holding checkpoint.pt)")
-    p.add_argument("--checkpoint", help="a checkpoint file instead of --run")
+    _add_finished_run_parser(sub, "eval", "evaluate a run's last checkpoint on its eval set", _eval)
+    p = _add_finished_run_parser(sub, "export", "deploy a run's model, save it (padnet.save) and check the file "
+                                 "reproduces the run's eval metrics", _export)
     p.add_argument("--out", help="the .safetensors file to write (default: <run dir>/model.safetensors)")
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a key of the stored config, e.g. data.root=/other/dir")
-    _add_imports(p)
-    p.set_defaults(func=_export)
 
     _add_predict_parser(sub)
 

@@ -149,8 +149,7 @@ def convert(
     keywords = ConvertConfig(
         dynamic=dynamic, pad=pad, num_kernels=num_kernels, routing=routing, include=include, exclude=exclude,
         reduction=reduction, init=init, lambda_mode=lambda_mode, granularity=granularity, num_experts=num_experts,
-        top_k=top_k,
-        noisy_gating=noisy_gating, aux_loss_coef=aux_loss_coef, target=target,
+        top_k=top_k, noisy_gating=noisy_gating, aux_loss_coef=aux_loss_coef, target=target,
     )
     if getattr(model, "padnet_config", None) is not None:
         raise ValueError("this model was already converted by padnet.convert")
@@ -162,12 +161,17 @@ def convert(
     arch = detect_arch(model)
     if arch is not None:
         model.padnet_arch = arch
-    for name in targets:
-        parent_name, _, child = name.rpartition(".")
-        parent = model.get_submodule(parent_name)
-        setattr(parent, child, conversion.build(getattr(parent, child), config))
+    _replace(model, targets, lambda module: conversion.build(module, config))
     model.padnet_config = {**dataclasses.asdict(config), "converted": targets, "skipped": skipped}
     return model
+
+
+def _replace(model: nn.Module, names: list[str], build) -> None:
+    """Put ``build(module)`` in place of each named submodule."""
+    for name in names:
+        parent_name, _, child = name.rpartition(".")
+        parent = model.get_submodule(parent_name)
+        setattr(parent, child, build(getattr(parent, child)))
 
 
 def plan_conversion(model: nn.Module, **settings) -> tuple[list[str], dict[str, str]]:
