@@ -8,6 +8,7 @@ last round; entries dropped in one round can come back in a later one.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import time
@@ -90,6 +91,11 @@ class PartitionReport:
     num_batches: int
     wall_time_s: float
     round_revived: list[int] = field(default_factory=list)  # static entries made dynamic again, per round
+    # The mean scoring-set loss (eval mode) before the partition and after it (taylor scorer only): how
+    # much making entries static changed the function, before any further training.
+    loss_before: float | None = None
+    loss_after: float | None = None
+    warmup_steps: int = 0  # fully dynamic training steps run before scoring
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -110,6 +116,9 @@ class PartitionReport:
         total = sum(r["entries"] for r in self.layers.values())
         dynamic = sum(r["dynamic"] for r in self.layers.values())
         lines.append(f"{'total':<{width}}  {total:>10,}  {dynamic:>10,}  {self.dynamic_ratio:>7.4f}")
+        if self.loss_before is not None:
+            lines.append(f"scoring-set loss: {self.loss_before:.6g} before, {self.loss_after:.6g} after the partition"
+                         + (f" (after {self.warmup_steps} warm-up steps)" if self.warmup_steps else ""))
         return "\n".join(lines)
 
     def __str__(self) -> str:
@@ -149,6 +158,8 @@ def partition(
     scope: str = "global",
     scorer: str = "taylor",
     seed: int = 0,
+    warmup_steps: int = 0,
+    optimizer: torch.optim.Optimizer | None = None,
 ) -> PartitionReport:
     """Set the mode mask of every PAD layer in ``model`` so a fraction ``dynamic_ratio`` stays dynamic.
 
@@ -171,6 +182,11 @@ def partition(
         scorer: ``"taylor"`` (the method), ``"magnitude"``, ``"random"`` or a name from
             ``padnet.register_scorer``.
         seed: makes the scoring (and the random scorer) deterministic.
+        warmup_steps: first train the fully dynamic model this many steps (the trainer's own step:
+            ``loss_fn`` plus the MoE balance loss, cycling through ``batches``), so the experts of a
+            model upcycled from dense weights diverge and the taylor scores stop being all 0.
+        optimizer: the optimizer of those steps (needed when ``warmup_steps`` > 0); its state goes on
+            being the caller's.
     """
     _check_arguments(dynamic_ratio, rounds, schedule, scope, scorer)
     layers = _uncompacted_pad_layers(model)
@@ -182,10 +198,17 @@ def partition(
         if loss_fn is None:
             raise ValueError(f"loss_fn is None: the {scorer} scorer needs loss_fn(model, batch) -> scalar loss")
 
+    _check_warmup(warmup_steps, optimizer, batch_list, loss_fn)
+
     start = time.perf_counter()
+    if warmup_steps:
+        _warm_up(model, batch_list, loss_fn, optimizer, warmup_steps)
     generator = torch.Generator().manual_seed(seed)
     targets = round_targets(dynamic_ratio, rounds, schedule)
+    measure = chosen.needs_batches
+    loss_before = _scoring_loss(model, batch_list, loss_fn, seed) if measure else None
     revived = _run_rounds(ScoringContext(model, layers, batch_list, loss_fn, seed, generator), chosen, targets, scope)
+    loss_after = _scoring_loss(model, batch_list, loss_fn, seed) if measure else None
     per_layer = {
         name: {"entries": layer.kernel_numel, "dynamic": layer.num_dynamic, "dynamic_ratio": layer.dynamic_ratio}
         for name, layer in layers
@@ -195,8 +218,50 @@ def partition(
         dynamic_ratio=sum(r["dynamic"] for r in per_layer.values()) / total, target_ratio=dynamic_ratio,
         layers=per_layer, round_ratios=targets, scorer=scorer, scope=scope, schedule=schedule, rounds=rounds,
         seed=seed, num_batches=len(batch_list) if chosen.needs_batches else 0,
-        wall_time_s=time.perf_counter() - start, round_revived=revived,
+        wall_time_s=time.perf_counter() - start, round_revived=revived, loss_before=loss_before,
+        loss_after=loss_after, warmup_steps=warmup_steps,
     )
+
+
+def _check_warmup(warmup_steps, optimizer, batch_list, loss_fn) -> None:
+    if isinstance(warmup_steps, bool) or not isinstance(warmup_steps, int) or warmup_steps < 0:
+        raise ValueError(f"warmup_steps={warmup_steps!r} must be an integer >= 0")
+    if not warmup_steps:
+        return
+    if not isinstance(optimizer, torch.optim.Optimizer):
+        raise ValueError(f"warmup_steps={warmup_steps} needs optimizer= (a torch.optim.Optimizer over the model's "
+                         f"parameters); got {type(optimizer).__name__}")
+    if not batch_list or loss_fn is None:
+        raise ValueError(f"warmup_steps={warmup_steps} needs batches and loss_fn(model, batch) to train on")
+
+
+def _warm_up(model: nn.Module, batch_list: list, loss_fn, optimizer, steps: int) -> None:
+    """``steps`` fully dynamic training steps (train mode, restored afterwards), cycling through the
+    batches; DY-Conv layers keep the temperature they have."""
+    from .train.steps import StepRecipe, train_step  # the trainer's one step; train imports partition
+
+    recipe = dataclasses.replace(StepRecipe.for_model(model, loss_fn, optimizer), has_dyconv=False)
+    was_training = model.training
+    model.train()
+    try:
+        for step in range(steps):
+            train_step(model, batch_list[step % len(batch_list)], recipe, 1.0,
+                       where=lambda: f"in partition warm-up step {step + 1} of {steps}")
+    finally:
+        model.train(was_training)
+        optimizer.zero_grad(set_to_none=True)
+
+
+def _scoring_loss(model: nn.Module, batch_list: list, loss_fn, seed: int) -> float:
+    """The mean loss over the scoring batches in eval mode, without gradients."""
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad(), torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            return float(torch.stack([loss_fn(model, batch).detach().float() for batch in batch_list]).mean())
+    finally:
+        model.train(was_training)
 
 
 def _uncompacted_pad_layers(model: nn.Module) -> list:
@@ -313,8 +378,9 @@ def _taylor_scores(model, layers, batch_list, loss_fn, seed) -> list[torch.Tenso
         raise PartitionError(
             "every taylor score is exactly 0: the dynamic kernels equal the static weight (as in an MoE "
             "upcycled from a dense layer, before any training), so no entry changes the loss by becoming "
-            "static. Partition after a warm-up of fully dynamic training (some hundred steps) so the "
-            "experts have diverged."
+            "static. Warm up first (a warm-up of fully dynamic training) so the experts diverge: padnet.partition(model, batches, loss_fn, kappa, "
+            "warmup_steps=N, optimizer=...) trains the fully dynamic model N steps (some hundred) before "
+            "scoring (in a run config: partition.warmup_steps)."
         )
     return scores
 

@@ -21,6 +21,11 @@ padnet's own kinds, where PAD goes (SPEC section 5):
   The MoE and PAD MoE are upcycled from the pretrained weight, so the converted model computes
   exactly what it did.
 
+- ``"experts"``: the fused experts of a pretrained MoE block (transformers' Mixtral, Qwen2-MoE,
+  Qwen3-MoE, OLMoE: one module holding ``gate_up_proj`` and ``down_proj``), PAD only
+  (``PADExperts``: W_s = the experts' mean, mask all ones, the block's own router kept), so the
+  converted model computes exactly what it did and the partition needs no warm-up.
+
 ``include``/``exclude`` patterns (``padnet.convert``) choose among a kind's eligible modules.
 """
 
@@ -37,6 +42,7 @@ from ..errors import shorten
 from .dynamic_conv import DynamicConv2d
 from .moe import MoELinear
 from .pad_conv import PADConv2d
+from .pad_experts import PADExperts, is_fused_experts
 from .pad_moe import PADMoELinear
 
 if TYPE_CHECKING:
@@ -312,4 +318,30 @@ register_conversion(
     looks_for="FFN output projection",
     hint="it looks for a Linear hidden->intermediate and a Linear intermediate->hidden (intermediate > hidden) "
          "under one module (nn.Linear or GPT-2's Conv1D)", uses_config=True,
+)
+
+
+# --------------------------------------------------------------------------------------- "experts"
+def _find_fused_experts(model: nn.Module) -> Targets:
+    found = [name for name, m in model.named_modules() if name and is_fused_experts(m)]
+    return Targets(found, found)
+
+
+def _experts_need_pad(config: "ConvertConfig", prefix: str) -> list[str]:
+    if not config.pad:
+        return [f"{prefix}pad=False: dynamic='experts' makes a pretrained MoE's experts partially dynamic; "
+                "they are fully dynamic already (use pad=True)"]
+    return []
+
+
+def _no_fully_dynamic_form(experts: nn.Module, config: "ConvertConfig") -> nn.Module:
+    raise ValueError("dynamic='experts' has no fully dynamic form: the model's experts are one already")
+
+
+register_conversion(
+    "experts", _find_fused_experts, dynamic=_no_fully_dynamic_form,
+    pad=lambda experts, config: PADExperts.from_experts(experts, lambda_mode=config.lambda_mode),
+    looks_for="fused MoE experts module", check=_experts_need_pad,
+    hint="it looks for a module holding only gate_up_proj (E, 2I, H) and down_proj (E, H, I) parameters and an "
+         "act_fn (transformers' Mixtral, Qwen2-MoE, Qwen3-MoE, OLMoE experts)",
 )
