@@ -29,6 +29,7 @@ from .layers.conversions import (  # noqa: F401  (find_ffn_outputs: public re-ex
     INITS,
     MOE_TARGETS,
     Conversion,
+    target_problems,
     conversion_kinds,
     find_ffn_outputs,
     get_conversion,
@@ -50,19 +51,19 @@ class ConvertOptions:
     top_k: int = 2  # ... and how many each token uses
     noisy_gating: bool = True  # moe: noisy top-k routing while training
     aux_loss_coef: float = 0.01  # moe: load-balancing loss coefficient
-    target: str = "output"  # moe: which FFN projection becomes the MoE (SPEC section 5)
+    # moe: which FFN projections become MoEs: "output" (SPEC section 5; "down"), "gate", "up", or a list
+    target: str | list[str] = "output"
     include: list[str] | None = None  # fnmatch patterns of module names to convert (overrides the rule)
     exclude: list[str] | None = None  # ... and to leave as they are
 
     def problems(self, prefix: str = "") -> list[str]:
         """Every bad setting, each naming its key (after ``prefix``, e.g. ``"dynamic."``), the value and
         what is allowed."""
-        choices = {"routing": ROUTINGS, "init": INITS, "lambda_mode": LAMBDA_MODES, "granularity": GRANULARITIES,
-                   "target": MOE_TARGETS}
+        choices = {"routing": ROUTINGS, "init": INITS, "lambda_mode": LAMBDA_MODES, "granularity": GRANULARITIES}
         out = [choice_problem(f"{prefix}{key}", getattr(self, key), allowed) for key, allowed in choices.items()]
         sizes = [int_problem(f"{prefix}{key}", getattr(self, key))
                  for key in ("num_kernels", "reduction", "num_experts", "top_k")]
-        out = [p for p in out + sizes if p]
+        out = [p for p in out + sizes if p] + target_problems(self.target, prefix)
         if not (isinstance(self.aux_loss_coef, (int, float)) and self.aux_loss_coef >= 0):
             out.append(f"{prefix}aux_loss_coef={self.aux_loss_coef!r} must be >= 0")
         if not any(sizes) and self.top_k > self.num_experts:
@@ -116,7 +117,7 @@ def convert(
     top_k: int = 2,
     noisy_gating: bool = True,
     aux_loss_coef: float = 0.01,
-    target: str = "output",
+    target: str | list[str] = "output",
     config: ConvertConfig | None = None,
 ) -> nn.Module:
     """Replace the model's convolutions (``dynamic="conv"``) or FFN output projections
@@ -142,7 +143,9 @@ def convert(
             output channels of a conv, output rows of an MoE expert: the static ones are computed once
             for the whole batch, SPEC section 8).
         num_experts, top_k, noisy_gating, aux_loss_coef: the MoE's experts, routing and balance loss.
-        target: which FFN projection becomes the MoE (``"output"``, SPEC section 5).
+        target: which FFN projections become MoEs: ``"output"`` (SPEC section 5; ``"down"`` is the
+            same), ``"gate"`` or ``"up"`` (a SwiGLU's ``gate_proj`` / ``up_proj``; ``"up"`` is a plain
+            FFN's input projection), or a list of them.
         config: all of the above as one ``ConvertConfig`` (``convert(model, config=ConvertConfig(...))``);
             the keyword settings must then be left at their defaults.
     """
@@ -205,7 +208,7 @@ def _targets(model: nn.Module, conversion: Conversion, config: ConvertConfig) ->
     """The names of the modules to replace: the kind's default ones, or those of its eligible ones that
     ``include`` matches; less those ``exclude`` matches. And the ones the kind skips that stay as they
     are (name -> why)."""
-    found = conversion.find(model)
+    found = conversion.targets(model, config)
     if config.include is not None:
         chosen = [n for n in found.eligible if _matches(n, config.include)]
     else:

@@ -22,11 +22,13 @@ import os
 import sys
 import tempfile
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 import torch.distributed as dist
+from torch import nn
 
 from .errors import ConfigError, RunError
 
@@ -119,6 +121,59 @@ def resolve_device(name: str) -> torch.device:
 
 
 # ------------------------------------------------------------------------------- files
+# --------------------------------------------------------------------------------------- reductions
+def is_distributed() -> bool:
+    """True when a process group of more than one process is running (DDP paths on)."""
+    return world_size() > 1
+
+
+def mean(value: torch.Tensor) -> torch.Tensor:
+    """Mean of a tensor over ranks (the tensor itself in one process). A NaN or inf on any rank
+    makes the result non-finite on every rank, so a check on it stops all ranks together."""
+    if not is_distributed():
+        return value
+    out = value.detach().clone()
+    dist.all_reduce(out, op=dist.ReduceOp.SUM)
+    return out / world_size()
+
+
+def average_gradients(parameters: Iterable[nn.Parameter]) -> None:
+    """All-reduce and average ``.grad`` of the parameters that have one on some rank (a missing grad
+    counts as zero there; a parameter without a grad on every rank keeps ``None``, as in one process),
+    for training steps outside a DistributedDataParallel wrapper."""
+    if not is_distributed():
+        return
+    params = [p for p in parameters if p.requires_grad]
+    # A parameter may have a gradient on one rank and none on another: agree on which ones take part.
+    has_grad = torch.tensor([p.grad is not None for p in params], dtype=torch.int64, device=comm_device())
+    dist.all_reduce(has_grad, op=dist.ReduceOp.MAX)
+    params = [p for p, flag in zip(params, has_grad.tolist()) if flag]
+    for p in params:
+        if p.grad is None:
+            p.grad = torch.zeros_like(p)
+    for grads in by_dtype_and_device([p.grad for p in params]):
+        flat = torch.cat([g.reshape(-1) for g in grads])
+        dist.all_reduce(flat, op=dist.ReduceOp.SUM)
+        flat /= world_size()
+        offset = 0
+        for g in grads:
+            g.copy_(flat[offset:offset + g.numel()].view_as(g))
+            offset += g.numel()
+
+
+def comm_device() -> torch.device:
+    if is_initialized() and dist.get_backend() == "nccl":
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
+
+
+def by_dtype_and_device(tensors: list[torch.Tensor]) -> list[list[torch.Tensor]]:
+    groups: dict = {}
+    for t in tensors:
+        groups.setdefault((t.dtype, t.device), []).append(t)
+    return list(groups.values())
+
+
 def refuse_links(path: str | Path, root: str | Path | None = None) -> None:
     """Raise ``RunError`` naming the first symbolic link among ``path`` and, when ``root`` is given, the
     directories from ``path``'s parent up to ``root`` (included; ``root`` must be an ancestor of ``path``):

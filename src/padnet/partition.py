@@ -12,6 +12,7 @@ the absolute value (SPEC section 8); counts, scopes and schedules are then in un
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import time
@@ -26,6 +27,7 @@ from .convert import pad_layers
 from .errors import PartitionError
 from .layers import GRANULARITIES
 from .layers._validate import check_choice
+from .step import StepRecipe, train_step
 
 SCHEDULES = ("exponential", "linear")
 SCOPES = ("global", "local")
@@ -99,6 +101,11 @@ class PartitionReport:
     round_revived: list[int] = field(default_factory=list)  # static units made dynamic again, per round
     granularity: str = "element"  # what the units are: "element", "channel" (or "mixed")
     unit_ratio: float = 0.0  # achieved ratio in units (dynamic units / units, all PAD layers)
+    # The mean scoring-set loss (eval mode) before the partition and after it (taylor scorer only): how
+    # much making entries static changed the function, before any further training.
+    loss_before: float | None = None
+    loss_after: float | None = None
+    warmup_steps: int = 0  # fully dynamic training steps run before scoring
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -120,6 +127,9 @@ class PartitionReport:
         total = sum(r["entries"] for r in self.layers.values())
         dynamic = sum(r["dynamic"] for r in self.layers.values())
         lines.append(f"{'total':<{width}}  {total:>10,}  {dynamic:>10,}  {self.dynamic_ratio:>7.4f}")
+        if self.loss_before is not None:
+            lines.append(f"scoring-set loss: {self.loss_before:.6g} before, {self.loss_after:.6g} after the partition"
+                         + (f" (after {self.warmup_steps} warm-up steps)" if self.warmup_steps else ""))
         return "\n".join(lines)
 
     def __str__(self) -> str:
@@ -160,6 +170,8 @@ def partition(
     scorer: str = "taylor",
     seed: int = 0,
     granularity: str | None = None,
+    warmup_steps: int = 0,
+    optimizer: torch.optim.Optimizer | None = None,
 ) -> PartitionReport:
     """Set the mode mask of every PAD layer in ``model`` so a fraction ``dynamic_ratio`` stays dynamic.
 
@@ -186,6 +198,11 @@ def partition(
         granularity: None keeps each layer's own (``padnet.convert(granularity=...)``); ``"element"`` or
             ``"channel"`` sets it on every PAD layer first (and in ``model.padnet_config``, so
             ``padnet.save``/``load`` rebuild it).
+        warmup_steps: first train the fully dynamic model this many steps (the trainer's own step:
+            ``loss_fn`` plus the MoE balance loss, cycling through ``batches``), so the experts of a
+            model upcycled from dense weights diverge and the taylor scores stop being all 0.
+        optimizer: the optimizer of those steps (needed when ``warmup_steps`` > 0); its state goes on
+            being the caller's.
     """
     _check_arguments(dynamic_ratio, rounds, schedule, scope, scorer)
     if granularity is not None:
@@ -201,16 +218,24 @@ def partition(
         if loss_fn is None:
             raise ValueError(f"loss_fn is None: the {scorer} scorer needs loss_fn(model, batch) -> scalar loss")
 
+    _check_warmup(warmup_steps, optimizer, batch_list, loss_fn)
+
     start = time.perf_counter()
+    if warmup_steps:
+        _warm_up(model, batch_list, loss_fn, optimizer, warmup_steps)
     generator = torch.Generator().manual_seed(seed)
     targets = round_targets(dynamic_ratio, rounds, schedule)
+    measure = chosen.needs_batches
+    loss_before = _scoring_loss(model, batch_list, loss_fn, seed) if measure else None
     revived = _run_rounds(ScoringContext(model, layers, batch_list, loss_fn, seed, generator), chosen, targets, scope)
+    loss_after = _scoring_loss(model, batch_list, loss_fn, seed) if measure else None
     return _report(layers, dynamic_ratio, targets, scorer, scope, schedule, rounds, seed,
-                   len(batch_list) if chosen.needs_batches else 0, time.perf_counter() - start, revived)
+                   len(batch_list) if chosen.needs_batches else 0, time.perf_counter() - start, revived,
+                   loss_before=loss_before, loss_after=loss_after, warmup_steps=warmup_steps)
 
 
 def _report(layers, dynamic_ratio, targets, scorer, scope, schedule, rounds, seed, num_batches, wall_time_s,
-            revived) -> PartitionReport:
+            revived, **measured) -> PartitionReport:
     per_layer = {
         name: {"entries": layer.kernel_numel, "dynamic": layer.num_dynamic, "dynamic_ratio": layer.dynamic_ratio,
                "units": layer.num_units, "dynamic_units": int(layer.dynamic_units().sum())}
@@ -221,7 +246,7 @@ def _report(layers, dynamic_ratio, targets, scorer, scope, schedule, rounds, see
     return PartitionReport(
         dynamic_ratio=sum(r["dynamic"] for r in per_layer.values()) / total, target_ratio=dynamic_ratio,
         layers=per_layer, round_ratios=targets, scorer=scorer, scope=scope, schedule=schedule, rounds=rounds,
-        seed=seed, num_batches=num_batches, wall_time_s=wall_time_s, round_revived=revived,
+        seed=seed, num_batches=num_batches, wall_time_s=wall_time_s, round_revived=revived, **measured,
         granularity=kinds.pop() if len(kinds) == 1 else "mixed",
         unit_ratio=sum(r["dynamic_units"] for r in per_layer.values()) / sum(r["units"] for r in per_layer.values()),
     )
@@ -234,6 +259,45 @@ def _set_granularity(model: nn.Module, layers, granularity: str) -> None:
     config = getattr(model, "padnet_config", None)
     if isinstance(config, dict):
         config["granularity"] = granularity
+
+
+def _check_warmup(warmup_steps, optimizer, batch_list, loss_fn) -> None:
+    if isinstance(warmup_steps, bool) or not isinstance(warmup_steps, int) or warmup_steps < 0:
+        raise ValueError(f"warmup_steps={warmup_steps!r} must be an integer >= 0")
+    if not warmup_steps:
+        return
+    if not isinstance(optimizer, torch.optim.Optimizer):
+        raise ValueError(f"warmup_steps={warmup_steps} needs optimizer= (a torch.optim.Optimizer over the model's "
+                         f"parameters); got {type(optimizer).__name__}")
+    if not batch_list or loss_fn is None:
+        raise ValueError(f"warmup_steps={warmup_steps} needs batches and loss_fn(model, batch) to train on")
+
+
+def _warm_up(model: nn.Module, batch_list: list, loss_fn, optimizer, steps: int) -> None:
+    """``steps`` fully dynamic training steps (train mode, restored afterwards), cycling through the
+    batches; DY-Conv layers keep the temperature they have."""
+    recipe = dataclasses.replace(StepRecipe.for_model(model, loss_fn, optimizer), has_dyconv=False)
+    was_training = model.training
+    model.train()
+    try:
+        for step in range(steps):
+            train_step(model, batch_list[step % len(batch_list)], recipe, 1.0,
+                       where=lambda: f"in partition warm-up step {step + 1} of {steps}")
+    finally:
+        model.train(was_training)
+        optimizer.zero_grad(set_to_none=True)
+
+
+def _scoring_loss(model: nn.Module, batch_list: list, loss_fn, seed: int) -> float:
+    """The mean loss over the scoring batches in eval mode, without gradients."""
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad(), torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            return float(torch.stack([loss_fn(model, batch).detach().float() for batch in batch_list]).mean())
+    finally:
+        model.train(was_training)
 
 
 def _uncompacted_pad_layers(model: nn.Module) -> list:
@@ -353,8 +417,9 @@ def _taylor_scores(model, layers, batch_list, loss_fn, seed) -> list[torch.Tenso
         raise PartitionError(
             "every taylor score is exactly 0: the dynamic kernels equal the static weight (as in an MoE "
             "upcycled from a dense layer, before any training), so no entry changes the loss by becoming "
-            "static. Partition after a warm-up of fully dynamic training (some hundred steps) so the "
-            "experts have diverged."
+            "static. Warm up first (a warm-up of fully dynamic training) so the experts diverge: padnet.partition(model, batches, loss_fn, kappa, "
+            "warmup_steps=N, optimizer=...) trains the fully dynamic model N steps (some hundred) before "
+            "scoring (in a run config: partition.warmup_steps)."
         )
     return scores
 

@@ -44,7 +44,7 @@ BAD = {
     "kind": (["dynamic.kind=lstm"], "dynamic.kind='lstm' is not supported; allowed: 'conv', 'moe'"),
     "upcycle-sigmoid": (["dynamic.mode=dynamic", "dynamic.init=upcycle", "dynamic.routing=sigmoid"],
                         "dynamic.init='upcycle' keeps the model's function only with dynamic.routing='softmax'"),
-    "target": (["dynamic.target=input"], "dynamic.target='input' is not supported; allowed: 'output'"),
+    "target": (["dynamic.target=input"], "dynamic.target='input' is not supported; allowed: one of 'output', 'down', 'gate', 'up'"),
     "choice": (["dynamic.mode=partial"], "dynamic.mode='partial' is not supported; allowed: 'static', 'dynamic', 'pad'"),
     "scorer": (["partition.scorer=fisher"], "partition.scorer='fisher' is not supported; allowed: 'taylor'"),
     "device": (["device=tpu"], "device='tpu' is not supported; allowed: 'cpu', 'cuda', 'auto'"),

@@ -17,6 +17,7 @@ from .moe import ExpertSlots, MoECompute, MoELinear, aux_loss, mix_experts
 from .pad_base import GRANULARITIES, LAMBDA_MODES, PartiallyDynamic
 from .pad_conv import PADConv2d
 from .pad_moe import PADMoELinear
+from .pad_experts import DeployedExpertWeights, PADExperts, PADExpertWeights
 from .router import NoisyTopKRouter, Routing
 from .conversions import Conversion, Targets, conversion_kinds, get_conversion, register_conversion
 
@@ -52,6 +53,9 @@ __all__ = [
     "NoisyTopKRouter",
     "PADConv2d",
     "PADMoELinear",
+    "PADExperts",
+    "PADExpertWeights",
+    "DeployedExpertWeights",
     "PartiallyDynamic",
     "Routing",
     "apply_per_sample_kernels",

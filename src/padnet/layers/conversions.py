@@ -14,9 +14,17 @@ padnet's own kinds, where PAD goes (SPEC section 5):
   for MobileNetV2 every conv of every inverted-residual block and the last 1x1 conv, with the first
   conv static. Classifiers (``nn.Linear``) are never touched. DY-Conv / CondConv and PAD DY-Conv.
 - ``"moe"``: the FFN output projection (intermediate -> hidden) of every transformer layer, found by
-  structure: a ``Linear`` hidden -> intermediate (intermediate > hidden) and a ``Linear``
-  intermediate -> hidden under the same parent module. The MoE and PAD MoE are upcycled from the
-  pretrained weight, so the converted model computes exactly what it did.
+  structure: a linear hidden -> intermediate (intermediate > hidden) and a linear intermediate ->
+  hidden under the same parent module, each an ``nn.Linear`` or GPT-2's ``Conv1D`` (weight stored
+  (in, out)). ``target`` picks other projections: ``"gate"`` / ``"up"`` (a SwiGLU's ``gate_proj`` /
+  ``up_proj``; ``"up"`` is a plain FFN's input projection), ``"down"`` (= ``"output"``), or a list.
+  The MoE and PAD MoE are upcycled from the pretrained weight, so the converted model computes
+  exactly what it did.
+
+- ``"experts"``: the fused experts of a pretrained MoE block (transformers' Mixtral, Qwen2-MoE,
+  Qwen3-MoE, OLMoE: one module holding ``gate_up_proj`` and ``down_proj``), PAD only
+  (``PADExperts``: W_s = the experts' mean, mask all ones, the block's own router kept), so the
+  converted model computes exactly what it did and the partition needs no warm-up.
 
 ``include``/``exclude`` patterns (``padnet.convert``) choose among a kind's eligible modules.
 """
@@ -27,18 +35,23 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, NamedTuple
 
+import torch
 from torch import nn
 
+from ..errors import shorten
 from .dynamic_conv import DynamicConv2d
 from .moe import MoELinear
 from .pad_conv import PADConv2d
+from .pad_experts import PADExperts, is_fused_experts
 from .pad_moe import PADMoELinear
 
 if TYPE_CHECKING:
     from ..convert import ConvertConfig
 
 INITS = ("fresh", "upcycle")  # ConvertConfig.init: how the "conv" kind starts its kernels
-MOE_TARGETS = ("output",)  # ConvertConfig.target: which FFN projection the "moe" kind replaces
+# ConvertConfig.target: which FFN projections the "moe" kind replaces ("down" is "output"; "gate" and "up"
+# are a SwiGLU's input projections, "up" a plain FFN's one input projection)
+MOE_TARGETS = ("output", "down", "gate", "up")
 
 
 class Targets(NamedTuple):
@@ -68,6 +81,11 @@ class Conversion:
     looks_for: str
     hint: str = ""
     check: Callable[["ConvertConfig", str], list[str]] | None = None
+    uses_config: bool = False  # find takes (model, config): which modules depend on the settings
+
+    def targets(self, model: nn.Module, config: "ConvertConfig") -> Targets:
+        """What ``find`` finds in ``model`` under these settings."""
+        return self.find(model, config) if self.uses_config else self.find(model)
 
     def build(self, module: nn.Module, config: "ConvertConfig") -> nn.Module:
         """The replacement of ``module``: the PAD form when ``config.pad``, else the fully dynamic one."""
@@ -82,7 +100,8 @@ _CONVERSIONS: dict[str, Conversion] = {}
 
 def register_conversion(kind: str, find: Callable[[nn.Module], Targets], dynamic: Build, pad: Build,
                         looks_for: str, hint: str = "",
-                        check: Callable[["ConvertConfig", str], list[str]] | None = None) -> Conversion:
+                        check: Callable[["ConvertConfig", str], list[str]] | None = None,
+                        uses_config: bool = False) -> Conversion:
     """Register (or replace) a kind of conversion; returns it.
 
     Args:
@@ -97,10 +116,12 @@ def register_conversion(kind: str, find: Callable[[nn.Module], Targets], dynamic
             convert"``).
         hint: how ``find`` looks, added to that error.
         check: ``check(config, prefix) -> list[str]``: problems of the settings for this kind.
+        uses_config: ``find`` is called as ``find(model, config)`` (the ``"moe"`` kind reads
+            ``config.target``).
     """
     if not isinstance(kind, str) or not kind:
         raise ValueError(f"conversion kind {kind!r} must be a non-empty string")
-    conversion = Conversion(kind, find, dynamic, pad, looks_for, hint, check)
+    conversion = Conversion(kind, find, dynamic, pad, looks_for, hint, check, uses_config)
     _CONVERSIONS[kind] = conversion
     return conversion
 
@@ -184,32 +205,98 @@ def _upcycle_needs_softmax(config: "ConvertConfig", prefix: str) -> list[str]:
 
 
 # ------------------------------------------------------------------------------------------- "moe"
-def find_ffn_outputs(model: nn.Module) -> list[str]:
-    """Names of FFN output projections: ``Linear`` intermediate -> hidden whose parent module also
-    holds (at most two levels down) a ``Linear`` hidden -> intermediate with intermediate > hidden."""
-    found: list[str] = []
+class LinearView(NamedTuple):
+    """What ``MoELinear.from_linear`` reads from a projection: y = x W^T + b with W (out, in)."""
+
+    in_features: int
+    out_features: int
+    weight: torch.Tensor  # (out, in)
+    bias: torch.Tensor | None
+
+
+def as_linear(module: nn.Module) -> LinearView | None:
+    """``module`` as a linear projection: an ``nn.Linear``, or GPT-2's ``Conv1D`` (transformers), which
+    computes x W + b with W stored transposed, (in, out), and ``nf`` = out (found by structure, so
+    transformers need not be imported); None for anything else."""
+    if isinstance(module, nn.Linear):
+        return LinearView(module.in_features, module.out_features, module.weight, module.bias)
+    weight = getattr(module, "weight", None)
+    if type(module).__name__ == "Conv1D" and isinstance(weight, torch.Tensor) and weight.dim() == 2 \
+            and getattr(module, "nf", None) == weight.shape[1]:
+        return LinearView(weight.shape[0], weight.shape[1], weight.t(), getattr(module, "bias", None))
+    return None
+
+
+@dataclass(frozen=True)
+class FFN:
+    """One transformer FFN found by structure: its output projection (intermediate -> hidden) and its
+    input projections (hidden -> intermediate: one, or a SwiGLU's gate and up)."""
+
+    output: str
+    inputs: tuple[str, ...]
+
+    def projections(self, target: str) -> list[str]:
+        """The module names ``target`` picks: ``"output"``/``"down"`` the output projection; ``"gate"``
+        the input projection whose name says gate; ``"up"`` the other input one (in a plain FFN, its
+        only input projection). A gated FFN whose names do not tell gate from up has neither."""
+        if target in ("output", "down"):
+            return [self.output]
+        gates = [n for n in self.inputs if "gate" in n.rpartition(".")[2]]
+        if len(self.inputs) > 1 and len(gates) != 1:
+            return []
+        return gates if target == "gate" else [n for n in self.inputs if n not in gates]
+
+
+def find_ffns(model: nn.Module) -> list[FFN]:
+    """Every FFN: a linear projection intermediate -> hidden (``as_linear``: ``nn.Linear`` or GPT-2's
+    ``Conv1D``) whose parent module also holds (at most two levels down) linear projections hidden ->
+    intermediate with intermediate > hidden."""
+    found: dict[str, FFN] = {}
     for parent_name, parent in model.named_modules():
-        linears = {
-            name: m
-            for name, m in parent.named_modules()
-            if isinstance(m, nn.Linear) and name and name.count(".") <= 1
-        }
+        prefix = f"{parent_name}." if parent_name else ""
+        linears = {name: view for name, m in parent.named_modules()
+                   if name and name.count(".") <= 1 and (view := as_linear(m)) is not None}
         for down_name, down in linears.items():
-            full = f"{parent_name}.{down_name}" if parent_name else down_name
-            if full in found or down.in_features <= down.out_features:
+            if prefix + down_name in found or down.in_features <= down.out_features:
                 continue
-            if any(
-                up.in_features == down.out_features and up.out_features == down.in_features
-                for name, up in linears.items()
-                if name != down_name
-            ):
-                found.append(full)
-    return found
+            inputs = tuple(prefix + name for name, up in linears.items() if name != down_name
+                           and up.in_features == down.out_features and up.out_features == down.in_features)
+            if inputs:
+                found[prefix + down_name] = FFN(prefix + down_name, inputs)
+    return list(found.values())
 
 
-def _find_ffn_output_targets(model: nn.Module) -> Targets:
-    found = find_ffn_outputs(model)
-    return Targets(found, found)
+def find_ffn_outputs(model: nn.Module) -> list[str]:
+    """Names of FFN output projections (``find_ffns``)."""
+    return [ffn.output for ffn in find_ffns(model)]
+
+
+def targets_of(target: str | list[str]) -> list[str]:
+    """``ConvertOptions.target`` (one name or a list) as a list."""
+    return [target] if isinstance(target, str) else list(target)
+
+
+def _find_ffn_targets(model: nn.Module, config: "ConvertConfig") -> Targets:
+    """The projections ``config.target`` names, in model order (every one is eligible for ``include``)."""
+    ffns = find_ffns(model)
+    wanted = targets_of(config.target)
+    default = [name for ffn in ffns for target in MOE_TARGETS if target in wanted
+               for name in ffn.projections(target)]
+    eligible = [name for ffn in ffns for target in ("gate", "up", "output") for name in ffn.projections(target)]
+    order = {name: i for i, (name, _) in enumerate(model.named_modules())}
+    by_order = lambda names: sorted(dict.fromkeys(names), key=order.__getitem__)  # noqa: E731
+    return Targets(by_order(eligible), by_order(default))
+
+
+def target_problems(targets, prefix: str = "") -> list[str]:
+    """What is wrong with a ``ConvertOptions.target`` value (empty when nothing)."""
+    if isinstance(targets, str) or (isinstance(targets, (list, tuple)) and targets
+                                    and all(isinstance(t, str) for t in targets)):
+        bad = [t for t in targets_of(targets) if t not in MOE_TARGETS]
+        if not bad:
+            return []
+    return [f"{prefix}target={shorten(targets)} is not supported; allowed: one of "
+            f"{', '.join(map(repr, MOE_TARGETS))} or a non-empty list of them"]
 
 
 def _moe_settings(config: "ConvertConfig") -> dict:
@@ -225,12 +312,45 @@ register_conversion(
     looks_for="nn.Conv2d to convert", check=_upcycle_needs_softmax,
 )
 register_conversion(
-    "moe", _find_ffn_output_targets,
-    dynamic=lambda linear, config: MoELinear.from_linear(linear, **_moe_settings(config)),
-    pad=lambda linear, config: PADMoELinear.from_linear(linear, **_moe_settings(config),
+    "moe", _find_ffn_targets,
+    dynamic=lambda linear, config: MoELinear.from_linear(as_linear(linear), **_moe_settings(config)),
+    pad=lambda linear, config: PADMoELinear.from_linear(as_linear(linear), **_moe_settings(config),
                                                          lambda_mode=config.lambda_mode,
                                                          granularity=config.granularity),
     looks_for="FFN output projection",
     hint="it looks for a Linear hidden->intermediate and a Linear intermediate->hidden (intermediate > hidden) "
-         "under one module",
+         "under one module (nn.Linear or GPT-2's Conv1D)", uses_config=True,
+)
+
+
+# --------------------------------------------------------------------------------------- "experts"
+def _find_fused_experts(model: nn.Module) -> Targets:
+    found = [name for name, m in model.named_modules() if name and is_fused_experts(m)]
+    return Targets(found, found)
+
+
+def _experts_need_pad(config: "ConvertConfig", prefix: str) -> list[str]:
+    """The "experts" kind keeps the pretrained MoE's own experts, router and granularity of entries, so
+    settings that would change them are refused rather than ignored."""
+    out = []
+    if not config.pad:
+        out.append(f"{prefix}pad=False: dynamic='experts' makes a pretrained MoE's experts partially dynamic; "
+                   "they are fully dynamic already (use pad=True)")
+    for key, default in (("num_experts", 8), ("top_k", 2), ("granularity", "element")):
+        if getattr(config, key) != default:
+            out.append(f"{prefix}{key}={getattr(config, key)!r}: dynamic='experts' keeps the model's own experts "
+                       f"and router; leave {key} at its default ({default!r})")
+    return out
+
+
+def _no_fully_dynamic_form(experts: nn.Module, config: "ConvertConfig") -> nn.Module:
+    raise ValueError("dynamic='experts' has no fully dynamic form: the model's experts are one already")
+
+
+register_conversion(
+    "experts", _find_fused_experts, dynamic=_no_fully_dynamic_form,
+    pad=lambda experts, config: PADExperts.from_experts(experts, lambda_mode=config.lambda_mode),
+    looks_for="fused MoE experts module", check=_experts_need_pad,
+    hint="it looks for a module holding only gate_up_proj (E, 2I, H) and down_proj (E, H, I) parameters and an "
+         "act_fn (transformers' Mixtral, Qwen2-MoE, Qwen3-MoE, OLMoE experts)",
 )

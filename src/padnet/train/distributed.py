@@ -25,10 +25,12 @@ from torch import nn
 from torch.utils.data import DistributedSampler
 
 from ..errors import ConfigError
-# The process identity and the device live in padnet.infra (serialization needs them too); the names
+# The process identity, the device and the reductions a training step needs live in padnet.infra
+# (serialization and padnet.step need them too, without importing the trainer); the names
 # are re-exported here, where the trainer and its callers have always found them.
 from ..infra import (  # noqa: F401
-    DistributedSetupError, LaunchEnv, is_initialized, is_main_process, launch_env, rank, resolve_device, world_size,
+    DistributedSetupError, LaunchEnv, average_gradients, by_dtype_and_device, comm_device, is_distributed,
+    is_initialized, is_main_process, launch_env, mean, rank, resolve_device, world_size,
 )
 
 BACKENDS = ("gloo", "nccl")
@@ -37,11 +39,6 @@ BACKENDS = ("gloo", "nccl")
 def backend_for(device: torch.device | str) -> str:
     """``nccl`` for CUDA devices, ``gloo`` for everything else."""
     return "nccl" if torch.device(device).type == "cuda" else "gloo"
-
-
-def is_distributed() -> bool:
-    """True when a process group of more than one process is running (DDP paths on)."""
-    return world_size() > 1
 
 
 def init_from_env(device_name: str = "auto", backend: str | None = None) -> bool:
@@ -121,47 +118,13 @@ def train_sampler(dataset, seed: int, epoch: int) -> DistributedSampler:
 
 
 # ------------------------------------------------------------------------------- reductions
-def mean(value: torch.Tensor) -> torch.Tensor:
-    """Mean of a tensor over ranks (the tensor itself in one process). A NaN or inf on any rank
-    makes the result non-finite on every rank, so a check on it stops all ranks together."""
-    if not is_distributed():
-        return value
-    out = value.detach().clone()
-    dist.all_reduce(out, op=dist.ReduceOp.SUM)
-    return out / world_size()
-
-
 def all_ranks_agree(flag: bool) -> bool:
     """True when ``flag`` is True on every rank."""
     if not is_distributed():
         return bool(flag)
-    t = torch.tensor([1 if flag else 0], dtype=torch.int64, device=_comm_device())
+    t = torch.tensor([1 if flag else 0], dtype=torch.int64, device=comm_device())
     dist.all_reduce(t, op=dist.ReduceOp.MIN)
     return bool(t.item())
-
-
-def average_gradients(parameters: Iterable[nn.Parameter]) -> None:
-    """All-reduce and average ``.grad`` of the parameters that have one on some rank (a missing grad
-    counts as zero there; a parameter without a grad on every rank keeps ``None``, as in one process),
-    for training steps outside a DistributedDataParallel wrapper."""
-    if not is_distributed():
-        return
-    params = [p for p in parameters if p.requires_grad]
-    # A parameter may have a gradient on one rank and none on another: agree on which ones take part.
-    has_grad = torch.tensor([p.grad is not None for p in params], dtype=torch.int64, device=_comm_device())
-    dist.all_reduce(has_grad, op=dist.ReduceOp.MAX)
-    params = [p for p, flag in zip(params, has_grad.tolist()) if flag]
-    for p in params:
-        if p.grad is None:
-            p.grad = torch.zeros_like(p)
-    for grads in _by_dtype_and_device([p.grad for p in params]):
-        flat = torch.cat([g.reshape(-1) for g in grads])
-        dist.all_reduce(flat, op=dist.ReduceOp.SUM)
-        flat /= world_size()
-        offset = 0
-        for g in grads:
-            g.copy_(flat[offset:offset + g.numel()].view_as(g))
-            offset += g.numel()
 
 
 @torch.no_grad()
@@ -212,12 +175,6 @@ def broadcast_object(obj, src: int = 0):
 
 
 # ------------------------------------------------------------------------------- internals
-def _comm_device() -> torch.device:
-    if is_initialized() and dist.get_backend() == "nccl":
-        return torch.device("cuda", torch.cuda.current_device())
-    return torch.device("cpu")
-
-
 def _state_tensors(module: nn.Module):
     yield from (p.data for _, p in module.named_parameters())
     yield from (b for _, b in module.named_buffers())
@@ -231,10 +188,3 @@ def _broadcast_inplace(tensor: torch.Tensor, src: int) -> None:
         tensor.copy_(carrier.to(tensor.dtype))
     else:
         dist.broadcast(tensor, src=src)
-
-
-def _by_dtype_and_device(tensors: list[torch.Tensor]) -> list[list[torch.Tensor]]:
-    groups: dict = {}
-    for t in tensors:
-        groups.setdefault((t.dtype, t.device), []).append(t)
-    return list(groups.values())
