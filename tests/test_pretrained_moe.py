@@ -111,6 +111,13 @@ def test_experts_kind_is_pad_only_and_needs_fused_experts():
         padnet.convert(bert, dynamic="experts")
 
 
+@pytest.mark.parametrize("setting", [{"num_experts": 4}, {"top_k": 1}, {"granularity": "channel"}])
+def test_experts_kind_refuses_settings_it_would_ignore(setting):
+    key, value = next(iter(setting.items()))
+    with pytest.raises(ValueError, match=f"{key}={value!r}: dynamic='experts' keeps the model's own experts"):
+        padnet.convert(tiny_moe(), dynamic="experts", **setting)
+
+
 # --------------------------------------------------------------------------- warm-up in padnet.partition
 def tiny_bert_classifier():
     torch.manual_seed(0)

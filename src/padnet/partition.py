@@ -212,12 +212,7 @@ def partition(
         _set_granularity(model, layers, granularity)
     chosen = _SCORERS[scorer]
     batch_list = list(batches) if batches is not None else []
-    if chosen.needs_batches:
-        if not batch_list:
-            raise ValueError(f"batches is empty: the {scorer} scorer needs at least one scoring batch")
-        if loss_fn is None:
-            raise ValueError(f"loss_fn is None: the {scorer} scorer needs loss_fn(model, batch) -> scalar loss")
-
+    _check_scoring_inputs(chosen.needs_batches, scorer, batch_list, loss_fn)
     _check_warmup(warmup_steps, optimizer, batch_list, loss_fn)
 
     start = time.perf_counter()
@@ -259,6 +254,15 @@ def _set_granularity(model: nn.Module, layers, granularity: str) -> None:
     config = getattr(model, "padnet_config", None)
     if isinstance(config, dict):
         config["granularity"] = granularity
+
+
+def _check_scoring_inputs(needs_batches: bool, scorer: str, batch_list: list, loss_fn) -> None:
+    if not needs_batches:
+        return
+    if not batch_list:
+        raise ValueError(f"batches is empty: the {scorer} scorer needs at least one scoring batch")
+    if loss_fn is None:
+        raise ValueError(f"loss_fn is None: the {scorer} scorer needs loss_fn(model, batch) -> scalar loss")
 
 
 def _check_warmup(warmup_steps, optimizer, batch_list, loss_fn) -> None:
