@@ -80,6 +80,10 @@ def test_partition_needs_no_warmup_reaches_kappa_and_reports_the_function_change
     assert report.loss_after != report.loss_before and "before" in report.table()
     padnet.deploy(model)
     assert torch.equal(logits(model), partitioned)
+    # The summary asks the layers: 2 fused weights per block, kappa of their entries dynamic.
+    summary = padnet.summary(model)
+    assert len(summary.layers) == 4 and all(row.kind == "DeployedExpertWeights" for row in summary.layers)
+    assert sum(row.dynamic_params for row in summary.layers) == 4 * round(0.3 * total)
     path = padnet.save(model, tmp_path / "moe.safetensors")
     assert torch.equal(logits(padnet.load(path)), partitioned)
 

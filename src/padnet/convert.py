@@ -23,6 +23,7 @@ from .arch import detect_arch
 from .deploy import refuse_unpartitioned
 from .errors import ConfigError
 from .layers import DYNAMIC_LAYERS, GRANULARITIES, LAMBDA_MODES, PartiallyDynamic
+from .layers.deployed_base import DeployedPartiallyDynamic
 from .layers._validate import choice_problem, int_problem
 from .layers.attention import ROUTINGS
 from .layers.conversions import (  # noqa: F401  (find_ffn_outputs: public re-export)
@@ -224,8 +225,10 @@ def _targets(model: nn.Module, conversion: Conversion, config: ConvertConfig) ->
 
 
 def dynamic_layers(model: nn.Module) -> list[tuple[str, nn.Module]]:
-    """(name, module) of every dynamic layer (DY-Conv, CondConv, MoE, their PAD and deployed forms)."""
-    return [(n, m) for n, m in model.named_modules() if isinstance(m, DYNAMIC_LAYERS)]
+    """(name, module) of every dynamic layer: DY-Conv, CondConv, MoE, and every PAD layer and deployed
+    PAD layer of any kind (the pretrained experts' weights included)."""
+    kinds = (*DYNAMIC_LAYERS, PartiallyDynamic, DeployedPartiallyDynamic)
+    return [(n, m) for n, m in model.named_modules() if isinstance(m, kinds)]
 
 
 def pad_layers(model: nn.Module) -> list[tuple[str, nn.Module]]:
