@@ -107,6 +107,25 @@ def test_imports_in_the_config_are_stored_with_the_run(tmp_path, monkeypatch, ca
     assert json.loads(capsys.readouterr().out)["accuracy"] == trained["accuracy"]
 
 
+def test_eval_never_imports_code_that_a_run_directory_carries(tmp_path, monkeypatch, capsys, clean_modules):
+    """A run directory from elsewhere whose stored config names a module lying beside its checkpoint:
+    padnet eval does not import it from there (it would run the directory's code)."""
+    (tmp_path / "plugins").mkdir()
+    config_dir = _plugin(tmp_path / "plugins", "userplugin_carried", "parity_carried")
+    monkeypatch.chdir(tmp_path)
+    config = _config(config_dir, "parity_carried", imports=["userplugin_carried"])
+    assert cli.main(["train", "--config", config]) == 0
+    run = config_dir / "run"
+    (run / "userplugin_carried.py").write_text((config_dir / "userplugin_carried.py").read_text()
+                                                + "\nraise SystemExit('the run directory ran its code')\n")
+    (config_dir / "userplugin_carried.py").unlink()
+    del sys.modules["userplugin_carried"]
+    sys.path[:] = [p for p in sys.path if p not in (str(config_dir.resolve()), str(run.resolve()))]
+    capsys.readouterr()
+    assert cli.main(["eval", "--run", str(run)]) == 2
+    assert "cannot import plug-in module 'userplugin_carried'" in capsys.readouterr().err
+
+
 def test_entry_point_group_padnet_tasks(tmp_path, monkeypatch, clean_modules):
     _plugin(tmp_path, "userplugin_ep", "parity_ep")
     dist = tmp_path / "userplugin_ep-1.0.dist-info"

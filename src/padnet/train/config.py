@@ -423,12 +423,15 @@ def _cut_text(text: str, limit: int = 2000) -> str:
 
 
 def config_from_dict(raw: dict, overrides: list[str] | None = None, source: str | None = None,
-                     preflight: bool = True) -> RunConfig:
+                     preflight: bool = True, plugins_beside_source: bool = True) -> RunConfig:
     """Validate ``raw`` (plus ``--set`` overrides) into a ``RunConfig``; raise ``ConfigError`` with
-    all problems. ``preflight`` also runs the task's checks (e.g. that the data exists)."""
+    all problems. ``preflight`` also runs the task's checks (e.g. that the data exists).
+    ``plugins_beside_source`` lets ``imports`` find modules in the directory of ``source`` (a config the
+    user wrote); a stored run's config (eval, export) must not, or a run directory from elsewhere could
+    carry code that its own config imports."""
     problems: list[str] = []
     raw = merge(raw or {}, parse_overrides(overrides, problems))
-    _import_plugins(raw.get("imports"), source, problems)
+    _import_plugins(raw.get("imports"), source if plugins_beside_source else None, problems)
     task_name = raw.get("task", RunConfig.task)
     try:
         task = get_task(task_name)
