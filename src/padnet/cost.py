@@ -35,8 +35,6 @@ from .layers import DYNAMIC_LAYERS
 from .layers.pad_base import DynamicEntries
 from .layers.deployed_base import DeployedPartiallyDynamic
 
-DYNAMIC_UNITS = DYNAMIC_LAYERS
-
 
 def stored_numel(module: nn.Module, recurse: bool = True) -> int:
     """Stored values: parameter elements, plus the static values of deployed layers (see above)."""
@@ -113,7 +111,7 @@ def _units(model: nn.Module) -> list[tuple[str, nn.Module, bool]]:
     for name, module in model.named_modules():
         if any(name.startswith(p + ".") for p in skip):
             continue
-        if isinstance(module, DYNAMIC_UNITS):
+        if isinstance(module, DYNAMIC_LAYERS):
             units.append((name, module, True))
             skip.append(name)
         elif any(True for _ in module.parameters(recurse=False)) or any(True for _ in module.buffers(recurse=False)):
@@ -157,10 +155,10 @@ def cost(model: nn.Module, example_input: torch.Tensor | None = None) -> ModelCo
     if not isinstance(example_input, torch.Tensor) or example_input.dim() < 1 or example_input.shape[0] < 1:
         raise ValueError("example_input must be a tensor with a batch dimension of size >= 1")
     batch = example_input.shape[0]
-    dynamic_names = [n for n, m in model.named_modules() if isinstance(m, DYNAMIC_UNITS)]
+    dynamic_names = [n for n, m in model.named_modules() if isinstance(m, DYNAMIC_LAYERS)]
     # Attention / router Linears inside a dynamic layer are counted by that layer's own hook.
     counted = {name: m for name, m in model.named_modules()
-               if isinstance(m, (*DYNAMIC_UNITS, nn.Conv2d, nn.Linear))
+               if isinstance(m, (*DYNAMIC_LAYERS, nn.Conv2d, nn.Linear))
                and not any(name.startswith(d + ".") for d in dynamic_names)}
     totals: dict[str, list[int]] = {}
     handles = []

@@ -421,7 +421,7 @@ def _taylor_scores(model, layers, batch_list, loss_fn, seed) -> list[torch.Tenso
         raise PartitionError(
             "every taylor score is exactly 0: the dynamic kernels equal the static weight (as in an MoE "
             "upcycled from a dense layer, before any training), so no entry changes the loss by becoming "
-            "static. Warm up first (a warm-up of fully dynamic training) so the experts diverge: padnet.partition(model, batches, loss_fn, kappa, "
+            "static. Partition after a warm-up of fully dynamic training so the experts diverge: padnet.partition(model, batches, loss_fn, kappa, "
             "warmup_steps=N, optimizer=...) trains the fully dynamic model N steps (some hundred) before "
             "scoring (in a run config: partition.warmup_steps)."
         )
@@ -446,4 +446,3 @@ def _select(scores: list[torch.Tensor], ratio: float, scope: str) -> list[torch.
 register_scorer("taylor", _taylor, needs_batches=True)
 register_scorer("magnitude", _magnitude)
 register_scorer("random", _random)
-SCORERS = scorer_names()  # the built-in names; scorer_names() also lists registered ones

@@ -32,6 +32,7 @@ padnet's own kinds, where PAD goes (SPEC section 5):
 from __future__ import annotations
 
 from collections.abc import Callable
+import dataclasses
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, NamedTuple
 
@@ -336,7 +337,9 @@ def _experts_need_pad(config: "ConvertConfig", prefix: str) -> list[str]:
     if not config.pad:
         out.append(f"{prefix}pad=False: dynamic='experts' makes a pretrained MoE's experts partially dynamic; "
                    "they are fully dynamic already (use pad=True)")
-    for key, default in (("num_experts", 8), ("top_k", 2), ("granularity", "element")):
+    defaults = {f.name: f.default for f in dataclasses.fields(config)}
+    for key in ("num_experts", "top_k", "granularity"):
+        default = defaults[key]
         if getattr(config, key) != default:
             out.append(f"{prefix}{key}={getattr(config, key)!r}: dynamic='experts' keeps the model's own experts "
                        f"and router; leave {key} at its default ({default!r})")
