@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.padnet-installed
 FMNIST_DIR := /usr/share/datasets/fashion-mnist
 
-.PHONY: demo test data venv bench sweep-vision report-vision sweep-glue report-glue sweep-glue-long report-glue-long clean
+.PHONY: demo test data venv bench sweep-vision report-vision sweep-evidence report-evidence sweep-glue report-glue sweep-glue-long report-glue-long clean
 
 venv: $(STAMP)
 
@@ -43,6 +43,19 @@ sweep-vision: venv data
 report-vision: venv
 	$(PY) -m padnet report runs/fmnist_sweep --out docs/results/vision.md --copy-results docs/results/vision \
 		--title "Results: fmnist_sweep"
+
+# Issue 19, the vision evidence: 12 configurations x 5 seeds in the pilot's regime, as two processes on
+# disjoint runs of about equal cost (one core each; ~95 minutes on this 2-core machine). Re-run to resume.
+EVIDENCE_A := --only static --only dyconv --only pad-0.1 --only pad-0.3-random --only pad-0.3-oneshot --only pad-0.3-lambda-dynamic
+EVIDENCE_B := --only condconv --only pad-0.3 --only pad-0.5 --only pad-0.3-magnitude --only pad-0.3-lambda-static --only pad-0.3-lambda-none
+sweep-evidence: venv data
+	mkdir -p runs
+	$(PY) -m padnet sweep --config configs/fmnist_evidence.yaml $(EVIDENCE_A) > runs/evidence-a.log 2>&1 & \
+	$(PY) -m padnet sweep --config configs/fmnist_evidence.yaml $(EVIDENCE_B) > runs/evidence-b.log 2>&1; wait
+
+report-evidence: venv
+	$(PY) -m padnet report runs/fmnist_evidence --out docs/results/vision_evidence.md \
+		--copy-results docs/results/vision_evidence --title "Vision evidence: static, DY-Conv, CondConv, PAD and its ablations"
 
 sweep-glue: venv
 	HF_HUB_OFFLINE=1 $(PY) -m padnet sweep --config configs/glue_sweep.yaml

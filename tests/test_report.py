@@ -200,3 +200,44 @@ def test_one_seed_has_no_std_and_json_has_no_nan(tmp_path):
     assert "| 80.00 (n=1) |" in text and "| static | -10.00 | n/a | n/a | 1 |" in text
     summary = (tmp_path / "s.json").read_text()
     assert "NaN" not in summary and json.loads(summary)["differences"][0]["low"] is None
+
+
+# ------------------------------------------------------------------ CondConv and the paper's ablations
+def test_condconv_and_pad_ablations_are_named_and_dy_conv_stays_the_baseline(tmp_path, monkeypatch):
+    pad = lambda **d: {"dynamic": {"kind": "conv", "mode": "pad", **d.get("dynamic", {})},  # noqa: E731
+                       "partition": {"rounds": d.get("rounds", 5)}}
+    for seed in (0, 1):
+        fake_result(tmp_path, "static", "static", seed, 0.80)
+        fake_result(tmp_path, "dyconv", "dynamic", seed, 0.83 + seed / 100)
+        fake_result(tmp_path, "condconv", "dynamic", seed, 0.82,
+                    config={"dynamic": {"kind": "conv", "mode": "dynamic", "routing": "sigmoid"}})
+        fake_result(tmp_path, "pad", "pad", seed, 0.84, config=pad())
+        fake_result(tmp_path, "oneshot", "pad", seed, 0.84, config=pad(rounds=1))
+        fake_result(tmp_path, "fixed", "pad", seed, 0.84, config=pad(dynamic={"lambda_mode": "none"}))
+    report = report_of(tmp_path)
+    assert report.baseline == "dyconv"  # two fully dynamic configurations: the paper's baseline is DY-Conv
+    text = markdown(report, "t")
+    assert "minus dyconv (the fully dynamic DY-Conv)" in text
+    assert "| condconv | -1.50 | 0.71 | [-7.85, +4.85] | 2 |" in text
+    assert "| oneshot | pad (taylor, one-shot) |" in text and "| fixed | pad (taylor, lambda: fixed) |" in text
+    assert "| pad | pad (taylor) |" in text
+    assert report_of(tmp_path, baseline="condconv").baseline_group.method == "CondConv"
+    assert _legend(report, tmp_path, monkeypatch) == [
+        "static", "DY-Conv (fully dynamic)", "CondConv (fully dynamic)", "PAD (taylor, lambda: fixed)",
+        "PAD (taylor, one-shot)", "PAD (taylor)"]
+
+
+def test_the_figure_shows_each_paired_difference_with_its_interval(tmp_path, monkeypatch):
+    for seed, (dy, pad) in enumerate([(0.80, 0.82), (0.81, 0.84), (0.79, 0.80)]):
+        fake_result(tmp_path, "static", "static", seed, dy - 0.05)
+        fake_result(tmp_path, "dyconv", "dynamic", seed, dy)
+        fake_result(tmp_path, "pad", "pad", seed, pad)
+    panels = []
+    monkeypatch.setattr(plot_module, "atomic_savefig", lambda fig, path, **kw: panels.extend(fig.axes))
+    plot(report_of(tmp_path), tmp_path / "p.png")
+    assert len(panels) == 3
+    ticks = [t.get_text() for t in panels[2].get_yticklabels()]
+    assert ticks == ["pad", "static"]  # bottom to top: the first configuration (static) at the top
+    # pad - dyconv: +2, +3, +1 points: mean +2, the interval [2 - 2.48, 2 + 2.48] (t(2) * 1 / sqrt(3))
+    (line,) = [ln for ln in panels[2].lines if ln.get_marker() == "o" and ln.get_ydata()[0] == 0]
+    assert line.get_xdata()[0] == pytest.approx(2.0)

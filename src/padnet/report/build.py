@@ -27,6 +27,8 @@ class Group:
     scorer: str | None
     metrics: tuple[str, ...]
     granularity: str = "element"  # PAD's mask unit (SPEC 8): entries, or whole output channels
+    routing: str = "softmax"  # conv: softmax = DY-Conv, sigmoid = CondConv
+    variant: str = ""  # a PAD ablation of the recipe ("one-shot", "lambda: static only"), see _variant
     seeds: list[int] = field(default_factory=list)
     values: dict[str, list[float]] = field(default_factory=dict)  # metric -> one value per seed
     ratios: list[float] = field(default_factory=list)
@@ -53,20 +55,27 @@ class Group:
         return sum(self.ratios) / len(self.ratios) if self.ratios else None
 
     @property
+    def method(self) -> str:
+        """The fully dynamic layer this configuration starts from: MoE, CondConv or DY-Conv."""
+        return "MoE" if self.kind == "moe" else "CondConv" if self.routing == "sigmoid" else "DY-Conv"
+
+    @property
     def family(self) -> str:
-        """The method family, for plot legends: the fully dynamic baseline is DY-Conv for conv runs and
-        the MoE for MoE runs."""
+        """The method family, for plot legends: the fully dynamic baseline is DY-Conv for conv runs (CondConv
+        with sigmoid routing) and the MoE for MoE runs; a PAD ablation is a family of its own."""
         if self.mode == "static":
             return "static"
         if self.mode == "dynamic":
-            return "MoE (fully dynamic)" if self.kind == "moe" else "DY-Conv (fully dynamic)"
+            return f"{self.method} (fully dynamic)"
         return ("PAD-MoE" if self.kind == "moe" else "PAD") + self.pad_detail
 
     @property
     def pad_detail(self) -> str:
-        """", channel" for channel-granular PAD, then the scorer in brackets: " (taylor)"."""
+        """", channel" for channel-granular PAD, then the scorer and any ablation in brackets:
+        " (taylor)", " (taylor, one-shot)"."""
         channel = ", channel" if self.mode == "pad" and self.granularity == "channel" else ""
-        return channel + (f" ({self.scorer})" if self.scorer else "")
+        inside = ", ".join(x for x in (self.scorer, self.variant) if x)
+        return channel + (f" ({inside})" if inside else "")
 
 
 @dataclass
@@ -150,7 +159,8 @@ def _group(runs: list[FinishedRun], view: TaskView) -> list[Group]:
         dynamic = (r.get("config") or {}).get("dynamic") or {}
         g = groups.setdefault(key, Group(label=key[1], subtask=key[0], mode=r["mode"], kind=dynamic.get("kind", "conv"),
                                          scorer=r.get("scorer"), metrics=view.metrics(r),
-                                         granularity=dynamic.get("granularity", "element")))
+                                         granularity=dynamic.get("granularity", "element"),
+                                         routing=dynamic.get("routing", "softmax"), variant=_variant(r)))
         if r["seed"] in g.seeds:
             raise RunError(f"{g.paths[g.seeds.index(r['seed'])]} and {run.path} are both seed {r['seed']} of "
                            f"{shorten(g.label)}; report one of them (give the directories to report)")
@@ -168,13 +178,28 @@ def _group(runs: list[FinishedRun], view: TaskView) -> list[Group]:
     return list(groups.values())
 
 
+LAMBDA_VARIANTS = {"static": "lambda: static only", "dynamic": "lambda: dynamic only", "none": "lambda: fixed"}
+
+
+def _variant(result: dict) -> str:
+    """The paper's ablations of a PAD run, named: a one-round (one-shot) partition, and scale factors of
+    which only one or neither learns (the default, both learning, is not named)."""
+    if result["mode"] != "pad":
+        return ""
+    config = result.get("config") or {}
+    parts = ["one-shot"] if (config.get("partition") or {}).get("rounds") == 1 else []
+    lambda_mode = (config.get("dynamic") or {}).get("lambda_mode", "both")
+    return ", ".join(parts + ([LAMBDA_VARIANTS.get(lambda_mode, f"lambda: {lambda_mode}")]
+                              if lambda_mode != "both" else []))
+
+
 def _ordered_labels(groups: list[Group]) -> list[str]:
-    """Static first, then fully dynamic, then PAD by scorer (random last) and ratio."""
+    """Static first, then fully dynamic (DY-Conv before CondConv), then PAD by scorer (random last) and ratio."""
     first = {}
     for g in groups:
         first.setdefault(g.label, g)
-    return sorted(first, key=lambda label: (MODE_ORDER.get(first[label].mode, 9), first[label].scorer == "random",
-                                            first[label].dynamic_ratio or 0, label))
+    return sorted(first, key=lambda label: (MODE_ORDER.get(first[label].mode, 9), first[label].routing == "sigmoid",
+                                            first[label].scorer == "random", first[label].dynamic_ratio or 0, label))
 
 
 def _ordered_subtasks(groups: list[Group], view: TaskView) -> list[str | None]:
@@ -189,8 +214,11 @@ def _baseline(groups: list[Group], labels: list[str], chosen: str | None) -> str
             raise RunError(f"baseline={shorten(chosen)} is not a configuration of these runs; "
                            f"choose one of: {', '.join(labels)}")
         return chosen
-    dynamic = [label for label in labels if any(g.label == label and g.mode == "dynamic" for g in groups)]
-    return dynamic[0] if len(dynamic) == 1 else None
+    dynamic = [g for g in groups if g.mode == "dynamic"]
+    if len({g.label for g in dynamic}) > 1:  # DY-Conv beside CondConv: the paper's baseline is DY-Conv
+        dynamic = [g for g in dynamic if g.routing != "sigmoid"]
+    chosen = [label for label in labels if any(g.label == label for g in dynamic)]
+    return chosen[0] if len(chosen) == 1 else None
 
 
 def _differences(groups: list[Group], labels: list[str], subtasks: list[str | None], baseline: str | None,

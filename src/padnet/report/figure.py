@@ -1,6 +1,7 @@
 """The report's figure: for one sub-task, the main metric against the dynamic ratio and against the
-deployable parameters (one line per method family); for several, grouped bars per sub-task (and the
-average), with the floor (e.g. the majority class) as a dashed tick."""
+deployable parameters (one line per method family), and, when there is a baseline, each configuration's
+paired difference to it with its 95 % t-interval; for several sub-tasks, grouped bars per sub-task (and
+the average), with the floor (e.g. the majority class) as a dashed tick."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from .build import Report
 from .tables import metric_heading, metric_scale
 from .stats import Stat
 
-MARKERS = {"static": "s", "DY-Conv (fully dynamic)": "D", "MoE (fully dynamic)": "D"}
+MARKERS = {"static": "s", "DY-Conv (fully dynamic)": "D", "CondConv (fully dynamic)": "P", "MoE (fully dynamic)": "D"}
 
 
 def plot(report: Report, path: str | Path, no_links_under: str | Path | None = None) -> Path:
@@ -32,8 +33,11 @@ def plot(report: Report, path: str | Path, no_links_under: str | Path | None = N
         fig, ax = plt.subplots(figsize=(max(5.0, 1.6 + 1.4 * (len(report.subtasks) + 1)), 4))
         _bars(report, ax)
     else:
-        fig, axes = plt.subplots(1, 2, figsize=(10, 4))
-        _lines(report, axes)
+        paired = [d for d in report.differences if d.subtask == report.subtasks[0]]
+        fig, axes = plt.subplots(1, 3 if paired else 2, figsize=(15 if paired else 10, 4))
+        _lines(report, axes[:2])
+        if paired:
+            _paired(report, paired, axes[2])
     fig.tight_layout()
     atomic_savefig(fig, path, no_links_under=no_links_under)  # closes the figure
     return Path(path)
@@ -64,6 +68,23 @@ def _lines(report: Report, axes) -> None:
     axes[1].set_xlabel("deployable parameters")
     axes[1].set_xscale("log")
     axes[0].legend(fontsize=8)
+
+
+def _paired(report: Report, paired: list, ax) -> None:
+    """One row per configuration: the mean paired difference to the baseline and its 95 % t-interval
+    (a dot without a bar below two paired seeds); the zero line is the baseline."""
+    scale = metric_scale(report.main_metric)
+    rows = list(reversed(paired))  # the first configuration at the top
+    for y, d in enumerate(rows):
+        p = d.paired
+        err = None if math.isnan(p.low) else [[(p.mean - p.low) * scale], [(p.high - p.mean) * scale]]
+        ax.errorbar([p.mean * scale], [y], xerr=err, marker="o", capsize=3, color="C0" if
+                    (math.isnan(p.low) or p.low <= 0 <= p.high) else "C3")
+    ax.axvline(0, color="k", linewidth=1)
+    ax.set_yticks(range(len(rows)), [d.label for d in rows], fontsize=8)
+    ax.set_xlabel(f"minus {report.baseline}, paired by seed (95 % t-interval)")
+    ax.set_title("red: the interval excludes 0", fontsize=9)
+    ax.grid(axis="x", alpha=0.3)
 
 
 def _bars(report: Report, ax) -> None:

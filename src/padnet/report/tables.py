@@ -190,7 +190,7 @@ def _differences(report: Report) -> list[str]:
     v, base = report.view, report.baseline_group
     scale, decimals = metric_scale(report.main_metric), v.decimals
     first = [v.subtask_name] if len(report.subtasks) > 1 else []
-    what = f"the fully dynamic {'MoE' if base.kind == 'moe' else 'DY-Conv'}" if base.mode == "dynamic" else "baseline"
+    what = f"the fully dynamic {base.method}" if base.mode == "dynamic" else "baseline"
     lines = ["", f"## Paired by seed: {metric_heading(report.main_metric, v.eval_name)} minus {report.baseline} "
              f"({what})", "",
              "Per seed, the configuration's score minus the baseline's on the same seed (same initialisation "
