@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 
 from ..errors import RunError, shorten
 from .collect import FinishedRun, TaskView, task_of, view_of
-from .stats import PairedDifference, Stat, median, paired_difference
+from .stats import PairedDifference, Stat, paired_difference
 
 MODE_ORDER = {"static": 0, "dynamic": 1, "pad": 2}
 # Config keys that name or place one run, or only change its logging: never part of the shared recipe.
