@@ -149,7 +149,7 @@ def test_sweep_skips_finished_and_report_writes_table_and_plot(tmp_path, capsys)
 @pytest.mark.parametrize("granularity", ["element", "channel"])
 def test_export_writes_a_deployed_file_that_reproduces_the_run(tmp_path, capsys, granularity):
     import padnet
-    from padnet.train.trainer import _rebuild_run
+    from padnet.train.trainer import rebuild_run
 
     config = write_config(tmp_path, "e", epochs=1,
                           dynamic={"mode": "pad", "dynamic_ratio": 0.3, "granularity": granularity})
@@ -165,7 +165,7 @@ def test_export_writes_a_deployed_file_that_reproduces_the_run(tmp_path, capsys,
     deployed = [m for m in loaded.modules() if type(m).__name__ == "DeployedPADConv2d"]
     assert deployed and all(m.granularity == granularity for m in deployed)
     assert loaded.padnet_config["granularity"] == granularity
-    model = _rebuild_run(run, None, None).model.eval()
+    model = rebuild_run(run, None, None).model.eval()
     x = torch.randn(4, 1, 8, 8)
     with torch.no_grad():
         torch.testing.assert_close(loaded(x), model(x), atol=1e-5, rtol=0)

@@ -202,11 +202,11 @@ def test_eval_of_a_two_process_run_uses_the_run_temperature(runs):
     30 - 29 * 2 / 4 = 15.5. Rebuilt in one process for `padnet eval`, the model must use that, not the
     22.75 of a one-process schedule (8 steps per epoch), and reproduce the run's test accuracy."""
     from padnet.layers import DynamicConvCompute
-    from padnet.train.trainer import _rebuild_run
+    from padnet.train.trainer import rebuild_run
 
     assert [c[3:4] for c in runs["codes"]] == [[0]] * WORLD, runs["proc"].stderr[-3000:]
     base = runs["root"] / "annealing"
-    run = _rebuild_run(base, None, None)
+    run = rebuild_run(base, None, None)
     temperatures = {m.temperature for m in run.model.modules() if isinstance(m, DynamicConvCompute)}
     assert temperatures == {30 - 29 * 2 / 4}
     results = json.loads((base / "results.json").read_text())

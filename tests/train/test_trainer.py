@@ -157,7 +157,7 @@ def test_eval_and_export_use_the_temperature_the_run_ended_with(tmp_path):
     """A run of several processes takes fewer steps per epoch; the rebuilt model must use the run's own
     temperature (recorded per epoch), not one recomputed as if a single process had trained it."""
     from padnet.layers import DynamicConv2d
-    from padnet.train.trainer import _rebuild_run, _run_temperature
+    from padnet.train.trainer import rebuild_run, _run_temperature
 
     raw = {**BASE, "task": "tiny_dynamic", "run_dir": str(tmp_path / "run"), "epochs": 1,
            "dynamic": {"mode": "dynamic", "temperature_epochs": 10}}
@@ -166,7 +166,7 @@ def test_eval_and_export_use_the_temperature_the_run_ended_with(tmp_path):
     state = load_checkpoint(path)
     recorded = state["history"][-1]["temperature"]  # 32 examples / 16 = 2 steps: 30 - 29 * 2 / 20
     assert recorded == pytest.approx(30 - 29 * 2 / 20)
-    run = _rebuild_run(tmp_path / "run", None, None)
+    run = rebuild_run(tmp_path / "run", None, None)
     temps = {m.temperature for m in run.model.modules() if isinstance(m, DynamicConv2d)}
     assert temps == {recorded}
     # As a 2-process run would have written it (1 step per process and epoch), without the recorded value:

@@ -42,7 +42,17 @@ class RebuiltRun(NamedTuple):
         return evaluate(self.model if model is None else model, self.parts, self.loader, self.config.task)
 
 
-def _rebuild_run(run_dir, checkpoint, overrides) -> RebuiltRun:
+def rebuild_run(run_dir: str | Path | None = None, checkpoint: str | Path | None = None,
+                overrides: list[str] | None = None) -> RebuiltRun:
+    """A run's model rebuilt from its checkpoint, at the attention temperature it evaluated with, with the
+    task's eval loader: what ``padnet eval`` and ``padnet export`` start from, and what an analysis of a
+    finished run (e.g. ``benchmarks/attention_spread.py``) reads.
+
+    Args:
+        run_dir: the run directory (its ``checkpoint.pt`` is read), unless ``checkpoint`` is given.
+        checkpoint: a training checkpoint file.
+        overrides: ``key=value`` config overrides (e.g. ``device=cpu``).
+    """
     if checkpoint is None:
         if run_dir is None:
             raise ValueError("give a run directory or a checkpoint file")
@@ -101,7 +111,7 @@ def evaluate_run(run_dir: str | Path | None = None, checkpoint: str | Path | Non
         checkpoint: a training checkpoint file.
         overrides: ``key=value`` config overrides (e.g. ``device=cpu``).
     """
-    run = _rebuild_run(run_dir, checkpoint, overrides)
+    run = rebuild_run(run_dir, checkpoint, overrides)
     return {"checkpoint": str(run.checkpoint), "epoch": int(run.state["epoch"]), "name": run.config.label,
             **run.evaluate(), "deployable_params": deployable_parameters(run.model)}
 
@@ -124,7 +134,7 @@ def export_run(run_dir: str | Path | None = None, checkpoint: str | Path | None 
     from ..deploy import deploy  # looked up when called, so a test can substitute a broken deploy
 
     _check_export_out(out)
-    run = _rebuild_run(run_dir, checkpoint, overrides)
+    run = rebuild_run(run_dir, checkpoint, overrides)
     model = run.model
     out = Path(out) if out is not None else run.checkpoint.parent / "model.safetensors"
     if out.resolve() == run.checkpoint.resolve():

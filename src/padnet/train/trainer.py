@@ -68,7 +68,7 @@ from .checkpoint import (  # noqa: F401  (restore_model, set_rng_state: re-expor
 from .config import ConfigError, RunConfig, config_from_dict
 from .io import RunWriter, open_append_nofollow
 from .rebuild import (  # noqa: F401  (padnet eval / export, importable from here as they always were)
-    ExportCheckError, RebuiltRun, _rebuild_run, _run_temperature, evaluate_run, export_run,
+    ExportCheckError, RebuiltRun, rebuild_run, _run_temperature, evaluate_run, export_run,
 )
 from .rundir import check_run_dir_name, claim, padnet_version
 from .schedule import RunSchedule, derive_schedule
