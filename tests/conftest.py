@@ -1,3 +1,4 @@
+import importlib.util
 import os
 from pathlib import Path
 
@@ -25,3 +26,12 @@ def _seed_and_threads():
 def random_mask(shape, ratio, seed=0):
     g = torch.Generator().manual_seed(seed)
     return torch.rand(shape, generator=g) < ratio
+
+
+def benchmark_module(name: str):
+    """``benchmarks/<name>.py`` imported as a fresh module (the scripts are not a package)."""
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(f"{name}_benchmark", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module

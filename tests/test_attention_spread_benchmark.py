@@ -1,24 +1,17 @@
 """benchmarks/attention_spread.py on a tiny finished run: a constant attention has spread 0, a trained one
 does not, every attention layer is measured, and a run without attention is refused by name."""
 
-import importlib.util
-from pathlib import Path
-
 import pytest
 import torch
 
 from padnet.cli import main
 
+from .conftest import benchmark_module
 from .test_cli import write_config
-
-SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "attention_spread.py"
 
 
 def bench():
-    spec = importlib.util.spec_from_file_location("attention_spread_bench", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return benchmark_module("attention_spread")
 
 
 def finished_run(tmp_path, mode):

@@ -1,23 +1,18 @@
 """benchmarks/pretrained_moe.py: its model builder converts exactly and its storage count matches
 SPEC section 6 after a 1-step PAD pipeline (no timing, no results)."""
 
-import importlib.util
-from pathlib import Path
-
 import pytest
 import torch
 
 import padnet
 
+from .conftest import benchmark_module
+
 pytest.importorskip("transformers")
-SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "pretrained_moe.py"
 
 
 def bench():
-    spec = importlib.util.spec_from_file_location("pretrained_moe_bench", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return benchmark_module("pretrained_moe")
 
 
 def test_builder_converts_exactly_and_deployed_storage_follows_spec():
