@@ -56,6 +56,9 @@ sweep-evidence: venv data
 report-evidence: venv
 	$(PY) -m padnet report runs/fmnist_evidence --out docs/results/vision_evidence.md \
 		--copy-results docs/results/vision_evidence --title "Vision evidence: static, DY-Conv, CondConv, PAD and its ablations"
+	# the paper's ablations paired with PAD kappa 0.3 itself (taylor, 5 rounds, both scale factors learning)
+	$(PY) -m padnet report docs/results/vision_evidence --baseline pad-0.3 --out docs/results/vision_evidence_ablations.md \
+		--title "Vision evidence: the ablations, paired with PAD kappa 0.3"
 
 sweep-glue: venv
 	HF_HUB_OFFLINE=1 $(PY) -m padnet sweep --config configs/glue_sweep.yaml

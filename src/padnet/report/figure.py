@@ -67,7 +67,10 @@ def _lines(report: Report, axes) -> None:
     axes[0].set_xlabel("dynamic ratio (kappa)")
     axes[1].set_xlabel("deployable parameters")
     axes[1].set_xscale("log")
-    axes[0].legend(fontsize=8)
+    if len(families) > 5:  # many families (the ablations): below the plot, where it hides no point
+        axes[0].legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.22), ncol=2)
+    else:
+        axes[0].legend(fontsize=8)
 
 
 def _paired(report: Report, paired: list, ax) -> None:
