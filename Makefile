@@ -45,7 +45,7 @@ report-vision: venv
 		--title "Results: fmnist_sweep"
 
 # Issue 19, the vision evidence: 12 configurations x 5 seeds in the pilot's regime, as two processes on
-# disjoint runs of about equal cost (one core each; ~95 minutes on this 2-core machine). Re-run to resume.
+# disjoint runs of about equal cost (one core each; 109 minutes on this 2-core machine). Re-run to resume.
 EVIDENCE_A := --only static --only dyconv --only pad-0.1 --only pad-0.3-random --only pad-0.3-oneshot --only pad-0.3-lambda-dynamic
 EVIDENCE_B := --only condconv --only pad-0.3 --only pad-0.5 --only pad-0.3-magnitude --only pad-0.3-lambda-static --only pad-0.3-lambda-none
 sweep-evidence: venv data

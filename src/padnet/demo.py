@@ -170,7 +170,7 @@ def reading(rows: list[dict]) -> str:
                f"{gap_static:+.2f} points against the static net.")
     if abs(gap_dy) <= TIE_POINTS or gap_dy < 0 or gap_static < 0:
         verdict += (f" One seed differs from the next by about {TIE_POINTS} points here, so this run does not "
-                    "separate the methods; `make sweep-vision` runs the seeded comparison.")
+                    "separate the methods; `make sweep-evidence` runs the seeded comparison.")
     return verdict
 
 
@@ -188,5 +188,5 @@ def next_steps(out: Path, seed: int, png: Path) -> str:
         f"  padnet eval --run {pad}                        # evaluate the checkpoint again",
         f"  padnet export --run {pad} --out pad.safetensors   # the deployed file, checked against the run",
         "  python -c \"import padnet; m = padnet.load('pad.safetensors')\"   # use it in your code",
-        "  make sweep-vision && make report-vision          # static / DY-Conv / PAD at several kappas, seeds",
+        "  make sweep-evidence && make report-evidence      # static / DY-Conv / CondConv / PAD and its ablations, 5 seeds",
     ])
