@@ -28,6 +28,23 @@ def random_mask(shape, ratio, seed=0):
     return torch.rand(shape, generator=g) < ratio
 
 
+def random_pad_form(model, form, ratio, phi):
+    """A converted PAD ``model`` "partitioned" by hand (layer i: ``random_mask(..., ratio, seed=i)`` and
+    phi), then compacted (form "compacted") or compacted and deployed (form "deployed"); in eval mode."""
+    import padnet
+    from padnet.convert import pad_layers
+
+    for i, (_, layer) in enumerate(pad_layers(model)):
+        layer.set_mask(random_mask(layer.kernel_shape, ratio, seed=i))
+        with torch.no_grad():
+            layer.phi.fill_(phi)
+    if form in ("compacted", "deployed"):
+        padnet.compact(model)
+    if form == "deployed":
+        padnet.deploy(model)
+    return model.eval()
+
+
 def benchmark_module(name: str):
     """``benchmarks/<name>.py`` imported as a fresh module (the scripts are not a package)."""
     path = Path(__file__).resolve().parents[1] / "benchmarks" / f"{name}.py"

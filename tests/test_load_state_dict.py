@@ -7,7 +7,7 @@ import torchvision
 
 import padnet
 from padnet.convert import pad_layers
-from tests.conftest import random_mask
+from tests.conftest import random_pad_form
 from tests.test_deploy import TinyEncoder
 from tests.test_serialization import deployed_moe_encoder
 
@@ -20,16 +20,7 @@ def fresh_resnet(seed=1):
 
 
 def trained_resnet(form):
-    model = fresh_resnet(seed=0)
-    for i, (_, layer) in enumerate(pad_layers(model)):
-        layer.set_mask(random_mask(layer.kernel_shape, 0.3, seed=i))
-        with torch.no_grad():
-            layer.phi.fill_(0.25)
-    if form in ("compacted", "deployed"):
-        padnet.compact(model)
-    if form == "deployed":
-        padnet.deploy(model)
-    return model.eval()
+    return random_pad_form(fresh_resnet(seed=0), form, 0.3, 0.25)
 
 
 def out(model, x):

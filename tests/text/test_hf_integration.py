@@ -15,7 +15,7 @@ import padnet  # noqa: E402
 from padnet import hf  # noqa: E402
 from padnet.convert import pad_layers  # noqa: E402
 from padnet.serialization import ModelFileError  # noqa: E402
-from tests.conftest import random_mask  # noqa: E402
+from tests.conftest import random_pad_form  # noqa: E402
 
 VOCAB = 64
 
@@ -29,16 +29,10 @@ def tiny_bert(seed=0):
 
 def pad_bert(form):
     model = padnet.convert(tiny_bert(), dynamic="moe", num_experts=2, top_k=1)
-    for i, (_, layer) in enumerate(pad_layers(model)):
-        with torch.no_grad():
+    with torch.no_grad():
+        for _, layer in pad_layers(model):
             layer.weight.add_(0.05 * torch.randn_like(layer.weight))
-            layer.phi.fill_(0.3)
-        layer.set_mask(random_mask(layer.kernel_shape, 0.4, seed=i))
-    if form in ("compacted", "deployed"):
-        padnet.compact(model)
-    if form == "deployed":
-        padnet.deploy(model)
-    return model.eval()
+    return random_pad_form(model, form, 0.4, 0.3)
 
 
 def logits(model, ids):
