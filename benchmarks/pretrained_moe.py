@@ -3,7 +3,10 @@ LM trained on GLUE sentences, its experts converted with ``dynamic="experts"`` a
 kappa 0.3 / 0.5 (taylor, no warm-up), held-out loss before and after a short fine-tune, beside the
 original MoE fine-tuned for the same steps, and the experts' deployed storage.
 
-    taskset -c 1 env OMP_NUM_THREADS=1 python benchmarks/pretrained_moe.py --minutes 3
+    taskset -c 1 env OMP_NUM_THREADS=1 python benchmarks/pretrained_moe.py --glue-dir DIR --minutes 3
+
+``--glue-dir`` (default ``$PADNET_GLUE_DIR``) is a folder in GLUE's TSV layout (``SST-2/{train,dev}.tsv``,
+``CoLA/{train,dev}.tsv``), as ``padnet.data.glue`` reads it.
 
 Training for ``--minutes`` stops on the clock, so the step count can differ between runs; the number
 of steps taken is recorded and ``--steps N`` reruns exactly that (same seed, same result).
@@ -15,6 +18,7 @@ import argparse
 import copy
 import json
 import math
+import os
 import time
 from pathlib import Path
 
@@ -25,21 +29,20 @@ from tqdm import tqdm
 import padnet
 from padnet.infra import atomic_write_bytes
 
-GLUE = Path("/work/shared/data/glue")
 CONTEXT = 64
 BATCH = 32
 LR = 1e-3
 
 
-def sentences(split: str) -> list[str]:
+def sentences(glue_dir: Path, split: str) -> list[str]:
     """SST-2 and CoLA sentences of one split (SST-2: column 0 after the header; CoLA: column 3, no header)."""
-    sst = [line.split("\t")[0] for line in (GLUE / "SST-2" / f"{split}.tsv").read_text().splitlines()[1:]]
-    cola = [line.split("\t")[3] for line in (GLUE / "CoLA" / f"{split}.tsv").read_text().splitlines()]
+    sst = [line.split("\t")[0] for line in (glue_dir / "SST-2" / f"{split}.tsv").read_text().splitlines()[1:]]
+    cola = [line.split("\t")[3] for line in (glue_dir / "CoLA" / f"{split}.tsv").read_text().splitlines()]
     return sst + cola
 
 
-def byte_stream(split: str) -> torch.Tensor:
-    return torch.tensor(list("\n".join(sentences(split)).encode("utf-8")), dtype=torch.long)
+def byte_stream(glue_dir: Path, split: str) -> torch.Tensor:
+    return torch.tensor(list("\n".join(sentences(glue_dir, split)).encode("utf-8")), dtype=torch.long)
 
 
 def build_model(seed: int, vocab: int = 256) -> transformers.MixtralForCausalLM:
@@ -128,7 +131,7 @@ def pad_row(trained, kappa, data, args) -> dict:
 
 
 def run(args) -> dict:
-    data = {"train": byte_stream("train"), "dev": byte_stream("dev")}
+    data = {split: byte_stream(Path(args.glue_dir), split) for split in ("train", "dev")}
     model = build_model(args.seed)
     seconds = None if args.steps is not None else args.minutes * 60
     steps = train(model, data["train"], args.seed, args.steps, seconds, "pretrain MoE")
@@ -186,6 +189,8 @@ def reading(rows: list[dict]) -> list[str]:
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--glue-dir", default=os.environ.get("PADNET_GLUE_DIR"),
+                        help="GLUE in its TSV layout (SST-2/, CoLA/); default $PADNET_GLUE_DIR")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--minutes", type=float, default=3.0, help="pretraining time budget")
     parser.add_argument("--steps", type=int, default=None, help="pretrain exactly this many steps (overrides --minutes)")
@@ -200,10 +205,14 @@ def main(argv=None):
         result = json.loads(out.with_suffix(".json").read_text())
         atomic_write_bytes(out.with_suffix(".md"), markdown(result, result["command"]).encode())
         return
+    if args.glue_dir is None or not (Path(args.glue_dir) / "SST-2").is_dir():
+        parser.error(f"--glue-dir {args.glue_dir}: need a folder in GLUE's TSV layout holding SST-2/ and CoLA/ "
+                     "(or set $PADNET_GLUE_DIR)")
     torch.manual_seed(args.seed)
     torch.use_deterministic_algorithms(True)
     result = run(args)
-    command = f"python benchmarks/pretrained_moe.py --seed {args.seed} --steps {result['pretrain_steps']}"
+    command = (f"python benchmarks/pretrained_moe.py --glue-dir GLUE --seed {args.seed} "
+               f"--steps {result['pretrain_steps']}")
     result["command"] = command
     out.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_bytes(out.with_suffix(".json"), json.dumps(result, indent=2).encode())

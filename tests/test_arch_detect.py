@@ -13,7 +13,7 @@ import padnet
 from padnet.arch import detect_arch
 from padnet.convert import pad_layers
 from padnet.serialization import ModelFileError, read_record
-from tests.conftest import random_mask
+from tests.helpers import random_mask
 
 
 def same_outputs(a, b, *inputs):
@@ -23,6 +23,7 @@ def same_outputs(a, b, *inputs):
     torch.testing.assert_close(out_b, out_a, atol=0, rtol=0)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name, kwargs", [("resnet18", {"num_classes": 10}), ("squeezenet1_0", {"num_classes": 7}),
                                           ("mobilenet_v3_small", {})])
 def test_torchvision_builders_are_recognised(name, kwargs):
@@ -30,6 +31,7 @@ def test_torchvision_builders_are_recognised(name, kwargs):
     assert detect_arch(model) == {"name": f"torchvision.{name}", "kwargs": kwargs}
 
 
+@pytest.mark.slow
 def test_a_changed_torchvision_model_is_not_recognised():
     model = torchvision.models.resnet18(num_classes=10)
     model.conv1 = nn.Conv2d(1, 64, 3, 1, 1, bias=False)  # a one-channel stem: no builder makes this

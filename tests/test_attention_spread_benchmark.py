@@ -6,7 +6,7 @@ import torch
 
 from padnet.cli import main
 
-from .conftest import benchmark_module
+from tests.helpers import benchmark_module
 from .test_cli import write_config
 
 

@@ -16,7 +16,7 @@ from padnet.layers import (
     apply_per_sample_kernels,
     choose_kernel_strategy,
 )
-from tests.conftest import random_mask
+from tests.helpers import assert_close_f64, random_mask
 
 MODES = ["both", "static", "dynamic", "none"]
 
@@ -46,19 +46,23 @@ def check_deploy_matches(model, expected_layers):
         got = model(x)
     assert not any(isinstance(m, PADConv2d) for m in model.modules())
     assert sum(isinstance(m, DeployedPADConv2d) for m in model.modules()) == expected_layers
-    torch.testing.assert_close(got, expected, atol=1e-5, rtol=0)
+    assert_close_f64(got, expected)
 
 
+@pytest.mark.slow
+@pytest.mark.usefixtures("float64")
 @pytest.mark.parametrize("mode", MODES)
 def test_deployed_resnet18_equals_training_form(mode):
     check_deploy_matches(small_resnet(mode), expected_layers=9)
 
 
 @pytest.mark.slow
+@pytest.mark.usefixtures("float64")
 def test_deployed_fully_converted_resnet18_equals_training_form():
     check_deploy_matches(small_resnet("both", include=None), expected_layers=19)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("mode", ["both", "static", "dynamic"])
 def test_folding_the_lambdas_is_needed(mode):
     # Guards the equality tests: the deployed values differ from the raw entries by lambda_s / lambda_d.
@@ -71,6 +75,7 @@ def test_folding_the_lambdas_is_needed(mode):
     torch.testing.assert_close(dep.dynamic_values, lambda_d * layer.dynamic_entries())
 
 
+@pytest.mark.slow
 def test_deploy_after_compact_and_stored_entries():
     model = small_resnet("both")
     layer = model.layer2[0].conv1
@@ -120,6 +125,7 @@ def test_deployed_state_dict_errors_name_the_key():
         dep.load_state_dict(missing)
 
 
+@pytest.mark.usefixtures("float64")
 def test_deployed_layer_per_sample_independence():
     layer = PADConv2d(8, 16, 3, padding=1, bias=True)
     layer.set_mask(random_mask(layer.kernel_shape, 0.3))
@@ -130,10 +136,11 @@ def test_deployed_layer_per_sample_independence():
     dep = DeployedPADConv2d.from_pad(layer)
     x = torch.randn(6, 8, 10, 10)
     with torch.no_grad():
-        torch.testing.assert_close(dep(x), layer(x), atol=1e-5, rtol=0)
-        torch.testing.assert_close(dep(x[:2]), layer(x)[:2], atol=1e-5, rtol=0)
+        assert_close_f64(dep(x), layer(x))
+        assert_close_f64(dep(x[:2]), layer(x)[:2])
 
 
+@pytest.mark.usefixtures("float64")
 def test_deployed_state_dict_adopts_the_files_index():
     a = PADConv2d(4, 6, 3, padding=1)
     a.set_mask(random_mask(a.kernel_shape, 0.2, seed=1))
@@ -143,7 +150,7 @@ def test_deployed_state_dict_adopts_the_files_index():
     dep_b.load_state_dict(dep_a.state_dict(), strict=True)
     x = torch.randn(2, 4, 7, 7)
     with torch.no_grad():
-        torch.testing.assert_close(dep_b(x), a(x), atol=1e-5, rtol=0)
+        assert_close_f64(dep_b(x), a(x))
     bad = dict(dep_a.state_dict())
     bad["dynamic_index"] = bad["dynamic_index"].flip(0)
     with pytest.raises(RuntimeError, match="strictly increasing"):
@@ -159,6 +166,7 @@ def pad_moe(mode, bias=True):
     return layer.eval()
 
 
+@pytest.mark.usefixtures("float64")
 @pytest.mark.parametrize("mode", MODES)
 @pytest.mark.parametrize("bias", [True, False])
 def test_deployed_pad_moe_equals_training_form(mode, bias):
@@ -166,7 +174,7 @@ def test_deployed_pad_moe_equals_training_form(mode, bias):
     dep = DeployedPADMoELinear.from_pad(layer)
     x = torch.randn(2, 5, 12)
     with torch.no_grad():
-        torch.testing.assert_close(dep(x), layer(x), atol=1e-5, rtol=0)
+        assert_close_f64(dep(x), layer(x))
     assert dep.static_values.numel() == layer.kernel_numel - layer.num_dynamic
     assert dep.dynamic_values.shape == (4, layer.num_dynamic)
 
@@ -195,6 +203,7 @@ class TinyEncoder(nn.Module):
         return self.layers(x)
 
 
+@pytest.mark.usefixtures("float64")
 @pytest.mark.parametrize("mode", MODES)
 def test_deployed_tiny_transformer_equals_training_form(mode):
     model = convert(TinyEncoder(), dynamic="moe", lambda_mode=mode, num_experts=4)
@@ -211,7 +220,7 @@ def test_deployed_tiny_transformer_equals_training_form(mode):
         padnet.deploy(model)
         got = model(x)
     assert sum(isinstance(m, DeployedPADMoELinear) for m in model.modules()) == 2
-    torch.testing.assert_close(got, expected, atol=1e-5, rtol=0)
+    assert_close_f64(got, expected)
 
 
 def test_deploy_rejects_models_without_pad_layers():
@@ -233,6 +242,8 @@ CASES = [
 ]
 
 
+@pytest.mark.slow
+@pytest.mark.usefixtures("float64")
 @pytest.mark.parametrize("case", CASES)
 @pytest.mark.parametrize("with_bias", [False, True])
 def test_every_kernel_strategy_gives_the_same_output(case, with_bias):
@@ -260,7 +271,7 @@ def test_every_kernel_strategy_gives_the_same_output(case, with_bias):
                 apply_per_sample_kernels(x, kernels, bias, *args, strategy=strategy)
             continue
         out = apply_per_sample_kernels(x, kernels, bias, *args, strategy=strategy)
-        torch.testing.assert_close(out, expected, atol=1e-4, rtol=1e-5)
+        assert_close_f64(out, expected)
         tried += 1
     assert tried >= 3
 
@@ -302,15 +313,17 @@ def tiny_cnn():
     return model.eval()
 
 
+@pytest.mark.usefixtures("float64")
 def test_deployed_model_runs_under_jit_trace_at_batch_1():
     model = padnet.deploy(tiny_cnn())
     x = torch.randn(1, 3, 16, 16)
     with torch.no_grad():
         traced = torch.jit.trace(model, x, check_trace=False)
         x2 = torch.randn(1, 3, 16, 16)
-        torch.testing.assert_close(traced(x2), model(x2), atol=1e-5, rtol=0)
+        assert_close_f64(traced(x2), model(x2))
 
 
+@pytest.mark.usefixtures("float64")
 @pytest.mark.slow
 def test_deployed_layers_run_under_torch_compile_at_batch_1():
     torch._dynamo.reset()
@@ -318,9 +331,10 @@ def test_deployed_layers_run_under_torch_compile_at_batch_1():
     compiled = torch.compile(model, backend="aot_eager", dynamic=False)
     x = torch.randn(1, 3, 16, 16)
     with torch.no_grad():
-        torch.testing.assert_close(compiled(x), model(x), atol=1e-5, rtol=0)
+        assert_close_f64(compiled(x), model(x))
 
 
+@pytest.mark.usefixtures("float64")
 def test_deploy_and_cost_ask_the_layer_so_a_new_kind_needs_no_change_outside_layers():
     """A new partially dynamic layer kind registers its deployed form beside it (``deployed_form``) and
     answers ``macs``/``kind``; padnet.deploy and padnet.cost then handle it without edits."""
@@ -342,7 +356,7 @@ def test_deploy_and_cost_ask_the_layer_so_a_new_kind_needs_no_change_outside_lay
     expected = model.eval()(x)
     padnet.deploy(model, allow_unpartitioned=True)  # the mask does not matter here
     assert isinstance(model[1], MyDeployedConv)
-    torch.testing.assert_close(model(x), expected, atol=1e-5, rtol=0)
+    assert_close_f64(model(x), expected)
     kinds = {layer.kind for layer in cost(model, x).layers}
     assert "my deployed conv" in kinds
 
@@ -364,6 +378,7 @@ class MaxPADConv2d(PADConv2d):
         self.attention = MaxPoolAttention(self.attention)
 
 
+@pytest.mark.usefixtures("float64")
 def test_the_extending_guide_example_layer_partitions_deploys_and_costs():
     """docs/extending.md's example kind: a PAD conv with max-pooled attention, with no change to padnet."""
     from padnet.cost import cost
@@ -375,7 +390,7 @@ def test_the_extending_guide_example_layer_partitions_deploys_and_costs():
     expected = model.eval()(x)
     padnet.deploy(model)
     assert isinstance(model[1], DeployedPADConv2d) and isinstance(model[1].attention, MaxPoolAttention)
-    torch.testing.assert_close(model(x), expected, atol=1e-5, rtol=0)
+    assert_close_f64(model(x), expected)
     assert cost(model, x).aggregation_macs > 0
 
 
@@ -388,6 +403,7 @@ def conversions(monkeypatch):
     return conversions
 
 
+@pytest.mark.usefixtures("float64")
 def test_the_extending_guide_conversion_kind_converts_saves_and_loads(conversions, tmp_path):
     """docs/extending.md's registration: one register_conversion call makes the kind reachable from
     padnet.convert (both forms, include patterns, upcycling), a run config, deploy, save and load."""
@@ -414,7 +430,7 @@ def test_the_extending_guide_conversion_kind_converts_saves_and_loads(conversion
     layers = pad_layers(model)
     assert [n for n, _ in layers] == model.padnet_config["converted"] == ["layer1.0.conv1"]
     assert all(type(layer) is MaxPADConv2d and layer.num_kernels == 2 for _, layer in layers)
-    torch.testing.assert_close(model(x), static_out, atol=1e-5, rtol=1e-4)  # upcycled: the same function
+    assert_close_f64(model(x), static_out)  # upcycled: the same function
     fully = padnet.convert(build("small_resnet", 3, 1, True, width=4, layers=[1]), dynamic="maxconv", pad=False)
     assert {type(m) for _, m in dynamic_layers(fully)} == {DynamicConv2d}
     run = config_from_dict({"data": {"name": "digits"}, "dynamic": {"mode": "pad", "kind": "maxconv"}}, preflight=False)
@@ -427,9 +443,10 @@ def test_the_extending_guide_conversion_kind_converts_saves_and_loads(conversion
     padnet.save(model, tmp_path / "m.safetensors")
     loaded = padnet.load(tmp_path / "m.safetensors")
     assert isinstance(loaded.get_submodule("layer1.0.conv1").attention, MaxPoolAttention)
-    torch.testing.assert_close(loaded(x), expected, atol=1e-5, rtol=0)
+    assert_close_f64(loaded(x), expected)
 
 
+@pytest.mark.usefixtures("float64")
 @pytest.mark.parametrize("what", ["deploy", "compact"])
 def test_unpartitioned_model_is_refused_unless_asked(what):
     model = padnet.convert(nn.Sequential(nn.Conv2d(3, 4, 3), nn.Conv2d(4, 4, 3), nn.Conv2d(4, 4, 3)))
@@ -441,7 +458,7 @@ def test_unpartitioned_model_is_refused_unless_asked(what):
     x = torch.randn(1, 3, 8, 8)
     expected = model.eval()(x)
     action(model, allow_unpartitioned=True)
-    torch.testing.assert_close(model.eval()(x), expected, rtol=1e-5, atol=1e-6)
+    assert_close_f64(model.eval()(x), expected)
     # One partitioned layer is enough: the model was partitioned (kappa may keep some layers whole).
     other = padnet.convert(nn.Sequential(nn.Conv2d(3, 4, 3), nn.Conv2d(4, 4, 3), nn.Conv2d(4, 4, 3)))
     other[1].set_mask(torch.rand(other[1].kernel_shape) < 0.5)

@@ -7,7 +7,7 @@ import torchvision
 
 import padnet
 from padnet.convert import pad_layers
-from tests.conftest import random_pad_form
+from tests.helpers import assert_close_f64, random_pad_form
 from tests.test_deploy import TinyEncoder
 from tests.test_serialization import deployed_moe_encoder
 
@@ -28,6 +28,8 @@ def out(model, x):
         return model.eval()(x)
 
 
+@pytest.mark.slow
+@pytest.mark.usefixtures("float64")
 @pytest.mark.parametrize("form", ["partitioned", "compacted", "deployed"])
 def test_fresh_converted_model_adopts_the_state_dict_form(form):
     trained = trained_resnet(form)
@@ -37,7 +39,7 @@ def test_fresh_converted_model_adopts_the_state_dict_form(form):
     if form == "deployed":
         # The training form at phi = 0 (both scales 1) with the folded entries: the deployed function,
         # computed through the training form's kernels (another summation order).
-        torch.testing.assert_close(out(fresh, x), out(trained, x), rtol=1e-5, atol=1e-5)
+        assert_close_f64(out(fresh, x), out(trained, x))
         assert all(layer.compacted and float(layer.phi.detach()) == 0.0 for _, layer in pad_layers(fresh))
     else:
         torch.testing.assert_close(out(fresh, x), out(trained, x), atol=0, rtol=0)
@@ -50,13 +52,14 @@ def test_fresh_converted_model_adopts_the_state_dict_form(form):
     assert all(layer.static_weight.grad is not None for _, layer in pad_layers(fresh))
 
 
+@pytest.mark.usefixtures("float64")
 def test_deployed_moe_state_dict_into_a_fresh_pad_moe():
     torch.manual_seed(0)
     model = deployed_moe_encoder()
     fresh = padnet.convert(TinyEncoder(), dynamic="moe", num_experts=4)
     fresh.load_state_dict(model.state_dict())
     x = torch.randn(2, 5, 16)
-    torch.testing.assert_close(out(fresh, x), out(model, x), rtol=1e-5, atol=1e-6)
+    assert_close_f64(out(fresh, x), out(model, x))
 
 
 def test_a_mask_of_the_wrong_shape_is_still_refused():

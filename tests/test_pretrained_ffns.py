@@ -8,7 +8,7 @@ import torch
 import padnet
 from padnet.convert import pad_layers, plan_conversion
 from padnet.errors import ConfigError
-from tests.conftest import random_mask
+from tests.helpers import assert_close_f64, random_mask
 
 transformers = pytest.importorskip("transformers")
 
@@ -70,6 +70,7 @@ def test_a_bad_target_is_refused_naming_it_and_the_choices(bad):
         padnet.convert(tiny_llama(), dynamic="moe", target=bad)
 
 
+@pytest.mark.usefixtures("float64")
 @pytest.mark.parametrize("build, target", [(tiny_gpt2, "output"), (tiny_llama, ["gate", "up"])])
 def test_partitioned_and_deployed_models_save_and_load_exactly(tmp_path, build, target):
     model = padnet.convert(build(), dynamic="moe", num_experts=4, target=target)
@@ -77,6 +78,6 @@ def test_partitioned_and_deployed_models_save_and_load_exactly(tmp_path, build, 
         layer.set_mask(random_mask(layer.kernel_shape, 0.3, seed=i))
     trained = logits(model)
     padnet.deploy(model)
-    assert torch.allclose(logits(model), trained, atol=1e-6)
+    assert_close_f64(logits(model), trained)
     path = padnet.save(model, tmp_path / "m.safetensors")
     assert torch.equal(logits(padnet.load(path)), logits(model))

@@ -6,7 +6,7 @@ import torch
 
 import padnet
 
-from .conftest import benchmark_module
+from tests.helpers import benchmark_module
 
 pytest.importorskip("transformers")
 

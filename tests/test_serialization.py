@@ -14,7 +14,7 @@ import padnet
 from padnet.convert import convert, pad_layers
 from padnet.layers import DeployedPADMoELinear, PADConv2d
 from padnet.serialization import ModelFileError, read_record
-from tests.conftest import random_mask
+from tests.helpers import random_mask
 from tests.test_deploy import TinyEncoder
 
 INCLUDE = ["layer1.*", "layer2.0.*"]  # a few PAD layers keep the files and the test small
@@ -37,6 +37,7 @@ def outputs(model, x):
         return model.eval()(x)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("form", ["training", "compacted", "deployed"])
 def test_round_trip(tmp_path, form):
     model = pad_resnet("static")

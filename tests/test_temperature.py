@@ -3,6 +3,7 @@ import torch
 
 import padnet
 from padnet.layers import DynamicConv2d, PADConv2d
+from tests.helpers import assert_close_f64
 
 
 def test_schedule_values_per_step():
@@ -40,6 +41,7 @@ def test_set_temperature_changes_softmax_layers_only():
         padnet.set_temperature(model, 0)
 
 
+@pytest.mark.usefixtures("float64")
 def test_set_temperature_reaches_deployed_convs():
     from padnet.layers import DeployedPADConv2d
 
@@ -50,4 +52,4 @@ def test_set_temperature_reaches_deployed_convs():
     assert deployed.temperature == 7.0
     x = torch.randn(2, 4, 5, 5)
     pad.temperature = 7.0
-    torch.testing.assert_close(deployed(x), pad(x), atol=1e-5, rtol=0)
+    assert_close_f64(deployed(x), pad(x))

@@ -1,7 +1,6 @@
 """IDX reading, Fashion-MNIST discovery and errors, digits, subsets."""
 
 import gzip
-import os
 from pathlib import Path
 
 import numpy as np
@@ -10,8 +9,9 @@ import torch
 
 from padnet.data import DataConfig, Digits, FashionMNIST, IDXError, build_datasets, find_fashion_mnist, read_idx, write_idx
 from padnet.data.fashion_mnist import load_arrays
+from tests.helpers import FASHION_MNIST
 
-REAL = Path(os.environ.get("PADNET_FASHION_MNIST", "/usr/share/datasets/fashion-mnist"))
+REAL = FASHION_MNIST
 
 
 def make_fmnist(root: Path, n_train=40, n_test=20, gz=True, seed=0):

@@ -28,7 +28,8 @@ from padnet.train.io import load_checkpoint
 from padnet.train.tasks import get_task
 from padnet.train.trainer import make_dynamic, seed_everything
 
-pytestmark = pytest.mark.skipif(not dist.is_available(), reason="torch.distributed is not available in this build")
+pytestmark = [pytest.mark.slow,
+              pytest.mark.skipif(not dist.is_available(), reason="torch.distributed is not available in this build")]
 
 REPO = Path(__file__).resolve().parents[2]
 LAUNCH = Path(__file__).with_name("launch.py")

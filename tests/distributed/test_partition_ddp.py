@@ -14,6 +14,9 @@ import torch.multiprocessing as mp
 import padnet
 from tests.test_partition import mse_loss, two_layer_problem
 
+# Subprocesses / end-to-end runs: the slow lane (make test-fast leaves them out).
+pytestmark = pytest.mark.slow
+
 WORLD = 2
 
 

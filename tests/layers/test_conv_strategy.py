@@ -19,7 +19,7 @@ from padnet.layers.conv_strategy import (
 )
 from padnet.layers.dynamic_conv import apply_kernel_mixture
 from padnet.reference import DenseMaskPADConv2d
-from tests.conftest import random_mask
+from tests.helpers import assert_close_f64, random_mask
 
 # (C_in, C_out, kernel, stride, padding, dilation, groups, H): plain, strided, 1x1 (bmm), grouped, dilated,
 # a tiny map (the mixtures' home ground)
@@ -67,6 +67,7 @@ def grads(module, x):
     return out, x.grad
 
 
+@pytest.mark.usefixtures("float64")
 @pytest.mark.parametrize("geometry", GEOMETRIES, ids=lambda g: "x".join(map(str, g)))
 @pytest.mark.parametrize("routing", ["softmax", "sigmoid"])
 @pytest.mark.parametrize("compacted", [False, True])
@@ -82,20 +83,19 @@ def test_pad_every_strategy_matches_the_reference_outputs_and_gradients(geometry
     for strategy in strategies:
         pad.strategy = strategy
         out, dx = grads(pad, x)
-        torch.testing.assert_close(out, expected, atol=1e-5, rtol=1e-5, msg=strategy)
-        torch.testing.assert_close(dx, expected_dx, atol=1e-5, rtol=1e-5, msg=strategy)
+        assert_close_f64(out, expected, msg=strategy)
+        assert_close_f64(dx, expected_dx, msg=strategy)
         dynamic_grad = pad.dynamic_values.grad if compacted else pad.weight.grad[:, idx]
-        torch.testing.assert_close(dynamic_grad, ref.weight.grad[:, idx], atol=1e-5, rtol=1e-5, msg=strategy)
+        assert_close_f64(dynamic_grad, ref.weight.grad[:, idx], msg=strategy)
         static_at = ~pad.mask
-        torch.testing.assert_close(pad.static_weight.grad[static_at], ref.static_weight.grad[static_at],
-                                   atol=1e-5, rtol=1e-5, msg=strategy)
-        torch.testing.assert_close(pad.phi.grad, ref.phi.grad, atol=1e-5, rtol=1e-5, msg=strategy)
-        torch.testing.assert_close(pad.attention.fc1.weight.grad, ref.attention.fc1.weight.grad, atol=1e-5,
-                                   rtol=1e-5, msg=strategy)
+        assert_close_f64(pad.static_weight.grad[static_at], ref.static_weight.grad[static_at], msg=strategy)
+        assert_close_f64(pad.phi.grad, ref.phi.grad, msg=strategy)
+        assert_close_f64(pad.attention.fc1.weight.grad, ref.attention.fc1.weight.grad, msg=strategy)
         if bias:
-            torch.testing.assert_close(pad.bias.grad, ref.bias.grad, atol=1e-5, rtol=1e-5, msg=strategy)
+            assert_close_f64(pad.bias.grad, ref.bias.grad, msg=strategy)
 
 
+@pytest.mark.usefixtures("float64")
 @pytest.mark.parametrize("geometry", GEOMETRIES, ids=lambda g: "x".join(map(str, g)))
 @pytest.mark.parametrize("routing", ["softmax", "sigmoid"])
 def test_dynamic_conv_every_strategy_matches_per_sample_convolution(geometry, routing):
@@ -115,14 +115,15 @@ def test_dynamic_conv_every_strategy_matches_per_sample_convolution(geometry, ro
     for strategy in applicable_strategies(dyn.kernel_size, dyn.padding, dyn.dilation, dyn.groups):
         dyn.strategy = strategy
         out, dx = grads(dyn, x)
-        torch.testing.assert_close(out, expected, atol=1e-5, rtol=1e-5, msg=strategy)
+        assert_close_f64(out, expected, msg=strategy)
         results[strategy] = (dx, dyn.weight.grad.clone(), dyn.attention.fc2.weight.grad.clone())
     reference = results.pop("loop")
     for strategy, got in results.items():
         for a, b in zip(got, reference):
-            torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5, msg=strategy)
+            assert_close_f64(a, b, msg=strategy)
 
 
+@pytest.mark.usefixtures("float64")
 @pytest.mark.parametrize("routing", ["softmax", "sigmoid"])
 def test_deployed_every_strategy_matches_the_training_form(routing):
     for geometry in GEOMETRIES:
@@ -135,9 +136,10 @@ def test_deployed_every_strategy_matches_the_training_form(routing):
             expected = pad(x)
             for strategy in applicable_strategies(pad.kernel_size, pad.padding, pad.dilation, pad.groups):
                 deployed.strategy = strategy
-                torch.testing.assert_close(deployed(x), expected, atol=1e-5, rtol=1e-5, msg=f"{geometry} {strategy}")
+                assert_close_f64(deployed(x), expected, msg=f"{geometry} {strategy}")
 
 
+@pytest.mark.usefixtures("float64")
 @pytest.mark.parametrize("routing", ["softmax", "sigmoid"])
 def test_scoring_gradient_of_the_relaxed_mask_is_the_same_for_every_strategy(routing):
     """The partition's Taylor scores dL/dm must not depend on how the conv is computed."""
@@ -145,15 +147,16 @@ def test_scoring_gradient_of_the_relaxed_mask_is_the_same_for_every_strategy(rou
     x = torch.randn(3, 6, 7, 8)
     scores = {}
     for strategy in ("mixture", "mixture_unfold", "grouped", "unfold", "loop"):
-        pad.relaxed_mask = pad.mask.float().requires_grad_(True)
+        pad.relaxed_mask = pad.mask.to(torch.float64).requires_grad_(True)
         pad.strategy = strategy
         pad(x).pow(2).sum().backward()
         scores[strategy] = pad.relaxed_mask.grad
         pad.relaxed_mask = None
     for strategy, score in scores.items():
-        torch.testing.assert_close(score, scores["loop"], atol=1e-5, rtol=1e-5, msg=strategy)
+        assert_close_f64(score, scores["loop"], msg=strategy)
 
 
+@pytest.mark.usefixtures("float64")
 def test_channels_last_input_gives_the_same_output_for_every_strategy():
     pad, oracle = make_pad(GEOMETRIES[0], "softmax", bias=True, compacted=True)
     x = torch.randn(3, 6, 7, 7)
@@ -161,16 +164,17 @@ def test_channels_last_input_gives_the_same_output_for_every_strategy():
     x_cl = x.to(memory_format=torch.channels_last)
     for strategy in applicable_strategies(pad.kernel_size, pad.padding, pad.dilation, pad.groups):
         pad.strategy = strategy
-        torch.testing.assert_close(pad(x_cl), expected, atol=1e-5, rtol=1e-5, msg=strategy)
+        assert_close_f64(pad(x_cl), expected, msg=strategy)
 
 
+@pytest.mark.usefixtures("float64")
 def test_mixture_of_one_kernel_is_a_plain_convolution():
     x = torch.randn(2, 4, 5, 5)
     w = torch.randn(6, 4, 3, 3)
     ones = torch.ones(2, 1)
     for strategy in ("mixture", "mixture_unfold"):
         out = apply_kernel_mixture(x, w.reshape(1, -1), ones, None, 6, (3, 3), (1, 1), (1, 1), (1, 1), 1, strategy)
-        torch.testing.assert_close(out, F.conv2d(x, w, padding=1), atol=1e-5, rtol=1e-5)
+        assert_close_f64(out, F.conv2d(x, w, padding=1))
     with pytest.raises(ValueError, match="mixture_unfold.*groups=1"):
         apply_kernel_mixture(x, w.reshape(2, -1), torch.ones(2, 2), None, 6, (3, 3), (1, 1), (1, 1), (1, 1), 2,
                              "mixture_unfold")
@@ -279,6 +283,7 @@ def test_strategy_shows_in_the_repr_and_survives_deepcopy():
     assert copy.deepcopy(dyn).strategy == "mixture"
 
 
+@pytest.mark.slow
 def test_the_library_default_is_the_autotuner():
     import subprocess
     import sys

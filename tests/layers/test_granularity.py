@@ -11,6 +11,7 @@ from padnet.cost import cost
 from padnet.layers import DynamicConv2d, MoELinear, PADConv2d, PADMoELinear
 from padnet.reference import DenseMaskPADConv2d, per_expert_pad_moe
 from tests.test_deploy import TinyEncoder
+from tests.helpers import assert_close_f64
 
 
 def row_mask(layer, ratio, seed=0):
@@ -52,6 +53,7 @@ CONV_CASES = [
 ]
 
 
+@pytest.mark.usefixtures("float64")
 @pytest.mark.parametrize("kw", CONV_CASES)
 @pytest.mark.parametrize("ratio", [0.0, 0.375, 1.0])
 def test_channel_conv_equals_the_dense_mask_oracle_with_gradients(kw, ratio):
@@ -60,17 +62,17 @@ def test_channel_conv_equals_the_dense_mask_oracle_with_gradients(kw, ratio):
     oracle = DenseMaskPADConv2d(pad)
     x = torch.randn(3, 4, 9, 9, requires_grad=True)
     got, expected = pad(x), oracle(x)
-    torch.testing.assert_close(got, expected, atol=1e-5, rtol=0)
+    assert_close_f64(got, expected)
     mine = [x, pad.weight, pad.static_weight, pad.phi, pad.attention.fc1.weight]
     theirs = [x, oracle.layer.weight, oracle.layer.static_weight, oracle.layer.phi, oracle.layer.attention.fc1.weight]
     # Every parameter gets a gradient, zero where it has no effect (DDP without find_unused_parameters).
     for a, b in zip(grads(got, mine), grads(expected, theirs)):
-        torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-4)
+        assert_close_f64(a, b)
     pad.compact()
-    torch.testing.assert_close(pad(x), expected, atol=1e-5, rtol=0)
+    assert_close_f64(pad(x), expected)
     deployed = pad.to_deployed().eval()
     with torch.no_grad():
-        torch.testing.assert_close(deployed(x), pad.eval()(x), atol=1e-5, rtol=0)
+        assert_close_f64(deployed(x), pad.eval()(x))
     # The deployed layer stores (1 - kappa) rows static, K kappa rows dynamic and the row index.
     dynamic_rows = round(ratio * 8)
     state = deployed.state_dict()
@@ -81,6 +83,7 @@ def test_channel_conv_equals_the_dense_mask_oracle_with_gradients(kw, ratio):
     assert deployed.static_kernel.numel() == (8 - dynamic_rows) * pad.row_numel  # held compact in memory
 
 
+@pytest.mark.usefixtures("float64")
 def test_channel_identities_kappa_one_is_dy_conv_and_kappa_zero_a_static_conv():
     pad = channel_conv(bias=True)
     with torch.no_grad():
@@ -89,14 +92,15 @@ def test_channel_identities_kappa_one_is_dy_conv_and_kappa_zero_a_static_conv():
     dyn = DynamicConv2d(4, 8, 3, padding=1, bias=True)
     dyn.load_state_dict(pad.state_dict(), strict=False)
     x = torch.randn(2, 4, 6, 6)
-    torch.testing.assert_close(pad(x), dyn(x), atol=1e-5, rtol=0)
+    assert_close_f64(pad(x), dyn(x))
     pad.set_mask(row_mask(pad, 0.0))
     lambda_s, _ = pad.scales
     bias = pad.attention_weights(x) @ pad.bias
     static = F.conv2d(x, lambda_s * pad.static_weight, None, padding=1) + bias[:, :, None, None]
-    torch.testing.assert_close(pad(x), static, atol=1e-5, rtol=0)
+    assert_close_f64(pad(x), static)
 
 
+@pytest.mark.usefixtures("float64")
 def test_channels_last_input_gives_channels_last_output():
     pad = channel_conv()
     pad.set_mask(row_mask(pad, 0.5))
@@ -104,7 +108,7 @@ def test_channels_last_input_gives_channels_last_output():
     expected = pad(x)
     got = pad(x.contiguous(memory_format=torch.channels_last))
     assert got.is_contiguous(memory_format=torch.channels_last)
-    torch.testing.assert_close(got, expected, atol=1e-5, rtol=0)
+    assert_close_f64(got, expected)
 
 
 def test_a_mask_that_splits_a_row_is_refused_and_the_granularity_is_final_once_compacted():
@@ -134,31 +138,33 @@ def moe_pair(ratio, bias=True):
     return pad.eval()
 
 
+@pytest.mark.usefixtures("float64")
 @pytest.mark.parametrize("ratio", [0.0, 0.5, 1.0])
 @pytest.mark.parametrize("bias", [True, False])
 def test_channel_moe_equals_the_per_expert_form_in_every_form(ratio, bias):
     pad = moe_pair(ratio, bias)
     x = torch.randn(2, 7, 6, requires_grad=True)
     got, expected = pad(x), per_expert_pad_moe(pad, x)
-    torch.testing.assert_close(got, expected, atol=1e-5, rtol=0)
+    assert_close_f64(got, expected)
     params = [x, pad.weight, pad.static_weight, pad.phi] + ([pad.bias] if bias else [])
     for a, b in zip(grads(got, params), grads(expected, params)):
-        torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-4)
+        assert_close_f64(a, b)
     pad.compact()
-    torch.testing.assert_close(pad(x), expected, atol=1e-5, rtol=0)
+    assert_close_f64(pad(x), expected)
     deployed = pad.to_deployed()
     with torch.no_grad():
-        torch.testing.assert_close(deployed(x), expected, atol=1e-5, rtol=0)
+        assert_close_f64(deployed(x), expected)
     assert deployed.state_dict()["dynamic_rows"].numel() == round(ratio * 10)
 
 
+@pytest.mark.usefixtures("float64")
 def test_channel_moe_at_kappa_one_is_the_moe():
     moe = MoELinear(6, 10, num_experts=4, top_k=2).eval()
     torch.nn.init.normal_(moe.router.w_gate)
     pad = PADMoELinear(6, 10, num_experts=4, top_k=2, lambda_mode="none", granularity="channel").eval()
     pad.load_state_dict(moe.state_dict(), strict=False)
     x = torch.randn(5, 6)
-    torch.testing.assert_close(pad(x), moe(x), atol=1e-6, rtol=0)
+    assert_close_f64(pad(x), moe(x))
 
 
 def test_cost_splits_static_and_dynamic_work():

@@ -11,7 +11,7 @@ from torch import nn
 import padnet
 from padnet.convert import pad_layers
 from padnet.layers import conv_strategy
-from tests.conftest import random_mask
+from tests.helpers import assert_close_f64, random_mask
 
 
 def small_net():
@@ -37,6 +37,7 @@ def traced_model(routing, form):
     return model.eval()
 
 
+@pytest.mark.usefixtures("float64")
 @pytest.mark.parametrize("routing, form", [("softmax", "training"), ("sigmoid", "training"), ("softmax", "deployed")])
 def test_traced_model_is_right_at_other_batch_sizes(routing, form):
     model = traced_model(routing, form)
@@ -47,7 +48,7 @@ def test_traced_model_is_right_at_other_batch_sizes(routing, form):
         traced = torch.jit.trace(model, torch.randn(2, 3, 16, 16))
         for batch in (2, 5, 1):
             x = torch.randn(batch, 3, 16, 16)
-            torch.testing.assert_close(traced(x), model(x), rtol=1e-4, atol=1e-5)
+            assert_close_f64(traced(x), model(x))
 
 
 @pytest.mark.parametrize("pinned", ["grouped", "loop"])
@@ -59,6 +60,7 @@ def test_tracing_a_batch_baked_strategy_points_at_torch_export(pinned):
         torch.jit.trace(layer, torch.randn(2, 8, 6, 6))
 
 
+@pytest.mark.usefixtures("float64")
 def test_torch_export_serves_other_batch_sizes():
     layer = padnet.PADConv2d(8, 8, 3, padding=1).eval()
     layer.set_mask(random_mask(layer.kernel_shape, 0.3))
@@ -66,4 +68,4 @@ def test_torch_export_serves_other_batch_sizes():
     program = torch.export.export(nn.Sequential(layer), (torch.randn(2, 8, 6, 6),), dynamic_shapes=({0: batch},))
     x = torch.randn(5, 8, 6, 6)
     with torch.no_grad():
-        torch.testing.assert_close(program.module()(x), layer(x), rtol=1e-5, atol=1e-6)
+        assert_close_f64(program.module()(x), layer(x))

@@ -8,7 +8,7 @@ import padnet
 from padnet.layers import MoELinear, PADMoELinear
 from padnet.layers.router import cv_squared
 from padnet.reference import per_expert_pad_moe
-from tests.conftest import random_mask
+from tests.helpers import assert_close_f64, random_mask
 
 
 def randomise_router(layer):
@@ -24,6 +24,7 @@ def pad_like(moe: MoELinear, **kw) -> PADMoELinear:
     return pad
 
 
+@pytest.mark.usefixtures("float64")
 def test_moe_matches_its_definition():
     moe = MoELinear(6, 5, num_experts=4, top_k=2).eval()
     randomise_router(moe)
@@ -37,18 +38,20 @@ def test_moe_matches_its_definition():
         for slot in range(2):
             e = top_i[t, slot]
             expected[t] += gates[t, slot] * F.linear(tokens[t], moe.weight[e], moe.bias[e])
-    torch.testing.assert_close(moe(x), expected.reshape(2, 3, 5), atol=1e-5, rtol=0)
+    assert_close_f64(moe(x), expected.reshape(2, 3, 5))
 
 
+@pytest.mark.usefixtures("float64")
 @pytest.mark.parametrize("bias", [True, False])
 def test_kappa_one_pad_moe_equals_moe(bias):
     moe = MoELinear(6, 5, num_experts=4, top_k=2, bias=bias).eval()
     randomise_router(moe)
     pad = pad_like(moe).eval()
     x = torch.randn(4, 7, 6)
-    torch.testing.assert_close(pad(x), moe(x), atol=1e-5, rtol=0)
+    assert_close_f64(pad(x), moe(x))
 
 
+@pytest.mark.usefixtures("float64")
 @pytest.mark.parametrize("mode", ["both", "static", "dynamic", "none"])
 @pytest.mark.parametrize("ratio", [0.0, 0.5, 1.0])
 def test_static_factored_form_equals_per_expert_form(mode, ratio):
@@ -59,11 +62,12 @@ def test_static_factored_form_equals_per_expert_form(mode, ratio):
     pad.set_mask(random_mask(pad.kernel_shape, ratio))
     x = torch.randn(3, 4, 6)
     expected = per_expert_pad_moe(pad, x)
-    torch.testing.assert_close(pad(x), expected, atol=1e-5, rtol=0)
+    assert_close_f64(pad(x), expected)
     pad.compact()
-    torch.testing.assert_close(pad(x), expected, atol=1e-5, rtol=0)
+    assert_close_f64(pad(x), expected)
 
 
+@pytest.mark.usefixtures("float64")
 def test_upcycled_pad_moe_equals_the_dense_linear():
     dense = torch.nn.Linear(6, 5)
     pad = PADMoELinear(6, 5, num_experts=4, top_k=2)
@@ -75,9 +79,10 @@ def test_upcycled_pad_moe_equals_the_dense_linear():
     x = torch.randn(2, 9, 6)
     for mode in ("eval", "train"):  # gates are 0 at init, and even noisy routing keeps the identity
         getattr(pad, mode)()
-        torch.testing.assert_close(pad(x), dense(x), atol=1e-5, rtol=0)
+        assert_close_f64(pad(x), dense(x))
 
 
+@pytest.mark.usefixtures("float64")
 @pytest.mark.parametrize("phi", [0.0, 0.7])
 def test_static_from_dynamic_keeps_a_warmed_up_function(phi):
     # Experts that agree (W') but differ from W_s: the kappa = 1 output is the dense W' output. Making
@@ -94,7 +99,7 @@ def test_static_from_dynamic_keeps_a_warmed_up_function(phi):
     assert (pad(x) - full).abs().max() > 1e-2
     before = pad.static_weight.detach().clone()
     pad.static_from_dynamic()
-    torch.testing.assert_close(pad(x), full, atol=1e-5, rtol=0)
+    assert_close_f64(pad(x), full)
     assert torch.equal(pad.static_weight[mask], before[mask])  # entries W_s does not serve are untouched
     pad.compact()
     with pytest.raises(ValueError, match="before compact"):
@@ -124,6 +129,7 @@ def test_a_token_costs_top_k_matmuls_as_in_the_moe(monkeypatch):
     assert sum(calls) == 10 * 2
 
 
+@pytest.mark.usefixtures("float64")
 @pytest.mark.parametrize("deployed", [False, True])
 def test_few_tokens_assemble_only_their_experts_and_give_the_same_output(deployed):
     moe = MoELinear(6, 5, num_experts=8, top_k=2)
@@ -137,9 +143,9 @@ def test_few_tokens_assemble_only_their_experts_and_give_the_same_output(deploye
     x = torch.randn(1, 6)  # one token: 2 of 8 experts active
     with torch.no_grad():
         expected = per_expert_pad_moe(pad, x)
-        torch.testing.assert_close(layer(x), expected, atol=1e-5, rtol=1e-5)
+        assert_close_f64(layer(x), expected)
         torch.testing.assert_close(layer(torch.randn(64, 6))[:0], expected[:0])  # all experts active, then few
-        torch.testing.assert_close(layer(x), expected, atol=1e-5, rtol=1e-5)
+        assert_close_f64(layer(x), expected)
 
 
 def test_gradients_and_masked_entries():
@@ -188,11 +194,12 @@ def test_noisy_smooth_load_is_differentiable_in_the_noise_weights():
     assert moe.router.w_noise.grad.abs().sum() > 0
 
 
+@pytest.mark.usefixtures("float64")
 def test_routing_over_any_leading_dims_is_tokenwise():
     moe = MoELinear(6, 5, num_experts=4, top_k=2).eval()
     randomise_router(moe)
     x = torch.randn(2, 3, 4, 6)
-    torch.testing.assert_close(moe(x).reshape(-1, 5), moe(x.reshape(-1, 6)), atol=1e-6, rtol=0)
+    assert_close_f64(moe(x).reshape(-1, 5), moe(x.reshape(-1, 6)))
 
 
 @pytest.mark.parametrize(
@@ -220,6 +227,7 @@ def test_bad_mask_and_input():
         pad(torch.randn(3, 4))
 
 
+@pytest.mark.usefixtures("float64")
 @pytest.mark.parametrize("bias", [False, True])
 def test_sorted_dispatch_gradients_equal_the_dense_definition(bias):
     """One sort, contiguous expert slices and the hand-written batched backward give the gradients of
@@ -239,7 +247,7 @@ def test_sorted_dispatch_gradients_equal_the_dense_definition(bias):
     expected = torch.autograd.grad(dense, [x2, moe.weight, moe.router.w_gate] + ([moe.bias] if bias else []),
                                    grad_out)
     for g, e in zip(got, expected):
-        torch.testing.assert_close(g, e, atol=1e-5, rtol=1e-5)
+        assert_close_f64(g, e)
 
 
 def test_expert_slots_sort_the_pairs_by_expert():

@@ -8,7 +8,7 @@ import torch.nn.functional as F
 
 from padnet.layers import DynamicConv2d, PADConv2d
 from padnet.reference import DenseMaskPADConv2d
-from tests.conftest import random_mask
+from tests.helpers import assert_close_f64, random_mask
 
 ARGS = dict(in_channels=8, out_channels=12, kernel_size=3, padding=1)
 
@@ -25,6 +25,7 @@ def set_phi(layer, value):
         layer.phi.fill_(value)
 
 
+@pytest.mark.usefixtures("float64")
 @pytest.mark.parametrize("routing", ["softmax", "sigmoid"])
 @pytest.mark.parametrize("bias", [False, True])
 def test_kappa_one_equals_dynamic_conv(routing, bias):
@@ -35,9 +36,10 @@ def test_kappa_one_equals_dynamic_conv(routing, bias):
     pad = pad_from_dynamic(dyn, lambda_mode="both")
     pad.temperature = 3.0
     x = torch.randn(4, 8, 9, 9)
-    torch.testing.assert_close(pad(x), dyn(x), rtol=0, atol=1e-6)
+    assert_close_f64(pad(x), dyn(x))
 
 
+@pytest.mark.usefixtures("float64")
 def test_dynamic_conv_is_the_attention_weighted_kernel():
     dyn = DynamicConv2d(**ARGS, num_kernels=3)
     x = torch.randn(3, 8, 7, 7)
@@ -45,9 +47,10 @@ def test_dynamic_conv_is_the_attention_weighted_kernel():
     assert torch.allclose(alpha.sum(1), torch.ones(3))
     for b in range(3):
         w = (alpha[b] @ dyn.weight).reshape(dyn.weight_shape)
-        torch.testing.assert_close(dyn(x)[b : b + 1], F.conv2d(x[b : b + 1], w, padding=1), atol=1e-5, rtol=0)
+        assert_close_f64(dyn(x)[b : b + 1], F.conv2d(x[b : b + 1], w, padding=1))
 
 
+@pytest.mark.usefixtures("float64")
 @pytest.mark.parametrize("mode", ["both", "static", "dynamic", "none"])
 def test_kappa_zero_is_a_static_conv_with_lambda_s_ws(mode):
     pad = PADConv2d(**ARGS, lambda_mode=mode)
@@ -56,12 +59,13 @@ def test_kappa_zero_is_a_static_conv_with_lambda_s_ws(mode):
     lambda_s, _ = pad.scales
     x = torch.randn(3, 8, 9, 9)
     expected = F.conv2d(x, lambda_s * pad.static_weight, padding=1)
-    torch.testing.assert_close(pad(x), expected, atol=1e-5, rtol=0)
+    assert_close_f64(pad(x), expected)
     # no dependence on routing: changing the attention changes nothing
     torch.nn.init.normal_(pad.attention.fc2.weight)
-    torch.testing.assert_close(pad(x), expected, atol=1e-5, rtol=0)
+    assert_close_f64(pad(x), expected)
 
 
+@pytest.mark.usefixtures("float64")
 def test_lambda_modes_follow_the_spec():
     phi = 0.4
     s = torch.sigmoid(torch.tensor(phi))
@@ -76,9 +80,10 @@ def test_lambda_modes_follow_the_spec():
         # and the forward uses them: compare against the oracle at a mixed mask
         pad.set_mask(random_mask(pad.kernel_shape, 0.4))
         x = torch.randn(2, 8, 6, 6)
-        torch.testing.assert_close(pad(x), DenseMaskPADConv2d(pad)(x), atol=1e-5, rtol=0)
+        assert_close_f64(pad(x), DenseMaskPADConv2d(pad)(x))
 
 
+@pytest.mark.usefixtures("float64")
 @pytest.mark.parametrize(
     "kw",
     [
@@ -102,9 +107,9 @@ def test_efficient_equals_dense_mask_oracle_before_and_after_compact(kw, ratio):
     oracle = DenseMaskPADConv2d(pad)
     x = torch.randn(5, args["in_channels"], 11, 11)
     expected = oracle(x)
-    torch.testing.assert_close(pad(x), expected, atol=1e-5, rtol=0)
+    assert_close_f64(pad(x), expected)
     pad.compact()
-    torch.testing.assert_close(pad(x), expected, atol=1e-5, rtol=0)
+    assert_close_f64(pad(x), expected)
     n = pad.kernel_numel
     nnz = int(pad.mask.sum())
     # K nnz dynamic entries and the dense W_s, zero at the dynamic entries; no full kernels any more.
@@ -113,6 +118,7 @@ def test_efficient_equals_dense_mask_oracle_before_and_after_compact(kw, ratio):
     assert params["static_weight"].numel() == n and not params["static_weight"].reshape(-1)[pad.dynamic_index].any()
 
 
+@pytest.mark.usefixtures("float64")
 def test_per_sample_independence_in_eval():
     pad = PADConv2d(**ARGS)
     pad.set_mask(random_mask(pad.kernel_shape, 0.3))
@@ -120,10 +126,10 @@ def test_per_sample_independence_in_eval():
     x = torch.randn(6, 8, 9, 9)
     full = pad(x)
     for b in range(6):
-        torch.testing.assert_close(pad(x[b : b + 1]), full[b : b + 1], atol=1e-5, rtol=0)
+        assert_close_f64(pad(x[b : b + 1]), full[b : b + 1])
     other = x.clone()
     other[1:] = torch.randn_like(other[1:])
-    torch.testing.assert_close(pad(other)[0], full[0], atol=1e-5, rtol=0)
+    assert_close_f64(pad(other)[0], full[0])
 
 
 def test_gradients_reach_every_part_and_masked_entries_get_none():
@@ -145,17 +151,18 @@ def test_mode_none_freezes_phi():
     assert not pad.phi.requires_grad
 
 
+@pytest.mark.usefixtures("float64")
 def test_channels_last_and_non_contiguous_input():
     pad = PADConv2d(**ARGS)
     pad.set_mask(random_mask(pad.kernel_shape, 0.5))
     x = torch.randn(3, 8, 9, 9)
     expected = pad(x)
-    torch.testing.assert_close(pad(x.to(memory_format=torch.channels_last)), expected, atol=1e-5, rtol=0)
+    assert_close_f64(pad(x.to(memory_format=torch.channels_last)), expected)
     wide = torch.randn(3, 8, 9, 18)[..., ::2]
     assert not wide.is_contiguous()
-    torch.testing.assert_close(pad(wide), pad(wide.contiguous()), atol=1e-5, rtol=0)
+    assert_close_f64(pad(wide), pad(wide.contiguous()))
     pad_cl = copy.deepcopy(pad).to(memory_format=torch.channels_last)
-    torch.testing.assert_close(pad_cl(x), expected, atol=1e-5, rtol=0)
+    assert_close_f64(pad_cl(x), expected)
 
 
 def test_state_dict_round_trip_keeps_the_mask():

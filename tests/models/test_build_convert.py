@@ -9,6 +9,7 @@ from torch import nn
 from padnet import ConfigError, ConvertConfig, models
 from padnet.convert import convert, pad_layers
 from padnet.layers import DynamicConv2d, PADConv2d
+from tests.helpers import assert_close_f64
 
 
 def conv_names(model):
@@ -94,6 +95,7 @@ def _randomize_bn(model):
             m.weight.data.copy_(torch.rand(m.num_features, generator=g) + 0.5)
 
 
+@pytest.mark.usefixtures("float64")
 @pytest.mark.parametrize("pad", [False, True])
 def test_upcycle_keeps_the_function(pad):
     torch.manual_seed(0)
@@ -111,7 +113,7 @@ def test_upcycle_keeps_the_function(pad):
     with torch.no_grad():
         got = model(x)
         other = fresh(x)
-    torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-5)
+    assert_close_f64(got, expected)
     assert not torch.allclose(other, expected, atol=1e-3)  # fresh init does not keep it: the check can fail
 
 
@@ -157,6 +159,7 @@ def _count(model, cls_name):
     return sum(type(m).__name__ == cls_name for m in model.modules())
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name, se_blocks", [("mobilenet_v3_small", 9), ("efficientnet_b0", 16)])
 def test_squeeze_excitation_convs_stay_static(name, se_blocks):
     import torchvision

@@ -15,7 +15,7 @@ from padnet.data.folder import ImageFileError, image_folder, load_image
 from padnet.errors import DataError
 from padnet.data.idx import IDXError, read_idx
 
-from .helpers import SAFETY_TIMEOUT_S, child_env
+from tests.helpers import SAFETY_TIMEOUT_S, child_env
 
 Image = pytest.importorskip("PIL.Image")
 
@@ -66,6 +66,7 @@ def test_decompression_bomb_is_refused_with_the_file_named(tmp_path, side, patte
         load_image(str(bomb))
 
 
+@pytest.mark.slow
 def test_gzip_idx_is_read_no_further_than_its_header_declares(tmp_path):
     """A gzip IDX file declaring 10 values followed by 1 GiB of zeros (about 1 MB compressed) is refused
     under a 256 MB address-space margin: reading it whole would need 1 GiB."""

@@ -13,7 +13,10 @@ import torch
 from padnet.cli import main
 from padnet.train.config import config_from_dict
 
-from .helpers import SAFETY_TIMEOUT_S, child_env
+from tests.helpers import SAFETY_TIMEOUT_S, child_env
+
+# Subprocesses / end-to-end runs: the slow lane (make test-fast leaves them out).
+pytestmark = pytest.mark.slow
 
 pytest.importorskip("transformers")
 

@@ -20,7 +20,7 @@ from padnet.train import NonFiniteLossError, TaskParts, Trainer, config_from_dic
 from padnet.train.config import ConfigError, load_config
 from padnet.train.vision import loss_fn
 
-from .helpers import TINY_RUN, write_config
+from tests.helpers import TINY_RUN, write_config
 
 
 def test_one_error_family_that_old_callers_still_catch():

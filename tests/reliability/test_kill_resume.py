@@ -12,7 +12,10 @@ import torch
 
 from padnet.train.io import load_checkpoint
 
-from .helpers import comparable_results, history_without_times, kill_when_paused, run_to_end, write_config
+from tests.helpers import comparable_results, history_without_times, kill_when_paused, run_to_end, write_config
+
+# Subprocesses / end-to-end runs: the slow lane (make test-fast leaves them out).
+pytestmark = pytest.mark.slow
 
 # (pause point, epoch of the checkpoint on disk right after the kill; 0 = no checkpoint file yet)
 KILL_POINTS = {

@@ -9,6 +9,7 @@ from hypothesis import strategies as st
 
 from padnet.layers import DynamicConv2d, MoELinear, PADConv2d, PADMoELinear
 from padnet.reference import DenseMaskPADConv2d, per_expert_pad_moe
+from tests.helpers import assert_close_f64
 
 SETTINGS = settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
@@ -17,6 +18,7 @@ def conv_out(size, k, s, p, d):
     return (size + 2 * p - d * (k - 1) - 1) // s + 1
 
 
+@pytest.mark.usefixtures("float64")
 @SETTINGS
 @given(
     in_ch=st.integers(-1, 9),
@@ -61,16 +63,17 @@ def test_pad_conv_arguments(in_ch, out_ch, groups, kernel, stride, padding, dila
     y = layer(x)
     side = conv_out(size, kernel, stride, padding, dilation)
     assert y.shape == (3, out_ch, side, side)
-    torch.testing.assert_close(y, DenseMaskPADConv2d(layer)(x), atol=1e-4, rtol=1e-4)
+    assert_close_f64(y, DenseMaskPADConv2d(layer)(x))
     if ratio == 0.0 and layer.bias is None:  # kappa = 0: a static conv with lambda_s W_s
         static = F.conv2d(x, layer.scales[0] * layer.static_weight, None, stride, padding, dilation, groups)
-        torch.testing.assert_close(y, static, atol=1e-4, rtol=1e-4)
+        assert_close_f64(y, static)
     if ratio == 1.0 and mode == "none":  # kappa = 1, lambda = 1: DY-Conv with the same kernels
         dyn = DynamicConv2d(in_ch, out_ch, kernel, stride, padding, dilation, groups, bias, num_kernels)
         dyn.load_state_dict(layer.state_dict(), strict=False)
-        torch.testing.assert_close(y, dyn(x), atol=1e-4, rtol=1e-4)
+        assert_close_f64(y, dyn(x))
 
 
+@pytest.mark.usefixtures("float64")
 @SETTINGS
 @given(
     in_f=st.integers(0, 8),
@@ -99,8 +102,8 @@ def test_pad_moe_arguments(in_f, out_f, experts, top_k, bias, ratio, mode, lead,
     x = torch.randn(*lead, 5, in_f, generator=g)
     y = layer(x)
     assert y.shape == (*lead, 5, out_f)
-    torch.testing.assert_close(y, per_expert_pad_moe(layer, x), atol=1e-4, rtol=1e-4)
+    assert_close_f64(y, per_expert_pad_moe(layer, x))
     if ratio == 1.0 and mode == "none":
         moe = MoELinear(in_f, out_f, experts, top_k, bias=bias).eval()
         moe.load_state_dict(layer.state_dict(), strict=False)
-        torch.testing.assert_close(y, moe(x), atol=1e-4, rtol=1e-4)
+        assert_close_f64(y, moe(x))

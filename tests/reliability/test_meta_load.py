@@ -13,7 +13,7 @@ import padnet
 import padnet.models
 from padnet.convert import pad_layers
 from padnet.errors import ModelFileError
-from tests.conftest import random_mask
+from tests.helpers import random_mask
 
 SMALL = {"num_classes": 10, "in_channels": 1, "small_input": True, "width": 4, "layers": [1]}
 

@@ -18,7 +18,7 @@ import padnet
 from padnet.errors import ModelFileError
 from padnet.train.io import load_checkpoint
 
-from .helpers import SAFETY_TIMEOUT_S, child_env
+from tests.helpers import SAFETY_TIMEOUT_S, child_env
 
 
 def write_model_file(path, record, tensors=None):
@@ -46,6 +46,7 @@ def write_evil_model_dir(directory, marker):
     (directory / "config.json").write_text(json.dumps(raw))
 
 
+@pytest.mark.slow
 def test_hf_record_with_remote_code_never_runs_it_even_when_answered_yes(tmp_path):
     pytest.importorskip("transformers")
     marker = tmp_path / "marker"
@@ -146,6 +147,7 @@ BOMBS = {
 }
 
 
+@pytest.mark.slow
 def test_records_cannot_allocate_more_than_the_file_holds(tmp_path):
     """Each file is a few KB; loaded under a 1.5 GB address-space limit (above what is mapped after import)
     each is refused with ModelFileError before the model is built for real."""

@@ -9,7 +9,7 @@ import pytest
 from padnet.cli import main
 from padnet.train import Trainer, config_from_dict
 
-from .helpers import TINY_RUN
+from tests.helpers import TINY_RUN
 
 pytest.importorskip("torch.utils.tensorboard")
 

@@ -16,7 +16,10 @@ from padnet.train.io import atomic_write_bytes
 from padnet.train.rundir import LOCK, MARKER
 from padnet.train.sweep import load_sweep
 
-from .helpers import HOOK_LINE, SAFETY_TIMEOUT_S, TINY_RUN, child_env, train_command, write_config
+from tests.helpers import HOOK_LINE, SAFETY_TIMEOUT_S, TINY_RUN, child_env, train_command, write_config
+
+# Subprocesses / end-to-end runs: the slow lane (make test-fast leaves them out).
+pytestmark = pytest.mark.slow
 
 ONE_EPOCH = {**TINY_RUN, "epochs": 1}
 

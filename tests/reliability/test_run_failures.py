@@ -16,7 +16,10 @@ from padnet.train import NonFiniteLossError, TaskParts, Trainer, config_from_dic
 from padnet.train.io import load_checkpoint, non_finite_tensors
 from padnet.train.vision import evaluate
 
-from .helpers import TINY_RUN, comparable_results, history_without_times, write_config
+from tests.helpers import TINY_RUN, comparable_results, history_without_times, write_config
+
+# End-to-end runs: the slow lane (make test-fast leaves them out).
+pytestmark = pytest.mark.slow
 
 STEPS_PER_EPOCH = 3  # 48 training images, batch 16
 

@@ -15,7 +15,7 @@ from padnet.serialization import ModelFileError
 from padnet.train import Trainer, config_from_dict
 from padnet.train.io import load_checkpoint
 
-from .helpers import TINY_RUN
+from tests.helpers import TINY_RUN
 
 
 class Boobytrap:

@@ -18,6 +18,9 @@ from padnet.models import hf  # noqa: E402
 from padnet.train.config import ConfigError, load_config  # noqa: E402
 from padnet.train.io import RunWriter  # noqa: E402
 
+# End-to-end runs: the slow lane (make test-fast leaves them out).
+pytestmark = pytest.mark.slow
+
 WORDS = "the a cat dog man woman runs sleeps eats big small red blue house car tree sees likes".split()
 
 

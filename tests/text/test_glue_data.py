@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 
 from padnet.data.glue import TASKS, get_task, read_tsv, tsv_path
-from tests.conftest import SHARED_DATA
+from tests.helpers import SHARED_DATA
 
 GLUE = SHARED_DATA / "glue"
 

@@ -15,7 +15,7 @@ import padnet  # noqa: E402
 from padnet import hf  # noqa: E402
 from padnet.convert import pad_layers  # noqa: E402
 from padnet.serialization import ModelFileError  # noqa: E402
-from tests.conftest import random_pad_form  # noqa: E402
+from tests.helpers import random_pad_form  # noqa: E402
 
 VOCAB = 64
 

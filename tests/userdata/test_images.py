@@ -19,6 +19,9 @@ from padnet.data.transforms import eval_transform, image_record, train_transform
 from padnet.serialization import read_record  # noqa: E402
 from padnet.train.config import ConfigError, config_from_dict  # noqa: E402
 
+# End-to-end runs: the slow lane (make test-fast leaves them out).
+pytestmark = pytest.mark.slow
+
 CLASSES = ("left", "right")
 
 

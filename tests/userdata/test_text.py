@@ -20,6 +20,9 @@ from padnet.serialization import read_record  # noqa: E402
 from padnet.text import labels as L  # noqa: E402
 from tests.text.test_glue_cli import tiny_model_dir  # noqa: E402,F401  (the fixture: a 2-layer BERT)
 
+# End-to-end runs: the slow lane (make test-fast leaves them out).
+pytestmark = pytest.mark.slow
+
 TOPICS = {"sports": "goal match team score coach", "politics": "vote election party law senate",
           "tech": "chip software code robot data", "health": "doctor virus diet sleep heart",
           "arts": "film paint music novel stage"}
