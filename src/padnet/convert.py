@@ -23,18 +23,18 @@ from .arch import detect_arch
 from .deploy import refuse_unpartitioned
 from .errors import ConfigError
 from .layers import DYNAMIC_LAYERS, GRANULARITIES, LAMBDA_MODES, PartiallyDynamic
-from .layers.deployed_base import DeployedPartiallyDynamic
 from .layers._validate import choice_problem, int_problem
 from .layers.attention import ROUTINGS
 from .layers.conversions import (  # noqa: F401  (find_ffn_outputs: public re-export)
     INITS,
     MOE_TARGETS,
     Conversion,
-    target_problems,
     conversion_kinds,
     find_ffn_outputs,
     get_conversion,
+    target_problems,
 )
+from .layers.deployed_base import DeployedPartiallyDynamic
 
 
 @dataclass(kw_only=True)

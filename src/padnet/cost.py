@@ -32,8 +32,8 @@ import torch
 from torch import nn
 
 from .layers import DYNAMIC_LAYERS
-from .layers.pad_base import DynamicEntries
 from .layers.deployed_base import DeployedPartiallyDynamic
+from .layers.pad_base import DynamicEntries
 
 
 def stored_numel(module: nn.Module, recurse: bool = True) -> int:

@@ -129,10 +129,10 @@ SIZE_LIMITS = {
     "num_experts": 1024, "top_k": 1024, "reduction": 4096, "num_hidden_layers": 256, "num_attention_heads": 1024,
     "hidden_size": 65_536, "intermediate_size": 262_144, "vocab_size": 1_048_576, "max_position_embeddings": 1_048_576,
 }
-MAX_STAGES, MAX_BLOCKS = 8, 64
+MAX_STAGES, MAX_BLOCKS = 8, 64  # padnet.small_resnet's layers: [blocks per stage]
 # Bytes per element of each safetensors dtype.
 DTYPE_BYTES = {"BOOL": 1, "U8": 1, "I8": 1, "F8_E5M2": 1, "F8_E4M3": 1, "I16": 2, "U16": 2, "F16": 2, "BF16": 2,
-               "I32": 4, "U32": 4, "F32": 4, "I64": 8, "U64": 8, "F64": 8}  # padnet.small_resnet's layers: [blocks per stage]
+               "I32": 4, "U32": 4, "F32": 4, "I64": 8, "U64": 8, "F64": 8}
 
 
 def _cut(text, limit: int = 300) -> str:
@@ -213,7 +213,8 @@ def _tensor_shapes(path: Path, header: dict) -> tuple[dict[str, tuple[int, ...]]
             continue
         shape = info.get("shape") if isinstance(info, dict) else None
         offsets = info.get("data_offsets") if isinstance(info, dict) else None
-        if not (isinstance(info, dict) and isinstance(info.get("dtype"), str) and _ints(shape) and len(shape) <= MAX_TENSOR_DIMS
+        if not (isinstance(info, dict) and isinstance(info.get("dtype"), str)
+                and _ints(shape) and len(shape) <= MAX_TENSOR_DIMS
                 and _ints(offsets) and len(offsets) == 2 and offsets[0] <= offsets[1]):
             raise ModelFileError(path, f"corrupted safetensors header: bad entry for tensor {_cut(repr(name), 80)}")
         itemsize = DTYPE_BYTES.get(info["dtype"])
@@ -342,7 +343,8 @@ def load(path, model_factory: Callable[[], nn.Module] | None = None, map_locatio
     except ModelFileError:
         raise
     except (Exception, RecursionError, MemoryError) as exc:
-        raise ModelFileError(path, f"cannot rebuild the model it describes ({type(exc).__name__}: {_cut(exc)})") from None
+        raise ModelFileError(
+            path, f"cannot rebuild the model it describes ({type(exc).__name__}: {_cut(exc)})") from None
 
 
 def _build(path: Path, arch: dict, meta: bool) -> nn.Module | None:
@@ -489,7 +491,8 @@ def _replay(path: Path, record: dict, shapes: dict, file: _FileTensors, model: n
             raise ModelFileError(path, f"temperatures: {what} has no layer {_cut(repr(name), 80)}") from None
     if deployed:
         if on_meta:
-            for _, layer in pad_layers(model):  # from_pad reads the static positions: on meta, only their count is known
+            # from_pad reads the static positions: on meta, only their count is known
+            for _, layer in pad_layers(model):
                 layer.__class__ = _meta_static_index_class(type(layer))
         with device:
             deploy(model, allow_unpartitioned=True)  # the file's masks, whatever they are

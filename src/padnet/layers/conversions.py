@@ -31,8 +31,8 @@ padnet's own kinds, where PAD goes (SPEC section 5):
 
 from __future__ import annotations
 
-from collections.abc import Callable
 import dataclasses
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, NamedTuple
 
@@ -170,7 +170,8 @@ def squeeze_excitation_convs(model: nn.Module) -> list[str]:
         convs = [(n, m) for n, m in children if type(m) is nn.Conv2d]
         pooled = [i for i, (_, m) in enumerate(children) if _is_global_pool(m)]
         if pooled:
-            found += [prefix + n for n, m in children[pooled[0] + 1:] if type(m) is nn.Conv2d and m.kernel_size == (1, 1)]
+            found += [prefix + n for n, m in children[pooled[0] + 1:]
+                      if type(m) is nn.Conv2d and m.kernel_size == (1, 1)]
         elif len(convs) == 2 and not any(isinstance(m, _NORMS) for _, m in children):
             (_, reduce), (_, expand) = convs
             pair = (reduce.in_channels == expand.out_channels > reduce.out_channels == expand.in_channels)

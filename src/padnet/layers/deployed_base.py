@@ -153,7 +153,8 @@ class DeployedPartiallyDynamic(DynamicEntries):
         return {"static_values": ((self.num_static,), self.dynamic_values.dtype), index[0]: (index[1], torch.int32)}
 
     def deployed_extra_repr(self) -> str:
-        return f"dynamic_ratio={self.dynamic_ratio:.3f}, stored={self.num_static}+{tuple(self.dynamic_values.shape)}" + (
+        stored = f"{self.num_static}+{tuple(self.dynamic_values.shape)}"
+        return f"dynamic_ratio={self.dynamic_ratio:.3f}, stored={stored}" + (
             f", granularity={self.granularity!r}" if self.granularity != "element" else "")
 
 

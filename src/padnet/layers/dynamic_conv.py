@@ -10,19 +10,18 @@ from torch import nn
 
 from ._validate import check_positive_int, pair
 from .attention import KernelAttention
-from .pad_base import DynamicEntries, upcycle_from
 from .conv_strategy import (
     MIXTURE_STRATEGIES,
     PER_SAMPLE_STRATEGIES,
-    WHOLE,
     UNFOLD_MAX_POSITIONS,
+    WHOLE,
     applicable_strategies,
     heuristic_strategy,
     is_plain_1x1,
     output_positions,
     resolve_strategy,
 )
-
+from .pad_base import DynamicEntries, upcycle_from
 
 KERNEL_STRATEGIES = ("auto",) + PER_SAMPLE_STRATEGIES
 
@@ -328,7 +327,8 @@ class DynamicConv2d(DynamicConvCompute, nn.Module):
 
     ``routing="softmax"`` is DY-Conv (temperature-scaled softmax attention); ``routing="sigmoid"`` is
     CondConv (independent sigmoid gates, no temperature). Parameters: ``weight`` (K, N) holding K kernels of
-    ``weight_shape`` = (C_out, C_in/g, kh, kw) flattened, ``bias`` (K, C_out) when ``bias=True``, and the attention ``attention.fc1``/``attention.fc2``.
+    ``weight_shape`` = (C_out, C_in/g, kh, kw) flattened, ``bias`` (K, C_out) when ``bias=True``, and the
+    attention ``attention.fc1``/``attention.fc2``.
     """
 
     def __init__(

@@ -66,7 +66,8 @@ class _ExpertMatmul(torch.autograd.Function):
         grad = grad.contiguous()
         grad_x = x.new_empty(x.shape) if ctx.needs_input_grad[0] else None
         grad_w = weights.new_empty(weights.shape) if ctx.needs_input_grad[1] else None
-        grad_b = grad.new_empty(weights.shape[0], weights.shape[1]) if ctx.has_bias and ctx.needs_input_grad[2] else None
+        has_grad_b = ctx.has_bias and ctx.needs_input_grad[2]
+        grad_b = grad.new_empty(weights.shape[0], weights.shape[1]) if has_grad_b else None
         start = 0
         for e, count in enumerate(ctx.counts):
             rows = slice(start, start + count)
@@ -94,8 +95,8 @@ def mix_experts(
 
     The pairs are sorted by expert once (``ExpertSlots``); each expert runs one matmul on its contiguous
     slice (``_ExpertMatmul``); one gather puts the results back in (token, slot) order and the gates
-    weight the k slots. No scatter-add: the result does not depend on the order of floating-point additions (deterministic
-    on GPUs too). Experts that receive no tokens still join the graph (an empty matmul), so their
+    weight the k slots. No scatter-add: the result does not depend on the order of floating-point additions
+    (deterministic on GPUs too). Experts that receive no tokens still join the graph (an empty matmul), so their
     parameters get a zero gradient rather than none, which keeps DistributedDataParallel from reporting
     unused parameters.
     """

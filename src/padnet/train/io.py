@@ -24,7 +24,12 @@ import yaml
 
 from ..errors import ModelFileError, NonFiniteLossError
 from ..infra import (  # noqa: F401  (re-exported)
-    atomic_write_bytes, current_umask, is_main_process, open_append_nofollow, refuse_links, remove_stale_temp_files,
+    atomic_write_bytes,
+    current_umask,
+    is_main_process,
+    open_append_nofollow,
+    refuse_links,
+    remove_stale_temp_files,
 )
 
 
@@ -110,7 +115,8 @@ def _check_checkpoint_archive(path: Path) -> None:
     for info in entries:
         if info.compress_type != zipfile.ZIP_STORED:
             raise ModelFileError(path, f"not a loadable padnet checkpoint (entry {info.filename!r} is compressed; "
-                                       "torch.save stores entries uncompressed, so this file was not written by padnet)")
+                                       "torch.save stores entries uncompressed, "
+                                       "so this file was not written by padnet)")
         if info.file_size > size or info.header_offset + info.file_size > size:
             raise ModelFileError(path, f"not a loadable padnet checkpoint (entry {info.filename!r} claims "
                                        f"{info.file_size:,} bytes, beyond the file's {size:,})")
