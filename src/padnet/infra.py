@@ -22,9 +22,10 @@ import os
 import sys
 import tempfile
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -50,7 +51,7 @@ class LaunchEnv:
     local_rank: int
 
 
-def launch_env(environ: dict | None = None) -> LaunchEnv | None:
+def launch_env(environ: Mapping[str, Any] | None = None) -> LaunchEnv | None:
     """The torchrun environment of this process, or None when it was not launched by torchrun
     (no ``WORLD_SIZE``). Raises ``DistributedSetupError`` naming the bad variable and value."""
     environ = os.environ if environ is None else environ
@@ -58,7 +59,7 @@ def launch_env(environ: dict | None = None) -> LaunchEnv | None:
         return None
     values = {}
     for key in ENV_KEYS:
-        raw = environ.get(key, "0" if key != "WORLD_SIZE" else None)
+        raw = environ.get(key, "0")  # RANK and LOCAL_RANK default to 0; WORLD_SIZE is there (above)
         try:
             values[key] = int(raw)
         except (TypeError, ValueError):
@@ -151,7 +152,7 @@ def average_gradients(parameters: Iterable[nn.Parameter]) -> None:
     for p in params:
         if p.grad is None:
             p.grad = torch.zeros_like(p)
-    for grads in by_dtype_and_device([p.grad for p in params]):
+    for grads in by_dtype_and_device([p.grad for p in params if p.grad is not None]):  # (every one, set above)
         flat = torch.cat([g.reshape(-1) for g in grads])
         dist.all_reduce(flat, op=dist.ReduceOp.SUM)
         flat /= world_size()

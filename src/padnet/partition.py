@@ -25,7 +25,7 @@ from torch import nn
 
 from .convert import pad_layers
 from .errors import PartitionError
-from .layers import GRANULARITIES
+from .layers import GRANULARITIES, PartiallyDynamic
 from .layers._validate import check_choice
 from .step import StepRecipe, train_step
 
@@ -39,7 +39,7 @@ class ScoringContext:
     batches, the loss function, the seed and a generator seeded with it (for random choices)."""
 
     model: nn.Module
-    layers: list[tuple[str, nn.Module]]
+    layers: list[tuple[str, PartiallyDynamic]]
     batches: list
     loss_fn: Callable[[nn.Module, object], torch.Tensor] | None
     seed: int
@@ -304,7 +304,7 @@ def _scoring_loss(model: nn.Module, batch_list: list, loss_fn, seed: int) -> flo
         model.train(was_training)
 
 
-def _uncompacted_pad_layers(model: nn.Module) -> list:
+def _uncompacted_pad_layers(model: nn.Module) -> list[tuple[str, PartiallyDynamic]]:
     """The model's PAD layers, none of them compacted (a compacted layer's mask is final)."""
     layers = pad_layers(model)
     if not layers:

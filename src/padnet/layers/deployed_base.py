@@ -31,6 +31,10 @@ class DeployedPartiallyDynamic(DynamicEntries):
     """Mixin for ``nn.Module`` subclasses; call ``_init_deployed`` in ``__init__``."""
 
     kernel_shape: tuple[int, ...]
+    # Set by ``_init_deployed``: the (K, nnz) dynamic entries and the static kernel (dense, or the
+    # static rows for channel granularity), lambdas folded in.
+    dynamic_values: torch.Tensor
+    static_kernel: torch.Tensor
 
     def _init_deployed(self, kernel_shape, num_kernels: int, dynamic_index: torch.Tensor | None,
                        granularity: str = "element") -> None:
