@@ -3,11 +3,13 @@
 - which process this is under torchrun: ``launch_env``, ``rank``, ``world_size``, ``is_main_process``;
 - which device a run uses: ``resolve_device``;
 - writing a file so that a crash leaves the old one or the new one, never a torn one:
-  ``atomic_write_bytes`` (with ``refuse_links``, ``remove_stale_temp_files``, ``open_append_nofollow``).
+  ``atomic_write_bytes`` (with ``refuse_links``, ``remove_stale_temp_files``, ``open_append_nofollow``),
+  and ``atomic_savefig`` for a matplotlib figure.
 
 It imports nothing from padnet but ``padnet.errors``, so ``padnet.serialization`` and ``padnet.train``
-both build on it without importing each other. (``padnet.train.distributed`` and ``padnet.train.io``
-re-export these names where the trainer's callers have always found them.)
+both build on it without importing each other, nor ``padnet.report`` and ``padnet.train``.
+(``padnet.train.distributed`` and ``padnet.train.io`` re-export these names where the trainer's callers
+have always found them.)
 
 Test hook (off by default; used by tests/reliability to kill a run at a known point): with
 ``PADNET_TEST_PAUSE_WRITE=NAME@N`` in the environment, the N-th atomic write of a file called NAME in
@@ -18,6 +20,7 @@ this process stops after the temp file is written and fsynced and before the ren
 from __future__ import annotations
 
 import errno
+import io
 import os
 import sys
 import tempfile
@@ -231,6 +234,16 @@ def atomic_write_bytes(path: str | Path, data: bytes, no_links_under: str | Path
             raise type(err)(err.errno, f"cannot write {path}: {err.strerror}", str(path)) from err
         raise
     _fsync_directory(path.parent)
+
+
+def atomic_savefig(fig, path: str | Path, dpi: int = 120, no_links_under: str | Path | None = None) -> None:
+    """Write a matplotlib figure as PNG atomically (temp file, then rename), then close it."""
+    import matplotlib.pyplot as plt
+
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=dpi)
+    plt.close(fig)
+    atomic_write_bytes(path, buffer.getvalue(), no_links_under=no_links_under)
 
 
 def _fsync_directory(directory: Path) -> None:

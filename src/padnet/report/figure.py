@@ -8,7 +8,7 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-from ..train.io import atomic_savefig
+from ..infra import atomic_savefig
 from .build import Report
 from .stats import Stat
 from .tables import metric_heading, metric_scale

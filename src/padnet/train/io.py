@@ -24,6 +24,7 @@ import yaml
 
 from ..errors import ModelFileError, NonFiniteLossError
 from ..infra import (  # noqa: F401  (re-exported)
+    atomic_savefig,
     atomic_write_bytes,
     current_umask,
     is_main_process,
@@ -50,16 +51,6 @@ def atomic_torch_save(obj, path: str | Path) -> None:
     buffer = io.BytesIO()
     torch.save(obj, buffer)
     atomic_write_bytes(path, buffer.getvalue())
-
-
-def atomic_savefig(fig, path: str | Path, dpi: int = 120, no_links_under: str | Path | None = None) -> None:
-    """Write a matplotlib figure as PNG atomically (temp file, then rename), then close it."""
-    import matplotlib.pyplot as plt
-
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=dpi)
-    plt.close(fig)
-    atomic_write_bytes(path, buffer.getvalue(), no_links_under=no_links_under)
 
 
 # The trainer's checkpoint format (padnet.train.trainer.CHECKPOINT_FORMAT) and the keys it must hold.
