@@ -1,12 +1,12 @@
-# Two entry points: `make demo` (the main job on embedded data) and `make test`.
-# Both create or reuse .venv and install what they need.
+# Two entry points: `make demo` (the main job on embedded data) and `make test`; `make lint` runs the
+# static checks (.ci/run runs it before the tests). All create or reuse .venv and install what they need.
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.padnet-installed
 FMNIST_DIR := /usr/share/datasets/fashion-mnist
 
-.PHONY: demo test data venv bench sweep-vision report-vision sweep-evidence report-evidence sweep-glue report-glue sweep-glue-long report-glue-long clean
+.PHONY: demo test lint data venv bench sweep-vision report-vision sweep-evidence report-evidence sweep-glue report-glue sweep-glue-long report-glue-long clean
 
 venv: $(STAMP)
 
@@ -30,6 +30,13 @@ demo: venv data
 
 test: venv data
 	$(PY) -m pytest -q tests
+
+# ruff (lint and import order; tests/ join later), mypy (the modules listed in pyproject.toml) and the
+# import-layering contract (pyproject.toml [tool.importlinter]); each exits non-zero on a finding.
+lint: venv
+	$(PY) -m ruff check src benchmarks
+	$(PY) -m mypy
+	$(VENV)/bin/lint-imports
 
 bench: venv
 	$(PY) benchmarks/layers.py
