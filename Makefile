@@ -1,7 +1,7 @@
-# Two entry points: `make demo` (the main job on embedded data) and `make test`.
-# Both create or reuse .venv and install what they need, at the exact versions in constraints.txt (the
-# versions the suite last passed with; `make test-latest` tries the newest the metadata allows, `make lock`
-# writes the file anew from a green .venv).
+# Two entry points: `make demo` (the main job on embedded data) and `make test`; `make lint` runs the
+# static checks (.ci/run runs it before the tests). All create or reuse .venv and install what they need,
+# at the exact versions in constraints.txt (the versions the suite last passed with; `make test-latest`
+# tries the newest the metadata allows, `make lock` writes the file anew from a green .venv).
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
@@ -12,7 +12,7 @@ FMNIST_DIR := /usr/share/datasets/fashion-mnist
 # The layer tests whose float results depend on the CPU's vector unit (ATEN_CPU_CAPABILITY).
 NUMERIC_TESTS := tests/layers tests/test_deploy.py tests/reliability/test_layer_properties.py
 
-.PHONY: demo test test-fast test-numerics test-latest lock data venv bench sweep-vision report-vision sweep-evidence report-evidence sweep-glue report-glue sweep-glue-long report-glue-long clean
+.PHONY: demo test test-fast test-numerics test-latest lock lint data venv bench sweep-vision report-vision sweep-evidence report-evidence sweep-glue report-glue sweep-glue-long report-glue-long clean
 
 venv: $(STAMP)
 
@@ -63,6 +63,13 @@ test-latest: data
 lock: venv
 	$(PY) -m pip freeze --exclude-editable --all | sort > $(LOCK).new
 	mv $(LOCK).new $(LOCK)
+
+# ruff (lint and import order; tests/ join later), mypy (the modules listed in pyproject.toml) and the
+# import-layering contract (pyproject.toml [tool.importlinter]); each exits non-zero on a finding.
+lint: venv
+	$(PY) -m ruff check src benchmarks
+	$(PY) -m mypy
+	$(VENV)/bin/lint-imports
 
 bench: venv
 	$(PY) benchmarks/layers.py

@@ -26,9 +26,9 @@ from pathlib import Path
 
 import torch
 
+from padnet.infra import atomic_write_bytes
 from padnet.layers.attention import KernelAttention
 from padnet.train.rebuild import rebuild_run
-from padnet.infra import atomic_write_bytes
 
 
 def spread_of(run_dir: Path, examples: int) -> dict:

@@ -26,11 +26,11 @@ import torchvision
 from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import environment, set_masks, time_variants  # noqa: E402
-from training import eval_fn, train_step_fn  # noqa: E402
+from common import environment, set_masks, time_variants
+from training import eval_fn, train_step_fn
 
-import padnet  # noqa: E402
-from padnet.convert import convert, pad_layers  # noqa: E402
+import padnet
+from padnet.convert import convert
 
 
 def resnets(arch: str, kappa: float, deployed: bool) -> dict[str, nn.Module]:

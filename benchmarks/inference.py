@@ -28,14 +28,20 @@ import torchvision
 from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import (  # noqa: E402
-    LAYER_SHAPES, environment, layer_variants, set_masks, time_variants, timm_available, timm_condconv,
+from common import (
+    LAYER_SHAPES,
+    environment,
+    layer_variants,
+    set_masks,
+    time_variants,
+    timm_available,
+    timm_condconv,
 )
 
-import padnet  # noqa: E402
-from padnet.convert import convert, pad_layers  # noqa: E402
-from padnet.reference import DenseMaskPADConv2d  # noqa: E402
-from padnet.train.io import atomic_write_bytes  # noqa: E402
+import padnet
+from padnet.convert import convert, pad_layers
+from padnet.reference import DenseMaskPADConv2d
+from padnet.train.io import atomic_write_bytes
 
 VARIANTS = ("static", "DY-Conv", "dense-mask PAD", "padnet PAD", "padnet PAD deployed", "timm CondConv")
 
@@ -99,7 +105,8 @@ def memory_table(rows) -> str:
 
 
 def table(rows, names):
-    head = "| what | batch | static ms | " + " | ".join(n for n in names if n != "static") + " | deployed <= DY | deployed / dense |"
+    head = ("| what | batch | static ms | " + " | ".join(n for n in names if n != "static")
+            + " | deployed <= DY | deployed / dense |")
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
     for r in rows:
         t = r["seconds"]
@@ -116,7 +123,8 @@ def main(argv=None):
     p.add_argument("--model-batches", type=int, nargs="+", default=[1])
     p.add_argument("--layer-batches", type=int, nargs="+", default=[1, 8, 64])
     p.add_argument("--skip-layers", action="store_true")
-    p.add_argument("--memory-only", action="store_true", help="build the whole models, report their memory, time nothing")
+    p.add_argument("--memory-only", action="store_true",
+                   help="build the whole models, report their memory, time nothing")
     p.add_argument("--kappa", type=float, default=0.3)
     p.add_argument("--full", action="store_true", help="longer timing windows")
     p.add_argument("--json", type=Path, default=Path("inference_results.json"))
@@ -157,7 +165,8 @@ def main(argv=None):
     if rows:
         parts += ["Ratios to static (lower is better).", table(rows, names)]
     if memory_rows:
-        parts += ["Memory (MB): parameters and all buffers held, and the state dict a file holds.", memory_table(memory_rows)]
+        parts += ["Memory (MB): parameters and all buffers held, and the state dict a file holds.",
+                  memory_table(memory_rows)]
     md = "\n\n".join(parts) + "\n"
     print(md)
     atomic_write_bytes(args.md, md.encode())

@@ -24,9 +24,9 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import LAYER_SHAPES, environment, layer_variants, time_variants  # noqa: E402
+from common import LAYER_SHAPES, environment, layer_variants, time_variants
 
-from padnet.layers.conv_strategy import heuristic_strategy  # noqa: E402
+from padnet.layers.conv_strategy import heuristic_strategy
 
 VARIANTS = ("static", "DY-Conv", "dense-mask PAD", "padnet PAD")
 
@@ -119,8 +119,9 @@ def strategy_rows(batch: int, kappa: float, min_run_time: float, rounds: int) ->
                 t = time_variants(fns, min_run_time, rounds)
                 best = min(t, key=t.get)
                 cells = " | ".join(f"{t[s] * 1e3:.1f}" if s in t else "-" for s in STRATEGY_COLUMNS)
-                rows.append(f"| {k}x{k} {c_in}->{c_out} /{stride} @{hw} | {kind} | {'fwd+bwd' if backward else 'fwd'} | "
-                            f"{cells} | {best} | {rule} ({t[rule] / t[best]:.2f}x best) |")
+                rows.append(f"| {k}x{k} {c_in}->{c_out} /{stride} @{hw} | {kind} | "
+                            f"{'fwd+bwd' if backward else 'fwd'} | {cells} | {best} | {rule} "
+                            f"({t[rule] / t[best]:.2f}x best) |")
                 print(rows[-1], file=sys.stderr, flush=True)
     return rows
 
@@ -177,7 +178,8 @@ def main(argv=None):
                                 seconds=t, dense_target_attainable=attainable))
                 rows.append(
                     f"| {k}x{k} {c_in}->{c_out} @{hw} | {batch} | {'fwd+bwd' if backward else 'fwd'} | {strategy} | "
-                    f"{t['static'] * 1e3:.2f} | {r['DY-Conv']:.2f} | {r['dense-mask PAD']:.2f} | {r['padnet PAD']:.2f} | "
+                    f"{t['static'] * 1e3:.2f} | {r['DY-Conv']:.2f} | {r['dense-mask PAD']:.2f} | "
+                    f"{r['padnet PAD']:.2f} | "
                     f"{t['padnet PAD'] / t['dense-mask PAD']:.2f} | {'yes' if ok_dy else 'NO'} | "
                     f"{'yes' if ok_dense else 'NO' if attainable else 'NO (unattainable)'} |"
                 )

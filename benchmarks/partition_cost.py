@@ -62,8 +62,9 @@ def main() -> None:
     report = padnet.partition(model, data, loss_fn, 0.3, rounds=args.rounds)
     partition_s = time.perf_counter() - start
 
-    print(f"model: {args.arch} (PAD DY-Conv, K=4), batch {args.batch}, {args.size}x{args.size}, threads {torch.get_num_threads()}")
-    print(f"| measurement | wall time (s) |\n|---|---|")
+    print(f"model: {args.arch} (PAD DY-Conv, K=4), batch {args.batch}, {args.size}x{args.size}, "
+          f"threads {torch.get_num_threads()}")
+    print("| measurement | wall time (s) |\n|---|---|")
     print(f"| {args.train_steps} training steps (SGD) | {train_s:.2f} |")
     print(f"| partition: {args.batches} batches x {args.rounds} rounds | {partition_s:.2f} |")
     ratio = partition_s / train_s

@@ -160,11 +160,13 @@ def markdown(result: dict, command: str) -> str:
              "| method | kappa | expert params | params saved | expert bytes | memory saved | held-out loss before "
              "fine-tune | after fine-tune |", "|---|---:|---:|---:|---:|---:|---:|---:|"]
     for r in result["rows"]:
-        lines.append(f"| {r['method']} | {r['kappa']:.1f} | {r['expert_params']:,} | {r['params_saved']:.1%} | {r['expert_bytes']:,} | "
-                     f"{r['memory_saved']:.1%} | {r['loss_before_ft']:.4f} | {r['loss_after_ft']:.4f} |")
+        lines.append(f"| {r['method']} | {r['kappa']:.1f} | {r['expert_params']:,} | {r['params_saved']:.1%} | "
+                     f"{r['expert_bytes']:,} | {r['memory_saved']:.1%} | {r['loss_before_ft']:.4f} | "
+                     f"{r['loss_after_ft']:.4f} |")
     lines += ["", "Expert params are the deployable values ((1 - kappa) N static + kappa K N dynamic, SPEC section 6); "
               "expert bytes are what the deployed expert modules hold (float32 parameters and buffers: a dense "
-              "static kernel of N values and an int64 index list), so memory saved is below params saved; the rest of the model (attention, router, embeddings) is the same in every row. "
+              "static kernel of N values and an int64 index list), so memory saved is below params saved; "
+              "the rest of the model (attention, router, embeddings) is the same in every row. "
               "PAD's 'before fine-tune' is right after the partition (taylor, no warm-up) and compaction; the "
               "deployed model gives the fine-tuned loss (json: `loss_deployed`).", "", *reading(result["rows"]), ""]
     return "\n".join(lines)
@@ -175,8 +177,9 @@ def reading(rows: list[dict]) -> list[str]:
     moe = rows[0]
     out = ["Reading:", ""]
     for r in rows[1:]:
-        out.append(f"- kappa {r['kappa']:.1f}: {r['params_saved']:.0%} fewer expert values ({r['memory_saved']:.0%} fewer "
-                   f"bytes); right after the partition the held-out loss is {r['loss_before_ft'] - moe['loss_before_ft']:+.4f} "
+        out.append(f"- kappa {r['kappa']:.1f}: {r['params_saved']:.0%} fewer expert values "
+                   f"({r['memory_saved']:.0%} fewer bytes); right after the partition the held-out loss is "
+                   f"{r['loss_before_ft'] - moe['loss_before_ft']:+.4f} "
                    f"nats from the MoE's, after the fine-tune "
                    f"{r['loss_after_ft'] - moe['loss_after_ft']:+.4f} nats from the MoE fine-tuned alike.")
     out += ["- Shown: on this tiny model, one seed, making 50-70% of each expert weight's entries shared (the "
@@ -193,7 +196,8 @@ def main(argv=None):
                         help="GLUE in its TSV layout (SST-2/, CoLA/); default $PADNET_GLUE_DIR")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--minutes", type=float, default=3.0, help="pretraining time budget")
-    parser.add_argument("--steps", type=int, default=None, help="pretrain exactly this many steps (overrides --minutes)")
+    parser.add_argument("--steps", type=int, default=None,
+                        help="pretrain exactly this many steps (overrides --minutes)")
     parser.add_argument("--finetune-steps", type=int, default=200)
     parser.add_argument("--score-batches", type=int, default=8)
     parser.add_argument("--kappas", type=float, nargs="+", default=[0.3, 0.5])

@@ -27,12 +27,12 @@ import torchvision
 from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import environment, exact_mask, time_variants, timm_available  # noqa: E402
+from common import environment, exact_mask, time_variants, timm_available
 
-import padnet  # noqa: E402
-from padnet.runtime import reuse_large_allocations  # noqa: E402
-from padnet.convert import convert, pad_layers  # noqa: E402
-from padnet.layers import conv_strategy  # noqa: E402
+import padnet
+from padnet.convert import convert, pad_layers
+from padnet.layers import conv_strategy
+from padnet.runtime import reuse_large_allocations
 
 
 def timm_condconv_model(arch: str) -> nn.Module | None:

@@ -1,13 +1,12 @@
 """padnet: partially dynamic networks (PAD-Net, ACL 2023) for PyTorch."""
 
+from ._version import __version__  # noqa: F401  (re-exported: padnet.__version__)
 from .convert import ConvertConfig, compact, convert
 from .errors import ConfigError, DataError, ModelFileError, PadnetError, PartitionError, RunError
 from .layers import DynamicConv2d, MoELinear, PADConv2d, PADMoELinear, aux_loss
 from .partition import PartitionReport, partition, register_scorer
 from .summary import ModelSummary, summary
 from .temperature import TemperatureSchedule, set_temperature
-
-from ._version import __version__  # noqa: F401
 
 __all__ = [
     "ConfigError",
@@ -33,10 +32,10 @@ __all__ = [
 ]
 
 # Deployment form and model files (issue 6); counting lives in padnet.cost.
-from .deploy import deploy  # noqa: E402
-from .cost import model_cost  # noqa: E402
-from .arch import build_arch, register_arch, tag_arch  # noqa: E402
-from .serialization import load, save  # noqa: E402
+from .arch import build_arch, register_arch, tag_arch
+from .cost import model_cost
+from .deploy import deploy
+from .serialization import load, save
 
 __all__ += ["ModelFileError", "build_arch", "deploy", "load", "model_cost", "register_arch", "save", "tag_arch"]
 

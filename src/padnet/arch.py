@@ -36,7 +36,12 @@ HOW_TO_RECORD = (
 )
 
 # ----------------------------------------------------------------------------- architecture registry
-def register_arch(name: str, builder: Callable[..., nn.Module] | None = None):
+# A builder: builder(**kwargs) -> nn.Module; a prefix's resolver: resolver(rest) -> the builder of prefix + rest.
+Builder = Callable[..., nn.Module]
+Resolver = Callable[[str], Builder]
+
+
+def register_arch(name: str, builder: Builder | Resolver | None = None):
     """Register ``builder(**kwargs) -> nn.Module`` under ``name``; usable as a decorator.
 
     A name ending in ``"."`` registers a prefix resolver instead: ``builder(rest)`` must return the
@@ -103,7 +108,7 @@ def tag_arch(model: nn.Module, name: str, **kwargs) -> nn.Module:
         json.dumps(kwargs)
     except TypeError as exc:
         raise ValueError(f"arch kwargs for {name!r} must be JSON-serialisable: {exc}") from None
-    model.padnet_arch = {"name": name, "kwargs": dict(kwargs)}
+    setattr(model, "padnet_arch", {"name": name, "kwargs": dict(kwargs)})  # a plain attribute, not a tensor
     return model
 
 

@@ -31,8 +31,7 @@ from pathlib import Path
 
 
 def _train(args) -> int:
-    from .train import Trainer, load_config
-    from .train import distributed
+    from .train import Trainer, distributed, load_config
 
     config = load_config(args.config, args.set)
     with distributed.process_group(config.device):
@@ -176,9 +175,9 @@ def _add_imports(p: argparse.ArgumentParser) -> None:
                         "repeatable; searched in the current directory too")
 
 
-def _add_finished_run_parser(sub, name: str, help: str, func) -> argparse.ArgumentParser:
+def _add_finished_run_parser(sub, name: str, summary: str, func) -> argparse.ArgumentParser:
     """A command on a finished run (eval, export): the run or its checkpoint, overrides, plug-ins."""
-    p = sub.add_parser(name, help=help)
+    p = sub.add_parser(name, help=summary)
     p.add_argument("--run", help="run directory (holding checkpoint.pt)")
     p.add_argument("--checkpoint", help="a checkpoint file instead of --run")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import fnmatch
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from torch import nn
@@ -23,18 +24,18 @@ from .arch import detect_arch
 from .deploy import refuse_unpartitioned
 from .errors import ConfigError
 from .layers import DYNAMIC_LAYERS, GRANULARITIES, LAMBDA_MODES, PartiallyDynamic
-from .layers.deployed_base import DeployedPartiallyDynamic
 from .layers._validate import choice_problem, int_problem
 from .layers.attention import ROUTINGS
 from .layers.conversions import (  # noqa: F401  (find_ffn_outputs: public re-export)
     INITS,
     MOE_TARGETS,
     Conversion,
-    target_problems,
     conversion_kinds,
     find_ffn_outputs,
     get_conversion,
+    target_problems,
 )
+from .layers.deployed_base import DeployedPartiallyDynamic
 
 
 @dataclass(kw_only=True)
@@ -61,10 +62,10 @@ class ConvertOptions:
         """Every bad setting, each naming its key (after ``prefix``, e.g. ``"dynamic."``), the value and
         what is allowed."""
         choices = {"routing": ROUTINGS, "init": INITS, "lambda_mode": LAMBDA_MODES, "granularity": GRANULARITIES}
-        out = [choice_problem(f"{prefix}{key}", getattr(self, key), allowed) for key, allowed in choices.items()]
+        picks = [choice_problem(f"{prefix}{key}", getattr(self, key), allowed) for key, allowed in choices.items()]
         sizes = [int_problem(f"{prefix}{key}", getattr(self, key))
                  for key in ("num_kernels", "reduction", "num_experts", "top_k")]
-        out = [p for p in out + sizes if p] + target_problems(self.target, prefix)
+        out = [p for p in picks + sizes if p] + target_problems(self.target, prefix)
         if not (isinstance(self.aux_loss_coef, (int, float)) and self.aux_loss_coef >= 0):
             out.append(f"{prefix}aux_loss_coef={self.aux_loss_coef!r} must be >= 0")
         if not any(sizes) and self.top_k > self.num_experts:
@@ -151,7 +152,8 @@ def convert(
             the keyword settings must then be left at their defaults.
     """
     keywords = ConvertConfig(
-        dynamic=dynamic, pad=pad, num_kernels=num_kernels, routing=routing, include=include, exclude=exclude,
+        dynamic=dynamic, pad=pad, num_kernels=num_kernels, routing=routing,
+        include=_as_list(include), exclude=_as_list(exclude),
         reduction=reduction, init=init, lambda_mode=lambda_mode, granularity=granularity, num_experts=num_experts,
         top_k=top_k, noisy_gating=noisy_gating, aux_loss_coef=aux_loss_coef, target=target,
     )
@@ -162,11 +164,12 @@ def convert(
     targets, skipped = _targets(model, conversion, config)
     # Before any module changes: a model built by a torchvision builder or by transformers is recognised
     # by its own structure, so padnet.save records how to rebuild it and padnet.load(path) needs nothing more.
+    # (plain attributes on the model: setattr, as nn.Module's typed __setattr__ is for tensors and modules)
     arch = detect_arch(model)
     if arch is not None:
-        model.padnet_arch = arch
+        setattr(model, "padnet_arch", arch)
     _replace(model, targets, lambda module: conversion.build(module, config))
-    model.padnet_config = {**dataclasses.asdict(config), "converted": targets, "skipped": skipped}
+    setattr(model, "padnet_config", {**dataclasses.asdict(config), "converted": targets, "skipped": skipped})
     return model
 
 
@@ -195,10 +198,14 @@ def _one_config(keywords: ConvertConfig, config: ConvertConfig | None) -> Conver
     elif keywords != ConvertConfig():
         changed = [k for k, v in dataclasses.asdict(keywords).items() if v != getattr(ConvertConfig(), k)]
         raise ValueError(f"convert() takes config= or keyword settings, not both; got config and {', '.join(changed)}")
-    as_list = lambda v: [v] if isinstance(v, str) else (list(v) if v is not None else None)  # noqa: E731
-    config = dataclasses.replace(config, include=as_list(config.include), exclude=as_list(config.exclude))
+    config = dataclasses.replace(config, include=_as_list(config.include), exclude=_as_list(config.exclude))
     config.validate()
     return config
+
+
+def _as_list(patterns: str | Sequence[str] | None) -> list[str] | None:
+    """One include/exclude pattern as a list; a list (or tuple) copied; None kept."""
+    return [patterns] if isinstance(patterns, str) else (list(patterns) if patterns is not None else None)
 
 
 def _matches(name: str, patterns: list[str] | None) -> bool:
@@ -231,7 +238,7 @@ def dynamic_layers(model: nn.Module) -> list[tuple[str, nn.Module]]:
     return [(n, m) for n, m in model.named_modules() if isinstance(m, kinds)]
 
 
-def pad_layers(model: nn.Module) -> list[tuple[str, nn.Module]]:
+def pad_layers(model: nn.Module) -> list[tuple[str, PartiallyDynamic]]:
     """(name, module) of every PAD layer, in registration order."""
     return [(n, m) for n, m in model.named_modules() if isinstance(m, PartiallyDynamic)]
 

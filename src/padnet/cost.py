@@ -32,8 +32,8 @@ import torch
 from torch import nn
 
 from .layers import DYNAMIC_LAYERS
-from .layers.pad_base import DynamicEntries
 from .layers.deployed_base import DeployedPartiallyDynamic
+from .layers.pad_base import DynamicEntries
 
 
 def stored_numel(module: nn.Module, recurse: bool = True) -> int:
@@ -107,7 +107,8 @@ def _state_bytes(module: nn.Module, recurse: bool) -> int:
 def _units(model: nn.Module) -> list[tuple[str, nn.Module, bool]]:
     """(name, module, recurse): dynamic layers count their whole subtree (attention/router included),
     every other module only what it owns directly."""
-    units, skip = [], []
+    units: list[tuple[str, nn.Module, bool]] = []
+    skip: list[str] = []
     for name, module in model.named_modules():
         if any(name.startswith(p + ".") for p in skip):
             continue

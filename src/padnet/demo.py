@@ -188,5 +188,6 @@ def next_steps(out: Path, seed: int, png: Path) -> str:
         f"  padnet eval --run {pad}                        # evaluate the checkpoint again",
         f"  padnet export --run {pad} --out pad.safetensors   # the deployed file, checked against the run",
         "  python -c \"import padnet; m = padnet.load('pad.safetensors')\"   # use it in your code",
-        "  make sweep-evidence && make report-evidence      # static / DY-Conv / CondConv / PAD and its ablations, 5 seeds",
+        ("  make sweep-evidence && make report-evidence      "
+         "# static / DY-Conv / CondConv / PAD and its ablations, 5 seeds"),
     ])

@@ -9,6 +9,8 @@ frozen for good: deploy after partitioning and training.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from torch import nn
 
 from .layers import DeployedPartiallyDynamic, PartiallyDynamic
@@ -42,7 +44,7 @@ def deploy(model: nn.Module, allow_unpartitioned: bool = False) -> nn.Module:
     return model.eval()
 
 
-def refuse_unpartitioned(layers: list[tuple[str, nn.Module]], what: str) -> None:
+def refuse_unpartitioned(layers: Sequence[tuple[str, PartiallyDynamic]], what: str) -> None:
     """Raise ValueError when every PAD layer's mask is still all ones (the partition never ran): its
     ``what`` (deploy, compact) would keep every entry dynamic, which is rarely what was meant."""
     masks = [layer.mask for _, layer in layers]

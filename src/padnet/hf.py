@@ -160,7 +160,8 @@ class PartitionCallback(TrainerCallback):
 
     def _partition(self, model: nn.Module, loader) -> None:
         if not pad_layers(model):
-            raise ValueError(f"PartitionCallback: {type(model).__name__} has no PAD layer (padnet.convert(..., pad=True))")
+            raise ValueError(f"PartitionCallback: {type(model).__name__} has no PAD layer "
+                             "(padnet.convert(..., pad=True))")
         self.report = partition(model, self._batches(model, loader), self.loss_fn, self.dynamic_ratio,
                                 rounds=self.rounds, scorer=self.scorer, seed=self.seed)
         if self.static_init == "dynamic_mean":

@@ -3,11 +3,13 @@
 - which process this is under torchrun: ``launch_env``, ``rank``, ``world_size``, ``is_main_process``;
 - which device a run uses: ``resolve_device``;
 - writing a file so that a crash leaves the old one or the new one, never a torn one:
-  ``atomic_write_bytes`` (with ``refuse_links``, ``remove_stale_temp_files``, ``open_append_nofollow``).
+  ``atomic_write_bytes`` (with ``refuse_links``, ``remove_stale_temp_files``, ``open_append_nofollow``),
+  and ``atomic_savefig`` for a matplotlib figure.
 
 It imports nothing from padnet but ``padnet.errors``, so ``padnet.serialization`` and ``padnet.train``
-both build on it without importing each other. (``padnet.train.distributed`` and ``padnet.train.io``
-re-export these names where the trainer's callers have always found them.)
+both build on it without importing each other, nor ``padnet.report`` and ``padnet.train``.
+(``padnet.train.distributed`` and ``padnet.train.io`` re-export these names where the trainer's callers
+have always found them.)
 
 Test hook (off by default; used by tests/reliability to kill a run at a known point): with
 ``PADNET_TEST_PAUSE_WRITE=NAME@N`` in the environment, the N-th atomic write of a file called NAME in
@@ -18,13 +20,15 @@ this process stops after the temp file is written and fsynced and before the ren
 from __future__ import annotations
 
 import errno
+import io
 import os
 import sys
 import tempfile
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -50,7 +54,7 @@ class LaunchEnv:
     local_rank: int
 
 
-def launch_env(environ: dict | None = None) -> LaunchEnv | None:
+def launch_env(environ: Mapping[str, Any] | None = None) -> LaunchEnv | None:
     """The torchrun environment of this process, or None when it was not launched by torchrun
     (no ``WORLD_SIZE``). Raises ``DistributedSetupError`` naming the bad variable and value."""
     environ = os.environ if environ is None else environ
@@ -58,7 +62,7 @@ def launch_env(environ: dict | None = None) -> LaunchEnv | None:
         return None
     values = {}
     for key in ENV_KEYS:
-        raw = environ.get(key, "0" if key != "WORLD_SIZE" else None)
+        raw = environ.get(key, "0")  # RANK and LOCAL_RANK default to 0; WORLD_SIZE is there (above)
         try:
             values[key] = int(raw)
         except (TypeError, ValueError):
@@ -151,7 +155,7 @@ def average_gradients(parameters: Iterable[nn.Parameter]) -> None:
     for p in params:
         if p.grad is None:
             p.grad = torch.zeros_like(p)
-    for grads in by_dtype_and_device([p.grad for p in params]):
+    for grads in by_dtype_and_device([p.grad for p in params if p.grad is not None]):  # (every one, set above)
         flat = torch.cat([g.reshape(-1) for g in grads])
         dist.all_reduce(flat, op=dist.ReduceOp.SUM)
         flat /= world_size()
@@ -230,6 +234,16 @@ def atomic_write_bytes(path: str | Path, data: bytes, no_links_under: str | Path
             raise type(err)(err.errno, f"cannot write {path}: {err.strerror}", str(path)) from err
         raise
     _fsync_directory(path.parent)
+
+
+def atomic_savefig(fig, path: str | Path, dpi: int = 120, no_links_under: str | Path | None = None) -> None:
+    """Write a matplotlib figure as PNG atomically (temp file, then rename), then close it."""
+    import matplotlib.pyplot as plt
+
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=dpi)
+    plt.close(fig)
+    atomic_write_bytes(path, buffer.getvalue(), no_links_under=no_links_under)
 
 
 def _fsync_directory(directory: Path) -> None:

@@ -25,7 +25,7 @@ from torch import nn
 
 from .convert import pad_layers
 from .errors import PartitionError
-from .layers import GRANULARITIES
+from .layers import GRANULARITIES, PartiallyDynamic
 from .layers._validate import check_choice
 from .step import StepRecipe, train_step
 
@@ -39,7 +39,7 @@ class ScoringContext:
     batches, the loss function, the seed and a generator seeded with it (for random choices)."""
 
     model: nn.Module
-    layers: list[tuple[str, nn.Module]]
+    layers: list[tuple[str, PartiallyDynamic]]
     batches: list
     loss_fn: Callable[[nn.Module, object], torch.Tensor] | None
     seed: int
@@ -304,14 +304,16 @@ def _scoring_loss(model: nn.Module, batch_list: list, loss_fn, seed: int) -> flo
         model.train(was_training)
 
 
-def _uncompacted_pad_layers(model: nn.Module) -> list:
+def _uncompacted_pad_layers(model: nn.Module) -> list[tuple[str, PartiallyDynamic]]:
     """The model's PAD layers, none of them compacted (a compacted layer's mask is final)."""
     layers = pad_layers(model)
     if not layers:
-        raise ValueError(f"{type(model).__name__} has no PAD layers; convert it first with padnet.convert(..., pad=True)")
+        raise ValueError(f"{type(model).__name__} has no PAD layers; "
+                         "convert it first with padnet.convert(..., pad=True)")
     compacted = [name for name, layer in layers if layer.compacted]
     if compacted:
-        raise ValueError(f"PAD layers are compacted (their masks are final): {compacted[:5]}; partition before compact()")
+        raise ValueError(f"PAD layers are compacted (their masks are final): {compacted[:5]}; "
+                         "partition before compact()")
     return layers
 
 
@@ -349,8 +351,9 @@ def _check_arguments(dynamic_ratio, rounds, schedule, scope, scorer) -> None:
 
 def _checked_scores(name: str, scores, layers) -> list[torch.Tensor]:
     if not isinstance(scores, (list, tuple)) or len(scores) != len(layers):
+        count = f" of {len(scores)}" if isinstance(scores, (list, tuple)) else ""
         raise ValueError(f"scorer {name!r} must return one score tensor per PAD layer ({len(layers)}); "
-                         f"got {type(scores).__name__}" + (f" of {len(scores)}" if isinstance(scores, (list, tuple)) else ""))
+                         f"got {type(scores).__name__}{count}")
     out = []
     for (layer_name, layer), score in zip(layers, scores):
         if not isinstance(score, torch.Tensor) or score.numel() not in (layer.kernel_numel, layer.num_units):
@@ -391,7 +394,8 @@ def _taylor_scores(model, layers, batch_list, loss_fn, seed) -> list[torch.Tenso
         for index, batch in enumerate(batch_list):
             loss = loss_fn(model, batch)
             if not isinstance(loss, torch.Tensor) or loss.dim() != 0:
-                raise ValueError(f"loss_fn must return a scalar tensor; got {type(loss).__name__} on scoring batch {index}")
+                raise ValueError(f"loss_fn must return a scalar tensor; got {type(loss).__name__} "
+                                 f"on scoring batch {index}")
             if not torch.isfinite(loss):
                 failure = f"the loss is {loss.item()} on scoring batch {index}; cannot score the entries"
                 break
@@ -421,7 +425,8 @@ def _taylor_scores(model, layers, batch_list, loss_fn, seed) -> list[torch.Tenso
         raise PartitionError(
             "every taylor score is exactly 0: the dynamic kernels equal the static weight (as in an MoE "
             "upcycled from a dense layer, before any training), so no entry changes the loss by becoming "
-            "static. Partition after a warm-up of fully dynamic training so the experts diverge: padnet.partition(model, batches, loss_fn, kappa, "
+            "static. Partition after a warm-up of fully dynamic training so the experts diverge: "
+            "padnet.partition(model, batches, loss_fn, kappa, "
             "warmup_steps=N, optimizer=...) trains the fully dynamic model N steps (some hundred) before "
             "scoring (in a run config: partition.warmup_steps)."
         )

@@ -23,6 +23,7 @@ from __future__ import annotations
 import importlib
 import re
 import sys
+from collections.abc import Sequence
 from importlib import metadata
 from pathlib import Path
 
@@ -44,7 +45,7 @@ def module_problem(name, key: str) -> str | None:
     return None
 
 
-def import_plugins(names, search: list[str | Path] = (), key: str = "--import") -> list[str]:
+def import_plugins(names, search: Sequence[str | Path] = (), key: str = "--import") -> list[str]:
     """Import each module of ``names`` (once; importing registers its tasks).
 
     Args:

@@ -32,7 +32,8 @@ def prediction_spec(model: nn.Module, where: str = "the model") -> dict:
         raise ModelFileError(where, "records nothing about its inputs (no 'predict' entry); export it with "
                                     "`padnet export` of this padnet, whose task records its preprocessing")
     if spec["input"].get("kind") not in ("image", "text"):
-        raise ModelFileError(where, f"unknown input kind {str(spec['input'].get('kind'))[:50]!r} (allowed: image, text)")
+        kind = str(spec["input"].get("kind"))[:50]
+        raise ModelFileError(where, f"unknown input kind {kind!r} (allowed: image, text)")
     return spec
 
 

@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .layers import PartiallyDynamic
+from .layers import PADConv2d, PADMoELinear
 from .layers.dynamic_conv import apply_per_sample_kernels
 
 
@@ -21,7 +21,9 @@ class DenseMaskPADConv2d(nn.Module):
     """PAD DY-Conv as the reference code computes it; built from (a copy of) an uncompacted PAD conv (a
     ``PartiallyDynamic`` ``DynamicConvCompute`` with a per-sample attention)."""
 
-    def __init__(self, layer: PartiallyDynamic):
+    float_mask: torch.Tensor  # a buffer: the mask as 0/1 floats
+
+    def __init__(self, layer: PADConv2d):
         super().__init__()
         if layer.compacted:
             raise ValueError("DenseMaskPADConv2d needs the uncompacted layer (it stores every entry)")
@@ -42,7 +44,7 @@ class DenseMaskPADConv2d(nn.Module):
         )
 
 
-def per_expert_pad_moe(layer: PartiallyDynamic, x: torch.Tensor) -> torch.Tensor:
+def per_expert_pad_moe(layer: PADMoELinear, x: torch.Tensor) -> torch.Tensor:
     """PAD MoE in the per-expert form: y = sum_{i in top-k} G_i (W_i' x + b_i) with
     W_i' = lambda_d M (.) W_i + lambda_s (1 - M) (.) W_s built for every expert."""
     lambda_s, lambda_d = layer.scales

@@ -31,6 +31,7 @@ import math
 import struct
 from collections.abc import Callable
 from pathlib import Path
+from typing import Literal, TypeGuard, overload
 
 import torch
 from torch import nn
@@ -129,10 +130,10 @@ SIZE_LIMITS = {
     "num_experts": 1024, "top_k": 1024, "reduction": 4096, "num_hidden_layers": 256, "num_attention_heads": 1024,
     "hidden_size": 65_536, "intermediate_size": 262_144, "vocab_size": 1_048_576, "max_position_embeddings": 1_048_576,
 }
-MAX_STAGES, MAX_BLOCKS = 8, 64
+MAX_STAGES, MAX_BLOCKS = 8, 64  # padnet.small_resnet's layers: [blocks per stage]
 # Bytes per element of each safetensors dtype.
 DTYPE_BYTES = {"BOOL": 1, "U8": 1, "I8": 1, "F8_E5M2": 1, "F8_E4M3": 1, "I16": 2, "U16": 2, "F16": 2, "BF16": 2,
-               "I32": 4, "U32": 4, "F32": 4, "I64": 8, "U64": 8, "F64": 8}  # padnet.small_resnet's layers: [blocks per stage]
+               "I32": 4, "U32": 4, "F32": 4, "I64": 8, "U64": 8, "F64": 8}
 
 
 def _cut(text, limit: int = 300) -> str:
@@ -169,9 +170,9 @@ def _raw_header(path: Path, size: int) -> tuple[int, bytes]:
         header_len = struct.unpack("<Q", head)[0] if len(head) == 8 else None
         # A safetensors header is JSON: test for it first. Its 8-byte length alone can begin like a
         # pickle (a length of 128 mod 256 starts with 0x80) or a zip file.
-        plausible = header_len is not None and header_len <= MAX_HEADER_BYTES and 8 + header_len <= size
-        first = f.read(1) if plausible and header_len > 0 else b""
-        if first != b"{":
+        plausible = header_len is not None and 0 < header_len <= MAX_HEADER_BYTES and 8 + header_len <= size
+        first = f.read(1) if plausible else b""
+        if header_len is None or first != b"{":  # (no header length: nothing was read, first is b"")
             if head[:1] == b"\x80" or head[:2] == b"PK":
                 raise ModelFileError(
                     path, "this is a pickle / torch.save file, not a safetensors file; padnet never unpickles "
@@ -213,7 +214,8 @@ def _tensor_shapes(path: Path, header: dict) -> tuple[dict[str, tuple[int, ...]]
             continue
         shape = info.get("shape") if isinstance(info, dict) else None
         offsets = info.get("data_offsets") if isinstance(info, dict) else None
-        if not (isinstance(info, dict) and isinstance(info.get("dtype"), str) and _ints(shape) and len(shape) <= MAX_TENSOR_DIMS
+        if not (isinstance(info, dict) and isinstance(info.get("dtype"), str)
+                and _ints(shape) and len(shape) <= MAX_TENSOR_DIMS
                 and _ints(offsets) and len(offsets) == 2 and offsets[0] <= offsets[1]):
             raise ModelFileError(path, f"corrupted safetensors header: bad entry for tensor {_cut(repr(name), 80)}")
         itemsize = DTYPE_BYTES.get(info["dtype"])
@@ -228,7 +230,7 @@ def _tensor_shapes(path: Path, header: dict) -> tuple[dict[str, tuple[int, ...]]
     return shapes, end
 
 
-def _ints(value) -> bool:
+def _ints(value) -> TypeGuard[list[int]]:
     return isinstance(value, list) and all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in value)
 
 
@@ -342,9 +344,14 @@ def load(path, model_factory: Callable[[], nn.Module] | None = None, map_locatio
     except ModelFileError:
         raise
     except (Exception, RecursionError, MemoryError) as exc:
-        raise ModelFileError(path, f"cannot rebuild the model it describes ({type(exc).__name__}: {_cut(exc)})") from None
+        raise ModelFileError(
+            path, f"cannot rebuild the model it describes ({type(exc).__name__}: {_cut(exc)})") from None
 
 
+@overload
+def _build(path: Path, arch: dict, meta: Literal[False]) -> nn.Module: ...
+@overload
+def _build(path: Path, arch: dict, meta: bool) -> nn.Module | None: ...
 def _build(path: Path, arch: dict, meta: bool) -> nn.Module | None:
     """The base model ``arch`` describes, on the meta device if ``meta``; None when a user-registered
     builder cannot run on meta (trusted code; the model is then checked after a real build)."""
@@ -365,7 +372,7 @@ def _build(path: Path, arch: dict, meta: bool) -> nn.Module | None:
     if not isinstance(model, nn.Module):
         raise ModelFileError(path, f"arch {name!r} did not build an nn.Module")
     if getattr(model, "padnet_arch", None) is None:
-        model.padnet_arch = arch
+        setattr(model, "padnet_arch", arch)  # a plain attribute (nn.Module's typed __setattr__ is for tensors)
     return model
 
 
@@ -467,13 +474,14 @@ def _replay(path: Path, record: dict, shapes: dict, file: _FileTensors, model: n
             convert(model, **kwargs)
     except (ValueError, TypeError) as exc:
         raise ModelFileError(path, f"cannot re-apply padnet.convert to {what}: {_cut(exc)}") from None
-    if model.padnet_config["converted"] == converted:
-        model.padnet_config = dict(config)  # the settings as the file records them
+    replayed: dict = getattr(model, "padnet_config")  # what convert() just recorded
+    if replayed["converted"] == converted:
+        setattr(model, "padnet_config", dict(config))  # the settings as the file records them
     else:
         raise ModelFileError(
             path, f"the file is for another architecture: it converted "
             f"{len(converted) if isinstance(converted, list) else converted!r} layers, {what} converts "
-            f"{len(model.padnet_config['converted'])}"
+            f"{len(replayed['converted'])}"
         )
     deployed = record.get("form") == "deployed"
     compacted = set(record.get("compacted", []))
@@ -489,7 +497,8 @@ def _replay(path: Path, record: dict, shapes: dict, file: _FileTensors, model: n
             raise ModelFileError(path, f"temperatures: {what} has no layer {_cut(repr(name), 80)}") from None
     if deployed:
         if on_meta:
-            for _, layer in pad_layers(model):  # from_pad reads the static positions: on meta, only their count is known
+            # from_pad reads the static positions: on meta, only their count is known
+            for _, layer in pad_layers(model):
                 layer.__class__ = _meta_static_index_class(type(layer))
         with device:
             deploy(model, allow_unpartitioned=True)  # the file's masks, whatever they are

@@ -43,7 +43,8 @@ class StepRecipe:
                    has_dyconv=any(isinstance(m, DynamicConvCompute) for m in model.modules()), **kwargs)
 
 
-def train_step(model: nn.Module, batch, recipe: StepRecipe, temperature: float, where: Callable[[], str]) -> torch.Tensor:
+def train_step(model: nn.Module, batch, recipe: StepRecipe, temperature: float,
+               where: Callable[[], str]) -> torch.Tensor:
     """One optimizer step on ``batch`` (already on the model's device); returns the step's loss, the
     mean over processes.
 

@@ -16,11 +16,15 @@ from torch.utils.data import Dataset, Subset
 
 from ..errors import DataError, shorten
 from .digits import Digits
-from .fashion_mnist import CLASSES as FASHION_MNIST_CLASSES, MEAN as FMNIST_MEAN, STD as FMNIST_STD
-from .fashion_mnist import FashionMNIST, find_fashion_mnist
-from .transforms import (AUGMENT, NORMALIZE, dataset_stats, eval_transform, image_record, imagenet_stats,
-                         train_transform)
+from .fashion_mnist import (
+    CLASSES as FASHION_MNIST_CLASSES,
+    MEAN as FMNIST_MEAN,
+    STD as FMNIST_STD,
+    FashionMNIST,
+    find_fashion_mnist,
+)
 from .idx import IDXError, read_idx, write_idx
+from .transforms import AUGMENT, NORMALIZE, dataset_stats, eval_transform, image_record, imagenet_stats, train_transform
 
 DATASETS = ("fashion_mnist", "imagefolder", "image_csv", "digits")
 FILE_DATASETS = ("imagefolder", "image_csv")  # images in files: every transform key applies
@@ -89,7 +93,8 @@ class DataConfig:
         if self.normalize not in NORMALIZE:
             out.append(f"data.normalize={shorten(self.normalize)} is not supported; allowed: {', '.join(NORMALIZE)}")
         given = self.mean is not None or self.std is not None
-        if self.normalize == "given" and not (self.mean and self.std and len(self.mean) == len(self.std) == self.channels
+        if self.normalize == "given" and not (self.mean and self.std
+                                              and len(self.mean) == len(self.std) == self.channels
                                               and all(s > 0 for s in self.std)):
             out.append(f"data.normalize=given needs data.mean and data.std, {self.channels} number(s) each (one per "
                        f"channel, std > 0); got mean={self.mean!r}, std={self.std!r}")

@@ -94,7 +94,8 @@ class FashionMNIST(Dataset):
 
     classes = CLASSES
 
-    def __init__(self, root: str | Path | None = None, train: bool = True, download: bool = False, augment: bool = False):
+    def __init__(self, root: str | Path | None = None, train: bool = True, download: bool = False,
+                 augment: bool = False):
         try:
             directory = find_fashion_mnist(root)
         except FileNotFoundError:

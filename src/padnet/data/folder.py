@@ -65,7 +65,8 @@ def _strict_image_folder():
         folders are not followed (a link loop would list the same images again and again)."""
 
         def find_classes(self, directory):
-            classes = sorted(e.name for e in os.scandir(directory) if e.is_dir(follow_symlinks=False) and _visible(e.name))
+            classes = sorted(e.name for e in os.scandir(directory)
+                             if e.is_dir(follow_symlinks=False) and _visible(e.name))
             if not classes:
                 raise FileNotFoundError(f"Couldn't find any class folder in {directory}.")
             return classes, {name: i for i, name in enumerate(classes)}

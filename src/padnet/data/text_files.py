@@ -48,7 +48,8 @@ def _delimited(path: Path, text: str, delimiter: str) -> tuple[list[str], list[t
         for number, line in enumerate(lines[1:], start=2):
             fields = line.split("\t")
             if len(fields) != len(header):
-                raise DataError(f"{path}:{number}: has {len(fields)} tab-separated fields; the header has {len(header)}")
+                raise DataError(f"{path}:{number}: has {len(fields)} tab-separated fields; "
+                                f"the header has {len(header)}")
             rows.append((number, dict(zip(header, fields))))
         return header, rows
     reader = csv.reader(text.splitlines(keepends=True))

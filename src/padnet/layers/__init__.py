@@ -3,9 +3,10 @@
 from . import conv_strategy
 from .attention import KernelAttention
 from .conv_strategy import CONV_STRATEGIES, conv_strategy_picks, load_conv_strategy_picks, set_conv_strategy
+from .conversions import Conversion, Targets, conversion_kinds, get_conversion, register_conversion
+from .deployed_base import DeployedPartiallyDynamic
 from .deployed_conv import DeployedPADConv2d
 from .deployed_moe import DeployedPADMoELinear
-from .deployed_base import DeployedPartiallyDynamic
 from .dynamic_conv import (
     KERNEL_STRATEGIES,
     DynamicConv2d,
@@ -16,10 +17,9 @@ from .dynamic_conv import (
 from .moe import ExpertSlots, MoECompute, MoELinear, aux_loss, mix_experts
 from .pad_base import GRANULARITIES, LAMBDA_MODES, PartiallyDynamic
 from .pad_conv import PADConv2d
-from .pad_moe import PADMoELinear
 from .pad_experts import DeployedExpertWeights, PADExperts, PADExpertWeights
+from .pad_moe import PADMoELinear
 from .router import NoisyTopKRouter, Routing
-from .conversions import Conversion, Targets, conversion_kinds, get_conversion, register_conversion
 
 # The layer protocol: every dynamic layer is one of these (a conv form or an MoE form); the partially
 # dynamic ones are also ``PartiallyDynamic`` (training form) or ``DeployedPartiallyDynamic`` (inference).

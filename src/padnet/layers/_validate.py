@@ -44,4 +44,4 @@ def pair(name: str, value, minimum: int) -> tuple[int, int]:
     for v in values:
         if isinstance(v, bool) or not isinstance(v, int) or v < minimum:
             raise ValueError(f"{name}={value!r} must hold integers >= {minimum}")
-    return values  # type: ignore[return-value]
+    return values

@@ -131,8 +131,9 @@ def release_workspace() -> None:
     _local.buffers = None
 
 
-_is_compiling = getattr(torch.compiler, "is_compiling", None)  # torch >= 2.3; resolved once, not per forward
-if _is_compiling is None:
+try:  # resolved once, not per forward
+    from torch.compiler import is_compiling as _is_compiling  # torch >= 2.3
+except ImportError:
     from torch._dynamo import is_compiling as _is_compiling
 
 

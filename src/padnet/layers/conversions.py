@@ -31,10 +31,10 @@ padnet's own kinds, where PAD goes (SPEC section 5):
 
 from __future__ import annotations
 
-from collections.abc import Callable
 import dataclasses
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, NamedTuple
+from typing import Any, ClassVar, NamedTuple, Protocol
 
 import torch
 from torch import nn
@@ -46,8 +46,25 @@ from .pad_conv import PADConv2d
 from .pad_experts import PADExperts, is_fused_experts
 from .pad_moe import PADMoELinear
 
-if TYPE_CHECKING:
-    from ..convert import ConvertConfig
+
+class ConversionSettings(Protocol):
+    """The conversion settings a ``Conversion`` reads: a ``padnet.ConvertConfig`` is one. Stated here so
+    that the layers need not import ``padnet.convert``, which is built on them."""
+
+    __dataclass_fields__: ClassVar[dict[str, Any]]  # a dataclass: ``dataclasses.fields`` gives the defaults
+    pad: bool
+    num_kernels: int
+    routing: str
+    reduction: int
+    init: str
+    lambda_mode: str
+    granularity: str
+    num_experts: int
+    top_k: int
+    noisy_gating: bool
+    aux_loss_coef: float
+    target: str | list[str]
+
 
 INITS = ("fresh", "upcycle")  # ConvertConfig.init: how the "conv" kind starts its kernels
 # ConvertConfig.target: which FFN projections the "moe" kind replaces ("down" is "output"; "gate" and "up"
@@ -63,7 +80,10 @@ class Targets(NamedTuple):
     skipped: dict[str, str] | None = None  # eligible ones the default leaves out on purpose: name -> why
 
 
-Build = Callable[[nn.Module, "ConvertConfig"], nn.Module]
+# (the module ``find`` found, of the kind's type: nn.Conv2d for "conv", ...; the settings) -> its replacement
+Build = Callable[[Any, ConversionSettings], nn.Module]
+# find(model) -> Targets, or find(model, settings) when the conversion ``uses_config``
+Find = Callable[..., Targets]
 
 
 @dataclass(frozen=True)
@@ -76,32 +96,32 @@ class Conversion:
     """
 
     kind: str
-    find: Callable[[nn.Module], Targets]
+    find: Find
     dynamic: Build
     pad: Build
     looks_for: str
     hint: str = ""
-    check: Callable[["ConvertConfig", str], list[str]] | None = None
+    check: Callable[[ConversionSettings, str], list[str]] | None = None
     uses_config: bool = False  # find takes (model, config): which modules depend on the settings
 
-    def targets(self, model: nn.Module, config: "ConvertConfig") -> Targets:
+    def targets(self, model: nn.Module, config: ConversionSettings) -> Targets:
         """What ``find`` finds in ``model`` under these settings."""
         return self.find(model, config) if self.uses_config else self.find(model)
 
-    def build(self, module: nn.Module, config: "ConvertConfig") -> nn.Module:
+    def build(self, module: nn.Module, config: ConversionSettings) -> nn.Module:
         """The replacement of ``module``: the PAD form when ``config.pad``, else the fully dynamic one."""
         return (self.pad if config.pad else self.dynamic)(module, config)
 
-    def problems(self, config: "ConvertConfig", prefix: str = "") -> list[str]:
+    def problems(self, config: ConversionSettings, prefix: str = "") -> list[str]:
         return self.check(config, prefix) if self.check is not None else []
 
 
 _CONVERSIONS: dict[str, Conversion] = {}
 
 
-def register_conversion(kind: str, find: Callable[[nn.Module], Targets], dynamic: Build, pad: Build,
+def register_conversion(kind: str, find: Find, dynamic: Build, pad: Build,
                         looks_for: str, hint: str = "",
-                        check: Callable[["ConvertConfig", str], list[str]] | None = None,
+                        check: Callable[[ConversionSettings, str], list[str]] | None = None,
                         uses_config: bool = False) -> Conversion:
     """Register (or replace) a kind of conversion; returns it.
 
@@ -170,7 +190,8 @@ def squeeze_excitation_convs(model: nn.Module) -> list[str]:
         convs = [(n, m) for n, m in children if type(m) is nn.Conv2d]
         pooled = [i for i, (_, m) in enumerate(children) if _is_global_pool(m)]
         if pooled:
-            found += [prefix + n for n, m in children[pooled[0] + 1:] if type(m) is nn.Conv2d and m.kernel_size == (1, 1)]
+            found += [prefix + n for n, m in children[pooled[0] + 1:]
+                      if type(m) is nn.Conv2d and m.kernel_size == (1, 1)]
         elif len(convs) == 2 and not any(isinstance(m, _NORMS) for _, m in children):
             (_, reduce), (_, expand) = convs
             pair = (reduce.in_channels == expand.out_channels > reduce.out_channels == expand.in_channels)
@@ -193,12 +214,12 @@ def classifier_convs(model: nn.Module) -> list[str]:
     return [modules[last][0]]
 
 
-def _conv_settings(config: "ConvertConfig") -> dict:
+def _conv_settings(config: ConversionSettings) -> dict:
     return dict(num_kernels=config.num_kernels, reduction=config.reduction, routing=config.routing,
                 upcycle=config.init == "upcycle")
 
 
-def _upcycle_needs_softmax(config: "ConvertConfig", prefix: str) -> list[str]:
+def _upcycle_needs_softmax(config: ConversionSettings, prefix: str) -> list[str]:
     if config.init == "upcycle" and config.routing != "softmax":
         return [f"{prefix}init='upcycle' keeps the model's function only with {prefix}routing='softmax' (the "
                 f"attention weights sum to 1); got {prefix}routing={config.routing!r}"]
@@ -272,12 +293,12 @@ def find_ffn_outputs(model: nn.Module) -> list[str]:
     return [ffn.output for ffn in find_ffns(model)]
 
 
-def targets_of(target: str | list[str]) -> list[str]:
+def targets_of(target: str | Sequence[str]) -> list[str]:
     """``ConvertOptions.target`` (one name or a list) as a list."""
     return [target] if isinstance(target, str) else list(target)
 
 
-def _find_ffn_targets(model: nn.Module, config: "ConvertConfig") -> Targets:
+def _find_ffn_targets(model: nn.Module, config: ConversionSettings) -> Targets:
     """The projections ``config.target`` names, in model order (every one is eligible for ``include``)."""
     ffns = find_ffns(model)
     wanted = targets_of(config.target)
@@ -300,7 +321,15 @@ def target_problems(targets, prefix: str = "") -> list[str]:
             f"{', '.join(map(repr, MOE_TARGETS))} or a non-empty list of them"]
 
 
-def _moe_settings(config: "ConvertConfig") -> dict:
+def _found_linear(module: nn.Module) -> LinearView:
+    """``as_linear`` of a projection ``_find_ffn_targets`` found (linear by construction)."""
+    view = as_linear(module)
+    if view is None:
+        raise TypeError(f"{type(module).__name__} is not a linear projection (nn.Linear or Conv1D)")
+    return view
+
+
+def _moe_settings(config: ConversionSettings) -> dict:
     return dict(num_experts=config.num_experts, top_k=config.top_k, noisy_gating=config.noisy_gating,
                 aux_loss_coef=config.aux_loss_coef)
 
@@ -314,8 +343,8 @@ register_conversion(
 )
 register_conversion(
     "moe", _find_ffn_targets,
-    dynamic=lambda linear, config: MoELinear.from_linear(as_linear(linear), **_moe_settings(config)),
-    pad=lambda linear, config: PADMoELinear.from_linear(as_linear(linear), **_moe_settings(config),
+    dynamic=lambda linear, config: MoELinear.from_linear(_found_linear(linear), **_moe_settings(config)),
+    pad=lambda linear, config: PADMoELinear.from_linear(_found_linear(linear), **_moe_settings(config),
                                                          lambda_mode=config.lambda_mode,
                                                          granularity=config.granularity),
     looks_for="FFN output projection",
@@ -330,7 +359,7 @@ def _find_fused_experts(model: nn.Module) -> Targets:
     return Targets(found, found)
 
 
-def _experts_need_pad(config: "ConvertConfig", prefix: str) -> list[str]:
+def _experts_need_pad(config: ConversionSettings, prefix: str) -> list[str]:
     """The "experts" kind keeps the pretrained MoE's own experts, router and granularity of entries, so
     settings that would change them are refused rather than ignored."""
     out = []
@@ -346,7 +375,7 @@ def _experts_need_pad(config: "ConvertConfig", prefix: str) -> list[str]:
     return out
 
 
-def _no_fully_dynamic_form(experts: nn.Module, config: "ConvertConfig") -> nn.Module:
+def _no_fully_dynamic_form(experts: nn.Module, config: ConversionSettings) -> nn.Module:
     raise ValueError("dynamic='experts' has no fully dynamic form: the model's experts are one already")
 
 

@@ -31,6 +31,10 @@ class DeployedPartiallyDynamic(DynamicEntries):
     """Mixin for ``nn.Module`` subclasses; call ``_init_deployed`` in ``__init__``."""
 
     kernel_shape: tuple[int, ...]
+    # Set by ``_init_deployed``: the (K, nnz) dynamic entries and the static kernel (dense, or the
+    # static rows for channel granularity), lambdas folded in.
+    dynamic_values: torch.Tensor
+    static_kernel: torch.Tensor
 
     def _init_deployed(self, kernel_shape, num_kernels: int, dynamic_index: torch.Tensor | None,
                        granularity: str = "element") -> None:
@@ -153,7 +157,8 @@ class DeployedPartiallyDynamic(DynamicEntries):
         return {"static_values": ((self.num_static,), self.dynamic_values.dtype), index[0]: (index[1], torch.int32)}
 
     def deployed_extra_repr(self) -> str:
-        return f"dynamic_ratio={self.dynamic_ratio:.3f}, stored={self.num_static}+{tuple(self.dynamic_values.shape)}" + (
+        stored = f"{self.num_static}+{tuple(self.dynamic_values.shape)}"
+        return f"dynamic_ratio={self.dynamic_ratio:.3f}, stored={stored}" + (
             f", granularity={self.granularity!r}" if self.granularity != "element" else "")
 
 

@@ -68,6 +68,7 @@ class DeployedPADConv2d(DeployedPartiallyDynamic, DynamicConvCompute, nn.Module)
         static = layer.masked_static_kernel().index_select(0, layer.static_index.to(ref.device))
         new.load_folded(lambda_s * static, lambda_d * layer.dynamic_entries())
         if layer.bias is not None:
+            assert new.bias is not None  # built with bias=True above
             new.bias.copy_(layer.bias)
         return new.train(layer.training)
 

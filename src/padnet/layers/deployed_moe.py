@@ -57,6 +57,7 @@ class DeployedPADMoELinear(DeployedPartiallyDynamic, MoECompute, nn.Module):
         static = layer.masked_static_kernel().index_select(0, layer.static_index.to(ref.device))
         new.load_folded(lambda_s * static, lambda_d * ref)
         if layer.bias is not None:
+            assert new.bias is not None  # built with bias=True above
             new.bias.copy_(layer.bias)
         return new.train(layer.training)
 

@@ -3,26 +3,27 @@
 from __future__ import annotations
 
 import math
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ._mixin import ModuleMixin
 from ._validate import check_positive_int, pair
 from .attention import KernelAttention
-from .pad_base import DynamicEntries, upcycle_from
 from .conv_strategy import (
     MIXTURE_STRATEGIES,
     PER_SAMPLE_STRATEGIES,
-    WHOLE,
     UNFOLD_MAX_POSITIONS,
+    WHOLE,
     applicable_strategies,
     heuristic_strategy,
     is_plain_1x1,
     output_positions,
     resolve_strategy,
 )
-
+from .pad_base import DynamicEntries, upcycle_from
 
 KERNEL_STRATEGIES = ("auto",) + PER_SAMPLE_STRATEGIES
 
@@ -194,13 +195,33 @@ def append_kernel_weight(weights: torch.Tensor, value) -> torch.Tensor:
     return torch.cat([weights, column], 1)
 
 
-class DynamicConvCompute:
+class DynamicConvCompute(ModuleMixin):
     """The forward every dynamic conv form shares (DY-Conv/CondConv, PAD, deployed PAD): attention,
     dynamic bias, then the strategy that ``padnet.layers.conv_strategy`` picks. A layer provides
     ``per_sample_kernels(alpha)`` -> (B, N) and ``mixture_kernels(alpha)`` -> ((J, N) kernels, (B, J)
     weights) for the same W(x); ``strategy`` (None: the global mode) pins or tunes this layer alone."""
 
     strategy: str | None = None
+    # Set by ``init_dynamic_conv_geometry``; ``bias`` (K, C_out) or None by the layer.
+    in_channels: int
+    out_channels: int
+    kernel_size: tuple[int, int]
+    stride: tuple[int, int]
+    padding: tuple[int, int]
+    dilation: tuple[int, int]
+    groups: int
+    num_kernels: int
+    routing: str
+    temperature: float
+    attention: nn.Module  # a KernelAttention, or any module computing alpha(x, temperature)
+    weight_shape: tuple[int, ...]
+    bias: torch.Tensor | None
+
+    if TYPE_CHECKING:  # what each layer provides
+
+        def per_sample_kernels(self, alpha: torch.Tensor) -> torch.Tensor: ...
+
+        def mixture_kernels(self, alpha: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]: ...
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.dim() != 4 or x.shape[1] != self.in_channels:
@@ -238,7 +259,7 @@ class DynamicConvCompute:
                 if bias is not None:
                     inputs.append(bias.detach().requires_grad_(grad))
                 out = self.compute(inputs[0], inputs[1], inputs[2] if bias is not None else None, strategy)
-            params = [p for p in self.parameters(recurse=False) if p.requires_grad]
+            params: list[torch.Tensor] = [p for p in self.parameters(recurse=False) if p.requires_grad]
             return out, (inputs + params) if grad else []
 
         candidates = applicable_strategies(self.kernel_size, self.padding, self.dilation, self.groups)
@@ -296,7 +317,7 @@ class DynamicConvCompute:
 
 
 def init_dynamic_conv_geometry(
-    module: nn.Module, in_channels, out_channels, kernel_size, stride, padding, dilation, groups, num_kernels,
+    module: DynamicConvCompute, in_channels, out_channels, kernel_size, stride, padding, dilation, groups, num_kernels,
     reduction, routing,
 ) -> None:
     """Check and set what every dynamic conv form (training, PAD, deployed) knows about its shape,
@@ -328,8 +349,11 @@ class DynamicConv2d(DynamicConvCompute, nn.Module):
 
     ``routing="softmax"`` is DY-Conv (temperature-scaled softmax attention); ``routing="sigmoid"`` is
     CondConv (independent sigmoid gates, no temperature). Parameters: ``weight`` (K, N) holding K kernels of
-    ``weight_shape`` = (C_out, C_in/g, kh, kw) flattened, ``bias`` (K, C_out) when ``bias=True``, and the attention ``attention.fc1``/``attention.fc2``.
+    ``weight_shape`` = (C_out, C_in/g, kh, kw) flattened, ``bias`` (K, C_out) when ``bias=True``, and the
+    attention ``attention.fc1``/``attention.fc2``.
     """
+
+    weight: torch.Tensor
 
     def __init__(
         self,

@@ -5,14 +5,33 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Protocol
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ._mixin import ModuleMixin
 from ._validate import check_positive_int
 from .pad_base import DynamicEntries, upcycle_from
 from .router import NoisyTopKRouter, Routing
+
+
+class LinearLike(Protocol):
+    """What ``MoELinear.from_linear`` reads from a projection y = x W^T + b: an ``nn.Linear``, or a
+    ``padnet.layers.conversions.LinearView`` of another module (GPT-2's ``Conv1D``)."""
+
+    @property
+    def in_features(self) -> int: ...
+
+    @property
+    def out_features(self) -> int: ...
+
+    @property
+    def weight(self) -> torch.Tensor: ...  # (out, in)
+
+    @property
+    def bias(self) -> torch.Tensor | None: ...
 
 
 @dataclass
@@ -32,8 +51,8 @@ class ExpertSlots:
         inverse = torch.empty_like(order).scatter_(0, order, torch.arange(order.numel(), device=order.device))
         # scatter_add, not bincount: bincount's output size depends on the data, which torch.compile
         # cannot trace; the one graph break left is turning the counts into Python ints for the slices.
-        counts = torch.zeros(num_experts, dtype=torch.long, device=experts.device)
-        counts = counts.scatter_add_(0, experts, torch.ones_like(experts)).tolist()
+        zeros = torch.zeros(num_experts, dtype=torch.long, device=experts.device)
+        counts = zeros.scatter_add_(0, experts, torch.ones_like(experts)).tolist()
         return cls(order // routing.top_indices.shape[1], inverse, counts)
 
 
@@ -66,7 +85,8 @@ class _ExpertMatmul(torch.autograd.Function):
         grad = grad.contiguous()
         grad_x = x.new_empty(x.shape) if ctx.needs_input_grad[0] else None
         grad_w = weights.new_empty(weights.shape) if ctx.needs_input_grad[1] else None
-        grad_b = grad.new_empty(weights.shape[0], weights.shape[1]) if ctx.has_bias and ctx.needs_input_grad[2] else None
+        has_grad_b = ctx.has_bias and ctx.needs_input_grad[2]
+        grad_b = grad.new_empty(weights.shape[0], weights.shape[1]) if has_grad_b else None
         start = 0
         for e, count in enumerate(ctx.counts):
             rows = slice(start, start + count)
@@ -94,8 +114,8 @@ def mix_experts(
 
     The pairs are sorted by expert once (``ExpertSlots``); each expert runs one matmul on its contiguous
     slice (``_ExpertMatmul``); one gather puts the results back in (token, slot) order and the gates
-    weight the k slots. No scatter-add: the result does not depend on the order of floating-point additions (deterministic
-    on GPUs too). Experts that receive no tokens still join the graph (an empty matmul), so their
+    weight the k slots. No scatter-add: the result does not depend on the order of floating-point additions
+    (deterministic on GPUs too). Experts that receive no tokens still join the graph (an empty matmul), so their
     parameters get a zero gradient rather than none, which keeps DistributedDataParallel from reporting
     unused parameters.
     """
@@ -121,7 +141,7 @@ def mix_experts(
 
 
 def init_moe_geometry(
-    module: nn.Module, in_features, out_features, num_experts, top_k, noisy_gating, aux_loss_coef
+    module: MoECompute, in_features, out_features, num_experts, top_k, noisy_gating, aux_loss_coef
 ) -> None:
     """Check and set what every MoE form (training, PAD, deployed) knows about its shape, its router,
     and the slot for the load-balancing loss of the last forward."""
@@ -138,10 +158,24 @@ def init_moe_geometry(
     module.last_aux_loss = None
 
 
-class MoECompute:
+class MoECompute(ModuleMixin):
     """What every MoE form (MoE, PAD, deployed PAD) shares: the forward over any leading dimensions
     (route, record the load-balancing loss, ``mix``), its repr and its cost. A form provides
     ``mix(tokens, routing)``."""
+
+    # Set by ``init_moe_geometry``; ``bias`` (E, out) or None by the layer.
+    in_features: int
+    out_features: int
+    num_experts: int
+    top_k: int
+    aux_loss_coef: float
+    router: NoisyTopKRouter
+    last_aux_loss: torch.Tensor | None
+    bias: torch.Tensor | None
+
+    if TYPE_CHECKING:  # what each layer provides
+
+        def mix(self, tokens: torch.Tensor, routing: Routing) -> torch.Tensor: ...
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.shape[-1] != self.in_features:
@@ -164,10 +198,10 @@ class MoECompute:
         PAD forms assemble the E experts' full weights once per call (E N writes)."""
         tokens = x.numel() // x.shape[-1]
         dense = self.in_features * self.out_features
-        entries = isinstance(self, DynamicEntries)
-        structured = self.structured_static_numel if entries else 0
+        structured = self.structured_static_numel if isinstance(self, DynamicEntries) else 0
         static = tokens * (self.in_features * self.num_experts + structured)
-        assembly = self.num_experts * dense if entries and self.granularity == "element" else 0
+        element_pad = isinstance(self, DynamicEntries) and self.granularity == "element"
+        assembly = self.num_experts * dense if element_pad else 0
         return static, tokens * self.top_k * (dense - structured), assembly
 
     @property
@@ -182,6 +216,8 @@ class MoELinear(MoECompute, nn.Module):
     After each forward, ``last_aux_loss`` holds ``aux_loss_coef * (CV^2(importance) + CV^2(load))``;
     ``padnet.aux_loss(model)`` sums it over layers so it can be added to the task loss.
     """
+
+    weight: torch.Tensor
 
     def __init__(
         self,
@@ -200,7 +236,7 @@ class MoELinear(MoECompute, nn.Module):
         self.reset_parameters()
 
     @classmethod
-    def from_linear(cls, linear: nn.Linear, **settings) -> "MoELinear":
+    def from_linear(cls, linear: LinearLike, **settings) -> "MoELinear":
         """This kind of MoE (a subclass builds its own) upcycled from ``linear``: every expert (and a PAD
         layer's W_s) starts as its weight, every expert bias as its bias, on its device and dtype, so the
         layer computes ``linear`` at init (the gates sum to 1). What ``padnet.convert`` puts in place of an

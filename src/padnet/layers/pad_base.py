@@ -22,10 +22,12 @@ whole rows set); the partition ranks the layer's units (``num_units``, ``unit_sc
 from __future__ import annotations
 
 import math
+from typing import Any, Protocol
 
 import torch
 from torch import nn
 
+from ._mixin import ModuleMixin
 from ._validate import check_choice
 
 LAMBDA_MODES = ("both", "static", "dynamic", "none")
@@ -38,19 +40,38 @@ def dense_dynamic_kernels(values: torch.Tensor, index: torch.Tensor, numel: int)
     return values.new_zeros(values.shape[0], numel).scatter(1, wide_index, values)
 
 
+class Upcyclable(Protocol):
+    """A training-form dynamic layer (DY-Conv, MoE, or their PAD forms): its full kernels and bias."""
+
+    @property
+    def weight(self) -> torch.Tensor: ...
+
+    @property
+    def bias(self) -> torch.Tensor | None: ...
+
+
 @torch.no_grad()
-def upcycle_from(layer: nn.Module, weight: torch.Tensor, bias: torch.Tensor | None) -> None:
+def upcycle_from(layer: Upcyclable, weight: torch.Tensor, bias: torch.Tensor | None) -> None:
     """Set every kernel (or expert) of a dynamic ``layer`` to ``weight``, a PAD layer's W_s too, and
     every kernel's bias to ``bias``: with mixing weights that sum to 1 the layer then computes what the
-    static layer holding ``weight`` and ``bias`` did (upcycling)."""
+    static layer holding ``weight`` and ``bias`` did (upcycling). ``layer`` is a training form (it has
+    the full ``weight``), built with a bias exactly when ``bias`` is given."""
     layer.weight.copy_(weight.reshape(1, *layer.weight.shape[1:]).expand_as(layer.weight))
     if isinstance(layer, PartiallyDynamic):
         layer.static_weight.copy_(weight.reshape(layer.static_weight.shape))
     if bias is not None:
+        assert layer.bias is not None  # built with bias=True (from_conv, from_linear)
         layer.bias.copy_(bias.reshape(1, -1).expand_as(layer.bias))
 
 
-class DynamicEntries:
+class DeployedForm(Protocol):
+    """What a PAD layer's ``deployed_form`` is: a class whose ``from_pad(layer)`` builds the layer's
+    inference form."""
+
+    def from_pad(self, layer: Any, /) -> nn.Module: ...
+
+
+class DynamicEntries(ModuleMixin):
     """Counts shared by the training and deployed PAD forms: both keep ``kernel_shape``, a sorted
     ``dynamic_index`` of the dynamic entries' flat positions and their ``granularity``."""
 
@@ -132,9 +153,17 @@ class PartiallyDynamic(DynamicEntries):
     kernel_shape: tuple[int, ...]
     lambda_mode: str
     compacted: bool
+    # Parameters and buffers (``_init_pad``): the K full kernels (until ``compact()``, then their dynamic
+    # entries ``dynamic_values``), W_s, the scale parameter phi, the mask and the static keep mask.
+    weight: torch.Tensor
+    dynamic_values: torch.Tensor
+    static_weight: torch.Tensor
+    phi: torch.Tensor
+    mask: torch.Tensor
+    static_keep: torch.Tensor
     # The inference form (``DeployedPADConv2d`` for ``PADConv2d``, ...): set by that form's module, so a
     # new layer kind registers its deployed form beside it and ``padnet.deploy`` needs no change.
-    deployed_form: type | None = None
+    deployed_form: DeployedForm | None = None
 
     def to_deployed(self) -> nn.Module:
         """The inference form of this layer (its ``deployed_form.from_pad``): the same outputs in eval

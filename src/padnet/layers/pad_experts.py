@@ -12,18 +12,23 @@ take the experts' mean (the least-squares choice of one shared value).
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import cast
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ._mixin import ModuleMixin
 from .assemble import assemble_kernels
 from .deployed_base import DeployedPartiallyDynamic
 from .pad_base import PartiallyDynamic
 
+ActFn = Callable[[torch.Tensor], torch.Tensor]  # a fused experts module's activation (a module or a function)
 _NO_ROUTER = nn.Module()  # the block routes; the expert weights own no router (summary counts none)
 
 
-class ExpertWeights:
+class ExpertWeights(ModuleMixin):
     """What both forms of one fused expert weight share: E matrices (out, in), no bias, no router."""
 
     num_experts: int
@@ -55,7 +60,9 @@ class PADExpertWeights(ExpertWeights, PartiallyDynamic, nn.Module):
     @torch.no_grad()
     def from_experts(cls, weight: torch.Tensor, lambda_mode: str = "both") -> "PADExpertWeights":
         """The PAD form of a fused (E, out, in) weight: the experts as they are, W_s their mean."""
-        layer = cls(*weight.shape, lambda_mode=lambda_mode).to(device=weight.device, dtype=weight.dtype)
+        num_experts, out_features, in_features = weight.shape
+        layer = cls(num_experts, out_features, in_features, lambda_mode=lambda_mode)
+        layer = layer.to(device=weight.device, dtype=weight.dtype)
         layer.weight.copy_(weight)
         layer.static_weight.copy_(weight.mean(0))
         return layer
@@ -112,7 +119,12 @@ class PADExperts(nn.Module):
     sum over a token's k experts of weight * down_i(act(gate_i x) * up_i x), adding the experts'
     results in expert order as transformers' eager loop does, so the upcycled block is exact."""
 
-    def __init__(self, gate_up_proj: nn.Module, down_proj: nn.Module, act_fn: nn.Module):
+    # the PAD forms of the two fused weights (``padnet.deploy`` swaps in their deployed forms)
+    gate_up_proj: PADExpertWeights | DeployedExpertWeights
+    down_proj: PADExpertWeights | DeployedExpertWeights
+
+    def __init__(self, gate_up_proj: PADExpertWeights | DeployedExpertWeights,
+                 down_proj: PADExpertWeights | DeployedExpertWeights, act_fn: ActFn):
         super().__init__()
         self.gate_up_proj = gate_up_proj
         self.down_proj = down_proj
@@ -122,8 +134,10 @@ class PADExperts(nn.Module):
     @classmethod
     def from_experts(cls, experts: nn.Module, lambda_mode: str = "both") -> "PADExperts":
         """The PAD form of a fused experts module (its ``gate_up_proj``, ``down_proj`` and ``act_fn``)."""
-        return cls(PADExpertWeights.from_experts(experts.gate_up_proj.detach(), lambda_mode),
-                   PADExpertWeights.from_experts(experts.down_proj.detach(), lambda_mode), experts.act_fn)
+        # a module ``is_fused_experts`` accepts: two 3-D weights and a callable act_fn
+        gate_up, down = cast(torch.Tensor, experts.gate_up_proj), cast(torch.Tensor, experts.down_proj)
+        return cls(PADExpertWeights.from_experts(gate_up.detach(), lambda_mode),
+                   PADExpertWeights.from_experts(down.detach(), lambda_mode), cast(ActFn, experts.act_fn))
 
     def forward(self, hidden_states: torch.Tensor, top_k_index: torch.Tensor, top_k_weights: torch.Tensor):
         gate_up, down = self.gate_up_proj.expert_weights(), self.down_proj.expert_weights()
@@ -142,8 +156,10 @@ def is_fused_experts(module: nn.Module) -> bool:
     """A fused experts module: exactly the parameters gate_up_proj (E, 2I, H) and down_proj (E, H, I),
     and an ``act_fn``."""
     params = dict(module.named_parameters(recurse=False))
-    gate_up, down = params.get("gate_up_proj"), params.get("down_proj")
-    if set(params) != {"gate_up_proj", "down_proj"} or gate_up.dim() != 3 or down.dim() != 3:
+    if set(params) != {"gate_up_proj", "down_proj"}:
+        return False
+    gate_up, down = params["gate_up_proj"], params["down_proj"]
+    if gate_up.dim() != 3 or down.dim() != 3:
         return False
     (experts, two_inter, hidden), (experts_down, hidden_down, inter) = gate_up.shape, down.shape
     shapes_fit = experts == experts_down and hidden == hidden_down and two_inter == 2 * inter

@@ -67,8 +67,8 @@ class PADMoELinear(PartiallyDynamic, MoELinear):
             # so dL/dm sums (lambda_d W_i - lambda_s W_s) * dL/dW_i' per expert and is exactly 0 when
             # every expert equals W_s (upcycled at init), which the partition must detect (SPEC 4).
             static = lambda_s * self.static_weight
-            experts = static + self.relaxed_mask * (lambda_d * self.weight - static)
-            return mix_experts(tokens, routing, experts, self.bias)
+            scored = static + self.relaxed_mask * (lambda_d * self.weight - static)
+            return mix_experts(tokens, routing, scored, self.bias)
         if self.granularity == "channel":
             rows = self.row_split()
             static = self.static_weight.index_select(0, rows[1]).mul(lambda_s)

@@ -54,6 +54,7 @@ class NoisyTopKRouter(nn.Module):
         if noisy_train:
             # One (in, 2E) product instead of two (in, E) ones: such skinny products run far below the
             # CPU's matmul speed, so the pair costs about what one does (its backward likewise).
+            assert self.w_noise is not None  # built with noisy_gating=True
             clean, noise_logits = (tokens @ torch.cat([self.w_gate, self.w_noise], 1)).split(self.num_experts, 1)
             noise_std = F.softplus(noise_logits) + NOISE_FLOOR
             logits = clean + torch.randn_like(clean) * noise_std

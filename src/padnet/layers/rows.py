@@ -5,8 +5,9 @@ With an element mask every sample needs its own full kernel; with a channel mask
 channels share one kernel across the batch, so they are one ordinary conv (or matmul), and only kappa of
 the rows go through the per-sample (or mixture) path. At 3x3 256 -> 256, 14x14, batch 64, one thread,
 kappa 0.3, issue 16 measured DY-Conv 3.4x the static conv, element PAD 1.7-3.0x and this split 1.6x;
-the deployed layer here measured 1.17x with the ``grouped`` split (under load, docs/results/efficiency.md). Each part is written once into the output (``index_copy_``): no concatenation and no
-permutation copy of the whole output.
+the deployed layer here measured 1.17x with the ``grouped`` split (under load, docs/results/efficiency.md).
+Each part is written once into the output (``index_copy_``): no concatenation and no permutation copy of
+the whole output.
 
 Used by the training, compacted and deployed forms alike; they differ only in where the static rows and
 the dynamic rows' K kernels come from.
@@ -53,7 +54,8 @@ def _add_bias(out: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
 
 
 def channel_conv(layer, x: torch.Tensor, rows: tuple[torch.Tensor, torch.Tensor], static: torch.Tensor,
-                 dynamic: torch.Tensor, weights: torch.Tensor, bias: torch.Tensor | None, strategy: str) -> torch.Tensor:
+                 dynamic: torch.Tensor, weights: torch.Tensor, bias: torch.Tensor | None,
+                 strategy: str) -> torch.Tensor:
     """y = conv(x, W(x)) for a channel-granular conv ``layer`` (its geometry): ``rows`` = (dynamic rows,
     static rows) (``row_split``); ``static`` (n_s, R) the static rows, scale folded in; ``dynamic``
     (K, n_d R) the dynamic rows of the K kernels, mixed per sample by ``weights`` (B, K); ``bias``

@@ -105,7 +105,7 @@ def _from_pretrained(load, source: str, local: bool, **kwargs):
     named_by = _NAMED_BY.get()
     try:
         return load(source, local_files_only=local, trust_remote_code=False, **kwargs)
-    except (OSError, ValueError) as err:
+    except (OSError, ValueError):
         if named_by is None or Path(source).exists():
             raise
         raise RunError(

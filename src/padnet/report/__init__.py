@@ -16,9 +16,9 @@ in ``padnet.text.report``); other tasks get the default view, labelled by run na
 
 from .build import Difference, Group, Report, build_report, shared_recipe
 from .collect import FinishedRun, TaskView, collect, register_view, unfinished, view_of
-from .tables import markdown, metric_heading, metric_scale
 from .figure import plot
 from .stats import PairedDifference, Stat, median, paired_difference, t_quantile_975
+from .tables import markdown, metric_heading, metric_scale
 from .write import to_dict, write_report
 
 __all__ = [

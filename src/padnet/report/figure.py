@@ -8,10 +8,10 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-from ..train.io import atomic_savefig
+from ..infra import atomic_savefig
 from .build import Report
-from .tables import metric_heading, metric_scale
 from .stats import Stat
+from .tables import metric_heading, metric_scale
 
 MARKERS = {"static": "s", "DY-Conv (fully dynamic)": "D", "CondConv (fully dynamic)": "P", "MoE (fully dynamic)": "D"}
 

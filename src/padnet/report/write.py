@@ -12,12 +12,12 @@ from dataclasses import asdict
 from pathlib import Path
 
 from ..errors import RunError
-from ..train.io import atomic_write_bytes, refuse_links
+from ..infra import atomic_write_bytes, refuse_links
 from .build import Report, build_report
 from .collect import collect, unfinished
-from .tables import markdown
 from .figure import plot
 from .stats import median
+from .tables import markdown
 
 
 def to_dict(report: Report) -> dict:

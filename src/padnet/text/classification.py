@@ -70,7 +70,8 @@ class TextClassificationConfig:
             if value is not None and Path(value).suffix.lower() not in (".csv", ".tsv", ".jsonl", ".json"):
                 out.append(f"{p}{key}={value!r}: unknown file type; allowed: .csv, .tsv, .jsonl")
         out += [f"{p}{k}={getattr(self, k)!r} is not supported; allowed: {', '.join(allowed)}"
-                for k, allowed in (("problem", L.PROBLEMS), ("eval_split", EVAL_SPLITS)) if getattr(self, k) not in allowed]
+                for k, allowed in (("problem", L.PROBLEMS), ("eval_split", EVAL_SPLITS))
+                if getattr(self, k) not in allowed]
         if self.eval_split == "test" and self.test_file is None and self.test_split is None:
             out.append(f"{p}eval_split=test needs {p}test_file (or test_split with a dataset)")
         if not 0 < self.validation_fraction < 1:

@@ -99,9 +99,10 @@ def check_text_model(config: RunConfig, model: str, key: str) -> list[str]:
         out.append(f"{key}={model!r}: {err}")
     d = config.dynamic
     if d.mode != "static" and d.kind != "moe":
-        out.append(f"dynamic.kind={d.kind!r}: text models (GLUE, text_classification) are transformers; their dynamic layers are "
-                   "FFN-output MoEs, so set dynamic.kind=moe")
-    if d.mode == "pad" and d.kind == "moe" and config.partition.scorer == "taylor" and config.partition.warmup_steps < 1:
+        out.append(f"dynamic.kind={d.kind!r}: text models (GLUE, text_classification) are transformers; "
+                   "their dynamic layers are FFN-output MoEs, so set dynamic.kind=moe")
+    if (d.mode == "pad" and d.kind == "moe" and config.partition.scorer == "taylor"
+            and config.partition.warmup_steps < 1):
         out.append("partition.warmup_steps=0 with an upcycled MoE: every expert equals the static weight at "
                    "init, so every taylor score is 0; set partition.warmup_steps >= 1 (fully dynamic "
                    "training before the partition, e.g. 100)")

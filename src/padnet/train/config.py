@@ -333,13 +333,15 @@ def build_section(cls, raw, prefix: str, problems: list[str], extra_keys: tuple[
     if raw is None:
         raw = {}
     if not isinstance(raw, dict):
-        problems.append(f"{prefix.rstrip('.') or 'config'} must be a mapping of keys to values; got {type(raw).__name__}")
+        problems.append(f"{prefix.rstrip('.') or 'config'} must be a mapping of keys to values; "
+                        f"got {type(raw).__name__}")
         return cls()
     names = [f.name for f in dataclasses.fields(cls) if f.name != "sections"]
     kwargs = {}
     for key, value in raw.items():
         if key not in names:
-            problems.append(f"unknown key {shorten(f'{prefix}{key}')}; allowed keys{' in ' + prefix.rstrip('.') if prefix else ''}: "
+            where = " in " + prefix.rstrip(".") if prefix else ""
+            problems.append(f"unknown key {shorten(f'{prefix}{key}')}; allowed keys{where}: "
                             f"{', '.join(names + list(extra_keys))}")
             continue
         hint = hints[key]
@@ -348,7 +350,8 @@ def build_section(cls, raw, prefix: str, problems: list[str], extra_keys: tuple[
             continue
         out = _coerce(value, hint)
         if out is _MISSING:
-            problems.append(f"{prefix}{key}={shorten(value)} has type {type(value).__name__}; expected {_type_name(hint)}")
+            problems.append(f"{prefix}{key}={shorten(value)} has type {type(value).__name__}; "
+                            f"expected {_type_name(hint)}")
         elif _non_finite(out):
             problems.append(f"{prefix}{key}={out!r} must be a finite number (not nan or inf)")
         else:

@@ -25,12 +25,24 @@ from torch import nn
 from torch.utils.data import DistributedSampler
 
 from ..errors import ConfigError
+
 # The process identity, the device and the reductions a training step needs live in padnet.infra
 # (serialization and padnet.step need them too, without importing the trainer); the names
 # are re-exported here, where the trainer and its callers have always found them.
 from ..infra import (  # noqa: F401
-    DistributedSetupError, LaunchEnv, average_gradients, by_dtype_and_device, comm_device, is_distributed,
-    is_initialized, is_main_process, launch_env, mean, rank, resolve_device, world_size,
+    DistributedSetupError,
+    LaunchEnv,
+    average_gradients,
+    by_dtype_and_device,
+    comm_device,
+    is_distributed,
+    is_initialized,
+    is_main_process,
+    launch_env,
+    mean,
+    rank,
+    resolve_device,
+    world_size,
 )
 
 BACKENDS = ("gloo", "nccl")
@@ -60,7 +72,8 @@ def init_from_env(device_name: str = "auto", backend: str | None = None) -> bool
     if backend not in BACKENDS:
         raise DistributedSetupError(f"backend={backend!r} is not supported; allowed: {', '.join(BACKENDS)}")
     if backend == "nccl" and device.type != "cuda":
-        raise DistributedSetupError(f"backend='nccl' needs CUDA devices; the run's device is {device_name!r} (use gloo)")
+        raise DistributedSetupError(f"backend='nccl' needs CUDA devices; "
+                                    f"the run's device is {device_name!r} (use gloo)")
     kwargs = {}
     if device.type == "cuda":
         torch.cuda.set_device(device)

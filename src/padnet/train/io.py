@@ -24,7 +24,13 @@ import yaml
 
 from ..errors import ModelFileError, NonFiniteLossError
 from ..infra import (  # noqa: F401  (re-exported)
-    atomic_write_bytes, current_umask, is_main_process, open_append_nofollow, refuse_links, remove_stale_temp_files,
+    atomic_savefig,
+    atomic_write_bytes,
+    current_umask,
+    is_main_process,
+    open_append_nofollow,
+    refuse_links,
+    remove_stale_temp_files,
 )
 
 
@@ -45,16 +51,6 @@ def atomic_torch_save(obj, path: str | Path) -> None:
     buffer = io.BytesIO()
     torch.save(obj, buffer)
     atomic_write_bytes(path, buffer.getvalue())
-
-
-def atomic_savefig(fig, path: str | Path, dpi: int = 120, no_links_under: str | Path | None = None) -> None:
-    """Write a matplotlib figure as PNG atomically (temp file, then rename), then close it."""
-    import matplotlib.pyplot as plt
-
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=dpi)
-    plt.close(fig)
-    atomic_write_bytes(path, buffer.getvalue(), no_links_under=no_links_under)
 
 
 # The trainer's checkpoint format (padnet.train.trainer.CHECKPOINT_FORMAT) and the keys it must hold.
@@ -110,7 +106,8 @@ def _check_checkpoint_archive(path: Path) -> None:
     for info in entries:
         if info.compress_type != zipfile.ZIP_STORED:
             raise ModelFileError(path, f"not a loadable padnet checkpoint (entry {info.filename!r} is compressed; "
-                                       "torch.save stores entries uncompressed, so this file was not written by padnet)")
+                                       "torch.save stores entries uncompressed, "
+                                       "so this file was not written by padnet)")
         if info.file_size > size or info.header_offset + info.file_size > size:
             raise ModelFileError(path, f"not a loadable padnet checkpoint (entry {info.filename!r} claims "
                                        f"{info.file_size:,} bytes, beyond the file's {size:,})")

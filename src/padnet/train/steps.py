@@ -1,6 +1,6 @@
 """The trainer's building blocks that hold no run state (torchvision references style): the training
-step (``train_step``, from ``padnet.step``: shared by the epoch loop and the partition warm-ups), evaluation (``evaluate``),
-the eval loader, and moving batches to the run's device.
+step (``train_step``, from ``padnet.step``: shared by the epoch loop and the partition warm-ups),
+evaluation (``evaluate``), the eval loader, and moving batches to the run's device.
 """
 
 from __future__ import annotations
@@ -78,7 +78,8 @@ def evaluate(model: nn.Module, parts: TaskParts, loader, task: str) -> dict:
     if parts.main_metric not in metrics:
         raise KeyError(f"task {task!r}: evaluate() returned {sorted(metrics)}, without its "
                        f"main_metric {parts.main_metric!r}")
-    metrics = {k: (float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else v) for k, v in metrics.items()}
+    metrics = {k: (float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else v)
+               for k, v in metrics.items()}
     bad = sorted(k for k, v in metrics.items() if isinstance(v, float) and not math.isfinite(v))
     if bad:
         # Like a non-finite training loss: stop, keep the last good checkpoint, write no results.

@@ -55,25 +55,46 @@ from torch.utils.data import DataLoader, RandomSampler
 
 from ..convert import compact, dynamic_layers, pad_layers
 from ..errors import NonFiniteLossError, RunError, shorten
-from ..infra import is_main_process, refuse_links, resolve_device  # noqa: F401  (resolve_device: re-exported)
+from ..infra import is_main_process, refuse_links, resolve_device
 from ..layers.conv_strategy import conv_strategy, conv_strategy_picks, load_conv_strategy_picks
 from ..partition import get_scorer, partition
 from ..summary import summary
 from ..temperature import set_temperature
 from . import distributed
 from .checkpoint import (  # noqa: F401  (restore_model, set_rng_state: re-exported)
-    CHECKPOINT, CHECKPOINT_FORMAT, get_rng_state, make_dynamic, read_training_checkpoint, restore_checked,
-    restore_model, restore_rng, seed_everything, set_rng_state,
+    CHECKPOINT,
+    CHECKPOINT_FORMAT,
+    get_rng_state,
+    make_dynamic,
+    read_training_checkpoint,
+    restore_checked,
+    restore_model,
+    restore_rng,
+    seed_everything,
+    set_rng_state,
 )
 from .config import ConfigError, RunConfig, config_from_dict
 from .io import RunWriter, open_append_nofollow
 from .rebuild import (  # noqa: F401  (padnet eval / export, importable from here as they always were)
-    ExportCheckError, RebuiltRun, rebuild_run, _run_temperature, evaluate_run, export_run,
+    ExportCheckError,
+    RebuiltRun,
+    _run_temperature,
+    evaluate_run,
+    export_run,
+    rebuild_run,
 )
 from .rundir import check_run_dir_name, claim, padnet_version
 from .schedule import RunSchedule, derive_schedule
 from .steps import (
-    DeviceLoader, StepRecipe, deployable_parameters, eval_loader, evaluate, progress, to_device, train_step, unwrap,
+    DeviceLoader,
+    StepRecipe,
+    deployable_parameters,
+    eval_loader,
+    evaluate,
+    progress,
+    to_device,
+    train_step,
+    unwrap,
 )
 from .tasks import TaskParts, get_task
 
@@ -272,8 +293,9 @@ class Trainer:
         else:
             self._start(run)
         if run.world > 1:
-            self.logger.info(f"distributed: {run.world} processes ({distributed.backend_for(run.device)}), batch_size "
-                             f"{self.config.batch_size} per process, effective batch {self.config.batch_size * run.world}")
+            self.logger.info(f"distributed: {run.world} processes ({distributed.backend_for(run.device)}), "
+                             f"batch_size {self.config.batch_size} per process, "
+                             f"effective batch {self.config.batch_size * run.world}")
         layers = pad_layers(run.model)
         run.compacted = bool(layers) and all(layer.compacted for _, layer in layers)
         run.optimizer = self._make_optimizer(run.model)
@@ -366,8 +388,8 @@ class Trainer:
         self.writer.text("partition.txt", report.table() + "\n")
         shards = f" per process x {world} processes" if world > 1 else ""
         units = f" (of the {report.granularity}s: {report.unit_ratio:.4f})" if report.granularity != "element" else ""
-        log.info(f"partition ({p.scorer}, {len(batches)} scoring batches{shards}): dynamic ratio {report.dynamic_ratio:.4f}"
-                 f"{units} in {report.wall_time_s:.1f}s")
+        log.info(f"partition ({p.scorer}, {len(batches)} scoring batches{shards}): "
+                 f"dynamic ratio {report.dynamic_ratio:.4f}{units} in {report.wall_time_s:.1f}s")
         if p.static_init == "dynamic_mean":
             for _, layer in pad_layers(model):
                 layer.static_from_dynamic()
@@ -410,7 +432,8 @@ class Trainer:
                     break
         # Running statistics (BatchNorm) saw each rank's own batches: take rank 0's everywhere.
         distributed.broadcast_module(model)
-        self.logger.info(f"partition warm-up: {step} fully dynamic steps at lr {recipe.optimizer.param_groups[0]['lr']:g}")
+        lr = recipe.optimizer.param_groups[0]["lr"]
+        self.logger.info(f"partition warm-up: {step} fully dynamic steps at lr {lr:g}")
 
     # ------------------------------------------------------------------ one epoch
     def _train_one_epoch(self, run: _Run, epoch: int) -> dict:
@@ -480,7 +503,8 @@ class Trainer:
         self._bar_note(f"epoch {row['epoch']}/{config.epochs} loss {row['train_loss']:.3f}"
                        + "".join(f" {k[5:]} {v:.3f}" for k, v in row.items() if k in ("eval_accuracy", "eval_score")))
         self.logger.info("epoch {epoch} done in {epoch_time_s:.1f}s: train_loss {train_loss:.4f}".format(**row)
-                         + "".join(f", {k} {v:.4f}" for k, v in row.items() if k.startswith("eval_") and isinstance(v, float)))
+                         + "".join(f", {k} {v:.4f}" for k, v in row.items()
+                                   if k.startswith("eval_") and isinstance(v, float)))
         if run.tb is not None:
             for k, v in row.items():
                 if k.startswith("eval_") and isinstance(v, (int, float)):

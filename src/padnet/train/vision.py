@@ -10,8 +10,8 @@ import torch
 import torch.nn.functional as F
 
 from .. import models
-from ..errors import shorten
 from ..data import DataConfig, build_datasets, find_fashion_mnist
+from ..errors import shorten
 from .config import MAX_WIDTH, RunConfig
 from .tasks import TaskParts, register_task
 
@@ -101,8 +101,8 @@ def check(config: RunConfig) -> list[str]:
     if data.name == "imagefolder" and data.root:
         missing = [s for s in ("train", "val") if not (Path(data.root) / s).is_dir()]
         if missing:
-            return [f"data.root={data.root!r}: missing {', '.join(missing)}/ (expected {data.root}/train/<class>/<image> "
-                    f"and {data.root}/val/<class>/<image>)"]
+            return [f"data.root={data.root!r}: missing {', '.join(missing)}/ "
+                    f"(expected {data.root}/train/<class>/<image> and {data.root}/val/<class>/<image>)"]
     return []
 
 
