@@ -23,6 +23,8 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
+from .errors import UsageError
+
 _ARCHS: dict[str, Callable[..., nn.Module]] = {}
 _ARCH_PREFIXES: dict[str, Callable[[str], Callable[..., nn.Module]]] = {}
 _DETECTORS: list[Callable[[nn.Module], dict | None]] = []
@@ -49,7 +51,7 @@ def register_arch(name: str, builder: Builder | Resolver | None = None):
 
     def add(fn):
         if not isinstance(name, str) or not name:
-            raise ValueError(f"arch name must be a non-empty string; got {name!r}")
+            raise UsageError(f"arch name must be a non-empty string; got {name!r}")
         (_ARCH_PREFIXES if name.endswith(".") else _ARCHS)[name] = fn
         return fn
 
@@ -63,7 +65,7 @@ WEIGHT_KEYS = ("weights", "weights_backbone", "pretrained", "pretrained_backbone
 def check_no_weight_keys(name: str, kwargs: dict) -> None:
     found = [k for k in kwargs if k in WEIGHT_KEYS]
     if found:
-        raise ValueError(f"arch {name!r}: {', '.join(found)} is not allowed (a model file holds every weight; "
+        raise UsageError(f"arch {name!r}: {', '.join(found)} is not allowed (a model file holds every weight; "
                          "padnet never downloads weights while loading)")
 
 
@@ -97,9 +99,9 @@ def resolve_arch(name: str) -> Callable[..., nn.Module]:
             try:
                 return resolver(name[len(prefix):])
             except KeyError as exc:
-                raise ValueError(f"arch {name!r}: {exc}") from None
+                raise UsageError(f"arch {name!r}: {exc}") from None
     known = sorted(_ARCHS) + [p + "*" for p in sorted(_ARCH_PREFIXES)]
-    raise ValueError(f"arch {name!r} is not registered; known: {', '.join(known)} (see padnet.register_arch)")
+    raise UsageError(f"arch {name!r} is not registered; known: {', '.join(known)} (see padnet.register_arch)")
 
 
 def tag_arch(model: nn.Module, name: str, **kwargs) -> nn.Module:
@@ -107,7 +109,7 @@ def tag_arch(model: nn.Module, name: str, **kwargs) -> nn.Module:
     try:
         json.dumps(kwargs)
     except TypeError as exc:
-        raise ValueError(f"arch kwargs for {name!r} must be JSON-serialisable: {exc}") from None
+        raise UsageError(f"arch kwargs for {name!r} must be JSON-serialisable: {exc}") from None
     setattr(model, "padnet_arch", {"name": name, "kwargs": dict(kwargs)})  # a plain attribute, not a tensor
     return model
 

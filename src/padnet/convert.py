@@ -22,7 +22,7 @@ from torch import nn
 
 from .arch import detect_arch
 from .deploy import refuse_unpartitioned
-from .errors import ConfigError
+from .errors import ConfigError, UsageError
 from .layers import DYNAMIC_LAYERS, GRANULARITIES, LAMBDA_MODES, PartiallyDynamic
 from .layers._validate import choice_problem, int_problem
 from .layers.attention import ROUTINGS
@@ -158,7 +158,7 @@ def convert(
         top_k=top_k, noisy_gating=noisy_gating, aux_loss_coef=aux_loss_coef, target=target,
     )
     if getattr(model, "padnet_config", None) is not None:
-        raise ValueError("this model was already converted by padnet.convert")
+        raise UsageError("this model was already converted by padnet.convert")
     config = _one_config(keywords, config)
     conversion = get_conversion(config.dynamic)
     targets, skipped = _targets(model, conversion, config)
@@ -197,7 +197,7 @@ def _one_config(keywords: ConvertConfig, config: ConvertConfig | None) -> Conver
         raise TypeError(f"config must be a padnet.ConvertConfig; got {type(config).__name__}")
     elif keywords != ConvertConfig():
         changed = [k for k, v in dataclasses.asdict(keywords).items() if v != getattr(ConvertConfig(), k)]
-        raise ValueError(f"convert() takes config= or keyword settings, not both; got config and {', '.join(changed)}")
+        raise UsageError(f"convert() takes config= or keyword settings, not both; got config and {', '.join(changed)}")
     config = dataclasses.replace(config, include=_as_list(config.include), exclude=_as_list(config.exclude))
     config.validate()
     return config
@@ -224,7 +224,7 @@ def _targets(model: nn.Module, conversion: Conversion, config: ConvertConfig) ->
     chosen = [n for n in chosen if not _matches(n, config.exclude)]
     if not chosen:
         hint = f": {conversion.hint}" if conversion.hint else ""
-        raise ValueError(
+        raise UsageError(
             f"convert(dynamic={config.dynamic!r}) found no {conversion.looks_for} in {type(model).__name__}{hint} "
             f"(include={config.include}, exclude={config.exclude}; eligible: {found.eligible[:8]})"
         )
@@ -255,7 +255,7 @@ def compact(model: nn.Module, allow_unpartitioned: bool = False) -> nn.Module:
     """
     layers = pad_layers(model)
     if not layers:
-        raise ValueError(f"compact() found no PAD layer in {type(model).__name__}")
+        raise UsageError(f"compact() found no PAD layer in {type(model).__name__}")
     if not allow_unpartitioned:
         refuse_unpartitioned(layers, "compact")
     for _, layer in layers:

@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
+from .errors import UsageError
 from .layers import DYNAMIC_LAYERS
 from .layers.deployed_base import DeployedPartiallyDynamic
 from .layers.pad_base import DynamicEntries
@@ -154,7 +155,7 @@ def cost(model: nn.Module, example_input: torch.Tensor | None = None) -> ModelCo
     if example_input is None:
         return result
     if not isinstance(example_input, torch.Tensor) or example_input.dim() < 1 or example_input.shape[0] < 1:
-        raise ValueError("example_input must be a tensor with a batch dimension of size >= 1")
+        raise UsageError("example_input must be a tensor with a batch dimension of size >= 1")
     batch = example_input.shape[0]
     dynamic_names = [n for n, m in model.named_modules() if isinstance(m, DYNAMIC_LAYERS)]
     # Attention / router Linears inside a dynamic layer are counted by that layer's own hook.
@@ -202,11 +203,11 @@ def model_cost(model: nn.Module, example_input: torch.Tensor | None = None,
             (placed on the model's device and dtype).
     """
     if example_input is not None and input_shape is not None:
-        raise ValueError("model_cost takes example_input or input_shape, not both")
+        raise UsageError("model_cost takes example_input or input_shape, not both")
     if input_shape is not None:
         shape = tuple(input_shape)
         if not shape or any(isinstance(n, bool) or not isinstance(n, int) or n < 1 for n in shape):
-            raise ValueError(f"input_shape={input_shape!r} must be a tuple of integers >= 1, batch first")
+            raise UsageError(f"input_shape={input_shape!r} must be a tuple of integers >= 1, batch first")
         param = next(model.parameters(), None)
         example_input = torch.zeros(shape, device=param.device if param is not None else None,
                                     dtype=param.dtype if param is not None and param.is_floating_point() else None)

@@ -13,6 +13,7 @@ from collections.abc import Sequence
 
 from torch import nn
 
+from .errors import UsageError
 from .layers import DeployedPartiallyDynamic, PartiallyDynamic
 
 
@@ -29,12 +30,12 @@ def deploy(model: nn.Module, allow_unpartitioned: bool = False) -> nn.Module:
     was never partitioned.
     """
     if isinstance(model, PartiallyDynamic):
-        raise ValueError("deploy() takes a model holding PAD layers; for one layer use layer.to_deployed()")
+        raise UsageError("deploy() takes a model holding PAD layers; for one layer use layer.to_deployed()")
     targets = [(n, m) for n, m in model.named_modules() if isinstance(m, PartiallyDynamic)]
     if not targets:
         if any(isinstance(m, DeployedPartiallyDynamic) for m in model.modules()):
             return model.eval()  # already deployed
-        raise ValueError(f"deploy() found no PAD layer (a partially dynamic layer from padnet.convert) in "
+        raise UsageError(f"deploy() found no PAD layer (a partially dynamic layer from padnet.convert) in "
                          f"{type(model).__name__}")
     if not allow_unpartitioned:
         refuse_unpartitioned(targets, "deploy")
@@ -50,7 +51,7 @@ def refuse_unpartitioned(layers: Sequence[tuple[str, PartiallyDynamic]], what: s
     masks = [layer.mask for _, layer in layers]
     if not masks or any(m.is_meta for m in masks) or not all(bool(m.all()) for m in masks):
         return
-    raise ValueError(
+    raise UsageError(
         f"{what}() on a model whose {len(masks)} PAD layers are all fully dynamic (every mask all ones: "
         f"padnet.partition has not run), which keeps K full kernels per layer; run padnet.partition(model, ...) "
         f"first, or pass {what}(model, allow_unpartitioned=True) to {what} the fully dynamic model on purpose"

@@ -5,6 +5,8 @@ data, a model file, a run directory) that the user can fix, so callers and the C
 - ``DataError``: data files that cannot be read (IDX, images, GLUE TSV); names the file.
 - ``ModelFileError``: a model file or checkpoint that cannot be loaded; names the file.
 - ``PartitionError``: the partition cannot run on this model / these scoring batches.
+- ``UsageError``: a library call with arguments it cannot serve (a ``ValueError`` too).
+- ``ModeError``: a layer form asked to run in a mode it cannot serve exactly (trace, export, compile, ...).
 - ``RunError``: a run that cannot start or go on (the run directory belongs to something else, is
   locked by another process, holds another run; a non-finite loss; an export that does not reproduce).
 
@@ -56,6 +58,16 @@ class ModelFileError(PadnetError, ValueError):
         self.problem = problem
 
 
+class UsageError(PadnetError, ValueError):
+    """A library call with arguments it cannot serve (a bad value, shape or combination); the message
+    names the argument, the value and what is allowed."""
+
+
+class ModeError(PadnetError, RuntimeError):
+    """A layer form asked to run in a mode it cannot serve exactly (a trace, export, compile, device or
+    dtype); the message names the mode and the alternative that works."""
+
+
 class PartitionError(PadnetError, RuntimeError):
     """The partition cannot produce a meaningful mask (all-zero scores, a non-finite loss)."""
 
@@ -68,5 +80,5 @@ class NonFiniteLossError(RunError):
     """The loss became NaN or inf; the run stopped and its last good checkpoint is kept."""
 
 
-__all__ = ["ConfigError", "DataError", "ModelFileError", "NonFiniteLossError", "PadnetError", "PartitionError",
-           "RunError", "shorten"]
+__all__ = ["ConfigError", "DataError", "ModeError", "ModelFileError", "NonFiniteLossError", "PadnetError",
+           "PartitionError", "RunError", "UsageError", "shorten"]

@@ -23,7 +23,7 @@ from torch import nn
 from transformers import Trainer, TrainerCallback
 
 from .convert import pad_layers
-from .errors import ModelFileError
+from .errors import ModelFileError, UsageError
 from .infra import atomic_write_bytes
 from .layers import aux_loss
 from .models.hf import auto_record, from_auto_config
@@ -46,7 +46,7 @@ def save_pretrained(model: nn.Module, save_directory) -> Path:
     Returns the directory.
     """
     if not hasattr(model, "config") or not hasattr(model.config, "to_json_string"):
-        raise ValueError(f"save_pretrained takes a transformers model; got {type(model).__name__} (use padnet.save)")
+        raise UsageError(f"save_pretrained takes a transformers model; got {type(model).__name__} (use padnet.save)")
     directory = Path(save_directory)
     directory.mkdir(parents=True, exist_ok=True)
     config = auto_record(model)
@@ -143,9 +143,9 @@ class PartitionCallback(TrainerCallback):
                  loss_fn: Callable[[nn.Module, dict], torch.Tensor] = hf_loss, rounds: int = 5,
                  scorer: str = "taylor", seed: int = 0, static_init: str = "keep"):
         if isinstance(warmup_steps, bool) or not isinstance(warmup_steps, int) or warmup_steps < 0:
-            raise ValueError(f"warmup_steps={warmup_steps!r} must be an integer >= 0")
+            raise UsageError(f"warmup_steps={warmup_steps!r} must be an integer >= 0")
         if static_init not in ("keep", "dynamic_mean"):
-            raise ValueError(f"static_init={static_init!r}; allowed: 'keep', 'dynamic_mean'")
+            raise UsageError(f"static_init={static_init!r}; allowed: 'keep', 'dynamic_mean'")
         self.dynamic_ratio, self.warmup_steps, self.scoring_batches = dynamic_ratio, warmup_steps, scoring_batches
         self.loss_fn, self.rounds, self.scorer, self.seed, self.static_init = loss_fn, rounds, scorer, seed, static_init
         self.report: PartitionReport | None = None
@@ -160,7 +160,7 @@ class PartitionCallback(TrainerCallback):
 
     def _partition(self, model: nn.Module, loader) -> None:
         if not pad_layers(model):
-            raise ValueError(f"PartitionCallback: {type(model).__name__} has no PAD layer "
+            raise UsageError(f"PartitionCallback: {type(model).__name__} has no PAD layer "
                              "(padnet.convert(..., pad=True))")
         self.report = partition(model, self._batches(model, loader), self.loss_fn, self.dynamic_ratio,
                                 rounds=self.rounds, scorer=self.scorer, seed=self.seed)
@@ -172,7 +172,7 @@ class PartitionCallback(TrainerCallback):
         if not isinstance(self.scoring_batches, int):
             batches = list(self.scoring_batches)
         elif loader is None:
-            raise ValueError("PartitionCallback: the Trainer gave no train_dataloader; pass scoring_batches=[batches]")
+            raise UsageError("PartitionCallback: the Trainer gave no train_dataloader; pass scoring_batches=[batches]")
         else:
             batches = []
             for batch in loader:

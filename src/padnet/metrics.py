@@ -12,6 +12,8 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
+from .errors import UsageError
+
 TASK_METRICS: dict[str, tuple[str, ...]] = {
     "cola": ("mcc",),
     "sst2": ("accuracy",),
@@ -30,9 +32,9 @@ TASK_METRICS: dict[str, tuple[str, ...]] = {
 def _pair(y_true, y_pred) -> tuple[np.ndarray, np.ndarray]:
     a, b = np.asarray(y_true), np.asarray(y_pred)
     if a.ndim != 1 or a.shape != b.shape:
-        raise ValueError(f"y_true and y_pred must be 1-D of the same length; got shapes {a.shape} and {b.shape}")
+        raise UsageError(f"y_true and y_pred must be 1-D of the same length; got shapes {a.shape} and {b.shape}")
     if a.size == 0:
-        raise ValueError("metrics need at least one example; got none")
+        raise UsageError("metrics need at least one example; got none")
     return a, b
 
 
@@ -100,7 +102,7 @@ def glue_metrics(task: str, y_true, y_pred) -> dict[str, float]:
     """
     key = task.lower().replace("-", "")
     if key not in TASK_METRICS:
-        raise ValueError(f"task={task!r} has no GLUE metric; known tasks: {', '.join(TASK_METRICS)}")
+        raise UsageError(f"task={task!r} has no GLUE metric; known tasks: {', '.join(TASK_METRICS)}")
     out = {name: _FUNCS[name](y_true, y_pred) for name in TASK_METRICS[key]}
     out["score"] = float(np.mean(list(out.values())))
     return out
@@ -111,7 +113,7 @@ def glue_average(scores: Mapping[str, float | Mapping[str, float]] | Sequence[fl
     or a plain sequence of scores."""
     values = list(scores.values()) if isinstance(scores, Mapping) else list(scores)
     if not values:
-        raise ValueError("glue_average needs at least one task score; got none")
+        raise UsageError("glue_average needs at least one task score; got none")
     return float(np.mean([v["score"] if isinstance(v, Mapping) else v for v in values]))
 
 
@@ -135,5 +137,5 @@ def compute_metrics(names: Sequence[str], y_true, y_pred) -> dict[str, float]:
     """The metrics ``names`` (keys of accuracy, f1, macro_f1, mcc, mse, pearson, spearman) of predictions."""
     unknown = [n for n in names if n not in _FUNCS]
     if unknown:
-        raise ValueError(f"unknown metric {unknown[0]!r}; known: {', '.join(_FUNCS)}")
+        raise UsageError(f"unknown metric {unknown[0]!r}; known: {', '.join(_FUNCS)}")
     return {name: _FUNCS[name](y_true, y_pred) for name in names}

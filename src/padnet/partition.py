@@ -24,7 +24,7 @@ import torch.distributed as dist
 from torch import nn
 
 from .convert import pad_layers
-from .errors import PartitionError
+from .errors import PartitionError, UsageError
 from .layers import GRANULARITIES, PartiallyDynamic
 from .layers._validate import check_choice
 from .step import StepRecipe, train_step
@@ -67,11 +67,11 @@ def register_scorer(name: str, score: Callable[[ScoringContext], list[torch.Tens
     ``score(context)`` returns one flat tensor of ``layer.num_units`` (or ``layer.kernel_numel``) scores
     per PAD layer, in the order of ``context.layers``."""
     if not isinstance(name, str) or not name.isidentifier():
-        raise ValueError(f"scorer name {name!r} must be a Python identifier (letters, digits, _)")
+        raise UsageError(f"scorer name {name!r} must be a Python identifier (letters, digits, _)")
     if not callable(score):
-        raise ValueError(f"scorer {name!r}: score must be callable; got {type(score).__name__}")
+        raise UsageError(f"scorer {name!r}: score must be callable; got {type(score).__name__}")
     if name in _SCORERS and not replace:
-        raise ValueError(f"scorer {name!r} is already registered; pass replace=True to replace it")
+        raise UsageError(f"scorer {name!r} is already registered; pass replace=True to replace it")
     _SCORERS[name] = Scorer(name, score, needs_batches)
     return _SCORERS[name]
 
@@ -260,21 +260,21 @@ def _check_scoring_inputs(needs_batches: bool, scorer: str, batch_list: list, lo
     if not needs_batches:
         return
     if not batch_list:
-        raise ValueError(f"batches is empty: the {scorer} scorer needs at least one scoring batch")
+        raise UsageError(f"batches is empty: the {scorer} scorer needs at least one scoring batch")
     if loss_fn is None:
-        raise ValueError(f"loss_fn is None: the {scorer} scorer needs loss_fn(model, batch) -> scalar loss")
+        raise UsageError(f"loss_fn is None: the {scorer} scorer needs loss_fn(model, batch) -> scalar loss")
 
 
 def _check_warmup(warmup_steps, optimizer, batch_list, loss_fn) -> None:
     if isinstance(warmup_steps, bool) or not isinstance(warmup_steps, int) or warmup_steps < 0:
-        raise ValueError(f"warmup_steps={warmup_steps!r} must be an integer >= 0")
+        raise UsageError(f"warmup_steps={warmup_steps!r} must be an integer >= 0")
     if not warmup_steps:
         return
     if not isinstance(optimizer, torch.optim.Optimizer):
-        raise ValueError(f"warmup_steps={warmup_steps} needs optimizer= (a torch.optim.Optimizer over the model's "
+        raise UsageError(f"warmup_steps={warmup_steps} needs optimizer= (a torch.optim.Optimizer over the model's "
                          f"parameters); got {type(optimizer).__name__}")
     if not batch_list or loss_fn is None:
-        raise ValueError(f"warmup_steps={warmup_steps} needs batches and loss_fn(model, batch) to train on")
+        raise UsageError(f"warmup_steps={warmup_steps} needs batches and loss_fn(model, batch) to train on")
 
 
 def _warm_up(model: nn.Module, batch_list: list, loss_fn, optimizer, steps: int) -> None:
@@ -308,11 +308,11 @@ def _uncompacted_pad_layers(model: nn.Module) -> list[tuple[str, PartiallyDynami
     """The model's PAD layers, none of them compacted (a compacted layer's mask is final)."""
     layers = pad_layers(model)
     if not layers:
-        raise ValueError(f"{type(model).__name__} has no PAD layers; "
+        raise UsageError(f"{type(model).__name__} has no PAD layers; "
                          "convert it first with padnet.convert(..., pad=True)")
     compacted = [name for name, layer in layers if layer.compacted]
     if compacted:
-        raise ValueError(f"PAD layers are compacted (their masks are final): {compacted[:5]}; "
+        raise UsageError(f"PAD layers are compacted (their masks are final): {compacted[:5]}; "
                          "partition before compact()")
     return layers
 
@@ -341,9 +341,9 @@ def _run_rounds(context: ScoringContext, chosen: Scorer, targets: list[float], s
 
 def _check_arguments(dynamic_ratio, rounds, schedule, scope, scorer) -> None:
     if isinstance(dynamic_ratio, bool) or not isinstance(dynamic_ratio, (int, float)) or not 0 < dynamic_ratio <= 1:
-        raise ValueError(f"dynamic_ratio={dynamic_ratio!r} must be a number in (0, 1]")
+        raise UsageError(f"dynamic_ratio={dynamic_ratio!r} must be a number in (0, 1]")
     if isinstance(rounds, bool) or not isinstance(rounds, int) or rounds < 1:
-        raise ValueError(f"rounds={rounds!r} must be an integer >= 1 (1 is one-shot)")
+        raise UsageError(f"rounds={rounds!r} must be an integer >= 1 (1 is one-shot)")
     check_choice("schedule", schedule, SCHEDULES)
     check_choice("scope", scope, SCOPES)
     check_choice("scorer", scorer, scorer_names())
@@ -352,14 +352,14 @@ def _check_arguments(dynamic_ratio, rounds, schedule, scope, scorer) -> None:
 def _checked_scores(name: str, scores, layers) -> list[torch.Tensor]:
     if not isinstance(scores, (list, tuple)) or len(scores) != len(layers):
         count = f" of {len(scores)}" if isinstance(scores, (list, tuple)) else ""
-        raise ValueError(f"scorer {name!r} must return one score tensor per PAD layer ({len(layers)}); "
+        raise UsageError(f"scorer {name!r} must return one score tensor per PAD layer ({len(layers)}); "
                          f"got {type(scores).__name__}{count}")
     out = []
     for (layer_name, layer), score in zip(layers, scores):
         if not isinstance(score, torch.Tensor) or score.numel() not in (layer.kernel_numel, layer.num_units):
             got = tuple(score.shape) if isinstance(score, torch.Tensor) else type(score).__name__
             units = f" or {layer.num_units} (one per unit)" if layer.num_units != layer.kernel_numel else ""
-            raise ValueError(f"scorer {name!r}: layer {layer_name!r} needs {layer.kernel_numel} scores{units}; "
+            raise UsageError(f"scorer {name!r}: layer {layer_name!r} needs {layer.kernel_numel} scores{units}; "
                              f"got {got}")
         score = score.detach().reshape(-1).float().cpu()
         out.append(layer.unit_scores(score) if score.numel() != layer.num_units else score)
@@ -394,7 +394,7 @@ def _taylor_scores(model, layers, batch_list, loss_fn, seed) -> list[torch.Tenso
         for index, batch in enumerate(batch_list):
             loss = loss_fn(model, batch)
             if not isinstance(loss, torch.Tensor) or loss.dim() != 0:
-                raise ValueError(f"loss_fn must return a scalar tensor; got {type(loss).__name__} "
+                raise UsageError(f"loss_fn must return a scalar tensor; got {type(loss).__name__} "
                                  f"on scoring batch {index}")
             if not torch.isfinite(loss):
                 failure = f"the loss is {loss.item()} on scoring batch {index}; cannot score the entries"

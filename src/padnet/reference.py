@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .errors import UsageError
 from .layers import PADConv2d, PADMoELinear
 from .layers.dynamic_conv import apply_per_sample_kernels
 
@@ -26,7 +27,7 @@ class DenseMaskPADConv2d(nn.Module):
     def __init__(self, layer: PADConv2d):
         super().__init__()
         if layer.compacted:
-            raise ValueError("DenseMaskPADConv2d needs the uncompacted layer (it stores every entry)")
+            raise UsageError("DenseMaskPADConv2d needs the uncompacted layer (it stores every entry)")
         self.layer = copy.deepcopy(layer)
         self.register_buffer("float_mask", layer.mask.to(layer.weight.dtype).clone())
 

@@ -41,7 +41,7 @@ from ._version import __version__
 from .arch import _ARCHS, HOW_TO_RECORD, build_arch, detect_arch, register_arch, resolve_arch, tag_arch  # noqa: F401
 from .convert import convert, pad_layers, plan_conversion
 from .deploy import deploy
-from .errors import ModelFileError
+from .errors import ModelFileError, UsageError
 from .infra import atomic_write_bytes
 from .layers import DYNAMIC_LAYERS, DeployedPartiallyDynamic, PartiallyDynamic
 
@@ -56,9 +56,9 @@ def _record(model: nn.Module, arch: dict | None) -> dict:
         arch = getattr(model, "padnet_arch", None) if config is not None else detect_arch(model)
     deployed = [n for n, m in model.named_modules() if isinstance(m, DeployedPartiallyDynamic)]
     if deployed and any(isinstance(m, PartiallyDynamic) for m in model.modules()):
-        raise ValueError("the model mixes deployed and training-form PAD layers; deploy() all of them before save")
+        raise UsageError("the model mixes deployed and training-form PAD layers; deploy() all of them before save")
     if any(isinstance(m, DYNAMIC_LAYERS) for m in model.modules()) and config is None:
-        raise ValueError("the model has padnet layers but no model.padnet_config; build it with padnet.convert")
+        raise UsageError("the model has padnet layers but no model.padnet_config; build it with padnet.convert")
     temperatures = {
         n: float(m.temperature) for n, m in model.named_modules()
         if hasattr(m, "temperature") and hasattr(m, "attention") and float(m.temperature) != 1.0
@@ -98,12 +98,12 @@ def save(model: nn.Module, path, arch: dict | str | None = None) -> Path:
     if isinstance(arch, str):
         arch = {"name": arch, "kwargs": {}}
     if arch is not None and not (isinstance(arch, dict) and isinstance(arch.get("name"), str)):
-        raise ValueError(f"arch must be a name or {{'name': str, 'kwargs': dict}}; got {arch!r}")
+        raise UsageError(f"arch must be a name or {{'name': str, 'kwargs': dict}}; got {arch!r}")
     record = _record(model, arch)
     try:
         header = json.dumps(record, sort_keys=True)
     except TypeError as exc:
-        raise ValueError(f"model.padnet_config / arch must be JSON-serialisable: {exc}") from None
+        raise UsageError(f"model.padnet_config / arch must be JSON-serialisable: {exc}") from None
     from safetensors.torch import save as st_save
 
     # Clone so tensors sharing storage (tied weights) are written independently; safetensors refuses aliases.
@@ -112,7 +112,7 @@ def save(model: nn.Module, path, arch: dict | str | None = None) -> Path:
     path = Path(path)
     directory = path.parent
     if not directory.is_dir():
-        raise ValueError(f"cannot save to {path}: directory {directory} does not exist")
+        raise UsageError(f"cannot save to {path}: directory {directory} does not exist")
     atomic_write_bytes(path, payload)
     return path
 
@@ -335,7 +335,7 @@ def load(path, model_factory: Callable[[], nn.Module] | None = None, map_locatio
     if model_factory is not None:
         model = model_factory()  # the caller's code: its errors are its own
         if not isinstance(model, nn.Module):
-            raise ValueError(f"model_factory must return an nn.Module; got {type(model).__name__}")
+            raise UsageError(f"model_factory must return an nn.Module; got {type(model).__name__}")
     try:
         model = _load(path, record, shapes, model, map_location)
         if record.get("predict") is not None:
@@ -541,7 +541,7 @@ def restore_pad_layers(model: nn.Module, stored: Callable[[str], torch.Tensor | 
         try:
             _set_stored_mask(layer, _stored_mask(name, layer, stored))
         except (ValueError, IndexError, RuntimeError) as exc:
-            raise ValueError(f"layer {name}: bad mask: {_cut(exc)}") from None
+            raise UsageError(f"layer {name}: bad mask: {_cut(exc)}") from None
     with torch.device("meta") if on_meta else contextlib.nullcontext():
         for name, layer in layers:
             if compacted(name):
@@ -573,7 +573,7 @@ def _stored_mask(name: str, layer, stored: Callable[[str], torch.Tensor | None])
     if index is None:
         return _mask_from_rows(prefix, layer, stored(f"{prefix}dynamic_rows"))
     if index.dim() != 1 or index.dtype not in (torch.int32, torch.int64):
-        raise ValueError(f"dynamic_index must be a 1-D integer tensor; got {index.dtype} {tuple(index.shape)}")
+        raise UsageError(f"dynamic_index must be a 1-D integer tensor; got {index.dtype} {tuple(index.shape)}")
     flat = torch.zeros(layer.kernel_numel, dtype=torch.bool, device="cpu")
     flat[index.long()] = True
     return flat.reshape(layer.kernel_shape)
@@ -582,11 +582,11 @@ def _stored_mask(name: str, layer, stored: Callable[[str], torch.Tensor | None])
 def _mask_from_rows(prefix: str, layer, rows: torch.Tensor | None) -> torch.Tensor:
     """The mask of a deployed channel-granular layer's ``dynamic_rows`` (whole rows dynamic)."""
     if rows is None:
-        raise ValueError(f"none of {prefix}mask, {prefix}dynamic_index, {prefix}dynamic_rows is stored")
+        raise UsageError(f"none of {prefix}mask, {prefix}dynamic_index, {prefix}dynamic_rows is stored")
     if rows.dim() != 1 or rows.dtype not in (torch.int32, torch.int64):
-        raise ValueError(f"dynamic_rows must be a 1-D integer tensor; got {rows.dtype} {tuple(rows.shape)}")
+        raise UsageError(f"dynamic_rows must be a 1-D integer tensor; got {rows.dtype} {tuple(rows.shape)}")
     if layer.granularity != "channel":
-        raise ValueError(f"dynamic_rows is stored but the layer has granularity {layer.granularity!r}")
+        raise UsageError(f"dynamic_rows is stored but the layer has granularity {layer.granularity!r}")
     units = torch.zeros(layer.kernel_shape[0], dtype=torch.bool)
     units[rows.long()] = True
     return layer.mask_from_units(units).clone()
@@ -599,7 +599,7 @@ def _set_stored_mask(layer, mask: torch.Tensor) -> None:
         layer.set_mask(mask.to(layer.mask.device))
         return
     if mask.dtype != torch.bool or tuple(mask.shape) != layer.kernel_shape:
-        raise ValueError(f"mask must be a torch.bool tensor of the kernel shape {layer.kernel_shape}; "
+        raise UsageError(f"mask must be a torch.bool tensor of the kernel shape {layer.kernel_shape}; "
                          f"got {mask.dtype} {tuple(mask.shape)}")
     layer.dynamic_index = mask.reshape(-1).nonzero().squeeze(1)
 

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 from torch import nn
 
+from .errors import UsageError
 from .layers.dynamic_conv import DynamicConvCompute
 
 
@@ -17,7 +18,7 @@ def set_temperature(model: nn.Module, tau: float) -> int:
     number of layers set.
     """
     if not tau > 0:
-        raise ValueError(f"temperature tau={tau!r} must be > 0")
+        raise UsageError(f"temperature tau={tau!r} must be > 0")
     count = 0
     for module in model.modules():
         if isinstance(module, DynamicConvCompute) and module.routing == "softmax":
@@ -43,18 +44,18 @@ class TemperatureSchedule:
 
     def __post_init__(self):
         if not (self.start > 0 and self.end > 0):
-            raise ValueError(f"temperatures must be > 0; got start={self.start!r}, end={self.end!r}")
+            raise UsageError(f"temperatures must be > 0; got start={self.start!r}, end={self.end!r}")
         if not self.epochs >= 0:
-            raise ValueError(f"epochs={self.epochs!r} must be >= 0")
+            raise UsageError(f"epochs={self.epochs!r} must be >= 0")
 
     def __call__(self, progress: float) -> float:
         if progress < 0:
-            raise ValueError(f"progress={progress!r} must be >= 0 (epochs since the start)")
+            raise UsageError(f"progress={progress!r} must be >= 0 (epochs since the start)")
         if self.epochs == 0 or progress >= self.epochs:
             return float(self.end)
         return float(self.start + (self.end - self.start) * progress / self.epochs)
 
     def at_step(self, step: int, steps_per_epoch: int) -> float:
         if steps_per_epoch < 1:
-            raise ValueError(f"steps_per_epoch={steps_per_epoch!r} must be >= 1")
+            raise UsageError(f"steps_per_epoch={steps_per_epoch!r} must be >= 1")
         return self(step / steps_per_epoch)

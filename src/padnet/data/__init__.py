@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import torch
 from torch.utils.data import Dataset, Subset
 
-from ..errors import DataError, shorten
+from ..errors import DataError, UsageError, shorten
 from .digits import Digits
 from .fashion_mnist import (
     CLASSES as FASHION_MNIST_CLASSES,
@@ -132,7 +132,7 @@ def build_datasets(config: DataConfig) -> tuple[Dataset, Dataset, DataInfo]:
     """(train, test, info) for a ``DataConfig``; errors say where data was looked for and how to get it."""
     problems = config.problems()
     if problems:
-        raise ValueError("; ".join(problems))
+        raise UsageError("; ".join(problems))
     if config.name == "fashion_mnist":
         train = FashionMNIST(config.root, train=True, download=config.download,
                              augment=config.augment_preset() == "crop_flip")

@@ -26,7 +26,7 @@ from pathlib import Path
 
 import torch
 
-from ..errors import DataError
+from ..errors import DataError, UsageError
 
 SPLITS = ("train", "dev", "dev_matched", "dev_mismatched")
 
@@ -84,7 +84,7 @@ def get_task(name: str) -> GlueTask:
     """The task spec for ``name`` (``"RTE"``, ``"rte"``, ``"STS-B"``, ``"stsb"``, ... all work)."""
     key = str(name).lower().replace("-", "").replace("_", "")
     if key not in _ALIASES:
-        raise ValueError(f"unknown GLUE task {name!r}; known tasks: {', '.join(TASKS)}")
+        raise UsageError(f"unknown GLUE task {name!r}; known tasks: {', '.join(TASKS)}")
     return TASKS[_ALIASES[key]]
 
 
@@ -107,7 +107,7 @@ class GlueExamples:
         if n is None or n >= len(self):
             return self
         if n <= 0:
-            raise ValueError(f"subset size must be positive; got {n}")
+            raise UsageError(f"subset size must be positive; got {n}")
         idx = sorted(random.Random(seed).sample(range(len(self)), n))
         pick = lambda xs: [xs[i] for i in idx]  # noqa: E731
         return GlueExamples(self.task, self.split, pick(self.text_a), pick(self.text_b) if self.text_b else None,
@@ -119,7 +119,7 @@ def _resolve_split(task: GlueTask, split: str) -> str:
         split = task.dev_splits[0]
     allowed = ("train",) + task.dev_splits
     if split not in allowed:
-        raise ValueError(f"split={split!r} is not available for GLUE task {task.name!r}; allowed: {', '.join(allowed)}")
+        raise UsageError(f"split={split!r} is not available for GLUE task {task.name!r}; allowed: {', '.join(allowed)}")
     return split
 
 
@@ -148,7 +148,7 @@ def read_tsv(task: str | GlueTask, split: str, data_dir: str | Path, on_error: s
     spec = task if isinstance(task, GlueTask) else get_task(task)
     split = _resolve_split(spec, split)
     if on_error not in ("raise", "skip"):
-        raise ValueError(f"on_error={on_error!r} is not supported; allowed: 'raise', 'skip'")
+        raise UsageError(f"on_error={on_error!r} is not supported; allowed: 'raise', 'skip'")
     path = tsv_path(spec, split, data_dir)
     lines = _tsv_lines(path)
     columns, width = _columns(spec, path, lines)
@@ -286,7 +286,7 @@ def tokenize(examples: GlueExamples, tokenizer, max_length: int = 128, regressio
     """Tokenise with the model's tokenizer, truncating pairs to ``max_length`` tokens (every text task:
     GLUE and ``text_classification``). ``regression``: float labels; None: as the GLUE task says."""
     if isinstance(max_length, bool) or not isinstance(max_length, int) or max_length < 8:
-        raise ValueError(f"max_length={max_length!r} must be an integer >= 8")
+        raise UsageError(f"max_length={max_length!r} must be an integer >= 8")
     enc = tokenizer(examples.text_a, examples.text_b, truncation=True, max_length=max_length, padding=False)
     keys = [k for k in ("input_ids", "token_type_ids", "attention_mask") if k in enc]
     features = [{k: list(enc[k][i]) for k in keys} | {"labels": examples.labels[i]} for i in range(len(examples))]

@@ -16,6 +16,8 @@ from collections.abc import Callable
 
 import torch
 
+from ..errors import UsageError
+
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 # none: the eval transform; flip: + random horizontal flip (not for digits or text in images: it mirrors
@@ -73,7 +75,7 @@ def train_transform(record: dict, augment: str) -> Callable:
     from torchvision import transforms
 
     if augment not in AUGMENT:
-        raise ValueError(f"augment={augment!r} is not supported; allowed: {', '.join(AUGMENT)}")
+        raise UsageError(f"augment={augment!r} is not supported; allowed: {', '.join(AUGMENT)}")
     size = record["image_size"]
     geometry = [transforms.Resize(record["resize"]), transforms.CenterCrop(size)]
     steps = {
@@ -93,7 +95,7 @@ def check_record(record) -> None:
           and len(record["mean"]) == len(record["std"]) in (0, record["channels"])
           and all(isinstance(s, (int, float)) and s > 0 for s in record["std"]))
     if not ok:
-        raise ValueError(f"malformed image preprocessing record {str(record)[:300]}; expected {{'kind': 'image', "
+        raise UsageError(f"malformed image preprocessing record {str(record)[:300]}; expected {{'kind': 'image', "
                          "'channels': 1 or 3, 'image_size': int, 'resize': int, 'mean': [...], 'std': [...]}")
 
 

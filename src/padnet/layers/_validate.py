@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from ..errors import shorten
+from ..errors import UsageError, shorten
 
 
 def choice_problem(name: str, value, allowed: Iterable) -> str | None:
@@ -27,21 +27,21 @@ def int_problem(name: str, value, minimum: int = 1) -> str | None:
 def check_choice(name: str, value, allowed: Iterable) -> None:
     problem = choice_problem(name, value, allowed)
     if problem:
-        raise ValueError(problem)
+        raise UsageError(problem)
 
 
 def check_positive_int(name: str, value, minimum: int = 1) -> None:
     problem = int_problem(name, value, minimum)
     if problem:
-        raise ValueError(problem)
+        raise UsageError(problem)
 
 
 def pair(name: str, value, minimum: int) -> tuple[int, int]:
     """An int or a pair of ints, each >= minimum, as a pair."""
     values = (value, value) if isinstance(value, int) and not isinstance(value, bool) else tuple(value)
     if len(values) != 2:
-        raise ValueError(f"{name}={value!r} must be an int or a pair of ints")
+        raise UsageError(f"{name}={value!r} must be an int or a pair of ints")
     for v in values:
         if isinstance(v, bool) or not isinstance(v, int) or v < minimum:
-            raise ValueError(f"{name}={value!r} must hold integers >= {minimum}")
+            raise UsageError(f"{name}={value!r} must hold integers >= {minimum}")
     return values

@@ -19,6 +19,8 @@ import threading
 
 import torch
 
+from ..errors import UsageError
+
 
 class _AssembleKernels(torch.autograd.Function):
     @staticmethod
@@ -68,12 +70,12 @@ def assemble_kernels(
     Without autograd, on CPU, the result is a view of a per-thread workspace that the next call
     overwrites: consume it (convolve) before assembling again."""
     if static.dim() != 1 or dynamic.dim() != 2 or index.dim() != 1 or dynamic.shape[1] != index.numel():
-        raise ValueError(f"expected static (N,), dynamic (B, nnz), index (nnz,); got {tuple(static.shape)}, "
+        raise UsageError(f"expected static (N,), dynamic (B, nnz), index (nnz,); got {tuple(static.shape)}, "
                          f"{tuple(dynamic.shape)}, {tuple(index.shape)}")
     if scale is not None and scale.dim() != 0:
-        raise ValueError(f"scale must be a 0-d tensor or None; got shape {tuple(scale.shape)}")
+        raise UsageError(f"scale must be a 0-d tensor or None; got shape {tuple(scale.shape)}")
     if keep is not None and keep.shape != static.shape:
-        raise ValueError(f"keep must have static's shape {tuple(static.shape)}; got {tuple(keep.shape)}")
+        raise UsageError(f"keep must have static's shape {tuple(static.shape)}; got {tuple(keep.shape)}")
     dynamic = dynamic.to(static.dtype)
     needs_grad = torch.is_grad_enabled() and any(
         t is not None and t.requires_grad for t in (static, dynamic, scale))

@@ -32,6 +32,7 @@ from collections.abc import Callable, Iterator, Mapping
 
 import torch
 
+from ..errors import UsageError
 from .assemble import tracing
 
 PER_SAMPLE_STRATEGIES = ("grouped", "unfold", "bmm", "loop")
@@ -57,7 +58,7 @@ _picks: dict[str, str] = {}
 
 def _check_mode(mode: str, name: str = "conv_strategy") -> str:
     if mode not in STRATEGY_MODES:
-        raise ValueError(f"{name}={mode!r} is not supported; allowed: {', '.join(map(repr, STRATEGY_MODES))}")
+        raise UsageError(f"{name}={mode!r} is not supported; allowed: {', '.join(map(repr, STRATEGY_MODES))}")
     return mode
 
 
@@ -90,10 +91,10 @@ def conv_strategy_picks() -> dict[str, str]:
 def load_conv_strategy_picks(picks: Mapping[str, str]) -> None:
     """Adopt stored picks (e.g. a checkpoint's), so the same shapes compute with the same strategies."""
     if not isinstance(picks, Mapping):
-        raise ValueError(f"conv strategy picks must be a mapping of key -> strategy; got {type(picks).__name__}")
+        raise UsageError(f"conv strategy picks must be a mapping of key -> strategy; got {type(picks).__name__}")
     for key, strategy in picks.items():
         if not isinstance(key, str) or strategy not in CONV_STRATEGIES:
-            raise ValueError(f"conv strategy pick {key!r}: {strategy!r}; allowed strategies: "
+            raise UsageError(f"conv strategy pick {key!r}: {strategy!r}; allowed strategies: "
                              f"{', '.join(map(repr, CONV_STRATEGIES))}")
     _picks.update(picks)
 
@@ -167,7 +168,7 @@ def resolve_strategy(
     to differentiate (empty when no gradient is needed); the autotuner times it."""
     mode = get_conv_strategy() if mode is None else _check_mode(mode, "strategy")
     if mode in CONV_STRATEGIES and mode not in candidates:
-        raise ValueError(f"conv strategy {mode!r} cannot compute this layer ({key()}); "
+        raise UsageError(f"conv strategy {mode!r} cannot compute this layer ({key()}); "
                          f"allowed here: {', '.join(map(repr, candidates))}")
     if torch.jit.is_tracing():
         return _traceable_strategy(mode, heuristic, key)
@@ -191,7 +192,7 @@ def _traceable_strategy(mode: str, heuristic: Callable[[], str], key: Callable[[
     """The strategy under ``torch.jit.trace``: one whose traced graph serves every batch size (the rule's
     pick, a mixture in place of a batch-baked one); a layer pinned to a batch-baked one is refused."""
     if mode in BATCH_BAKED_STRATEGIES:
-        raise ValueError(
+        raise UsageError(
             f"conv strategy {mode!r} puts the batch size into the graph, so torch.jit.trace of this layer ({key()}) "
             "would compute wrongly at any other batch size: use torch.export.export(model, (x,)) (with "
             "dynamic_shapes for a variable batch), or trace with set_conv_strategy('heuristic'), 'mixture' or 'unfold'"

@@ -39,7 +39,7 @@ from typing import Any, ClassVar, NamedTuple, Protocol
 import torch
 from torch import nn
 
-from ..errors import shorten
+from ..errors import UsageError, shorten
 from .dynamic_conv import DynamicConv2d
 from .moe import MoELinear
 from .pad_conv import PADConv2d
@@ -141,7 +141,7 @@ def register_conversion(kind: str, find: Find, dynamic: Build, pad: Build,
             ``config.target``).
     """
     if not isinstance(kind, str) or not kind:
-        raise ValueError(f"conversion kind {kind!r} must be a non-empty string")
+        raise UsageError(f"conversion kind {kind!r} must be a non-empty string")
     conversion = Conversion(kind, find, dynamic, pad, looks_for, hint, check, uses_config)
     _CONVERSIONS[kind] = conversion
     return conversion
@@ -149,7 +149,7 @@ def register_conversion(kind: str, find: Find, dynamic: Build, pad: Build,
 
 def get_conversion(kind: str) -> Conversion:
     if kind not in _CONVERSIONS:
-        raise ValueError(f"dynamic={kind!r} is not supported; allowed: {', '.join(map(repr, conversion_kinds()))}")
+        raise UsageError(f"dynamic={kind!r} is not supported; allowed: {', '.join(map(repr, conversion_kinds()))}")
     return _CONVERSIONS[kind]
 
 
@@ -376,7 +376,7 @@ def _experts_need_pad(config: ConversionSettings, prefix: str) -> list[str]:
 
 
 def _no_fully_dynamic_form(experts: nn.Module, config: ConversionSettings) -> nn.Module:
-    raise ValueError("dynamic='experts' has no fully dynamic form: the model's experts are one already")
+    raise UsageError("dynamic='experts' has no fully dynamic form: the model's experts are one already")
 
 
 register_conversion(

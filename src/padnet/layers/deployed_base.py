@@ -23,6 +23,7 @@ import math
 import torch
 from torch import nn
 
+from ..errors import UsageError
 from ._validate import check_choice
 from .pad_base import GRANULARITIES, DynamicEntries
 
@@ -56,11 +57,11 @@ class DeployedPartiallyDynamic(DynamicEntries):
     @staticmethod
     def _check_index(index: torch.Tensor, numel: int) -> torch.Tensor:
         if not isinstance(index, torch.Tensor) or index.dim() != 1 or index.dtype != torch.long:
-            raise ValueError("dynamic_index must be a 1-D torch.long tensor of flat kernel positions")
+            raise UsageError("dynamic_index must be a 1-D torch.long tensor of flat kernel positions")
         if index.numel() and (int(index.min()) < 0 or int(index.max()) >= numel):
-            raise ValueError(f"dynamic_index holds positions outside [0, {numel}) for kernel size {numel}")
+            raise UsageError(f"dynamic_index holds positions outside [0, {numel}) for kernel size {numel}")
         if index.numel() > 1 and not bool((index[1:] > index[:-1]).all()):
-            raise ValueError("dynamic_index must be strictly increasing (sorted, no repeats)")
+            raise UsageError("dynamic_index must be strictly increasing (sorted, no repeats)")
         return index
 
     @property
@@ -83,7 +84,7 @@ class DeployedPartiallyDynamic(DynamicEntries):
     @torch.no_grad()
     def _set_static(self, values: torch.Tensor) -> None:
         if values.dim() != 1 or values.numel() != self.num_static:
-            raise ValueError(f"static_values must be 1-D with N - nnz = {self.kernel_numel} - {self.num_dynamic} = "
+            raise UsageError(f"static_values must be 1-D with N - nnz = {self.kernel_numel} - {self.num_dynamic} = "
                              f"{self.num_static} entries; got shape {tuple(values.shape)}")
         if self.granularity == "channel":
             self.static_kernel = values.to(self.dynamic_values).clone()

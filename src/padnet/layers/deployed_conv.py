@@ -7,6 +7,7 @@ import copy
 import torch
 from torch import nn
 
+from ..errors import UsageError
 from .assemble import assemble_kernels
 from .deployed_base import DeployedPartiallyDynamic
 from .dynamic_conv import DynamicConvCompute, append_kernel_weight, init_dynamic_conv_geometry
@@ -52,7 +53,7 @@ class DeployedPADConv2d(DeployedPartiallyDynamic, DynamicConvCompute, nn.Module)
     @torch.no_grad()
     def from_pad(cls, layer: PADConv2d) -> "DeployedPADConv2d":
         if layer.relaxed_mask is not None:
-            raise ValueError("cannot deploy a PADConv2d while it is being scored (relaxed_mask is set)")
+            raise UsageError("cannot deploy a PADConv2d while it is being scored (relaxed_mask is set)")
         new = cls(
             layer.in_channels, layer.out_channels, layer.kernel_size, layer.stride, layer.padding, layer.dilation,
             layer.groups, bias=layer.bias is not None, num_kernels=layer.num_kernels,

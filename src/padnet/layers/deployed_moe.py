@@ -7,6 +7,7 @@ import copy
 import torch
 from torch import nn
 
+from ..errors import UsageError
 from .deployed_base import DeployedPartiallyDynamic
 from .moe import ExpertSlots, MoECompute, init_moe_geometry, mix_experts
 from .pad_moe import PADMoELinear, assembled_experts
@@ -44,7 +45,7 @@ class DeployedPADMoELinear(DeployedPartiallyDynamic, MoECompute, nn.Module):
     @torch.no_grad()
     def from_pad(cls, layer: PADMoELinear) -> "DeployedPADMoELinear":
         if layer.relaxed_mask is not None:
-            raise ValueError("cannot deploy a PADMoELinear while it is being scored (relaxed_mask is set)")
+            raise UsageError("cannot deploy a PADMoELinear while it is being scored (relaxed_mask is set)")
         new = cls(
             layer.in_features, layer.out_features, layer.num_experts, layer.top_k, layer.router.noisy_gating,
             layer.aux_loss_coef, bias=layer.bias is not None, dynamic_index=layer.dynamic_index.detach().cpu(),

@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..errors import UsageError
 from ._mixin import ModuleMixin
 from ._validate import check_positive_int, pair
 from .attention import KernelAttention
@@ -82,16 +83,16 @@ def apply_per_sample_kernels(
         return _loop(x, kernels, bias, out_channels, kernel_size, stride, padding, dilation, groups)
     if strategy in ("unfold", "bmm"):
         if groups != 1:
-            raise ValueError(f"strategy={strategy!r} needs groups=1; got groups={groups} (use 'grouped' or 'loop')")
+            raise UsageError(f"strategy={strategy!r} needs groups=1; got groups={groups} (use 'grouped' or 'loop')")
         if strategy == "bmm":
             if kernel_size != (1, 1) or padding != (0, 0) or dilation != (1, 1):
-                raise ValueError(
+                raise UsageError(
                     f"strategy='bmm' needs a 1x1 unpadded undilated conv; got kernel_size={kernel_size}, "
                     f"padding={padding}, dilation={dilation}"
                 )
             return _bmm_1x1(x, kernels, bias, out_channels, stride)
         return _unfold(x, kernels, bias, out_channels, kernel_size, stride, padding, dilation)
-    raise ValueError(f"strategy={strategy!r} is not supported; allowed: {', '.join(map(repr, KERNEL_STRATEGIES))}")
+    raise UsageError(f"strategy={strategy!r} is not supported; allowed: {', '.join(map(repr, KERNEL_STRATEGIES))}")
 
 
 def _grouped(x, kernels, bias, out_channels, kernel_size, stride, padding, dilation, groups):
@@ -174,7 +175,7 @@ def apply_kernel_mixture(
         return _add_bias(y.reshape(batch, out_channels, height, width), bias)
     if strategy == "mixture_unfold":
         if groups != 1:
-            raise ValueError(f"strategy='mixture_unfold' needs groups=1; got groups={groups} (use 'mixture')")
+            raise UsageError(f"strategy='mixture_unfold' needs groups=1; got groups={groups} (use 'mixture')")
         cols = F.unfold(x, kernel_size, dilation, padding, stride)  # (B, C_in kh kw, L)
         positions = cols.shape[2]
         out = cols.transpose(1, 2).reshape(batch * positions, -1) @ stack.reshape(num_mix * out_channels, -1).t()
@@ -184,7 +185,7 @@ def apply_kernel_mixture(
         memory_format = torch.channels_last if x.is_contiguous(memory_format=torch.channels_last) and not \
             x.is_contiguous() else torch.contiguous_format
         return _add_bias(y.contiguous(memory_format=memory_format), bias)
-    raise ValueError(f"strategy={strategy!r} is not a mixture strategy; allowed: "
+    raise UsageError(f"strategy={strategy!r} is not a mixture strategy; allowed: "
                      f"{', '.join(map(repr, MIXTURE_STRATEGIES))}")
 
 
@@ -225,7 +226,7 @@ class DynamicConvCompute(ModuleMixin):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.dim() != 4 or x.shape[1] != self.in_channels:
-            raise ValueError(f"expected input (B, {self.in_channels}, H, W); got {tuple(x.shape)}")
+            raise UsageError(f"expected input (B, {self.in_channels}, H, W); got {tuple(x.shape)}")
         alpha = self.attention(x, self.temperature)
         bias = alpha @ self.bias if self.bias is not None else None
         return self.compute(x, alpha, bias, self.pick_strategy(x, alpha, bias))
@@ -327,7 +328,7 @@ def init_dynamic_conv_geometry(
     check_positive_int("groups", groups)
     check_positive_int("num_kernels", num_kernels)
     if in_channels % groups or out_channels % groups:
-        raise ValueError(f"groups={groups} must divide in_channels={in_channels} and out_channels={out_channels}")
+        raise UsageError(f"groups={groups} must divide in_channels={in_channels} and out_channels={out_channels}")
     module.in_channels = in_channels
     module.out_channels = out_channels
     module.kernel_size = pair("kernel_size", kernel_size, 1)
@@ -392,7 +393,7 @@ class DynamicConv2d(DynamicConvCompute, nn.Module):
                 ``lambda_mode`` for a PAD layer.
         """
         if conv.padding_mode != "zeros" or isinstance(conv.padding, str):
-            raise ValueError(f"convert supports zero padding given as ints; got padding={conv.padding!r}, "
+            raise UsageError(f"convert supports zero padding given as ints; got padding={conv.padding!r}, "
                              f"padding_mode={conv.padding_mode!r}")
         layer = cls(conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding, conv.dilation,
                     conv.groups, bias=conv.bias is not None, **settings)

@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..errors import UsageError
 from ._mixin import ModuleMixin
 from ._validate import check_positive_int
 from .pad_base import DynamicEntries, upcycle_from
@@ -131,7 +132,7 @@ def mix_experts(
         for chunk, weight, expert_bias in zip(sorted_tokens.split(slots.counts), weights, biases):
             if weight is None:
                 if chunk.shape[0]:
-                    raise ValueError("an expert that receives tokens has no weight")
+                    raise UsageError("an expert that receives tokens has no weight")
                 continue
             outs.append(F.linear(chunk, weight, expert_bias))
         y = torch.cat(outs)
@@ -148,7 +149,7 @@ def init_moe_geometry(
     check_positive_int("in_features", in_features)
     check_positive_int("out_features", out_features)
     if not aux_loss_coef >= 0:
-        raise ValueError(f"aux_loss_coef={aux_loss_coef!r} must be >= 0")
+        raise UsageError(f"aux_loss_coef={aux_loss_coef!r} must be >= 0")
     module.in_features = in_features
     module.out_features = out_features
     module.num_experts = num_experts
@@ -179,7 +180,7 @@ class MoECompute(ModuleMixin):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.shape[-1] != self.in_features:
-            raise ValueError(f"expected input (..., {self.in_features}); got {tuple(x.shape)}")
+            raise UsageError(f"expected input (..., {self.in_features}); got {tuple(x.shape)}")
         tokens = x.reshape(-1, self.in_features)
         routing = self.router(tokens)
         self.last_aux_loss = self.aux_loss_coef * routing.balance_loss

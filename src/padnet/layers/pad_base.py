@@ -27,6 +27,7 @@ from typing import Any, Protocol
 import torch
 from torch import nn
 
+from ..errors import UsageError
 from ._mixin import ModuleMixin
 from ._validate import check_choice
 
@@ -143,7 +144,7 @@ def check_rows(mask: torch.Tensor, granularity: str) -> None:
     rows = mask.reshape(mask.shape[0], -1)
     mixed = (rows.any(1) & ~rows.all(1)).nonzero().squeeze(1)
     if mixed.numel():
-        raise ValueError(f"granularity='channel' needs a mask constant along every row (output channel); rows "
+        raise UsageError(f"granularity='channel' needs a mask constant along every row (output channel); rows "
                          f"{mixed[:5].tolist()} mix dynamic and static entries")
 
 
@@ -212,14 +213,14 @@ class PartiallyDynamic(DynamicEntries):
         """Set the mode mask: a bool tensor of one kernel's shape, True = dynamic entry."""
         if not isinstance(mask, torch.Tensor) or mask.dtype != torch.bool:
             got = mask.dtype if isinstance(mask, torch.Tensor) else type(mask).__name__
-            raise ValueError(f"mask must be a torch.bool tensor; got {got}")
+            raise UsageError(f"mask must be a torch.bool tensor; got {got}")
         if tuple(mask.shape) != self.kernel_shape:
-            raise ValueError(f"mask shape {tuple(mask.shape)} does not match the kernel shape {self.kernel_shape}")
+            raise UsageError(f"mask shape {tuple(mask.shape)} does not match the kernel shape {self.kernel_shape}")
         check_rows(mask, self.granularity)
         if self.compacted:
             if torch.equal(mask.to(self.mask.device), self.mask):
                 return
-            raise ValueError("this layer is compacted: its mask is final and cannot change")
+            raise UsageError("this layer is compacted: its mask is final and cannot change")
         self.mask.copy_(mask)
         self._refresh_index()
 
@@ -230,7 +231,7 @@ class PartiallyDynamic(DynamicEntries):
         if granularity == self.granularity:
             return
         if self.compacted:
-            raise ValueError("this layer is compacted: its granularity is final and cannot change")
+            raise UsageError("this layer is compacted: its granularity is final and cannot change")
         check_rows(self.mask, granularity)
         self.granularity = granularity
 
@@ -297,7 +298,7 @@ class PartiallyDynamic(DynamicEntries):
         little as possible when the mask turns those entries static. Call it after the partition,
         before ``compact()``."""
         if self.compacted:
-            raise ValueError("static_from_dynamic needs the full kernels; call it before compact()")
+            raise UsageError("static_from_dynamic needs the full kernels; call it before compact()")
         lambda_s, lambda_d = self.scales
         ratio = lambda_d / lambda_s.clamp_min(1e-6)
         mean = self.weight.reshape(self.weight.shape[0], -1).mean(0)

@@ -8,6 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..errors import UsageError
 from ._validate import check_positive_int
 
 NOISE_FLOOR = 0.01  # added to softplus(x W_noise) so the noise never vanishes
@@ -42,7 +43,7 @@ class NoisyTopKRouter(nn.Module):
         check_positive_int("num_experts", num_experts)
         check_positive_int("top_k", top_k)
         if top_k > num_experts:
-            raise ValueError(f"top_k={top_k} must be <= num_experts={num_experts}")
+            raise UsageError(f"top_k={top_k} must be <= num_experts={num_experts}")
         self.num_experts = num_experts
         self.top_k = top_k
         self.noisy_gating = noisy_gating

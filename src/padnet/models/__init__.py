@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from ..arch import check_no_weight_keys, register_arch, tag_arch
+from ..errors import UsageError
 
 MODELS = ("small_resnet", "resnet18", "resnet34", "resnet50", "mobilenet_v2")
 
@@ -50,10 +51,10 @@ class SmallResNet(nn.Module):
         from torchvision.models.resnet import BasicBlock, conv1x1
 
         if isinstance(width, bool) or not isinstance(width, int) or width < 1:
-            raise ValueError(f"width={width!r} must be an integer >= 1")
+            raise UsageError(f"width={width!r} must be an integer >= 1")
         layers = list(layers)
         if not layers or any(isinstance(n, bool) or not isinstance(n, int) or n < 1 for n in layers):
-            raise ValueError(f"layers={layers!r} must be a non-empty list of integers >= 1 (blocks per stage)")
+            raise UsageError(f"layers={layers!r} must be a non-empty list of integers >= 1 (blocks per stage)")
         self.inplanes = width
         if small_input:
             self.conv1 = nn.Conv2d(in_channels, width, 3, 1, 1, bias=False)
@@ -138,10 +139,10 @@ def build(name: str, num_classes: int, in_channels: int = 3, small_input: bool =
     """Build a static model by name (see ``MODELS``); ``kwargs`` go to the torchvision constructor
     (e.g. ``weights=...`` when online) or to ``SmallResNet`` (``width``, ``layers``)."""
     if name not in _BUILDERS:
-        raise ValueError(f"unknown model {name!r}; known models: {', '.join(MODELS)}")
+        raise UsageError(f"unknown model {name!r}; known models: {', '.join(MODELS)}")
     for key, value in (("num_classes", num_classes), ("in_channels", in_channels)):
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ValueError(f"{key}={value!r} must be an integer >= 1")
+            raise UsageError(f"{key}={value!r} must be an integer >= 1")
     model = _BUILDERS[name](num_classes, in_channels, bool(small_input), **kwargs)
     # Tag it so padnet.save / padnet.load can rebuild it; a file holds every weight, so pretrained
     # ``weights`` are not part of the architecture.

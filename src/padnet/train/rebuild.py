@@ -11,7 +11,7 @@ from torch import nn
 
 from ..convert import dynamic_layers, pad_layers
 from ..cost import stored_numel
-from ..errors import RunError
+from ..errors import RunError, UsageError
 from ..infra import resolve_device
 from ..models.hf import local_files_only
 from ..serialization import load, save
@@ -55,7 +55,7 @@ def rebuild_run(run_dir: str | Path | None = None, checkpoint: str | Path | None
     """
     if checkpoint is None:
         if run_dir is None:
-            raise ValueError("give a run directory or a checkpoint file")
+            raise UsageError("give a run directory or a checkpoint file")
         checkpoint = Path(run_dir) / CHECKPOINT
     checkpoint = Path(checkpoint)
     if not checkpoint.is_file():

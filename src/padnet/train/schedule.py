@@ -14,7 +14,7 @@ from __future__ import annotations
 import math
 from dataclasses import asdict, dataclass, fields
 
-from ..errors import ConfigError, shorten
+from ..errors import ConfigError, UsageError, shorten
 from ..temperature import TemperatureSchedule
 from .config import RunConfig
 
@@ -60,12 +60,12 @@ class RunSchedule:
     def from_dict(cls, raw) -> RunSchedule:
         """The schedule a checkpoint stored. Raises ``ValueError`` naming the first bad key."""
         if not isinstance(raw, dict):
-            raise ValueError(f"schedule must be a mapping; got {type(raw).__name__}")
+            raise UsageError(f"schedule must be a mapping; got {type(raw).__name__}")
         values = {}
         for f in fields(cls):
             value = raw.get(f.name)
             if not _fits(f.name, value):
-                raise ValueError(f"schedule.{f.name}={shorten(value)} is not a valid value")
+                raise UsageError(f"schedule.{f.name}={shorten(value)} is not a valid value")
             values[f.name] = value
         return cls(**values)
 

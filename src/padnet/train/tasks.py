@@ -57,6 +57,7 @@ from typing import Any
 from torch import nn
 from torch.utils.data import Dataset
 
+from ..errors import UsageError
 from ..plugins import load_entry_point, task_entry_points
 
 # name -> module whose import registers it (imported lazily, on first use of the name).
@@ -98,11 +99,11 @@ def register_task(name: str, builder: Callable[[Any], TaskParts], sections: dict
                   check: Callable[[Any], list[str]] | None = None) -> Task:
     """Register (or replace) a task. ``sections`` maps config section names to dataclasses."""
     if not isinstance(name, str) or not name:
-        raise ValueError(f"task name {name!r} must be a non-empty string")
+        raise UsageError(f"task name {name!r} must be a non-empty string")
     reserved = {"dynamic", "partition", "optim", "sections"}
     clash = reserved & set(sections or {})
     if clash:
-        raise ValueError(f"task {name!r}: section names {sorted(clash)} are reserved for the trainer")
+        raise UsageError(f"task {name!r}: section names {sorted(clash)} are reserved for the trainer")
     task = Task(name, builder, dict(sections or {}), check)
     _REGISTRY[name] = task
     return task
