@@ -131,3 +131,19 @@ def test_file_that_converted_se_convs_still_loads(tmp_path):
     loaded = padnet.load(path)
     assert loaded.padnet_config == read_record(path)["padnet_config"]
     same_outputs(model, loaded, torch.randn(2, 3, 64, 64))
+
+
+@pytest.mark.slow
+def test_a_builder_that_cannot_run_on_meta_still_saves_detects_and_loads(tmp_path):
+    # torchvision's RegNet computes its stage widths with tensors it reads back: no meta default device.
+    model = torchvision.models.regnet_y_400mf(num_classes=10)
+    assert detect_arch(model) == {"name": "torchvision.regnet_y_400mf", "kwargs": {"num_classes": 10}}
+    padnet.convert(model)
+    for i, (_, layer) in enumerate(pad_layers(model)):
+        layer.set_mask(random_mask(layer.kernel_shape, 0.3, seed=i))
+    loaded = padnet.load(padnet.save(model, tmp_path / "regnet.safetensors")).eval()
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(x), model.eval()(x), atol=0, rtol=0)
+    built = padnet.build_arch("torchvision.regnet_y_400mf", num_classes=10)
+    assert type(padnet.load(padnet.save(built, tmp_path / "built.safetensors"))).__name__ == "RegNet"

@@ -9,6 +9,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import padnet
+from padnet.errors import PadnetError, UsageError
 from padnet.layers import PADConv2d, PADMoELinear
 from padnet.partition import keep_count, round_targets
 
@@ -263,7 +264,7 @@ def test_bad_arguments(kw, match):
     model, batches = two_layer_problem()
     args = dict(dynamic_ratio=0.3)
     args.update(kw)
-    with pytest.raises(ValueError, match=match):
+    with pytest.raises(PadnetError, match=match):  # the error the README promises for misuse
         padnet.partition(model, batches, mse_loss, **args)
 
 
@@ -273,6 +274,14 @@ def test_no_pad_layers_and_empty_batches():
     model, _ = two_layer_problem()
     with pytest.raises(ValueError, match="batches is empty"):
         padnet.partition(model, iter([]), mse_loss, 0.3)
+
+
+def test_a_deployed_model_is_refused_as_deployed_not_as_unconverted():
+    model, batches = two_layer_problem()
+    padnet.partition(model, batches, mse_loss, 0.3, rounds=1)
+    padnet.deploy(padnet.compact(model))
+    with pytest.raises(UsageError, match=r"TwoLayer is deployed: its masks are final .*\(before padnet.deploy\)"):
+        padnet.partition(model, batches, mse_loss, 0.3)
 
 
 def test_compacted_layers_are_refused():

@@ -119,6 +119,25 @@ def build_arch(name: str, **kwargs) -> nn.Module:
     return tag_arch(resolve_arch(name)(**kwargs), name, **kwargs)
 
 
+def build_on_meta(builder: Callable[..., nn.Module], **kwargs) -> nn.Module:
+    """``builder(**kwargs)`` with its parameters and buffers on the meta device (no memory).
+
+    Most builders run under a meta default device. A few compute their layout with tensors they read
+    back (torchvision's RegNet rounds its stage widths with torch ops and ``.tolist()``s them), which
+    a meta tensor cannot give; for those only the parameters are created on meta (accelerate's
+    ``init_empty_weights``) and the buffers (normalisation statistics, a small fraction of the
+    parameters) are moved there after."""
+    try:
+        with torch.device("meta"):
+            return builder(**kwargs)
+    except NotImplementedError:  # "Cannot copy out of meta tensor; no data!"
+        from accelerate import init_empty_weights
+
+        with init_empty_weights(include_buffers=False):
+            model = builder(**kwargs)
+        return model.to("meta")
+
+
 # ----------------------------------------------------------------------------- detection
 def register_arch_detector(detector: Callable[[nn.Module], dict | None]):
     """Register ``detector(model) -> {"name": ..., "kwargs": {...}} | None``: the record that rebuilds a
@@ -174,8 +193,7 @@ def _match_torchvision(module: str, shapes: tuple, text: str) -> tuple[str, tupl
         except (TypeError, ValueError, RuntimeError, NotImplementedError):
             continue
         if kwargs is not None:
-            with torch.device("meta"):
-                candidate = resolve_arch(f"torchvision.{name}")(**kwargs)
+            candidate = build_on_meta(resolve_arch(f"torchvision.{name}"), **kwargs)
             if _signature(candidate) == (shapes, text):
                 matches.append((name, tuple(sorted(kwargs.items()))))
     return matches[0] if len(matches) == 1 else None
@@ -184,8 +202,7 @@ def _match_torchvision(module: str, shapes: tuple, text: str) -> tuple[str, tupl
 def _torchvision_kwargs(name: str, shapes: dict) -> dict | None:
     """The builder's default kwargs, or ``num_classes`` set to the size the model's differing tensors
     (its classifier) share; None when the tensors differ otherwise."""
-    with torch.device("meta"):
-        default = resolve_arch(f"torchvision.{name}")()
+    default = build_on_meta(resolve_arch(f"torchvision.{name}"))
     own = {k: tuple(v.shape) for k, v in default.state_dict(keep_vars=True).items()}
     if own.keys() != shapes.keys():
         return None

@@ -15,6 +15,7 @@ fully dynamic warm-up steps are done. Needs the ``text`` extra (``pip install 'p
 from __future__ import annotations
 
 import json
+import warnings
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
@@ -157,6 +158,12 @@ class PartitionCallback(TrainerCallback):
     def on_step_end(self, args, state, control, **kwargs):
         if self.report is None and state.global_step >= self.warmup_steps:
             self._partition(kwargs["model"], kwargs.get("train_dataloader"))
+
+    def on_train_end(self, args, state, control, **kwargs):
+        if self.report is None:
+            warnings.warn(f"PartitionCallback: training ended after {state.global_step} optimizer steps, before the "
+                          f"warm-up of {self.warmup_steps} steps: the model was never partitioned (every entry is "
+                          "still dynamic); lower warmup_steps or train longer", RuntimeWarning, stacklevel=2)
 
     def _partition(self, model: nn.Module, loader) -> None:
         if not pad_layers(model):

@@ -25,7 +25,7 @@ from torch import nn
 
 from .convert import pad_layers
 from .errors import PartitionError, UsageError
-from .layers import GRANULARITIES, PartiallyDynamic
+from .layers import GRANULARITIES, DeployedPartiallyDynamic, PartiallyDynamic
 from .layers._validate import check_choice
 from .step import StepRecipe, train_step
 
@@ -308,6 +308,9 @@ def _uncompacted_pad_layers(model: nn.Module) -> list[tuple[str, PartiallyDynami
     """The model's PAD layers, none of them compacted (a compacted layer's mask is final)."""
     layers = pad_layers(model)
     if not layers:
+        if any(isinstance(m, DeployedPartiallyDynamic) for m in model.modules()):
+            raise UsageError(f"{type(model).__name__} is deployed: its masks are final and its layers hold only "
+                             "their deployed entries; partition the training form (before padnet.deploy)")
         raise UsageError(f"{type(model).__name__} has no PAD layers; "
                          "convert it first with padnet.convert(..., pad=True)")
     compacted = [name for name, layer in layers if layer.compacted]

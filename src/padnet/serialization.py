@@ -38,7 +38,7 @@ from torch import nn
 
 from . import models  # noqa: F401  (registers the "padnet." builders)
 from ._version import __version__
-from .arch import _ARCHS, HOW_TO_RECORD, build_arch, detect_arch, register_arch, resolve_arch, tag_arch  # noqa: F401
+from .arch import _ARCHS, HOW_TO_RECORD, build_arch, build_on_meta, detect_arch, register_arch, resolve_arch, tag_arch  # noqa: F401
 from .convert import convert, pad_layers, plan_conversion
 from .deploy import deploy
 from .errors import ModelFileError, UsageError
@@ -358,11 +358,7 @@ def _build(path: Path, arch: dict, meta: bool) -> nn.Module | None:
     name, kwargs = arch["name"], arch.get("kwargs", {})
     try:
         builder = resolve_arch(name)
-        if meta:
-            with torch.device("meta"):
-                model = builder(**kwargs)
-        else:
-            model = builder(**kwargs)
+        model = build_on_meta(builder, **kwargs) if meta else builder(**kwargs)
     except (ValueError, TypeError, KeyError) as exc:
         raise ModelFileError(path, f"cannot rebuild architecture {_cut(repr(arch), 200)}: {_cut(exc)}") from None
     except (NotImplementedError, RuntimeError) as exc:

@@ -123,3 +123,12 @@ def test_partition_callback_partitions_after_the_warm_up_then_trains(tmp_path):
     assert all(torch.equal(layer.dynamic_index, m.reshape(-1).nonzero().squeeze(1)) for layer, m in zip(deployed, masks))
     ids = torch.randint(0, VOCAB, (2, 8))
     torch.testing.assert_close(logits(loaded, ids), logits(model, ids), atol=0, rtol=0)
+
+
+def test_partition_callback_says_so_when_training_ends_before_its_warm_up(tmp_path):
+    model = padnet.convert(tiny_bert(), dynamic="moe", num_experts=2, top_k=1)
+    callback = hf.PartitionCallback(dynamic_ratio=0.3, warmup_steps=5, scoring_batches=2, rounds=2)
+    with pytest.warns(RuntimeWarning, match="ended after 2 optimizer steps, before the warm-up of 5 steps: the model "
+                                            "was never partitioned"):
+        trainer(model, tmp_path, 2, [callback]).train()
+    assert callback.report is None
