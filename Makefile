@@ -64,10 +64,10 @@ lock: venv
 	$(PY) -m pip freeze --exclude-editable --all | sort > $(LOCK).new
 	mv $(LOCK).new $(LOCK)
 
-# ruff (lint and import order; tests/ join later), mypy (the modules listed in pyproject.toml) and the
-# import-layering contract (pyproject.toml [tool.importlinter]); each exits non-zero on a finding.
+# ruff (lint and import order in src, benchmarks and tests), mypy (the modules listed in pyproject.toml)
+# and the import-layering contract (pyproject.toml [tool.importlinter]); each exits non-zero on a finding.
 lint: venv
-	$(PY) -m ruff check src benchmarks
+	$(PY) -m ruff check src benchmarks tests
 	$(PY) -m mypy
 	$(VENV)/bin/lint-imports
 

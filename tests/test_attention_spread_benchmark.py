@@ -5,8 +5,8 @@ import pytest
 import torch
 
 from padnet.cli import main
-
 from tests.helpers import benchmark_module
+
 from .test_cli import write_config
 
 

@@ -10,8 +10,7 @@ import yaml
 from padnet.cli import main
 from padnet.train import Trainer, load_config
 from padnet.train.io import load_checkpoint
-from tests.helpers import TINY_RUN, assert_close_f64, history_without_times
-from tests.helpers import write_config as write_tiny_config
+from tests.helpers import TINY_RUN, assert_close_f64, history_without_times, write_config as write_tiny_config
 
 # Subprocesses / end-to-end runs: the slow lane (make test-fast leaves them out).
 pytestmark = pytest.mark.slow
@@ -32,7 +31,8 @@ def test_train_resume_matches_uninterrupted_run(tmp_path, mode, capsys):
     assert main(["train", "--config", str(config), "--set", f"run_dir={full}"]) == 0
     out = json.loads(capsys.readouterr().out)
     assert out["run_dir"] == str(full)
-    for name in ("config.yaml", "checkpoint.pt", "metrics.csv", "metrics.json", "results.json", "summary.json", "train.log"):
+    for name in ("config.yaml", "checkpoint.pt", "metrics.csv", "metrics.json", "results.json", "summary.json",
+                 "train.log"):
         assert (full / name).is_file(), name
     results = json.loads((full / "results.json").read_text())
     assert results["epochs"] == 2 and 0 <= results["test"]["accuracy"] <= 1
@@ -71,7 +71,8 @@ def test_same_seed_same_metrics_other_seed_differs(tmp_path):
 
 
 def test_config_errors_exit_2_with_all_problems(tmp_path, capsys):
-    config = write_config(tmp_path, "bad", bogus=1, optim={"lr": -1}, data={"name": "fashion_mnist", "root": str(tmp_path / "nope")})
+    config = write_config(tmp_path, "bad", bogus=1, optim={"lr": -1},
+                          data={"name": "fashion_mnist", "root": str(tmp_path / "nope")})
     assert main(["train", "--config", str(config)]) == 2
     err = capsys.readouterr().err
     assert "unknown key 'bogus'" in err and "optim.lr=-1.0 must be > 0" in err
@@ -142,7 +143,8 @@ def test_export_writes_a_deployed_file_that_reproduces_the_run(tmp_path, capsys,
     assert main(["export", "--run", str(run)]) == 0
     out = json.loads(capsys.readouterr().out)
     assert out["form"] == "deployed" and out["path"] == str(run / "model.safetensors")
-    assert out["exported"]["accuracy"] == out["run"]["accuracy"] == json.loads((run / "results.json").read_text())["test"]["accuracy"]
+    assert (out["exported"]["accuracy"] == out["run"]["accuracy"]
+            == json.loads((run / "results.json").read_text())["test"]["accuracy"])
     # The file loads on its own (no config, no model factory) and gives the training form's outputs.
     loaded = padnet.load(run / "model.safetensors").eval()
     deployed = [m for m in loaded.modules() if type(m).__name__ == "DeployedPADConv2d"]
@@ -202,7 +204,8 @@ def test_demo_trains_three_methods_exports_times_and_plots(tmp_path, capsys):
     captured = capsys.readouterr()
     assert "Falling back to scikit-learn's 8x8 digits" in captured.err
     lines = captured.out.splitlines()
-    assert "| run | test accuracy (%) | deployable params | model file | inference vs static | time / epoch (s) |" in lines
+    assert ("| run | test accuracy (%) | deployable params | model file | inference vs static "
+            "| time / epoch (s) |") in lines
     rows = {line.split("|")[1].strip(): [c.strip() for c in line.split("|")[2:-1]]
             for line in lines if line.startswith(("| static |", "| dy-conv |", "| pad-0.3 |"))}
     assert list(rows) == ["static", "dy-conv", "pad-0.3"]

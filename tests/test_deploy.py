@@ -111,7 +111,8 @@ def test_deployed_layer_holds_each_value_once():
     state = dep.state_dict()
     assert state["static_values"].shape == (numel - nnz,) and "static_kernel" not in state
     lambda_s = float(layer.scales[0])
-    torch.testing.assert_close(state["static_values"], lambda_s * layer.static_weight.detach().reshape(-1)[layer.static_index])
+    torch.testing.assert_close(state["static_values"],
+                               lambda_s * layer.static_weight.detach().reshape(-1)[layer.static_index])
 
 
 def test_deployed_state_dict_errors_name_the_key():

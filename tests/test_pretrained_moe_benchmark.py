@@ -5,7 +5,6 @@ import pytest
 import torch
 
 import padnet
-
 from tests.helpers import benchmark_module
 
 pytest.importorskip("transformers")

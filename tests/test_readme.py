@@ -35,7 +35,8 @@ def test_library_and_deployment_blocks_run_as_written(tmp_path, monkeypatch):
     trained = scope["model"]
     exec(compile(python_block("### Deployment and model files"), "README.md#deployment", "exec"), scope)
     loaded = scope["model"]
-    assert loaded is not trained and loaded.padnet_arch == {"name": "torchvision.resnet18", "kwargs": {"num_classes": 10}}
+    assert (loaded is not trained
+            and loaded.padnet_arch == {"name": "torchvision.resnet18", "kwargs": {"num_classes": 10}})
     x = torch.randn(2, 3, 16, 16, generator=g)
     with torch.no_grad():
         torch.testing.assert_close(loaded.eval()(x), trained.eval()(x), atol=0, rtol=0)

@@ -8,9 +8,17 @@ import pytest
 
 from padnet.cli import main
 from padnet.errors import RunError
-from padnet.report import (build_report, collect, markdown, paired_difference, plot, shared_recipe,
-                           t_quantile_975, write_report)
-from padnet.report import figure as plot_module
+from padnet.report import (
+    build_report,
+    collect,
+    figure as plot_module,
+    markdown,
+    paired_difference,
+    plot,
+    shared_recipe,
+    t_quantile_975,
+    write_report,
+)
 
 
 def fake_result(root, name, mode, seed, value, kind="conv", metric="accuracy", task="image_classification",

@@ -27,7 +27,8 @@ def test_pad_layer_counts_follow_the_formula():
     assert s.fully_static_params == n + 16 and s.stored_params == 5 * n + 4 * 16 + s.router_params + 1  # + phi
     layer.compact()
     # Compacted, the layer holds the deployable entries plus W_s's nnz zeroed dynamic entries (W_s stays dense).
-    assert padnet.summary(torch.nn.Sequential(layer)).layers[0].stored_params == s.deployable_params + layer.num_dynamic + 1
+    assert (padnet.summary(torch.nn.Sequential(layer)).layers[0].stored_params
+            == s.deployable_params + layer.num_dynamic + 1)
 
 
 # SPEC section 6 (K = 4, attention hidden C_in / 16), in millions

@@ -1,13 +1,21 @@
 """IDX reading, Fashion-MNIST discovery and errors, digits, subsets."""
 
-import gzip
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-from padnet.data import DataConfig, Digits, FashionMNIST, IDXError, build_datasets, find_fashion_mnist, read_idx, write_idx
+from padnet.data import (
+    DataConfig,
+    Digits,
+    FashionMNIST,
+    IDXError,
+    build_datasets,
+    find_fashion_mnist,
+    read_idx,
+    write_idx,
+)
 from padnet.data.fashion_mnist import load_arrays
 from tests.helpers import FASHION_MNIST
 

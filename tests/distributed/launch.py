@@ -33,12 +33,9 @@ from torch import nn
 from padnet.cli import main
 from padnet.data import DataConfig
 from padnet.layers.router import NoisyTopKRouter
-from padnet.train import TaskParts, distributed, register_task
-from padnet.train import trainer as trainer_module
+from padnet.train import TaskParts, distributed, register_task, trainer as trainer_module
 from padnet.train.io import RunWriter
-from padnet.train.vision import ModelConfig
-from padnet.train.vision import build as build_vision
-from padnet.train.vision import evaluate as evaluate_vision
+from padnet.train.vision import ModelConfig, build as build_vision, evaluate as evaluate_vision
 
 
 # ----------------------------------------------------------------------------- test tasks

@@ -58,7 +58,8 @@ ANNEALING = {**DIGITS, "dynamic": {**DIGITS["dynamic"], "temperature_epochs": 4}
 
 
 def torchrun(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]))
+    env = dict(os.environ, OMP_NUM_THREADS="1",
+               PYTHONPATH=os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]))
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(WORLD), *args]
     # The timeout only keeps a deadlock from hanging CI; nothing here depends on speed.
     return subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=900)
@@ -148,7 +149,8 @@ def test_pad_run_ranks_identical_and_mask_equals_union_partition(runs):
         assert torch.equal(layer.mask, masks[f"{name}.mask"]), name
     # and the init was really trained away from (the ranks agree because DDP synchronised them)
     init = model.state_dict()
-    assert any(not torch.equal(init[k], r0["state"][k]) for k in init if k in r0["state"] and init[k].is_floating_point())
+    assert any(not torch.equal(init[k], r0["state"][k])
+               for k in init if k in r0["state"] and init[k].is_floating_point())
 
 
 def test_pad_moe_run_completes_with_idle_experts(runs):
@@ -174,7 +176,8 @@ def test_nan_on_one_rank_stops_every_rank(runs):
     nan = runs["root"] / "nan"
     err = runs["proc"].stderr
     for r in range(WORLD):
-        assert f"padnet train (rank {r} of {WORLD}): non-finite loss (nan, mean over {WORLD} processes) at epoch 2" in err
+        assert (f"padnet train (rank {r} of {WORLD}): "
+                f"non-finite loss (nan, mean over {WORLD} processes) at epoch 2") in err
     assert load_checkpoint(nan / "checkpoint.pt")["epoch"] == 1
     assert not (nan / "results.json").exists()
 

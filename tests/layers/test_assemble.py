@@ -48,7 +48,8 @@ def test_backward_matches_autograd_and_overwritten_static_entries_get_none(batch
 
 def test_bad_shapes_are_named():
     static, dynamic, index = _inputs()
-    with pytest.raises(ValueError, match=r"expected static \(N,\), dynamic \(B, nnz\), index \(nnz,\); got \(11,\), \(3, 4\), \(3,\)"):
+    with pytest.raises(ValueError, match=r"expected static \(N,\), dynamic \(B, nnz\), index \(nnz,\); "
+                                         r"got \(11,\), \(3, 4\), \(3,\)"):
         assemble_kernels(static, dynamic, index[:3])
     with pytest.raises(ValueError, match=r"scale must be a 0-d tensor or None; got shape \(1,\)"):
         assemble_kernels(static, dynamic, index, scale=torch.ones(1))

@@ -10,8 +10,8 @@ from padnet.convert import convert, pad_layers
 from padnet.cost import cost
 from padnet.layers import DynamicConv2d, MoELinear, PADConv2d, PADMoELinear
 from padnet.reference import DenseMaskPADConv2d, per_expert_pad_moe
-from tests.test_deploy import TinyEncoder
 from tests.helpers import assert_close_f64
+from tests.test_deploy import TinyEncoder
 
 
 def row_mask(layer, ratio, seed=0):

@@ -189,7 +189,8 @@ def test_compacted_layer_holds_its_values_mask_and_one_index_list():
     pad.set_mask(mask)
     pad.compact()
     n, nnz = pad.kernel_numel, pad.num_dynamic
-    tensors = {name: t for name, t in [*pad.named_parameters(), *pad.named_buffers()] if not name.startswith("attention.")}
+    tensors = {name: t for name, t in [*pad.named_parameters(), *pad.named_buffers()]
+               if not name.startswith("attention.")}
     # W_s (N) and K nnz values, the bool mask and its uint8 complement (N bytes each), the int64 dynamic
     # index list; the static positions are computed when asked, not held.
     assert sum(t.numel() * t.element_size() for t in tensors.values()) == 4 * (n + 4 * nnz + 1) + 2 * n + 8 * nnz

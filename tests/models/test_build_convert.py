@@ -209,4 +209,5 @@ def test_timm_like_se_block_is_found_by_structure():
     assert squeeze_excitation_convs(block) == ["2.conv_reduce", "2.conv_expand"]
     # A 1x1 pair beside a norm, or without biases, is an ordinary bottleneck: not SE.
     assert squeeze_excitation_convs(nn.Sequential(nn.Conv2d(16, 4, 1), nn.BatchNorm2d(4), nn.Conv2d(4, 16, 1))) == []
-    assert squeeze_excitation_convs(nn.Sequential(nn.Conv2d(16, 4, 1, bias=False), nn.Conv2d(4, 16, 1, bias=False))) == []
+    assert squeeze_excitation_convs(nn.Sequential(nn.Conv2d(16, 4, 1, bias=False),
+                                                  nn.Conv2d(4, 16, 1, bias=False))) == []

@@ -13,7 +13,8 @@ OK = {"data": {"name": "digits"}}
 BAD = {
     # unknown keys, at the top, in a trainer section and in a task section
     "unknown-top": (["bogus=1"], "unknown key 'bogus'; allowed keys: task, name, run_dir"),
-    "unknown-optim": (["optim.learning_rate=0.1"], "unknown key 'optim.learning_rate'; allowed keys in optim: name, lr,"),
+    "unknown-optim": (["optim.learning_rate=0.1"],
+                      "unknown key 'optim.learning_rate'; allowed keys in optim: name, lr,"),
     "unknown-model": (["model.widht=8"], "unknown key 'model.widht'; allowed keys in model: name, width, layers"),
     # wrong types
     "int-as-str": (["epochs=three"], "epochs='three' has type str; expected int"),
@@ -44,11 +45,14 @@ BAD = {
     "kind": (["dynamic.kind=lstm"], "dynamic.kind='lstm' is not supported; allowed: 'conv', 'moe'"),
     "upcycle-sigmoid": (["dynamic.mode=dynamic", "dynamic.init=upcycle", "dynamic.routing=sigmoid"],
                         "dynamic.init='upcycle' keeps the model's function only with dynamic.routing='softmax'"),
-    "target": (["dynamic.target=input"], "dynamic.target='input' is not supported; allowed: one of 'output', 'down', 'gate', 'up'"),
-    "choice": (["dynamic.mode=partial"], "dynamic.mode='partial' is not supported; allowed: 'static', 'dynamic', 'pad'"),
+    "target": (["dynamic.target=input"],
+               "dynamic.target='input' is not supported; allowed: one of 'output', 'down', 'gate', 'up'"),
+    "choice": (["dynamic.mode=partial"],
+               "dynamic.mode='partial' is not supported; allowed: 'static', 'dynamic', 'pad'"),
     "scorer": (["partition.scorer=fisher"], "partition.scorer='fisher' is not supported; allowed: 'taylor'"),
     "device": (["device=tpu"], "device='tpu' is not supported; allowed: 'cpu', 'cuda', 'auto'"),
-    "dataset": (["data.name=cifar"], "data.name='cifar' is not supported; allowed: fashion_mnist, imagefolder, image_csv, digits"),
+    "dataset": (["data.name=cifar"],
+                "data.name='cifar' is not supported; allowed: fashion_mnist, imagefolder, image_csv, digits"),
     "model-layers": (["model.layers=[0]"], "model.layers=[0] must be a non-empty list of integers >= 1"),
     "task": (["task=speech"], "task='speech' is not supported; known tasks:"),
     # pre-flight: the data must be there

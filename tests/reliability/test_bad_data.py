@@ -24,9 +24,11 @@ BAD_IDX = {
     "empty": ("x-idx3-ubyte", b"", r"truncated at offset 0: the 4-byte IDX header"),
     "short-header": ("x-idx3-ubyte", b"\x00\x00", r"truncated at offset 2"),
     "wrong-magic": ("x-idx3-ubyte", b"\x1f\x8b" + idx_bytes()[2:], r"bad IDX magic number at offset 0: bytes 1f8b0803"),
-    "unknown-type": ("x-idx3-ubyte", b"\x00\x00\x07\x03" + idx_bytes()[4:], r"bad IDX magic number at offset 0: bytes 00000703"),
+    "unknown-type": ("x-idx3-ubyte", b"\x00\x00\x07\x03" + idx_bytes()[4:],
+                     r"bad IDX magic number at offset 0: bytes 00000703"),
     "zero-dims": ("x-idx3-ubyte", b"\x00\x00\x08\x00", r"at offset 3 declares 0 dimensions"),
-    "cut-in-dims": ("x-idx3-ubyte", idx_bytes()[:9], r"truncated at offset 9 inside the dimension list \(needs 16 bytes\)"),
+    "cut-in-dims": ("x-idx3-ubyte", idx_bytes()[:9],
+                    r"truncated at offset 9 inside the dimension list \(needs 16 bytes\)"),
     "cut-in-data": ("x-idx3-ubyte", idx_bytes()[:-5], r"truncated at offset 35: shape \(2, 3, 4\) needs 40 bytes"),
     "trailing": ("x-idx3-ubyte", idx_bytes() + b"\x00\x00", r"2 unexpected trailing bytes after offset 40"),
     "not-gzip": ("x-idx3-ubyte.gz", idx_bytes(), r"cannot read the gzip stream"),
@@ -80,7 +82,8 @@ def test_negative_label_in_signed_idx_is_out_of_range(tmp_path):
     ("images-not-uint8", {"images": np.zeros((6, 28, 28), dtype=np.float32)},
      r"train-images-idx3-ubyte: expected uint8 images of shape \(N, H, W\); got float32"),
     ("images-2d", {"images": np.zeros((6, 784), dtype=np.uint8)}, r"train-images-idx3-ubyte: expected uint8 images"),
-    ("labels-2d", {"labels": np.zeros((6, 1), dtype=np.uint8)}, r"train-labels-idx1-ubyte: expected a 1-D label vector"),
+    ("labels-2d", {"labels": np.zeros((6, 1), dtype=np.uint8)},
+     r"train-labels-idx1-ubyte: expected a 1-D label vector"),
 ])
 def test_inconsistent_fashion_mnist_files_are_named(tmp_path, case, kwargs, pattern):
     fmnist_dir(tmp_path, **kwargs)
@@ -161,7 +164,8 @@ def test_malformed_glue_tsv_names_file_and_line(tmp_path, case):
 
 
 def test_missing_glue_file_says_where_it_looked(tmp_path):
-    with pytest.raises(FileNotFoundError, match=rf"GLUE RTE dev file not found; looked for {tmp_path / 'RTE' / 'dev.tsv'}"):
+    with pytest.raises(FileNotFoundError,
+                       match=rf"GLUE RTE dev file not found; looked for {tmp_path / 'RTE' / 'dev.tsv'}"):
         read_tsv("rte", "dev", tmp_path)
 
 

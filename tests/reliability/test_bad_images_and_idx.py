@@ -2,7 +2,6 @@
 loops, a single class, decompression bombs, and gzip IDX files that inflate far past their header."""
 
 import gzip
-import json
 import struct
 import subprocess
 import sys
@@ -12,9 +11,8 @@ import numpy as np
 import pytest
 
 from padnet.data.folder import ImageFileError, image_folder, load_image
-from padnet.errors import DataError
 from padnet.data.idx import IDXError, read_idx
-
+from padnet.errors import DataError
 from tests.helpers import SAFETY_TIMEOUT_S, child_env
 
 Image = pytest.importorskip("PIL.Image")

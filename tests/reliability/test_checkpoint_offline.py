@@ -12,7 +12,6 @@ import torch
 
 from padnet.cli import main
 from padnet.train.config import config_from_dict
-
 from tests.helpers import SAFETY_TIMEOUT_S, child_env
 
 # Subprocesses / end-to-end runs: the slow lane (make test-fast leaves them out).
@@ -77,7 +76,7 @@ def test_a_cached_hub_model_still_loads_from_the_cache(tmp_path):
 
     snapshot = tmp_path / "hub" / "models--padnet-test-org--tiny" / "snapshots" / ("0" * 40)
     BertModel(BertConfig(vocab_size=30, hidden_size=8, num_hidden_layers=1, num_attention_heads=2,
-                                             intermediate_size=16, max_position_embeddings=16)).save_pretrained(snapshot)
+                         intermediate_size=16, max_position_embeddings=16)).save_pretrained(snapshot)
     (snapshot.parents[1] / "refs").mkdir()
     (snapshot.parents[1] / "refs" / "main").write_text("0" * 40)
     script = textwrap.dedent("""

@@ -19,7 +19,6 @@ from padnet.models import build
 from padnet.train import NonFiniteLossError, TaskParts, Trainer, config_from_dict, register_task
 from padnet.train.config import ConfigError, load_config
 from padnet.train.vision import loss_fn
-
 from tests.helpers import TINY_RUN, write_config
 
 

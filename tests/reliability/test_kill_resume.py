@@ -11,7 +11,6 @@ import pytest
 import torch
 
 from padnet.train.io import load_checkpoint
-
 from tests.helpers import comparable_results, history_without_times, kill_when_paused, run_to_end, write_config
 
 # Subprocesses / end-to-end runs: the slow lane (make test-fast leaves them out).

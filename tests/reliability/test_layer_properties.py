@@ -4,8 +4,7 @@ with the SPEC section 3 identities holding."""
 import pytest
 import torch
 import torch.nn.functional as F
-from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as st
+from hypothesis import HealthCheck, given, settings, strategies as st
 
 from padnet.layers import DynamicConv2d, MoELinear, PADConv2d, PADMoELinear
 from padnet.reference import DenseMaskPADConv2d, per_expert_pad_moe

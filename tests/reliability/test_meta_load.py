@@ -104,7 +104,8 @@ def test_compacted_values_must_match_the_files_mask(tmp_path, builds):
                    **{f"{name}.dynamic_values": torch.zeros(values.shape[0], values.shape[1] + 5)})
     builds.clear()
     with pytest.raises(ModelFileError, match=rf"{name}\.dynamic_values: .* has \({values.shape[0]}, "
-                                             rf"{values.shape[1]}\), the file \({values.shape[0]}, {values.shape[1] + 5}\)"):
+                                             rf"{values.shape[1]}\), the file "
+                                             rf"\({values.shape[0]}, {values.shape[1] + 5}\)"):
         padnet.load(bad)
     assert builds == ["meta"]
 

@@ -4,9 +4,9 @@ fetched" are shown with marker files; memory bounds with resource.setrlimit in a
 
 import json
 import os
+import struct
 import subprocess
 import sys
-import struct
 import textwrap
 import zipfile
 
@@ -17,7 +17,6 @@ from safetensors.torch import save_file
 import padnet
 from padnet.errors import ModelFileError
 from padnet.train.io import load_checkpoint
-
 from tests.helpers import SAFETY_TIMEOUT_S, child_env
 
 
@@ -52,7 +51,8 @@ def test_hf_record_with_remote_code_never_runs_it_even_when_answered_yes(tmp_pat
     marker = tmp_path / "marker"
     write_evil_model_dir(tmp_path / "evil", marker)
     model_file = write_model_file(tmp_path / "m.safetensors", {"arch": {
-        "name": "transformers.sequence_classification", "kwargs": {"name_or_path": str(tmp_path / "evil"), "num_labels": 2}}})
+        "name": "transformers.sequence_classification",
+        "kwargs": {"name_or_path": str(tmp_path / "evil"), "num_labels": 2}}})
     # padnet.load of the file, and the GLUE model loader a checkpoint's glue.model reaches, with "y" on stdin
     script = textwrap.dedent(f"""
         import padnet
@@ -94,8 +94,9 @@ def test_hf_record_naming_a_hub_model_is_refused_without_network(tmp_path, monke
 ])
 def test_hf_stored_config_is_checked(tmp_path, config_update, pattern):
     pytest.importorskip("transformers")
-    from padnet.models.hf import config_record
     from transformers import BertConfig
+
+    from padnet.models.hf import config_record
 
     config = config_record(BertConfig(vocab_size=30, hidden_size=8, num_hidden_layers=1, num_attention_heads=2,
                                       intermediate_size=16, max_position_embeddings=16)) | config_update

@@ -8,7 +8,6 @@ import pytest
 
 from padnet.cli import main
 from padnet.train import Trainer, config_from_dict
-
 from tests.helpers import TINY_RUN
 
 pytest.importorskip("torch.utils.tensorboard")

@@ -15,7 +15,6 @@ from padnet.train import Trainer, config_from_dict
 from padnet.train.io import atomic_write_bytes
 from padnet.train.rundir import LOCK, MARKER
 from padnet.train.sweep import load_sweep
-
 from tests.helpers import HOOK_LINE, SAFETY_TIMEOUT_S, TINY_RUN, child_env, train_command, write_config
 
 # Subprocesses / end-to-end runs: the slow lane (make test-fast leaves them out).
@@ -44,7 +43,8 @@ def test_a_non_empty_directory_that_is_not_a_run_is_refused_and_left_alone(tmp_p
 
 
 @pytest.mark.parametrize("run_dir", ["", ".", "./"])
-def test_empty_or_current_directory_run_dir_is_refused_before_anything_is_written(tmp_path, monkeypatch, run_dir, capsys):
+def test_empty_or_current_directory_run_dir_is_refused_before_anything_is_written(tmp_path, monkeypatch, run_dir,
+                                                                                   capsys):
     monkeypatch.chdir(tmp_path)
     config = write_config(tmp_path, epochs=1)
     before = sorted(os.listdir(tmp_path))

@@ -12,10 +12,9 @@ import torch.nn.functional as F
 from padnet.cli import main
 from padnet.data import Digits
 from padnet.models import build
-from padnet.train import NonFiniteLossError, TaskParts, Trainer, config_from_dict, register_task
+from padnet.train import TaskParts, Trainer, config_from_dict, register_task
 from padnet.train.io import load_checkpoint, non_finite_tensors
 from padnet.train.vision import evaluate
-
 from tests.helpers import TINY_RUN, comparable_results, history_without_times, write_config
 
 # End-to-end runs: the slow lane (make test-fast leaves them out).

@@ -14,7 +14,6 @@ from padnet.cli import main
 from padnet.serialization import ModelFileError
 from padnet.train import Trainer, config_from_dict
 from padnet.train.io import load_checkpoint
-
 from tests.helpers import TINY_RUN
 
 
@@ -100,7 +99,8 @@ def test_model_file_metadata_cannot_name_arbitrary_code(tmp_path):
 @pytest.mark.parametrize("content, pattern", [
     (lambda: torch.zeros(3), r"not a padnet checkpoint: it holds a Tensor"),
     (lambda: [1, 2], r"not a padnet checkpoint: it holds a list"),
-    (lambda: {"format": "padnet.train.checkpoint", "epoch": 1}, r"damaged padnet training checkpoint: missing global_step"),
+    (lambda: {"format": "padnet.train.checkpoint", "epoch": 1},
+     r"damaged padnet training checkpoint: missing global_step"),
     (lambda: {"format": "something-else"}, r"not a padnet training checkpoint \(format='something-else'\)"),
 ])
 def test_wrong_checkpoint_contents_are_named(tmp_path, content, pattern, capsys):
@@ -125,7 +125,8 @@ def test_truncated_checkpoint_is_named(tmp_path):
     ("json-garbage", r"corrupted safetensors header"),
 ])
 def test_damaged_model_files_are_named(tmp_path, damage, pattern):
-    model = padnet.convert(torch.nn.Sequential(torch.nn.Conv2d(2, 4, 3), torch.nn.Conv2d(4, 4, 3)), dynamic="conv", pad=True, num_kernels=2)
+    model = padnet.convert(torch.nn.Sequential(torch.nn.Conv2d(2, 4, 3), torch.nn.Conv2d(4, 4, 3)),
+                           dynamic="conv", pad=True, num_kernels=2)
     path = padnet.save(model, tmp_path / "m.safetensors", arch={"name": "none", "kwargs": {}})
     data = path.read_bytes()
     (header_len,) = struct.unpack("<Q", data[:8])

@@ -151,7 +151,8 @@ def test_static_init_dynamic_mean_keeps_the_warmed_up_experts(tmp_path, tiny_mod
         ({"partition__warmup_steps": 0}, r"partition.warmup_steps=0 with an upcycled MoE"),
         ({"dynamic__kind": "conv"}, r"dynamic.kind='conv': text models \(GLUE, text_classification\) are transformers"),
         ({"glue__max_length": 4}, r"glue.max_length=4 must be an integer >= 8"),
-        ({"partition__static_init": "zeros"}, r"partition.static_init='zeros' is not supported; allowed: 'keep', 'dynamic_mean'"),
+        ({"partition__static_init": "zeros"},
+         r"partition.static_init='zeros' is not supported; allowed: 'keep', 'dynamic_mean'"),
     ],
 )
 def test_bad_configs_fail_before_any_work(tmp_path, tiny_model_dir, glue_dir, extra, message, capsys):

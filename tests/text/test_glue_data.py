@@ -32,7 +32,8 @@ FIXTURES = {
         ("Yucaipa owned Dominick's.", "Yucaipa bought Dominick's.", 0)]),
     "stsb": ("STS-B", "dev", [
         "index\tgenre\tfilename\tyear\told_index\tsource1\tsource2\tsentence1\tsentence2\tscore",
-        "0\tmain-captions\tMSRvid\t2012test\t0000\tnone\tnone\tA plane is taking off.\tAn air plane is taking off.\t5.000",
+        "0\tmain-captions\tMSRvid\t2012test\t0000\tnone\tnone\tA plane is taking off."
+        "\tAn air plane is taking off.\t5.000",
         "1\tmain-captions\tMSRvid\t2012test\t0004\tnone\tnone\tA man plays.\tA woman cooks.\t0.25",
     ], [("A plane is taking off.", "An air plane is taking off.", 5.0), ("A man plays.", "A woman cooks.", 0.25)]),
     "qqp": ("QQP", "dev", [

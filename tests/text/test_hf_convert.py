@@ -86,7 +86,8 @@ def _tiny(kind: str):
     if kind == "bert":
         cfg = transformers.BertConfig(vocab_size=50, hidden_size=16, num_hidden_layers=2, num_attention_heads=2,
                                       intermediate_size=40, max_position_embeddings=32)
-        return transformers.BertForSequenceClassification(cfg), [f"bert.encoder.layer.{i}.output.dense" for i in range(2)]
+        return (transformers.BertForSequenceClassification(cfg),
+                [f"bert.encoder.layer.{i}.output.dense" for i in range(2)])
     if kind == "roberta":
         cfg = transformers.RobertaConfig(vocab_size=50, hidden_size=16, num_hidden_layers=2, num_attention_heads=2,
                                          intermediate_size=40, max_position_embeddings=40, pad_token_id=1)
@@ -143,7 +144,8 @@ def test_tokenize_pads_per_batch_and_types_labels():
     assert batch["input_ids"].shape == (1, len(ds[1]["input_ids"]))  # not padded to max_length
     both = ds.collate([ds[0], ds[1]])
     assert both["input_ids"].shape == (2, 8) and both["attention_mask"][1].sum() == len(ds[1]["input_ids"])
-    assert both["labels"].dtype == torch.float32 and set(both) == {"input_ids", "token_type_ids", "attention_mask", "labels"}
+    assert (both["labels"].dtype == torch.float32
+            and set(both) == {"input_ids", "token_type_ids", "attention_mask", "labels"})
     with pytest.raises(ValueError, match="max_length=4 must be an integer >= 8"):
         tokenize(ex, tok, max_length=4)
 

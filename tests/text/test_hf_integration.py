@@ -120,7 +120,8 @@ def test_partition_callback_partitions_after_the_warm_up_then_trains(tmp_path):
     loaded = hf.from_pretrained(tmp_path / "trained")
     deployed = [m for m in loaded.modules() if isinstance(m, padnet.layers.DeployedPartiallyDynamic)]
     assert len(deployed) == len(masks)
-    assert all(torch.equal(layer.dynamic_index, m.reshape(-1).nonzero().squeeze(1)) for layer, m in zip(deployed, masks))
+    assert all(torch.equal(layer.dynamic_index, m.reshape(-1).nonzero().squeeze(1))
+               for layer, m in zip(deployed, masks))
     ids = torch.randint(0, VOCAB, (2, 8))
     torch.testing.assert_close(logits(loaded, ids), logits(model, ids), atol=0, rtol=0)
 

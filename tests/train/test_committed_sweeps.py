@@ -9,7 +9,6 @@ import pytest
 
 from padnet.data.fashion_mnist import find_fashion_mnist
 from padnet.train.sweep import load_sweep
-
 from tests.helpers import FASHION_MNIST
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -19,7 +19,8 @@ def problems_of(raw, overrides=None):
 
 
 def test_valid_config_and_overrides():
-    config = config_from_dict({"data": {"name": "digits"}}, ["optim.lr=0.02", "dynamic.mode=pad", "model.layers=[2, 1]"])
+    config = config_from_dict({"data": {"name": "digits"}},
+                              ["optim.lr=0.02", "dynamic.mode=pad", "model.layers=[2, 1]"])
     assert config.optim.lr == 0.02 and config.dynamic.mode == "pad"
     assert config.section("model", ModelConfig).layers == [2, 1]
     assert config.section("data", DataConfig).name == "digits"  # task sections, typed
@@ -136,7 +137,8 @@ def test_every_convert_option_is_reachable_from_yaml(tmp_path):
 
 def test_task_sections_are_typed():
     config = config_from_dict({"data": {"name": "digits"}})
-    with pytest.raises(KeyError, match="task 'image_classification' has no config section 'glue'; its sections: data, model"):
+    with pytest.raises(KeyError,
+                       match="task 'image_classification' has no config section 'glue'; its sections: data, model"):
         config.section("glue", DataConfig)
     with pytest.raises(TypeError, match="config section 'model' holds a ModelConfig; expected a DataConfig"):
         config.section("model", DataConfig)

@@ -157,7 +157,7 @@ def test_eval_and_export_use_the_temperature_the_run_ended_with(tmp_path):
     """A run of several processes takes fewer steps per epoch; the rebuilt model must use the run's own
     temperature (recorded per epoch), not one recomputed as if a single process had trained it."""
     from padnet.layers import DynamicConv2d
-    from padnet.train.trainer import rebuild_run, _run_temperature
+    from padnet.train.trainer import _run_temperature, rebuild_run
 
     raw = {**BASE, "task": "tiny_dynamic", "run_dir": str(tmp_path / "run"), "epochs": 1,
            "dynamic": {"mode": "dynamic", "temperature_epochs": 10}}

@@ -10,14 +10,14 @@ import torch
 import yaml
 
 pytest.importorskip("torchvision")
-from PIL import Image  # noqa: E402
+from PIL import Image
 
-import padnet  # noqa: E402
-from padnet import cli  # noqa: E402
-from padnet.data import DataConfig, build_datasets  # noqa: E402
-from padnet.data.transforms import eval_transform, image_record, train_transform  # noqa: E402
-from padnet.serialization import read_record  # noqa: E402
-from padnet.train.config import ConfigError, config_from_dict  # noqa: E402
+import padnet
+from padnet import cli
+from padnet.data import DataConfig, build_datasets
+from padnet.data.transforms import eval_transform, image_record, train_transform
+from padnet.serialization import read_record
+from padnet.train.config import ConfigError, config_from_dict
 
 # End-to-end runs: the slow lane (make test-fast leaves them out).
 pytestmark = pytest.mark.slow
@@ -136,7 +136,8 @@ def test_folder_to_predict_matches_the_run(image_tree, tmp_path, capsys):
     assert [r["probability"] for r in again] == pytest.approx([r["probability"] for r in results], abs=1e-5)
     assert cli.main(["predict", "--model", str(model_file), results[0]["input"], "--csv", "--quiet"]) == 0
     lines = capsys.readouterr().out.splitlines()
-    assert lines[0] == "input,label,probability" and lines[1].startswith(f"{results[0]['input']},{results[0]['label']},")
+    assert (lines[0] == "input,label,probability"
+            and lines[1].startswith(f"{results[0]['input']},{results[0]['label']},"))
 
 
 def test_csv_of_paths_and_string_labels(image_tree, tmp_path, capsys):

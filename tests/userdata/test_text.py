@@ -12,13 +12,13 @@ import yaml
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 pytest.importorskip("transformers")
 
-import padnet  # noqa: E402
-from padnet import cli  # noqa: E402
-from padnet.data.glue import GlueExamples  # noqa: E402
-from padnet.metrics import macro_f1, matthews_corrcoef  # noqa: E402
-from padnet.serialization import read_record  # noqa: E402
-from padnet.text import labels as L  # noqa: E402
-from tests.text.test_glue_cli import tiny_model_dir  # noqa: E402,F401  (the fixture: a 2-layer BERT)
+import padnet
+from padnet import cli
+from padnet.data.glue import GlueExamples
+from padnet.metrics import macro_f1, matthews_corrcoef
+from padnet.serialization import read_record
+from padnet.text import labels as L
+from tests.text.test_glue_cli import tiny_model_dir  # noqa: F401  (the fixture: a 2-layer BERT)
 
 # End-to-end runs: the slow lane (make test-fast leaves them out).
 pytestmark = pytest.mark.slow
@@ -147,9 +147,9 @@ def test_label_spaces():
 @pytest.mark.parametrize("case", ["missing column", "unknown label", "empty file"])
 def test_bad_files_give_one_line_errors(case, tmp_path, tiny_model_dir, capsys):  # noqa: F811
     train = _write(tmp_path / "train.csv", ["text", "label"], [(t, y) for t, y in _news(10, 0)])
-    val = {"missing column": lambda p: _write(p, ["text", "topic"], _news(5, 1)),
-           "unknown label": lambda p: _write(p, ["text", "label"], _news(3, 1) + [("x y", "weather")]),
-           "empty file": lambda p: p.write_text("") and str(p)}[case](tmp_path / "val.csv")
+    {"missing column": lambda p: _write(p, ["text", "topic"], _news(5, 1)),
+     "unknown label": lambda p: _write(p, ["text", "label"], _news(3, 1) + [("x y", "weather")]),
+     "empty file": lambda p: p.write_text("") and str(p)}[case](tmp_path / "val.csv")
     message = {"missing column": "val.csv: no column 'label'; the file has 'text', 'topic'",
                "unknown label": "val.csv:5: label 'weather' is not one of the training labels ('arts', 'health',",
                "empty file": "val.csv: no examples (an empty file or a header only)"}[case]
