@@ -129,7 +129,9 @@ class DynamicEntries(ModuleMixin):
         rows = self.dynamic_index[:: self.row_numel] // self.row_numel
         is_static = torch.ones(self.kernel_shape[0], dtype=torch.bool, device=rows.device)
         is_static[rows] = False
-        return rows, is_static.nonzero().squeeze(1)
+        # nonzero_static: the count is known (C_out minus the dynamic rows), so the meta device and graph
+        # capture, which cannot size a data-dependent nonzero, get the same rows.
+        return rows, torch.nonzero_static(is_static, size=self.kernel_shape[0] - rows.numel()).squeeze(1)
 
     @property
     def structured_static_numel(self) -> int:

@@ -15,6 +15,8 @@ the dynamic rows' K kernels come from.
 
 from __future__ import annotations
 
+import functools
+
 import torch
 import torch.nn.functional as F
 
@@ -29,10 +31,13 @@ def place_rows(parts: list[tuple[torch.Tensor, torch.Tensor]], rows: int) -> tor
     shape = (first.shape[0], rows, *first.shape[2:])
     channels_last = first.dim() == 4 and not first.is_contiguous() and first.is_contiguous(
         memory_format=torch.channels_last)
-    out = torch.empty(shape, dtype=first.dtype, device=first.device,
+    # Under autocast the static rows (a plain matmul) come out in bf16 and the mixed dynamic rows in
+    # float32: the output takes the wider of the two.
+    dtype = functools.reduce(torch.promote_types, (values.dtype for _, values in parts))
+    out = torch.empty(shape, dtype=dtype, device=first.device,
                       memory_format=torch.channels_last if channels_last else torch.contiguous_format)
     for index, values in parts:
-        out.index_copy_(1, index, values)
+        out.index_copy_(1, index, values.to(dtype))
     return out
 
 
