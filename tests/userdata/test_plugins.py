@@ -2,6 +2,8 @@
 an installed entry point of the group ``padnet.tasks``; a sweep reports its overall progress."""
 
 import json
+import os
+import subprocess
 import sys
 import textwrap
 
@@ -83,10 +85,14 @@ def test_import_on_the_command_line_reaches_train_and_eval(tmp_path, monkeypatch
     config = _config(tmp_path, "parity_cli")
     assert cli.main(["train", "--config", config]) == 2  # without the plug-in the task is unknown
     assert "task='parity_cli' is not supported" in capsys.readouterr().err
-    assert cli.main(["train", "--import", "userplugin_cli", "--config", config]) == 0
+    # A bare name is an installed module: the file in the current directory is not searched for.
+    assert cli.main(["train", "--import", "userplugin_cli", "--config", config]) == 2
+    assert "no installed module of that name (the current directory is never searched)" in capsys.readouterr().err
+    assert "userplugin_cli" not in sys.modules
+    assert cli.main(["train", "--import", "userplugin_cli.py", "--config", config]) == 0  # the file, named
     trained = json.loads((tmp_path / "run" / "results.json").read_text())["test"]
     capsys.readouterr()
-    assert cli.main(["eval", "--import", "userplugin_cli", "--run", str(tmp_path / "run")]) == 0
+    assert cli.main(["eval", "--import", "./userplugin_cli.py", "--run", str(tmp_path / "run")]) == 0
     evaluated = json.loads(capsys.readouterr().out)
     assert evaluated["accuracy"] == trained["accuracy"]
 
@@ -101,9 +107,14 @@ def test_imports_in_the_config_are_stored_with_the_run(tmp_path, monkeypatch, ca
     assert stored["imports"] == ["userplugin_cfg"]
     trained = json.loads((config_dir / "run" / "results.json").read_text())["test"]
     capsys.readouterr()
-    monkeypatch.chdir(config_dir)  # eval finds the module from where the user runs it
+    monkeypatch.chdir(config_dir)  # standing beside the plug-in is not naming it
     del sys.modules["userplugin_cfg"]
-    assert cli.main(["eval", "--run", str(config_dir / "run")]) == 0
+    assert cli.main(["eval", "--run", str(config_dir / "run")]) == 2
+    assert ("this run was trained with plug-in 'userplugin_cfg', which is not installed; a stored run's plug-in "
+            "files are never imported from where they lie: name the file again with --import "
+            "path/to/userplugin_cfg.py") in capsys.readouterr().err
+    assert "userplugin_cfg" not in sys.modules
+    assert cli.main(["eval", "--import", str(config_dir / "userplugin_cfg.py"), "--run", str(config_dir / "run")]) == 0
     assert json.loads(capsys.readouterr().out)["accuracy"] == trained["accuracy"]
 
 
@@ -123,7 +134,38 @@ def test_eval_never_imports_code_that_a_run_directory_carries(tmp_path, monkeypa
     sys.path[:] = [p for p in sys.path if p not in (str(config_dir.resolve()), str(run.resolve()))]
     capsys.readouterr()
     assert cli.main(["eval", "--run", str(run)]) == 2
-    assert "cannot import plug-in module 'userplugin_carried'" in capsys.readouterr().err
+    assert "this run was trained with plug-in 'userplugin_carried', which is not installed" in capsys.readouterr().err
+    monkeypatch.chdir(run)  # and not from inside the run directory either
+    assert cli.main(["eval", "--run", "."]) == 2
+    assert "this run was trained with plug-in 'userplugin_carried'" in capsys.readouterr().err
+
+
+def test_a_plugin_that_exits_while_imported_is_one_clear_error(tmp_path, monkeypatch, capsys, clean_modules):
+    (tmp_path / "userplugin_exit.py").write_text("raise SystemExit(0)\n")
+    config = _config(tmp_path, "parity_exit", imports=["userplugin_exit"])
+    assert cli.main(["train", "--config", config]) == 2  # not 0: the command did nothing
+    err = capsys.readouterr().err
+    assert "plug-in 'userplugin_exit' exited while being imported (SystemExit: 0)" in err
+    assert "Traceback" not in err
+
+
+@pytest.mark.slow
+def test_python_m_padnet_imports_nothing_from_the_current_directory(tmp_path):
+    """A copied run directory's plug-in and a module shadowing an optional dependency, lying where the
+    user stands: ``python -m padnet`` (which puts the current directory on sys.path) runs neither."""
+    marker = tmp_path / "ran"
+    for module in ("datasets", "userplugin_evil"):
+        (tmp_path / f"{module}.py").write_text(f"open({str(marker)!r}, 'a').write({module!r})\n")
+    (tmp_path / "glue.yaml").write_text(yaml.safe_dump(
+        {"task": "glue", "glue": {"task": "sst2", "data_dir": None}, "run_dir": str(tmp_path / "run")}))
+    (tmp_path / "plugin.yaml").write_text(yaml.safe_dump(
+        {"task": "parity_evil", "imports": ["userplugin_evil"], "run_dir": str(tmp_path / "run2")}))
+    for config in ("glue.yaml", "plugin.yaml"):
+        proc = subprocess.run([sys.executable, "-m", "padnet", "train", "--config", config, "--import",
+                               "userplugin_evil"], cwd=tmp_path, capture_output=True, text=True, timeout=300,
+                              env={**os.environ, "HF_HUB_OFFLINE": "1"})
+        assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
+    assert not marker.exists(), marker.read_text()
 
 
 def test_entry_point_group_padnet_tasks(tmp_path, monkeypatch, clean_modules):

@@ -426,15 +426,15 @@ def _cut_text(text: str, limit: int = 2000) -> str:
 
 
 def config_from_dict(raw: dict, overrides: list[str] | None = None, source: str | None = None,
-                     preflight: bool = True, plugins_beside_source: bool = True) -> RunConfig:
+                     preflight: bool = True, stored: bool = False) -> RunConfig:
     """Validate ``raw`` (plus ``--set`` overrides) into a ``RunConfig``; raise ``ConfigError`` with
     all problems. ``preflight`` also runs the task's checks (e.g. that the data exists).
-    ``plugins_beside_source`` lets ``imports`` find modules in the directory of ``source`` (a config the
-    user wrote); a stored run's config (eval, export) must not, or a run directory from elsewhere could
-    carry code that its own config imports."""
+    ``stored``: ``raw`` is a stored run's config (eval, export): its ``imports`` are never looked for as
+    files (a run directory from elsewhere could carry code that its own config imports); ``source``'s
+    directory resolves them only for a config the user passes."""
     problems: list[str] = []
     raw = merge(raw or {}, parse_overrides(overrides, problems))
-    _import_plugins(raw.get("imports"), source if plugins_beside_source else None, problems)
+    _import_plugins(raw.get("imports"), source, stored, problems)
     task_name = raw.get("task", RunConfig.task)
     try:
         task = get_task(task_name)
@@ -468,17 +468,18 @@ def config_from_dict(raw: dict, overrides: list[str] | None = None, source: str 
     return config
 
 
-def _import_plugins(names, source: str | None, problems: list[str]) -> None:
-    """Import the config's ``imports`` (modules that register tasks) before its task is looked up; they
-    are searched in the current directory and the config file's."""
+def _import_plugins(names, source: str | None, stored: bool, problems: list[str]) -> None:
+    """Import the config's ``imports`` (modules that register tasks) before its task is looked up: for a
+    config the user passes, files are resolved against its directory; for a stored run's config, only
+    installed modules and plug-ins named again with ``--import`` (``padnet.plugins``)."""
     if names is None:
         return
     if not isinstance(names, list):
-        problems.append(f"imports={shorten(names)} must be a list of module names, e.g. [my_tasks]")
+        problems.append(f"imports={shorten(names)} must be a list of module names or files, e.g. [my_tasks]")
         return
-    search = [Path(source).parent] if source and Path(source).is_file() else []
+    base = Path(source).parent if source and not stored and Path(source).is_file() else None
     try:
-        import_plugins(names, search, key="imports")
+        import_plugins(names, base, key="imports", stored=stored)
     except PluginError as err:
         problems.append(str(err))
 

@@ -61,7 +61,7 @@ def rebuild_run(run_dir: str | Path | None = None, checkpoint: str | Path | None
     if not checkpoint.is_file():
         raise FileNotFoundError(f"no checkpoint at {checkpoint} (a run writes {CHECKPOINT} after its first epoch)")
     state = read_training_checkpoint(checkpoint)
-    config = config_from_dict(state["config"], overrides, source=str(checkpoint), plugins_beside_source=False)
+    config = config_from_dict(state["config"], overrides, source=str(checkpoint), stored=True)
     seed_everything(config.seed)
     device = resolve_device(config.device)
     with local_files_only(checkpoint):  # a hub model the checkpoint names comes from the local cache or not at all

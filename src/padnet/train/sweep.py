@@ -43,8 +43,8 @@ def load_sweep(path: str | Path, overrides: list[str] | None = None) -> list[Run
     problems = [f"unknown sweep key {key!r}; allowed: {', '.join(SWEEP_KEYS)}" for key in raw if key not in SWEEP_KEYS]
     base = merge(_base(raw.get("base", {}), path, problems), parse_overrides(overrides, problems))
     if isinstance(base.get("imports"), list):
-        try:  # plug-ins beside the sweep file are found too
-            import_plugins(base["imports"], [path.parent], key="imports")
+        try:  # relative to the sweep file, as in a run config
+            import_plugins(base["imports"], path.parent, key="imports")
         except PluginError as err:
             problems.append(str(err))
     output_dir = raw.get("output_dir", "runs/sweep")

@@ -23,7 +23,7 @@ A task is registered once, by name, with a builder and the config sections it re
 Then a YAML with ``task: glue``, a ``glue:`` section and ``dynamic: {mode: pad, kind: moe}`` runs with
 ``padnet train``. ``get_task(name)`` imports the module listed in ``TASK_MODULES`` on first use (padnet's
 own tasks) or loads the installed entry point of that name (group ``padnet.tasks``); a module of your
-own is named with ``imports: [my_module]`` in the config or ``--import my_module`` (``padnet.plugins``).
+own is named with ``imports: [my_module]`` in the config or ``--import path/to/my_module.py`` (``padnet.plugins``).
 
 The contract, what the trainer does with ``TaskParts``:
 
@@ -121,8 +121,8 @@ def get_task(name: str) -> Task:
             raise KeyError(f"task={name!r}: its module {TASK_MODULES[name]} cannot be imported ({err})") from err
     if name not in _REGISTRY:
         raise KeyError(f"task={name!r} is not supported; known tasks: {', '.join(known_tasks())} (a task of your "
-                       "own: imports: [my_module] in the config, --import my_module, or an entry point in the "
-                       "group padnet.tasks)")
+                       "own: imports: [my_module] in the config, --import path/to/my_module.py, or an entry point "
+                       "in the group padnet.tasks)")
     return _REGISTRY[name]
 
 
