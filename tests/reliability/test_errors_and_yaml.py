@@ -143,6 +143,10 @@ YAML_CASES = {
     "many-aliases": ("a: &a 1\nb: [" + ", ".join(["*a"] * 150) + "]\n", "more than 100 aliases"),
     "recursive-alias": ("a: &a [*a]\n", "a recursive alias"),
     "long-value": ("name: [" + ", ".join(["'" + "x" * 1000 + "'"] * 300) + "]\n", "more characters)"),
+    # PyYAML composes nesting recursively: 5000 levels once ended in a RecursionError traceback.
+    "deep-flow": ("a: " + "[" * 5000 + "]" * 5000 + "\n", "nested more than 64 levels deep"),
+    "deep-block": ("".join(" " * i + f"k{i}:\n" for i in range(200)) + " " * 200 + "v: 1\n",
+                   "nested more than 64 levels deep"),
 }
 
 

@@ -12,7 +12,9 @@ objects) that
   typed config reports it as a wrong type instead of reading a number the user did not mean
   (``010`` is ten, not eight);
 - bounds alias expansion: at most ``MAX_ALIASES`` aliases, at most ``MAX_NODES`` nodes once every
-  alias is expanded, and no recursive alias.
+  alias is expanded, and no recursive alias;
+- bounds nesting at ``MAX_DEPTH`` levels (PyYAML composes nested collections recursively: a few
+  kilobytes of ``[[[[...`` would otherwise end in a ``RecursionError``).
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ import yaml
 
 MAX_ALIASES = 100
 MAX_NODES = 100_000
+MAX_DEPTH = 64  # a run config is 3 levels deep; a sweep's runs 5
 INT_TAG = "tag:yaml.org,2002:int"
 FLOAT_TAG = "tag:yaml.org,2002:float"
 MERGE_TAG = "tag:yaml.org,2002:merge"
@@ -37,6 +40,7 @@ class StrictLoader(yaml.SafeLoader):
     def __init__(self, stream):
         super().__init__(stream)
         self._aliases = 0
+        self._depth = 0
 
     def compose_node(self, parent, index):
         if self.check_event(yaml.AliasEvent):
@@ -45,7 +49,15 @@ class StrictLoader(yaml.SafeLoader):
                 raise yaml.composer.ComposerError(
                     None, None, f"more than {MAX_ALIASES} aliases (*name); a config never needs that many",
                     self.peek_event().start_mark)
-        return super().compose_node(parent, index)
+        if self._depth >= MAX_DEPTH:
+            raise yaml.composer.ComposerError(
+                None, None, f"nested more than {MAX_DEPTH} levels deep; a config never needs that many",
+                self.peek_event().start_mark)
+        self._depth += 1
+        try:
+            return super().compose_node(parent, index)
+        finally:
+            self._depth -= 1
 
     def compose_document(self):
         node = super().compose_document()
@@ -146,4 +158,4 @@ def load_yaml(text: str):
     return yaml.load(text, Loader=StrictLoader)  # noqa: S506 - StrictLoader is a SafeLoader
 
 
-__all__ = ["MAX_ALIASES", "MAX_NODES", "StrictLoader", "load_yaml"]
+__all__ = ["MAX_ALIASES", "MAX_DEPTH", "MAX_NODES", "StrictLoader", "load_yaml"]
