@@ -20,6 +20,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from .data.transforms import predict_record_problem
 from .errors import DataError, ModelFileError
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
@@ -28,12 +29,12 @@ IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tif
 def prediction_spec(model: nn.Module, where: str = "the model") -> dict:
     """``model.padnet_predict`` (set by ``padnet.load`` from the file), checked."""
     spec = getattr(model, "padnet_predict", None)
-    if not isinstance(spec, dict) or not isinstance(spec.get("input"), dict):
+    if spec is None:
         raise ModelFileError(where, "records nothing about its inputs (no 'predict' entry); export it with "
                                     "`padnet export` of this padnet, whose task records its preprocessing")
-    if spec["input"].get("kind") not in ("image", "text"):
-        kind = str(spec["input"].get("kind"))[:50]
-        raise ModelFileError(where, f"unknown input kind {kind!r} (allowed: image, text)")
+    problem = predict_record_problem(spec)
+    if problem:
+        raise ModelFileError(where, problem)
     return spec
 
 
@@ -68,7 +69,7 @@ def predict(model_or_path, inputs, batch_size: int = 32, device: str = "cpu", pr
     with torch.no_grad():
         for batch in _progress(batches, len(names), batch_size, progress):
             outputs.append(_forward(model, batch, device).float().cpu())
-    return _results(spec, names, torch.cat(outputs) if outputs else torch.zeros(0, 1))
+    return _results(spec, names, torch.cat(outputs) if outputs else torch.zeros(0, 1), where)
 
 
 def _progress(batches, total: int, batch_size: int, on: bool):
@@ -86,10 +87,13 @@ def _forward(model: nn.Module, batch, device: str) -> torch.Tensor:
     return model(batch.to(device))
 
 
-def _results(spec: dict, names: list[str], logits: torch.Tensor) -> list[dict]:
+def _results(spec: dict, names: list[str], logits: torch.Tensor, where: str) -> list[dict]:
     if spec.get("problem") == "regression":
         return [{"input": n, "value": float(v)} for n, v in zip(names, logits.reshape(len(names), -1)[:, 0])]
     labels = spec.get("label_names") or [str(i) for i in range(logits.shape[1])]
+    if len(labels) != logits.shape[1]:
+        raise ModelFileError(where, f"predict.label_names has {len(labels)} names but the model has "
+                                    f"{logits.shape[1]} outputs")
     probs = torch.softmax(logits, dim=1)
     best = probs.argmax(1)
     return [{"input": n, "label": labels[int(k)], "probability": float(probs[i, k])}
@@ -137,7 +141,11 @@ def _text_batches(record: dict, inputs: list, batch_size: int, where: str):
     from .models.hf import load_tokenizer, local_files_only
 
     with local_files_only(where):  # a tokenizer named by a file comes from the local cache or not at all
-        tokenizer = load_tokenizer(record["tokenizer"])
+        try:
+            tokenizer = load_tokenizer(record["tokenizer"])
+        except (OSError, ValueError, KeyError) as err:  # transformers' own errors: one line naming the field
+            raise ModelFileError(where, f"predict.input.tokenizer={record['tokenizer']!r} cannot be loaded "
+                                        f"({type(err).__name__}: {str(err)[:300]})") from None
     pairs = [tuple(x) if isinstance(x, (tuple, list)) else (x, None) for x in inputs]
     for text, pair in pairs:
         if not isinstance(text, str) or not (pair is None or isinstance(pair, str)):

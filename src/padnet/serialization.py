@@ -40,6 +40,7 @@ from . import models  # noqa: F401  (registers the "padnet." builders)
 from ._version import __version__
 from .arch import _ARCHS, HOW_TO_RECORD, build_arch, build_on_meta, detect_arch, register_arch, resolve_arch, tag_arch  # noqa: F401
 from .convert import convert, pad_layers, plan_conversion
+from .data.transforms import predict_record_problem
 from .deploy import deploy
 from .errors import ModelFileError, UsageError
 from .infra import atomic_write_bytes
@@ -258,8 +259,10 @@ def _check_record(path: Path, record: dict) -> None:
             for v in temperatures.values())):
         raise bad("temperatures must map layer names to finite numbers > 0")
     predict = record.get("predict")
-    if predict is not None and not isinstance(predict, dict):
-        raise bad(f"predict must be a mapping; got {type(predict).__name__}")
+    if predict is not None:
+        problem = predict_record_problem(predict)
+        if problem:
+            raise bad(problem)
     nodes = [0]
     for where, value in (("arch", arch), ("padnet_config", config), ("predict", predict)):
         problem = _bounded(value, where, 0, nodes)

@@ -139,3 +139,53 @@ def test_damaged_model_files_are_named(tmp_path, damage, pattern):
     path.write_bytes(data)
     with pytest.raises(ModelFileError, match=rf"{path}: {pattern}"):
         padnet.load(path)
+
+
+# ------------------------------------------------------------------------------ the predict record
+IMAGE_INPUT = {"kind": "image", "channels": 1, "image_size": 8, "resize": 8, "mean": [0.5], "std": [0.25]}
+
+
+def _model_with_predict(tmp_path, predict):
+    from safetensors.torch import save_file
+
+    model = padnet.build_arch("padnet.small_resnet", num_classes=2, in_channels=1, width=4, layers=[1])
+    record = {"format": "padnet", "format_version": 1, "arch": model.padnet_arch, "padnet_config": None,
+              "form": "plain", "compacted": [], "temperatures": {}, "predict": predict}
+    path = tmp_path / "model.safetensors"
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(path),
+              metadata={"padnet": json.dumps(record)})
+    return path
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"input": IMAGE_INPUT | {"mean": [], "std": [1e-300]}},
+     "predict.input.mean=[] and std=[1e-300] must be two lists of one value per channel (1), or both empty"),
+    ({"input": IMAGE_INPUT | {"std": [1e-300]}}, "predict.input.std=[1e-300] must lie between 1e-06 and 1e+06"),
+    ({"input": IMAGE_INPUT | {"mean": [float("nan")]}}, "predict.input.mean=[nan] must hold finite numbers"),
+    ({"input": IMAGE_INPUT | {"image_size": 10**9}}, "predict.input.image_size=1000000000 must be an integer from 1"),
+    ({"input": {"kind": "audio"}}, "predict.input must be a mapping whose kind is 'image' or 'text'"),
+    ({"input": {"kind": "text", "tokenizer": ["x"]}}, "predict.input.tokenizer=['x'] must be a tokenizer name"),
+    ({"label_names": "no"}, "predict.label_names='no' must be a non-empty list of distinct strings"),
+    ({"label_names": ["a", "a"]}, "predict.label_names=['a', 'a'] must be a non-empty list of distinct strings"),
+    ({"problem": "ranking"}, "predict.problem='ranking' must be 'classification' or 'regression'"),
+])
+def test_a_malformed_predict_record_is_refused_at_load_naming_file_and_field(tmp_path, change, message):
+    path = _model_with_predict(tmp_path, {"task": "image_classification", "problem": "classification",
+                                          "label_names": ["a", "b"], "input": IMAGE_INPUT} | change)
+    with pytest.raises(ModelFileError, match=re.escape(f"{path}: ") + ".*" + re.escape(message)):
+        padnet.load(path)
+
+
+def test_label_names_that_do_not_match_the_outputs_are_refused_not_misread(tmp_path):
+    from PIL import Image
+
+    Image.new("L", (8, 8), 128).save(tmp_path / "grey.png")
+    for names in (["only"], ["a", "b", "c"]):  # the model has 2 outputs
+        path = _model_with_predict(tmp_path, {"task": "image_classification", "problem": "classification",
+                                              "label_names": names, "input": IMAGE_INPUT})
+        with pytest.raises(ModelFileError, match=f"predict.label_names has {len(names)} names but the model has "
+                                                 "2 outputs"):
+            padnet.predict(path, [tmp_path / "grey.png"])
+    path = _model_with_predict(tmp_path, {"task": "image_classification", "problem": "classification",
+                                          "label_names": ["cat", "dog"], "input": IMAGE_INPUT})
+    assert padnet.predict(path, [tmp_path / "grey.png"])[0]["label"] in ("cat", "dog")

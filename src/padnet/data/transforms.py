@@ -12,11 +12,12 @@ preset of ``data.augment`` (``AUGMENT``). ``padnet export`` writes the record in
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 
 import torch
 
-from ..errors import UsageError
+from ..errors import UsageError, shorten
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -87,16 +88,63 @@ def train_transform(record: dict, augment: str) -> Callable:
     return transforms.Compose([*_channels(record["channels"]), *steps, *_to_tensor(record)])
 
 
+MAX_STD = 1e6  # a std outside [1/MAX_STD, MAX_STD] turns every pixel into an overflow or into noise
+
+
+def record_problem(record) -> str | None:
+    """What is wrong with an image preprocessing record (naming the field), or None."""
+    if not isinstance(record, dict) or record.get("kind") != "image":
+        return "kind must be 'image'"
+    if record.get("channels") not in (1, 3):
+        return f"channels={shorten(record.get('channels'))} must be 1 or 3"
+    for key in ("image_size", "resize"):
+        value = record.get(key)
+        if not (isinstance(value, int) and not isinstance(value, bool) and 1 <= value <= 4096):
+            return f"{key}={shorten(value)} must be an integer from 1 to 4096"
+    mean, std = record.get("mean"), record.get("std")
+    if not (isinstance(mean, list) and isinstance(std, list) and len(mean) == len(std)
+            and len(std) in (0, record["channels"])):
+        return (f"mean={shorten(mean)} and std={shorten(std)} must be two lists of one value per channel "
+                f"({record['channels']}), or both empty")
+    for key, values in (("mean", mean), ("std", std)):
+        for value in values:
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+                return f"{key}={shorten(values)} must hold finite numbers"
+    if any(not 1 / MAX_STD <= s <= MAX_STD for s in std):
+        return f"std={shorten(std)} must lie between {1 / MAX_STD:g} and {MAX_STD:g}"
+    return None
+
+
 def check_record(record) -> None:
-    """ValueError unless ``record`` is a well-formed image preprocessing record."""
-    ok = (isinstance(record, dict) and record.get("kind") == "image" and record.get("channels") in (1, 3)
-          and all(isinstance(record.get(k), int) and 1 <= record[k] <= 4096 for k in ("image_size", "resize"))
-          and isinstance(record.get("mean"), list) and isinstance(record.get("std"), list)
-          and len(record["mean"]) == len(record["std"]) in (0, record["channels"])
-          and all(isinstance(s, (int, float)) and s > 0 for s in record["std"]))
-    if not ok:
-        raise UsageError(f"malformed image preprocessing record {str(record)[:300]}; expected {{'kind': 'image', "
-                         "'channels': 1 or 3, 'image_size': int, 'resize': int, 'mean': [...], 'std': [...]}")
+    """``UsageError`` unless ``record`` is a well-formed image preprocessing record."""
+    problem = record_problem(record)
+    if problem:
+        raise UsageError(f"malformed image preprocessing record: {problem}")
+
+
+def predict_record_problem(predict) -> str | None:
+    """What is wrong with a model file's ``predict`` record (naming the field), or None. The text
+    record's tokenizer is checked where it is loaded (a name resolved locally, never a folder the file
+    names); the label names' count is checked against the model's outputs when it first runs."""
+    if not isinstance(predict, dict):
+        return f"predict must be a mapping; got {type(predict).__name__}"
+    spec = predict.get("input")
+    if not isinstance(spec, dict) or spec.get("kind") not in ("image", "text"):
+        return "predict.input must be a mapping whose kind is 'image' or 'text'"
+    if spec["kind"] == "image":
+        problem = record_problem(spec)
+        if problem:
+            return f"predict.input.{problem}"
+    elif not isinstance(spec.get("tokenizer"), str):
+        return f"predict.input.tokenizer={shorten(spec.get('tokenizer'))} must be a tokenizer name"
+    problem_kind = predict.get("problem", "classification")
+    if problem_kind not in ("classification", "regression"):
+        return f"predict.problem={shorten(problem_kind)} must be 'classification' or 'regression'"
+    names = predict.get("label_names")
+    if names is not None and not (isinstance(names, list) and names and all(isinstance(n, str) for n in names)
+                                  and len(set(names)) == len(names)):
+        return f"predict.label_names={shorten(names)} must be a non-empty list of distinct strings"
+    return None
 
 
 def dataset_stats(dataset, channels: int, batch_size: int = 64) -> tuple[list[float], list[float]]:
