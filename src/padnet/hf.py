@@ -23,13 +23,14 @@ import torch
 from torch import nn
 from transformers import Trainer, TrainerCallback
 
+from .arch import build_on_meta
 from .convert import pad_layers
 from .errors import ModelFileError, UsageError
 from .infra import atomic_write_bytes
 from .layers import aux_loss
 from .models.hf import auto_record, from_auto_config
 from .partition import PartitionReport, partition
-from .serialization import load, read_record, save
+from .serialization import check_build_memory, load, read_record, save
 
 CONFIG_NAME, PADNET_CONFIG_NAME, WEIGHTS_NAME = "config.json", "padnet_config.json", "model.safetensors"
 PADNET_KEYS = ("padnet_version", "padnet_config", "form", "compacted", "temperatures")
@@ -82,10 +83,16 @@ def from_pretrained(directory, map_location="cpu") -> nn.Module:
         raise ModelFileError(directory / PADNET_CONFIG_NAME, f"{', '.join(differ)} disagree with {WEIGHTS_NAME}")
 
     def build():
+        # On the meta device first: config.json sizes every tensor, so a few bytes of JSON could otherwise
+        # allocate gigabytes before the weights are compared with anything.
         try:
+            check_build_memory(weights, build_on_meta(from_auto_config, config=config), f"{CONFIG_NAME}'s model")
             return from_auto_config(config)
-        except (ValueError, TypeError, KeyError) as exc:
-            raise ModelFileError(directory / CONFIG_NAME, f"cannot build the model it describes: {exc}") from None
+        except ModelFileError:
+            raise
+        except Exception as exc:  # transformers' own errors about the config: one line naming the file
+            raise ModelFileError(directory / CONFIG_NAME, f"cannot build the model it describes "
+                                                          f"({type(exc).__name__}: {str(exc)[:300]})") from None
 
     return load(weights, model_factory=build, map_location=map_location)
 

@@ -26,6 +26,7 @@ name, **kwargs)`` tags a model built elsewhere (``padnet.models.build`` should c
 from __future__ import annotations
 
 import contextlib
+import itertools
 import json
 import math
 import struct
@@ -132,6 +133,12 @@ SIZE_LIMITS = {
     "hidden_size": 65_536, "intermediate_size": 262_144, "vocab_size": 1_048_576, "max_position_embeddings": 1_048_576,
 }
 MAX_STAGES, MAX_BLOCKS = 8, 64  # padnet.small_resnet's layers: [blocks per stage]
+# What building a file's model may allocate: parameters and buffers (persistent or not) of at most
+# twice the file's size plus 64 MiB. The file holds every weight, so a model it describes honestly
+# needs about its size (a deployed file's base model up to twice that) plus buffers that do not scale
+# with it (position ids, normalisation statistics); a 0.3 MB file whose config sizes a causal mask of
+# 20000^2 entries asks for 1.4 GB and is refused on the meta device, before anything is allocated.
+BUILD_SLACK_BYTES = 64 * 2**20
 # Bytes per element of each safetensors dtype.
 DTYPE_BYTES = {"BOOL": 1, "U8": 1, "I8": 1, "F8_E5M2": 1, "F8_E4M3": 1, "I16": 2, "U16": 2, "F16": 2, "BF16": 2,
                "I32": 4, "U32": 4, "F32": 4, "I64": 8, "U64": 8, "F64": 8}
@@ -413,6 +420,18 @@ class _FileTensors:
         return out
 
 
+def check_build_memory(path: Path, model: nn.Module, what: str) -> None:
+    """``ModelFileError`` when ``model`` (built on the meta device from the file's record) would take
+    more memory for real than a file of this size may ask for (``BUILD_SLACK_BYTES``)."""
+    need = sum(t.numel() * t.element_size() for t in itertools.chain(model.parameters(), model.buffers()))
+    size = path.stat().st_size
+    budget = 2 * size + BUILD_SLACK_BYTES
+    if need > budget:
+        raise ModelFileError(path, f"{what} would allocate {need:,} bytes of parameters and buffers; a file of "
+                                   f"{size:,} bytes may ask for at most {budget:,} (twice its size + 64 MiB): its "
+                                   "record sizes tensors its own data does not hold")
+
+
 def _load(path: Path, record: dict, shapes: dict, model: nn.Module | None, map_location) -> nn.Module:
     arch = record.get("arch")
     file = _FileTensors(path, map_location)
@@ -422,7 +441,9 @@ def _load(path: Path, record: dict, shapes: dict, model: nn.Module | None, map_l
         what = arch["name"]
         meta = _build(path, arch, meta=True)
         if meta is not None:
+            check_build_memory(path, meta, what)
             _replay(path, record, shapes, file, meta, what, on_meta=True)
+            check_build_memory(path, meta, what)
             kinds = _check_shapes(path, meta, shapes, what)
             # Hugging Face models (and any other whose non-persistent buffers hold values, e.g.
             # position_ids) cannot be materialised from the file alone: built on meta those buffers would

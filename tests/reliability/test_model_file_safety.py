@@ -107,8 +107,10 @@ def test_hf_stored_config_is_checked(tmp_path, config_update, pattern):
 
 
 @pytest.mark.parametrize("arch, pattern", [
+    # refused on meta: its 76 MB of weights are not in a 344-byte file (the backbone's weights argument is
+    # forced off before that either way)
     ({"name": "torchvision.fasterrcnn_mobilenet_v3_large_320_fpn", "kwargs": {"num_classes": 3}},
-     "the weights do not match"),
+     "would allocate 75,936,984 bytes"),
     ({"name": "padnet.resnet18", "kwargs": {"num_classes": 10, "in_channels": 3, "small_input": True,
                                             "weights": "IMAGENET1K_V1"}}, "weights is not allowed"),
     ({"name": "torchvision.resnet18", "kwargs": {"weights": "IMAGENET1K_V1"}}, "weights is not allowed"),
@@ -278,3 +280,45 @@ def test_checkpoint_entry_claiming_more_than_the_file_holds_is_refused(tmp_path,
     with pytest.raises(ModelFileError, match=rf"{path}: not a loadable padnet checkpoint \(entry '{name}' claims "
                                              rf"{claimed:,} bytes, beyond the file's {size:,}\)"):
         load_checkpoint(path)
+
+
+def _gpt_neo_record(positions):
+    from transformers import GPTNeoConfig
+
+    from padnet.models.hf import config_record
+
+    config = GPTNeoConfig(vocab_size=30, hidden_size=8, num_layers=2, num_heads=2, max_position_embeddings=positions,
+                          attention_types=[[["global", "local"], 1]], architectures=["GPTNeoForCausalLM"],
+                          bos_token_id=0, eos_token_id=0)
+    return {"arch": {"name": "transformers.auto", "kwargs": {"config": config_record(config)}}}
+
+
+@pytest.mark.parametrize("positions", [20_000, 40_000])
+def test_a_config_sizing_non_persistent_buffers_is_refused_on_meta(tmp_path, positions):
+    """GPT-Neo sizes a causal mask of positions^2 per layer (non-persistent, so not in the file): a file of a
+    few KB would build 0.8 GB (20000) or 3.2 GB (40000). Refused before anything is allocated."""
+    pytest.importorskip("transformers")
+    path = write_model_file(tmp_path / "neo.safetensors", _gpt_neo_record(positions))
+    with pytest.raises(ModelFileError, match=rf"{path}: .* would allocate [0-9,]+ bytes of parameters and buffers; "
+                                             r"a file of [0-9,]+ bytes may ask for at most"):
+        padnet.load(path)
+
+
+def test_from_pretrained_checks_config_json_on_meta_before_building(tmp_path):
+    """config.json sizes every tensor: vocab_size 10^6 x hidden 60000 would be 240 GB, and a config
+    transformers rejects is one line naming the file, not its raw error."""
+    transformers = pytest.importorskip("transformers")
+    from padnet import hf
+
+    model = transformers.BertForSequenceClassification(transformers.BertConfig(
+        vocab_size=30, hidden_size=8, num_hidden_layers=1, num_attention_heads=2, intermediate_size=16,
+        max_position_embeddings=16))
+    hf.save_pretrained(model, tmp_path / "m")
+    config_path = tmp_path / "m" / "config.json"
+    config = json.loads(config_path.read_text())
+    config_path.write_text(json.dumps(config | {"vocab_size": 1_000_000, "hidden_size": 60_000}))
+    with pytest.raises(ModelFileError, match=r"config.json's model would allocate [0-9,]+ bytes"):
+        hf.from_pretrained(tmp_path / "m")
+    config_path.write_text(json.dumps(config | {"hidden_size": 7}))  # not a multiple of the heads
+    with pytest.raises(ModelFileError, match=r"config.json: cannot build the model it describes \("):
+        hf.from_pretrained(tmp_path / "m")
