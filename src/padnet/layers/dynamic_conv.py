@@ -240,8 +240,6 @@ class DynamicConvCompute(ModuleMixin):
         return apply_per_sample_kernels(x, self.per_sample_kernels(alpha), bias, *geometry, strategy=strategy)
 
     def pick_strategy(self, x: torch.Tensor, alpha: torch.Tensor, bias: torch.Tensor | None) -> str:
-        geometry = (self.kernel_size, self.stride, self.padding, self.dilation, self.groups)
-
         def needs_grad() -> bool:
             return torch.is_grad_enabled() and (x.requires_grad or alpha.requires_grad or any(
                 p.requires_grad for p in self.parameters(recurse=False)))
@@ -263,17 +261,32 @@ class DynamicConvCompute(ModuleMixin):
             params: list[torch.Tensor] = [p for p in self.parameters(recurse=False) if p.requires_grad]
             return out, (inputs + params) if grad else []
 
+        return resolve_strategy(self.strategy, self.strategy_candidates(x), lambda: self.rule_strategy(x), key, run)
+
+    def computes_by_rows(self) -> bool:
+        """Whether this layer's calls take the channel-granular row path (``padnet.layers.rows``): the one
+        path that computes ``WHOLE`` as well. False here; the PAD forms say when they do."""
+        return False
+
+    def strategy_candidates(self, x: torch.Tensor) -> tuple[str, ...]:
+        """The strategies that can compute this layer's call on ``x``: exactly the ones the path ``compute``
+        takes can serve. The autotuner times these (``loop`` aside), the rule picks one of them, and a pin
+        outside them is refused."""
+        del x  # the same for every input of the layer's geometry today
         candidates = applicable_strategies(self.kernel_size, self.padding, self.dilation, self.groups)
-        if self.structure_key():  # channel granularity: whole kernels too, and they at batch 1 by the rule
-            candidates += (WHOLE,)
-            if x.shape[0] == 1:
-                return resolve_strategy(self.strategy, candidates, lambda: WHOLE, key, run)
-        return resolve_strategy(self.strategy, candidates, lambda: heuristic_strategy(x.shape, *geometry), key, run)
+        return candidates + (WHOLE,) if self.computes_by_rows() else candidates
+
+    def rule_strategy(self, x: torch.Tensor) -> str:
+        """The deterministic rule's pick for a call on ``x`` (always one of ``strategy_candidates(x)``):
+        ``heuristic_strategy``, and whole kernels at batch 1 on the row path (one conv, one kernel)."""
+        if self.computes_by_rows() and x.shape[0] == 1:
+            return WHOLE
+        return heuristic_strategy(x.shape, self.kernel_size, self.stride, self.padding, self.dilation, self.groups)
 
     def structure_key(self) -> str:
-        """What the strategy cache key adds for a channel-granular layer: its dynamic row count (the
-        dynamic path's size)."""
-        if isinstance(self, DynamicEntries) and self.granularity == "channel":
+        """What the strategy cache key adds for a layer on the row path: its dynamic row count (the
+        dynamic path's size); a pick made there (``WHOLE``, say) is never offered to another path."""
+        if isinstance(self, DynamicEntries) and self.computes_by_rows():
             return f"|rows={self.num_dynamic // self.row_numel}"
         return ""
 
