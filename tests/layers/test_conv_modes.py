@@ -19,6 +19,7 @@ from padnet.layers.conv_strategy import (
     set_conv_strategy,
 )
 from padnet.layers.dynamic_conv import DynamicConvCompute
+from tests.helpers import assert_close_f64, random_pad_form
 
 MODES = ("heuristic", "autotune") + CONV_STRATEGIES
 
@@ -72,6 +73,45 @@ def input_and_parameter_grads(model, x, upstream):
     (out * upstream).sum().backward()
     params = {name: p.grad for name, p in model.named_parameters() if p.requires_grad}
     return out, x.grad, params
+
+
+@pytest.mark.usefixtures("float64")
+@pytest.mark.parametrize("training", [True, False], ids=["train", "eval"])
+@pytest.mark.parametrize("mode,granularity", [(m, g) for m in MODES for g in ("element", "channel")
+                                              if m != "whole" or g == "channel"])
+def test_deployed_model_gradients_equal_the_training_forms_under_every_strategy(mode, granularity, training):
+    training_form = random_pad_form(small_net(granularity), "masked", 0.4, 0.3)
+    deployed = random_pad_form(copy.deepcopy(training_form), "deployed", 0.4, 0.3)
+    x = torch.randn(2, 3, 4, 4)
+    assert pin(deployed, mode, x)
+    training_form.train(training)
+    deployed.train(training)
+    upstream = torch.randn(2, 4, 2, 2)
+    expected, expected_dx, expected_params = input_and_parameter_grads(training_form, x, upstream)
+    out, dx, params = input_and_parameter_grads(deployed, x, upstream)
+    assert_close_f64(out, expected)
+    assert_close_f64(dx, expected_dx)
+    if training:
+        # The deployed form trains its attention (its entries are frozen buffers-as-parameters).
+        assert params and set(params) <= set(expected_params)
+        for name, grad in params.items():
+            assert_close_f64(grad, expected_params[name], msg=name)
+
+
+@pytest.mark.usefixtures("float64")
+@pytest.mark.parametrize("mode", ["heuristic", "mixture", "mixture_unfold"])
+def test_saliency_through_a_frozen_training_form_under_the_mixtures(mode):
+    """The same workspace hazard without a deployed layer: a frozen model (no parameter requires grad) in
+    eval mode, asked for an input gradient."""
+    net = random_pad_form(small_net("element"), "compacted", 0.4, 0.3)
+    reference = copy.deepcopy(net)
+    net.requires_grad_(False)
+    x = torch.randn(2, 3, 4, 4)
+    pin(net, mode, x)
+    upstream = torch.randn(2, 4, 2, 2)
+    _, expected_dx, _ = input_and_parameter_grads(reference, x, upstream)
+    _, dx, _ = input_and_parameter_grads(net, x, upstream)
+    assert_close_f64(dx, expected_dx)
 
 
 def test_channel_partition_under_the_autotuner():
