@@ -161,3 +161,65 @@ def test_a_stored_pick_the_call_cannot_compute_is_tuned_again():
     load_conv_strategy_picks({key: "whole"})  # e.g. a hand-edited checkpoint
     layer(x)
     assert conv_strategy_picks()[key] in layer.strategy_candidates(x)
+
+
+# ----------------------------------------------------------------------------- an empty batch
+def conv_forms():
+    """(name, builder) of every conv layer form: DY-Conv, CondConv, PAD (element, channel; masked,
+    compacted, deployed), with a bias, on a grouped, strided geometry and a plain 1x1 one."""
+
+    def pad(granularity, form, geometry):
+        def build():
+            layer = PADConv2d(*geometry, bias=True, granularity=granularity)
+            return random_pad_form(nn.Sequential(layer), form, 0.5, 0.2)[0]
+        return build
+
+    forms = []
+    for geometry in [(4, 6, 3, 2, 1, 1, 2), (4, 6, 1, 1, 0, 1, 1)]:
+        tag = "x".join(map(str, geometry))
+        forms += [(f"dyconv-{tag}", lambda g=geometry: DynamicConv2d(*g, bias=True)),
+                  (f"condconv-{tag}", lambda g=geometry: DynamicConv2d(*g, bias=True, routing="sigmoid"))]
+        forms += [(f"pad-{granularity}-{form}-{tag}", pad(granularity, form, geometry))
+                  for granularity in ("element", "channel") for form in ("masked", "compacted", "deployed")]
+    return forms
+
+
+@pytest.mark.usefixtures("float64")
+@pytest.mark.parametrize("name,build", conv_forms(), ids=[name for name, _ in conv_forms()])
+def test_an_empty_batch_gives_the_empty_output_under_every_strategy(name, build):
+    layer = build()
+    x = torch.randn(0, 4, 7, 7)
+    expected_shape = F.conv2d(x, torch.zeros(layer.weight_shape), None, layer.stride, layer.padding,
+                              layer.dilation, layer.groups).shape
+    for mode in ("heuristic", "autotune") + layer.strategy_candidates(x):
+        layer.strategy = mode
+        for training in (True, False):
+            layer.train(training)
+            x = torch.randn(0, 4, 7, 7, requires_grad=True)
+            layer.zero_grad(set_to_none=True)
+            out = layer(x)
+            assert out.shape == expected_shape and out.dtype == torch.float64, (mode, training)
+            out.sum().backward()
+            assert x.grad is not None and x.grad.shape == x.shape
+            for param_name, p in layer.named_parameters():
+                if p.requires_grad:  # an empty batch contributes nothing
+                    assert p.grad is not None and not p.grad.any(), (mode, param_name)
+            with torch.no_grad():  # inference: the workspace path
+                assert layer(x).shape == expected_shape
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("form", ["converted", "deployed"])
+def test_an_empty_batch_through_resnet18(form):
+    torchvision = pytest.importorskip("torchvision")
+    model = padnet.convert(torchvision.models.resnet18(num_classes=10))
+    if form == "deployed":
+        model = random_pad_form(model, "deployed", 0.3, 0.2)
+    model.eval()
+    x = torch.randn(0, 3, 32, 32, requires_grad=True)
+    out = model(x)
+    assert out.shape == (0, 10)
+    out.sum().backward()
+    assert x.grad.shape == x.shape
+    with torch.no_grad():
+        assert model(x).shape == (0, 10)

@@ -80,7 +80,7 @@ def assemble_kernels(
     if not workspace_allowed(static):
         return _AssembleKernels.apply(static, dynamic, index, keep, scale)
     batch = dynamic.shape[0]
-    out = _workspace(batch * static.numel(), static.dtype).view(batch, -1)
+    out = _workspace(batch * static.numel(), static.dtype).view(batch, static.numel())
     wide = static.unsqueeze(0).expand(batch, -1)
     out.copy_(wide) if scale is None else torch.mul(wide, scale, out=out)
     return out.scatter_(1, index.unsqueeze(0).expand(batch, -1), dynamic)
@@ -92,7 +92,7 @@ def mixed_kernels(weights: torch.Tensor, kernels: torch.Tensor) -> torch.Tensor:
     weights = weights.to(kernels.dtype)
     if not workspace_allowed(kernels):
         return weights @ kernels
-    out = _workspace(weights.shape[0] * kernels.shape[1], kernels.dtype).view(weights.shape[0], -1)
+    out = _workspace(weights.shape[0] * kernels.shape[1], kernels.dtype).view(weights.shape[0], kernels.shape[1])
     return torch.matmul(weights, kernels, out=out)
 
 
