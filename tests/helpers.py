@@ -64,13 +64,15 @@ def random_mask(shape, ratio, seed=0):
 
 
 def random_pad_form(model, form, ratio, phi):
-    """A converted PAD ``model`` "partitioned" by hand (layer i: ``random_mask(..., ratio, seed=i)`` and
-    phi), then compacted (form "compacted") or compacted and deployed (form "deployed"); in eval mode."""
+    """A converted PAD ``model`` "partitioned" by hand (layer i: ``random_mask(..., ratio, seed=i)`` over
+    its units, entries or whole rows as its granularity says, and phi), then compacted (form "compacted")
+    or compacted and deployed (form "deployed"); in eval mode."""
     import padnet
     from padnet.convert import pad_layers
 
     for i, (_, layer) in enumerate(pad_layers(model)):
-        layer.set_mask(random_mask(layer.kernel_shape, ratio, seed=i))
+        # For element granularity the units are the entries: the same mask as random_mask(kernel_shape).
+        layer.set_mask(layer.mask_from_units(random_mask((layer.num_units,), ratio, seed=i)))
         with torch.no_grad():
             layer.phi.fill_(phi)
     if form in ("compacted", "deployed"):

@@ -67,8 +67,8 @@ def assemble_kernels(
     values at ``index`` are ignored and get no gradient. ``keep`` (N,), optional, is 1 - M as uint8
     (1 at the static entries): with it the backward zeroes the overwritten entries with one multiply.
 
-    Without autograd, on CPU, the result is a view of a per-thread workspace that the next call
-    overwrites: consume it (convolve) before assembling again."""
+    With grad mode off (``torch.no_grad``, ``torch.inference_mode``), on CPU, the result is a view of a
+    per-thread workspace that the next call overwrites: consume it (convolve) before assembling again."""
     if static.dim() != 1 or dynamic.dim() != 2 or index.dim() != 1 or dynamic.shape[1] != index.numel():
         raise UsageError(f"expected static (N,), dynamic (B, nnz), index (nnz,); got {tuple(static.shape)}, "
                          f"{tuple(dynamic.shape)}, {tuple(index.shape)}")
@@ -77,33 +77,40 @@ def assemble_kernels(
     if keep is not None and keep.shape != static.shape:
         raise UsageError(f"keep must have static's shape {tuple(static.shape)}; got {tuple(keep.shape)}")
     dynamic = dynamic.to(static.dtype)
-    needs_grad = torch.is_grad_enabled() and any(
-        t is not None and t.requires_grad for t in (static, dynamic, scale))
-    if needs_grad or static.device.type != "cpu" or tracing():
+    if not workspace_allowed(static):
         return _AssembleKernels.apply(static, dynamic, index, keep, scale)
     batch = dynamic.shape[0]
-    out = _workspace(batch * static.numel(), static.dtype).view(batch, -1)
+    out = _workspace(batch * static.numel(), static.dtype).view(batch, static.numel())
     wide = static.unsqueeze(0).expand(batch, -1)
     out.copy_(wide) if scale is None else torch.mul(wide, scale, out=out)
     return out.scatter_(1, index.unsqueeze(0).expand(batch, -1), dynamic)
 
 
 def mixed_kernels(weights: torch.Tensor, kernels: torch.Tensor) -> torch.Tensor:
-    """(B, M) per-sample kernels ``weights @ kernels`` for (B, K) weights and (K, M) kernels; without
-    autograd on CPU written into the per-thread workspace (see below), so consume it before the next call."""
+    """(B, M) per-sample kernels ``weights @ kernels`` for (B, K) weights and (K, M) kernels; with grad
+    mode off on CPU written into the per-thread workspace (see below), so consume it before the next call."""
     weights = weights.to(kernels.dtype)
-    needs_grad = torch.is_grad_enabled() and (weights.requires_grad or kernels.requires_grad)
-    if needs_grad or kernels.device.type != "cpu" or tracing():
+    if not workspace_allowed(kernels):
         return weights @ kernels
-    out = _workspace(weights.shape[0] * kernels.shape[1], kernels.dtype).view(weights.shape[0], -1)
+    out = _workspace(weights.shape[0] * kernels.shape[1], kernels.dtype).view(weights.shape[0], kernels.shape[1])
     return torch.matmul(weights, kernels, out=out)
 
 
 # Inference on CPU: a fresh (B, N) kernel tensor of more than a few MB is mmap-ed by the allocator and
 # page-faulted on first write, which measured 5x slower than the copy and scatter into it (B = 64,
-# 3x3 256->256: 124 ms vs 23 ms). Without autograd nothing keeps the kernels after the convolution
+# 3x3 256->256: 124 ms vs 23 ms). With grad mode off nothing keeps the kernels after the convolution
 # consumes them, so one buffer per thread, grown to the largest layer, serves every layer in turn.
 _local = threading.local()
+
+
+def workspace_allowed(like: torch.Tensor) -> bool:
+    """Whether kernels in ``like``'s device may be a view of the reused workspace: only on CPU, outside
+    traced or compiled graphs, and with grad mode off. Grad mode alone decides, not whether the kernels'
+    own inputs require grad: kernels built from frozen tensors (a deployed layer's entries, a mixture's
+    stack) are still saved for backward by the convolution that consumes them whenever its input requires
+    grad (training, or an input gradient in eval mode), and the next layer's assembly into the same
+    buffer would then invalidate that saved tensor."""
+    return not torch.is_grad_enabled() and like.device.type == "cpu" and not tracing()
 
 
 def _workspace(numel: int, dtype: torch.dtype, slot: int = 0) -> torch.Tensor:
@@ -120,9 +127,9 @@ def _workspace(numel: int, dtype: torch.dtype, slot: int = 0) -> torch.Tensor:
 
 def workspace_like(shape: tuple[int, ...], like: torch.Tensor, slot: int) -> torch.Tensor:
     """An uninitialised tensor of ``shape`` in ``like``'s dtype and device: a view of this thread's
-    workspace ``slot`` without autograd on CPU (consume it before the next call), a fresh tensor
+    workspace ``slot`` where ``workspace_allowed`` (consume it before the next call), a fresh tensor
     otherwise."""
-    if torch.is_grad_enabled() or like.device.type != "cpu" or tracing():
+    if not workspace_allowed(like):
         return torch.empty(shape, dtype=like.dtype, device=like.device)
     return _workspace(math.prod(shape), like.dtype, slot).view(shape)
 

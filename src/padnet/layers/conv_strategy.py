@@ -161,8 +161,9 @@ def resolve_strategy(
     key: Callable[[], str],
     run: Callable[[str], tuple[torch.Tensor, list[torch.Tensor]]],
 ) -> str:
-    """The strategy for one call. ``mode`` is the layer's own (None: the global mode); ``heuristic()``
-    gives the rule's pick and ``key()`` the cache key, each computed only when the mode needs it (a
+    """The strategy for one call, always one of ``candidates`` (those the layer's path for this call can
+    compute). ``mode`` is the layer's own (None: the global mode); ``heuristic()`` gives the rule's pick
+    (one of ``candidates``) and ``key()`` the cache key, each computed only when the mode needs it (a
     forward with a cached or pinned strategy does no more than a dict lookup); ``run(s)`` computes the
     layer's output with strategy ``s`` on detached copies of the inputs and returns it with the tensors
     to differentiate (empty when no gradient is needed); the autotuner times it."""
@@ -178,7 +179,7 @@ def resolve_strategy(
         return heuristic()
     cache_key = key()
     pick = _picks.get(cache_key)
-    if pick is None:
+    if pick not in candidates:  # not tuned yet, or a loaded pick this call's path cannot compute
         pick = _picks[cache_key] = _autotune(candidates, heuristic(), run)
     return pick
 

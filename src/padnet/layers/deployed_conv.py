@@ -74,10 +74,13 @@ class DeployedPADConv2d(DeployedPartiallyDynamic, DynamicConvCompute, nn.Module)
         return new.train(layer.training)
 
     def compute(self, x: torch.Tensor, alpha: torch.Tensor, bias: torch.Tensor | None, strategy: str) -> torch.Tensor:
-        if self.granularity == "element":
+        if not self.computes_by_rows():
             return super().compute(x, alpha, bias, strategy)
         # Channel granularity: ``static_kernel`` holds the static rows compact, the static conv's weight.
         return channel_conv(self, x, self.row_split(), self.static_kernel, self.dynamic_values, alpha, bias, strategy)
+
+    def computes_by_rows(self) -> bool:
+        return self.granularity == "channel"
 
     def per_sample_kernels(self, alpha: torch.Tensor) -> torch.Tensor:
         """W(x) flattened, (B, N): the dense static kernel with the nnz aggregated dynamic entries written in.

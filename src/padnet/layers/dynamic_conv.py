@@ -77,22 +77,41 @@ def apply_per_sample_kernels(
     if strategy == "auto":
         needs_grad = torch.is_grad_enabled() and (x.requires_grad or kernels.requires_grad)
         strategy = choose_kernel_strategy(x, kernel_size, stride, padding, dilation, groups, needs_grad)
+    if strategy not in PER_SAMPLE_STRATEGIES:
+        raise UsageError(f"strategy={strategy!r} is not supported; allowed: {', '.join(map(repr, KERNEL_STRATEGIES))}")
+    if strategy in ("unfold", "bmm") and groups != 1:
+        raise UsageError(f"strategy={strategy!r} needs groups=1; got groups={groups} (use 'grouped' or 'loop')")
+    if strategy == "bmm" and (kernel_size != (1, 1) or padding != (0, 0) or dilation != (1, 1)):
+        raise UsageError(
+            f"strategy='bmm' needs a 1x1 unpadded undilated conv; got kernel_size={kernel_size}, "
+            f"padding={padding}, dilation={dilation}"
+        )
+    if not torch.jit.is_tracing() and x.shape[0] == 0:  # a trace records no branch
+        return empty_batch_output(x, (kernels, bias), out_channels, kernel_size, stride, padding, dilation)
     if strategy == "grouped":
         return _grouped(x, kernels, bias, out_channels, kernel_size, stride, padding, dilation, groups)
     if strategy == "loop":
         return _loop(x, kernels, bias, out_channels, kernel_size, stride, padding, dilation, groups)
-    if strategy in ("unfold", "bmm"):
-        if groups != 1:
-            raise UsageError(f"strategy={strategy!r} needs groups=1; got groups={groups} (use 'grouped' or 'loop')")
-        if strategy == "bmm":
-            if kernel_size != (1, 1) or padding != (0, 0) or dilation != (1, 1):
-                raise UsageError(
-                    f"strategy='bmm' needs a 1x1 unpadded undilated conv; got kernel_size={kernel_size}, "
-                    f"padding={padding}, dilation={dilation}"
-                )
-            return _bmm_1x1(x, kernels, bias, out_channels, stride)
-        return _unfold(x, kernels, bias, out_channels, kernel_size, stride, padding, dilation)
-    raise UsageError(f"strategy={strategy!r} is not supported; allowed: {', '.join(map(repr, KERNEL_STRATEGIES))}")
+    if strategy == "bmm":
+        return _bmm_1x1(x, kernels, bias, out_channels, stride)
+    return _unfold(x, kernels, bias, out_channels, kernel_size, stride, padding, dilation)
+
+
+def empty_batch_output(x: torch.Tensor, operands, out_channels: int, kernel_size, stride, padding,
+                       dilation) -> torch.Tensor:
+    """The (0, C_out, H', W') output of a batch of 0 samples, what every strategy computes for it, which
+    none can reach by its own formulation (``grouped`` would need groups = 0 x g, ``loop`` a concatenation
+    of nothing, the others reshape 0 elements with a -1 that no size determines). It depends on ``x`` and
+    every operand (kernels, mixture weights, bias; None skipped) through a sum broadcast into the empty
+    output, so backward works and gives each its gradient: zeros, as a conv of an empty batch does."""
+    tie = x.sum()
+    for operand in operands:
+        if operand is not None:
+            tie = tie + operand.sum().to(x.dtype)
+    positions = [
+        (x.shape[2 + i] + 2 * padding[i] - dilation[i] * (kernel_size[i] - 1) - 1) // stride[i] + 1 for i in range(2)
+    ]
+    return x.new_zeros(0, out_channels, *positions) + tie
 
 
 def _grouped(x, kernels, bias, out_channels, kernel_size, stride, padding, dilation, groups):
@@ -158,6 +177,13 @@ def apply_kernel_mixture(
     ``strategy``: "mixture" (one conv over the J C_out stacked output channels, then the weighted sum)
     or "mixture_unfold" (im2col and one (B L, C_in kh kw) @ (C_in kh kw, J C_out) product; groups = 1)."""
     kernel_size, stride, padding, dilation = (tuple(v) for v in (kernel_size, stride, padding, dilation))
+    if strategy not in MIXTURE_STRATEGIES:
+        raise UsageError(f"strategy={strategy!r} is not a mixture strategy; allowed: "
+                         f"{', '.join(map(repr, MIXTURE_STRATEGIES))}")
+    if strategy == "mixture_unfold" and groups != 1:
+        raise UsageError(f"strategy='mixture_unfold' needs groups=1; got groups={groups} (use 'mixture')")
+    if not torch.jit.is_tracing() and x.shape[0] == 0:  # a trace records no branch
+        return empty_batch_output(x, (stack, weights, bias), out_channels, kernel_size, stride, padding, dilation)
     batch, num_mix = x.shape[0], stack.shape[0]
     weights = weights.to(x.dtype)
     if strategy == "mixture":
@@ -173,20 +199,16 @@ def apply_kernel_mixture(
         else:
             y = torch.einsum("bgjr,bj->bgr", out.reshape(batch, groups, num_mix, -1), weights)
         return _add_bias(y.reshape(batch, out_channels, height, width), bias)
-    if strategy == "mixture_unfold":
-        if groups != 1:
-            raise UsageError(f"strategy='mixture_unfold' needs groups=1; got groups={groups} (use 'mixture')")
-        cols = F.unfold(x, kernel_size, dilation, padding, stride)  # (B, C_in kh kw, L)
-        positions = cols.shape[2]
-        out = cols.transpose(1, 2).reshape(batch * positions, -1) @ stack.reshape(num_mix * out_channels, -1).t()
-        y = torch.einsum("bljc,bj->blc", out.reshape(batch, positions, num_mix, out_channels), weights)
-        out_h = (x.shape[2] + 2 * padding[0] - dilation[0] * (kernel_size[0] - 1) - 1) // stride[0] + 1
-        y = y.reshape(batch, out_h, positions // out_h, out_channels).permute(0, 3, 1, 2)
-        memory_format = torch.channels_last if x.is_contiguous(memory_format=torch.channels_last) and not \
-            x.is_contiguous() else torch.contiguous_format
-        return _add_bias(y.contiguous(memory_format=memory_format), bias)
-    raise UsageError(f"strategy={strategy!r} is not a mixture strategy; allowed: "
-                     f"{', '.join(map(repr, MIXTURE_STRATEGIES))}")
+    # mixture_unfold
+    cols = F.unfold(x, kernel_size, dilation, padding, stride)  # (B, C_in kh kw, L)
+    positions = cols.shape[2]
+    out = cols.transpose(1, 2).reshape(batch * positions, -1) @ stack.reshape(num_mix * out_channels, -1).t()
+    y = torch.einsum("bljc,bj->blc", out.reshape(batch, positions, num_mix, out_channels), weights)
+    out_h = (x.shape[2] + 2 * padding[0] - dilation[0] * (kernel_size[0] - 1) - 1) // stride[0] + 1
+    y = y.reshape(batch, out_h, positions // out_h, out_channels).permute(0, 3, 1, 2)
+    memory_format = torch.channels_last if x.is_contiguous(memory_format=torch.channels_last) and not \
+        x.is_contiguous() else torch.contiguous_format
+    return _add_bias(y.contiguous(memory_format=memory_format), bias)
 
 
 def append_kernel_weight(weights: torch.Tensor, value) -> torch.Tensor:
@@ -240,8 +262,6 @@ class DynamicConvCompute(ModuleMixin):
         return apply_per_sample_kernels(x, self.per_sample_kernels(alpha), bias, *geometry, strategy=strategy)
 
     def pick_strategy(self, x: torch.Tensor, alpha: torch.Tensor, bias: torch.Tensor | None) -> str:
-        geometry = (self.kernel_size, self.stride, self.padding, self.dilation, self.groups)
-
         def needs_grad() -> bool:
             return torch.is_grad_enabled() and (x.requires_grad or alpha.requires_grad or any(
                 p.requires_grad for p in self.parameters(recurse=False)))
@@ -263,17 +283,32 @@ class DynamicConvCompute(ModuleMixin):
             params: list[torch.Tensor] = [p for p in self.parameters(recurse=False) if p.requires_grad]
             return out, (inputs + params) if grad else []
 
+        return resolve_strategy(self.strategy, self.strategy_candidates(x), lambda: self.rule_strategy(x), key, run)
+
+    def computes_by_rows(self) -> bool:
+        """Whether this layer's calls take the channel-granular row path (``padnet.layers.rows``): the one
+        path that computes ``WHOLE`` as well. False here; the PAD forms say when they do."""
+        return False
+
+    def strategy_candidates(self, x: torch.Tensor) -> tuple[str, ...]:
+        """The strategies that can compute this layer's call on ``x``: exactly the ones the path ``compute``
+        takes can serve. The autotuner times these (``loop`` aside), the rule picks one of them, and a pin
+        outside them is refused."""
+        del x  # the same for every input of the layer's geometry today
         candidates = applicable_strategies(self.kernel_size, self.padding, self.dilation, self.groups)
-        if self.structure_key():  # channel granularity: whole kernels too, and they at batch 1 by the rule
-            candidates += (WHOLE,)
-            if x.shape[0] == 1:
-                return resolve_strategy(self.strategy, candidates, lambda: WHOLE, key, run)
-        return resolve_strategy(self.strategy, candidates, lambda: heuristic_strategy(x.shape, *geometry), key, run)
+        return candidates + (WHOLE,) if self.computes_by_rows() else candidates
+
+    def rule_strategy(self, x: torch.Tensor) -> str:
+        """The deterministic rule's pick for a call on ``x`` (always one of ``strategy_candidates(x)``):
+        ``heuristic_strategy``, and whole kernels at batch 1 on the row path (one conv, one kernel)."""
+        if self.computes_by_rows() and x.shape[0] == 1:
+            return WHOLE
+        return heuristic_strategy(x.shape, self.kernel_size, self.stride, self.padding, self.dilation, self.groups)
 
     def structure_key(self) -> str:
-        """What the strategy cache key adds for a channel-granular layer: its dynamic row count (the
-        dynamic path's size)."""
-        if isinstance(self, DynamicEntries) and self.granularity == "channel":
+        """What the strategy cache key adds for a layer on the row path: its dynamic row count (the
+        dynamic path's size); a pick made there (``WHOLE``, say) is never offered to another path."""
+        if isinstance(self, DynamicEntries) and self.computes_by_rows():
             return f"|rows={self.num_dynamic // self.row_numel}"
         return ""
 

@@ -28,12 +28,17 @@ class PADConv2d(PartiallyDynamic, DynamicConv2d):
         nn.init.normal_(self.static_weight, 0.0, self.init_std)
 
     def compute(self, x: torch.Tensor, alpha: torch.Tensor, bias: torch.Tensor | None, strategy: str) -> torch.Tensor:
-        if self.granularity == "element" or self.relaxed_mask is not None:
+        if not self.computes_by_rows():
             return super().compute(x, alpha, bias, strategy)
         lambda_s, lambda_d = self.scales
         rows = self.row_split()
         static = self.static_weight.reshape(self.out_channels, -1).index_select(0, rows[1]).mul(lambda_s)
         return channel_conv(self, x, rows, static, self.dynamic_row_kernels(rows[0]), lambda_d * alpha, bias, strategy)
+
+    def computes_by_rows(self) -> bool:
+        """Channel granularity with a hard mask; while the partition scores (``relaxed_mask`` set) every
+        granularity computes the dense element form, which has no ``WHOLE``."""
+        return self.granularity == "channel" and self.relaxed_mask is None
 
     def dynamic_row_kernels(self, dynamic_rows: torch.Tensor) -> torch.Tensor:
         """The dynamic rows of the K kernels, (K, n_d R): stored as such once compacted, a row gather

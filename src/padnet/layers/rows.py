@@ -112,7 +112,7 @@ def _whole_kernels(layer, x, static, dynamic, weights, bias, strategy, dynamic_r
     kernels = workspace_like((batch, rows, width), x, slot=1)
     kernels.index_copy_(1, dynamic_rows, mixed)
     kernels.index_copy_(1, static_rows, static.unsqueeze(0).expand(batch, -1, -1))
-    return apply_per_sample_kernels(x, kernels.reshape(batch, -1), bias, *geometry,
+    return apply_per_sample_kernels(x, kernels.reshape(batch, rows * width), bias, *geometry,
                                     strategy="auto" if strategy == WHOLE else strategy)
 
 
