@@ -2,6 +2,8 @@
 loops, a single class, decompression bombs, and gzip IDX files that inflate far past their header."""
 
 import gzip
+import os
+import re
 import struct
 import subprocess
 import sys
@@ -117,3 +119,46 @@ def test_glue_tsv_not_utf8_names_file_and_line(tmp_path, encoding, line):
                     .encode(encoding))
     with pytest.raises(DataError, match=rf"{tsv}:{line}: not UTF-8 text"):
         read_tsv("rte", "validation", tmp_path)
+
+
+# ------------------------------------------------------------------------------ image_csv rows
+def _image_csv(tmp_path, rows):
+    from PIL import Image
+
+    data = tmp_path / "data"
+    data.mkdir(exist_ok=True)
+    Image.new("RGB", (4, 4)).save(data / "ok.png")
+    Image.new("RGB", (4, 4)).save(tmp_path / "outside.png")
+    csv = data / "train.csv"
+    csv.write_text("path,label\nok.png,a\n" + "".join(f"{row},b\n" for row in rows))
+    return csv
+
+
+@pytest.mark.parametrize("row, message", [
+    ("../outside.png", "lies outside the CSV's folder"),
+    ("{tmp}/outside.png", "lies outside the CSV's folder"),
+    ("link.png", "lies outside the CSV's folder"),  # a link inside that leads out
+    ("fifo.png", "is not a regular file (a folder, FIFO or device)"),
+    ("sub", "is not a regular file (a folder, FIFO or device)"),
+    ("missing.png", "no such file"),
+])
+def test_image_csv_rows_stay_inside_the_csv_folder_and_name_regular_files(tmp_path, row, message):
+    from padnet.data.folder import ImageCSV
+
+    csv = _image_csv(tmp_path, [row.format(tmp=tmp_path)])
+    (csv.parent / "link.png").symlink_to(tmp_path / "outside.png")
+    os.mkfifo(csv.parent / "fifo.png")
+    (csv.parent / "sub").mkdir()
+    with pytest.raises(DataError, match=re.escape(f"{csv}:3: path {row.format(tmp=tmp_path)!r}") + ".*"
+                       + re.escape(message)):
+        ImageCSV(csv)
+
+
+def test_image_csv_outside_paths_when_the_config_allows_them_but_never_devices(tmp_path):
+    from padnet.data.folder import ImageCSV
+
+    csv = _image_csv(tmp_path, ["../outside.png", str(tmp_path / "outside.png")])
+    assert [label for _, label in ImageCSV(csv, allow_outside=True).samples] == [0, 1, 1]
+    csv.write_text("path,label\n/dev/zero,a\n")
+    with pytest.raises(DataError, match="'/dev/zero' is not a regular file"):
+        ImageCSV(csv, allow_outside=True)

@@ -154,14 +154,14 @@ def test_csv_of_paths_and_string_labels(image_tree, tmp_path, capsys):
     results = padnet.predict(tmp_path / "csvrun" / "model.safetensors", [image_tree / r[0] for r in rows["val"]])
     assert _accuracy(results, [r[1] for r in rows["val"]]) == trained["test"]["accuracy"]
     # An unknown label in the evaluation file, a missing column, an empty file: one line naming the file.
-    _write_csv(tmp_path / "bad.csv", rows["val"][:1] + [(rows["val"][1][0], "UP")])
-    (tmp_path / "nolabel.csv").write_text("path,klass\na.png,LEFT\n")
-    (tmp_path / "empty.csv").write_text("")
+    _write_csv(image_tree / "bad.csv", rows["val"][:1] + [(rows["val"][1][0], "UP")])  # beside the images
+    (image_tree / "nolabel.csv").write_text("path,klass\na.png,LEFT\n")
+    (image_tree / "empty.csv").write_text("")
     for bad, message in (("bad.csv", "bad.csv:3: label 'UP' is not one of the training labels ('LEFT', 'RIGHT')"),
                          ("nolabel.csv", "nolabel.csv:1: no column 'label'"),
                          ("empty.csv", "empty.csv:1: no column 'path'; the header has nothing (empty file)")):
         capsys.readouterr()
-        code = cli.main(["train", "--config", _run_config(tmp_path, data | {"eval_file": str(tmp_path / bad)}, "b")])
+        code = cli.main(["train", "--config", _run_config(tmp_path, data | {"eval_file": str(image_tree / bad)}, "b")])
         err = capsys.readouterr().err
         assert code == 2 and message in err and len(err.strip().splitlines()) == 1, err
 

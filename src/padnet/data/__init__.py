@@ -51,6 +51,8 @@ class DataConfig:
     std: list[float] | None = None
     train_file: str | None = None  # image_csv: CSV with path,label columns (paths relative to the file)
     eval_file: str | None = None  # image_csv: the evaluation CSV
+    # image_csv: rows may name images outside the CSV's folder (absolute paths, '..', links that lead out)
+    allow_outside_paths: bool = False
 
     def augment_preset(self) -> str:
         """``augment`` as one of ``AUGMENT`` (the dataset's default for null, the older booleans mapped)."""
@@ -154,7 +156,8 @@ def _image_files(config: DataConfig, train: bool, transform, class_to_idx=None):
 
     if config.name == "imagefolder":
         return image_folder(config.root, train, config.image_size, transform)
-    return ImageCSV(config.train_file if train else config.eval_file, transform, class_to_idx)
+    return ImageCSV(config.train_file if train else config.eval_file, transform, class_to_idx,
+                    allow_outside=config.allow_outside_paths)
 
 
 def _normalisation(config: DataConfig) -> tuple[list[float], list[float]]:

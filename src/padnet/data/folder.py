@@ -9,6 +9,7 @@ the ImageNet mean/std. ``image_csv`` reads a CSV of ``path,label`` rows instead 
 from __future__ import annotations
 
 import os
+import stat
 from pathlib import Path
 
 import torch
@@ -129,10 +130,15 @@ def load_image(path: str):
 
 class ImageCSV(torch.utils.data.Dataset):
     """Images listed in a CSV file with a header holding ``path`` and ``label`` columns; paths are relative
-    to the CSV's directory (or absolute). Labels are class names, mapped to ids with ``class_to_idx``
-    (default: the sorted labels of this file)."""
+    to the CSV's directory. Labels are class names, mapped to ids with ``class_to_idx`` (default: the
+    sorted labels of this file).
 
-    def __init__(self, csv_path: str | Path, transform=None, class_to_idx: dict[str, int] | None = None):
+    A CSV is data, not a licence to read the machine: a row naming a file outside the CSV's folder (an
+    absolute path, ``..``, a link that leads out) is refused unless ``allow_outside``, and every row must
+    name a regular file (a FIFO would block the loader forever, a device would stream without end)."""
+
+    def __init__(self, csv_path: str | Path, transform=None, class_to_idx: dict[str, int] | None = None,
+                 allow_outside: bool = False):
         self.path = Path(csv_path)
         rows = _csv_rows(self.path, ("path", "label"))
         names = sorted({label for _, _, label in rows})
@@ -143,9 +149,24 @@ class ImageCSV(torch.utils.data.Dataset):
             if label not in self.class_to_idx:
                 raise DataError(f"{self.path}:{line}: label {label!r} is not one of the training labels "
                                 f"({', '.join(map(repr, self.classes[:20]))})")
-            full = Path(image) if Path(image).is_absolute() else self.path.parent / image
-            self.samples.append((str(full), self.class_to_idx[label]))
+            self.samples.append((str(self._checked(line, image, allow_outside)), self.class_to_idx[label]))
         self.transform = transform
+
+    def _checked(self, line: int, image: str, allow_outside: bool) -> Path:
+        full = Path(image) if Path(image).is_absolute() else self.path.parent / image
+        where = f"{self.path}:{line}: path {image!r}"
+        if not allow_outside:
+            root = self.path.parent.resolve()
+            if Path(image).is_absolute() or not full.resolve().is_relative_to(root):
+                raise DataError(f"{where} lies outside the CSV's folder {root}; set data.allow_outside_paths: true "
+                                "if the data set means it")
+        try:
+            mode = full.stat().st_mode  # follows links: what would be read
+        except OSError:
+            raise DataError(f"{where}: no such file") from None
+        if not stat.S_ISREG(mode):
+            raise DataError(f"{where} is not a regular file (a folder, FIFO or device)")
+        return full
 
     def __len__(self) -> int:
         return len(self.samples)
