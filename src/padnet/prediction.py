@@ -168,13 +168,13 @@ def _text_batches(record: dict, inputs: list, batch_size: int, where: str):
 def read_text_inputs(path: str | Path, columns: list[str]) -> list:
     """Examples from a file: CSV/TSV/JSON-lines with the ``columns`` (text, and text_pair for pair
     tasks), or any other file as one example per line (blank lines skipped)."""
-    from .data.text_files import read_records
+    from .data.text_files import read_lines, read_records
 
     path = Path(path)
     if path.suffix.lower() in (".csv", ".tsv", ".jsonl"):
         rows = read_records(path, columns)
         return [row[columns[0]] if len(columns) == 1 else tuple(row[c] for c in columns) for _, row in rows]
-    lines = [line for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    lines = [line.rstrip("\r\n") for _, line in read_lines(path) if line.strip()]
     if not lines:
         raise DataError(f"{path}: no examples (an empty file)")
     return lines

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import csv
 import json
+import stat
+from collections.abc import Iterator
 from pathlib import Path
 
 from ..errors import DataError
@@ -24,65 +26,101 @@ def file_format(path: str | Path) -> str:
     return FORMATS[suffix]
 
 
-def _text(path: Path) -> str:
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: no such file")
-    data = path.read_bytes()
+MAX_LINE_BYTES = 1 << 20  # 1 MiB: a sentence, a review, an article fits; a 1 GB line is not text data
+MAX_COLUMNS = 1000
+
+
+def read_lines(path: Path) -> Iterator[tuple[int, str]]:
+    """(line number, line with its newline) of a UTF-8 text file, read a line at a time: memory stays
+    bounded by ``MAX_LINE_BYTES`` per line whatever the file holds (a FIFO or device is refused)."""
     try:
-        return data.decode("utf-8-sig")
-    except UnicodeDecodeError as err:
-        line = data[:err.start].count(b"\n") + 1
-        raise DataError(f"{path}:{line}: not UTF-8 text ({err.reason} at byte {err.start}); save the file as "
-                        "UTF-8") from None
+        mode = path.stat().st_mode
+    except OSError:
+        raise FileNotFoundError(f"{path}: no such file") from None
+    if not stat.S_ISREG(mode):
+        raise DataError(f"{path}: not a regular file (a folder, FIFO or device)")
+    with open(path, "rb") as f:
+        number = 0
+        while raw := f.readline(MAX_LINE_BYTES + 1):
+            number += 1
+            if len(raw) > MAX_LINE_BYTES:
+                raise DataError(f"{path}:{number}: a line longer than {MAX_LINE_BYTES:,} bytes; text data has "
+                                "shorter lines (is this the right file?)")
+            try:
+                line = raw.decode("utf-8-sig" if number == 1 else "utf-8")
+            except UnicodeDecodeError as err:
+                raise DataError(f"{path}:{number}: not UTF-8 text ({err.reason} at byte {err.start} of the line); "
+                                "save the file as UTF-8") from None
+            yield number, line
 
 
-def _delimited(path: Path, text: str, delimiter: str) -> tuple[list[str], list[tuple[int, dict]]]:
+def _header(path: Path, header: list[str]) -> list[str]:
+    if len(header) > MAX_COLUMNS:
+        raise DataError(f"{path}:1: a header of {len(header):,} columns; at most {MAX_COLUMNS:,}")
+    return header
+
+
+def _delimited(path: Path, lines: Iterator[tuple[int, str]], delimiter: str
+               ) -> tuple[list[str], list[tuple[int, dict]]]:
     if delimiter == "\t":
-        lines = [line.rstrip("\r") for line in text.split("\n")]
-        while lines and not lines[-1]:
-            lines.pop()
-        if not lines:
-            return [], []
-        header = lines[0].split("\t")
+        header: list[str] | None = None
         rows = []
-        for number, line in enumerate(lines[1:], start=2):
+        for number, line in lines:
+            line = line.rstrip("\n").rstrip("\r")
+            if header is None:
+                header = _header(path, line.split("\t"))
+                continue
             fields = line.split("\t")
+            if fields == [""]:
+                continue  # a blank line (the end of the file)
             if len(fields) != len(header):
                 raise DataError(f"{path}:{number}: has {len(fields)} tab-separated fields; "
                                 f"the header has {len(header)}")
             rows.append((number, dict(zip(header, fields))))
-        return header, rows
-    reader = csv.reader(text.splitlines(keepends=True))
+        return header or [], rows
+    numbered = iter(lines)
+    current = [0]
+
+    def text():
+        for number, line in numbered:
+            current[0] = number
+            yield line
+
+    reader = csv.reader(text())
     records = []
     try:
         for fields in reader:
-            records.append((reader.line_num, fields))
+            if fields:  # blank lines
+                if not records:
+                    _header(path, fields)
+                elif len(fields) != len(records[0][1]):
+                    raise DataError(f"{path}:{current[0]}: has {len(fields)} comma-separated fields; the header "
+                                    f"has {len(records[0][1])}")
+                records.append((current[0], fields))
     except csv.Error as err:
-        raise DataError(f"{path}:{reader.line_num}: not valid CSV ({err})") from None
-    records = [(n, f) for n, f in records if f]  # blank lines
+        raise DataError(f"{path}:{current[0]}: not valid CSV ({err})") from None
     if not records:
         return [], []
     header = records[0][1]
-    rows = []
-    for number, fields in records[1:]:
-        if len(fields) != len(header):
-            raise DataError(f"{path}:{number}: has {len(fields)} comma-separated fields; the header has {len(header)}")
-        rows.append((number, dict(zip(header, fields))))
-    return header, rows
+    return header, [(number, dict(zip(header, fields))) for number, fields in records[1:]]
 
 
-def _jsonl(path: Path, text: str) -> tuple[list[str], list[tuple[int, dict]]]:
-    rows, keys = [], []
-    for number, line in enumerate(text.splitlines(), start=1):
+def _jsonl(path: Path, lines: Iterator[tuple[int, str]]) -> tuple[list[str], list[tuple[int, dict]]]:
+    rows: list[tuple[int, dict]] = []
+    keys: list[str] = []
+    for number, line in lines:
         if not line.strip():
             continue
         try:
             row = json.loads(line)
-        except json.JSONDecodeError as err:
-            raise DataError(f"{path}:{number}: not a JSON object ({err.msg})") from None
+        except (json.JSONDecodeError, RecursionError) as err:
+            message = err.msg if isinstance(err, json.JSONDecodeError) else "nested too deeply"
+            raise DataError(f"{path}:{number}: not a JSON object ({message})") from None
         if not isinstance(row, dict):
             raise DataError(f"{path}:{number}: a JSON {type(row).__name__}; each line must hold one JSON object")
         keys += [k for k in row if k not in keys]
+        if len(keys) > MAX_COLUMNS:
+            raise DataError(f"{path}:{number}: more than {MAX_COLUMNS:,} distinct keys")
         rows.append((number, row))
     return keys, rows
 
@@ -94,8 +132,8 @@ def read_records(path: str | Path, columns: list[str]) -> list[tuple[int, dict]]
     """
     path = Path(path)
     kind = file_format(path)
-    text = _text(path)
-    header, rows = _jsonl(path, text) if kind == "jsonl" else _delimited(path, text, "\t" if kind == "tsv" else ",")
+    lines = read_lines(path)
+    header, rows = _jsonl(path, lines) if kind == "jsonl" else _delimited(path, lines, "\t" if kind == "tsv" else ",")
     if not rows:
         raise DataError(f"{path}: no examples (an empty file{'' if kind == 'jsonl' else ' or a header only'})")
     for column in columns:
