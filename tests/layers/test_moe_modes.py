@@ -1,0 +1,208 @@
+"""MoE layers in the modes beside eager training and inference (issue 26): graph captures
+(``torch.jit.trace``, ``torch.export``, ``torch.compile``) serve every batch size with the eager layer's
+outputs."""
+
+import warnings
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import padnet
+from padnet.errors import ModeError
+from padnet.layers import MoELinear, PADMoELinear
+from padnet.layers.pad_experts import PADExperts, PADExpertWeights
+from tests.helpers import assert_close_f64, random_mask
+
+IN, OUT, EXPERTS, TOP_K, SEQ = 8, 6, 4, 2, 5
+FORMS = ["moe", "element", "channel", "element-compacted", "channel-compacted", "element-deployed", "channel-deployed"]
+
+
+def moe_layer(form: str, **settings):
+    """A layer of ``form`` with a random router and distinct experts, so tokens spread over the experts and
+    a wrong routing shows; PAD forms partitioned by hand (kappa about 0.4), phi != 0."""
+    torch.manual_seed(0)
+    if form == "moe":
+        layer = MoELinear(IN, OUT, EXPERTS, TOP_K, **settings)
+    else:
+        granularity = form.split("-")[0]
+        layer = PADMoELinear(IN, OUT, EXPERTS, TOP_K, granularity=granularity, **settings)
+        with torch.no_grad():
+            layer.weight.add_(0.3 * torch.randn_like(layer.weight))
+            layer.phi.fill_(0.3)
+        if granularity == "channel":
+            layer.set_mask(random_mask((OUT, 1), 0.4, seed=1).expand(OUT, IN).clone())
+        else:
+            layer.set_mask(random_mask((OUT, IN), 0.4))
+        if form.endswith(("compacted", "deployed")):
+            layer.compact()
+        if form.endswith("deployed"):
+            layer = layer.to_deployed()
+    with torch.no_grad():
+        torch.nn.init.normal_(layer.router.w_gate)
+    return layer.eval()
+
+
+def batch(size: int) -> torch.Tensor:
+    return torch.randn(size, SEQ, IN)
+
+
+def assert_serves_other_batches(captured, layer, sizes=(1, 3, 8)):
+    with torch.no_grad():
+        for size in sizes:
+            x = batch(size)
+            assert_close_f64(captured(x), layer(x), msg=f"batch {size}")
+
+
+# ----------------------------------------------------------------------------- graph captures (items 1, 2)
+@pytest.mark.usefixtures("float64")
+@pytest.mark.filterwarnings("ignore::torch.jit.TracerWarning")
+@pytest.mark.parametrize("form", FORMS)
+def test_jit_trace_at_batch_2_serves_other_batch_sizes(form):
+    layer = moe_layer(form)
+    with torch.no_grad():
+        traced = torch.jit.trace(layer, batch(2))
+    assert_serves_other_batches(traced, layer)
+
+
+@pytest.mark.usefixtures("float64")
+@pytest.mark.parametrize("form", FORMS)
+def test_torch_export_with_a_dynamic_batch_serves_other_batch_sizes(form):
+    layer = moe_layer(form)
+    layer(batch(2))
+    aux_before = layer.last_aux_loss
+    program = torch.export.export(layer, (batch(2),), dynamic_shapes=({0: torch.export.Dim("batch")},))
+    assert layer.last_aux_loss is aux_before  # export leaves no traced tensor behind on the layer
+    assert_serves_other_batches(program.module(), layer)
+
+
+# Compile tests are slow (dynamo's start alone takes seconds); the trace and export tests above cover
+# the static dispatch in the fast lane (export fails on a data-dependent shape as dynamo does).
+@pytest.mark.slow
+@pytest.mark.usefixtures("float64")
+@pytest.mark.parametrize("form", FORMS)
+def test_torch_compile_fullgraph_captures_every_form(form):
+    # backend "eager": dynamo's capture (fullgraph: no graph break, no guard on data), where every
+    # data-dependent shape or host read fails, without inductor's code generation (up to a minute a layer
+    # on a shared CPU); the tests below run inductor and AOTAutograd. (Batch 1 would recompile: dynamic
+    # dimensions of size 1 are specialised.)
+    torch._dynamo.reset()
+    layer = moe_layer(form)
+    compiled = torch.compile(layer, fullgraph=True, dynamic=True, backend="eager")
+    assert_serves_other_batches(compiled, layer, sizes=(3, 8))
+
+
+@pytest.mark.slow
+@pytest.mark.usefixtures("float64")
+@pytest.mark.parametrize("fullgraph", [True, False])
+def test_torch_compile_with_inductor(fullgraph):
+    torch._dynamo.reset()
+    layer = moe_layer("element-deployed" if fullgraph else "channel")
+    compiled = torch.compile(layer, fullgraph=fullgraph, dynamic=True)
+    assert_serves_other_batches(compiled, layer, sizes=(3, 8))
+
+
+@pytest.mark.slow
+@pytest.mark.usefixtures("float64")
+def test_torch_compile_trains_with_the_eager_outputs_gradients_and_aux_loss():
+    torch._dynamo.reset()
+    layer = moe_layer("element", noisy_gating=False, aux_loss_coef=0.5).train()
+    compiled = torch.compile(layer, fullgraph=True, dynamic=True, backend="aot_eager")
+    x = batch(3)
+    results = []
+    for run in (compiled, layer):
+        layer.zero_grad()
+        layer.last_aux_loss = None
+        y = run(x)
+        aux = padnet.aux_loss(layer)
+        assert aux.grad_fn is not None  # the compiled forward records the loss, with its graph
+        (y.square().sum() + aux).backward()
+        results.append([y, aux.double()] + [p.grad for p in layer.parameters() if p.grad is not None])
+    assert len(results[0]) == len(results[1]) > 4
+    for captured, eager in zip(*results):
+        assert_close_f64(captured, eager)
+
+
+@pytest.mark.parametrize("capture", ["trace", "export"])
+@pytest.mark.filterwarnings("ignore::torch.jit.TracerWarning")
+def test_training_mode_under_trace_or_export_is_refused_naming_the_alternative(capture):
+    layer = moe_layer("element").train()
+    with pytest.raises(ModeError, match=r"training mode cannot run under torch\.(jit\.trace|export).*model\.eval"):
+        if capture == "trace":
+            torch.jit.trace(layer, batch(2))
+        else:
+            torch.export.export(layer, (batch(2),))
+
+
+def tiny_moe_bert():
+    transformers = pytest.importorskip("transformers")
+    torch.manual_seed(0)
+    config = transformers.BertConfig(vocab_size=50, hidden_size=16, num_hidden_layers=2, num_attention_heads=2,
+                                     intermediate_size=32, max_position_embeddings=32, num_labels=2)
+    model = padnet.convert(transformers.BertForSequenceClassification(config), dynamic="moe", pad=False,
+                           num_experts=4, top_k=2)
+    with torch.no_grad():  # trained-looking: routers that spread the tokens, experts that differ
+        for layer in model.modules():
+            if isinstance(layer, MoELinear):
+                torch.nn.init.normal_(layer.router.w_gate)
+                layer.weight.mul_(1 + 0.5 * torch.randn_like(layer.weight))
+    return model.eval()
+
+
+@pytest.mark.usefixtures("float64")
+@pytest.mark.filterwarnings("ignore::torch.jit.TracerWarning")
+def test_moe_bert_traced_at_batch_2_is_right_at_batch_3():
+    model = tiny_moe_bert()
+    ids = torch.randint(0, 50, (2, 7))
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        traced = torch.jit.trace(model, (ids,), strict=False)
+        other = torch.randint(0, 50, (3, 7))
+        assert_close_f64(traced(other)["logits"], model(input_ids=other).logits)
+
+
+def pad_experts(deployed=False):
+    torch.manual_seed(0)
+    hidden, inter = 8, 5
+    experts = PADExperts(PADExpertWeights.from_experts(torch.randn(EXPERTS, 2 * inter, hidden)),
+                         PADExpertWeights.from_experts(torch.randn(EXPERTS, hidden, inter)), F.silu)
+    for i, name in enumerate(["gate_up_proj", "down_proj"]):
+        weights = experts.get_submodule(name)
+        weights.set_mask(random_mask(weights.kernel_shape, 0.4, seed=i))
+        with torch.no_grad():
+            weights.phi.fill_(0.3)
+        if deployed:
+            setattr(experts, name, weights.to_deployed())
+    return experts.eval()
+
+
+def routed(tokens, experts=EXPERTS):
+    """(hidden_states, top_k_index, top_k_weights) as a transformers MoE block passes them, routed to the
+    first ``experts`` experts; the last token's second slot dropped (index E, as transformers marks it)."""
+    hidden = torch.randn(tokens, 8)
+    logits = torch.randn(tokens, EXPERTS)
+    logits[:, experts:] = -torch.inf
+    weights, index = logits.softmax(1).topk(TOP_K, dim=1)
+    index[-1, 1] = EXPERTS
+    return hidden, index, weights
+
+
+@pytest.mark.usefixtures("float64")
+@pytest.mark.filterwarnings("ignore::torch.jit.TracerWarning")
+@pytest.mark.parametrize("capture", ["trace", "export", pytest.param("compile", marks=pytest.mark.slow)])
+@pytest.mark.parametrize("deployed", [False, True])
+def test_pad_experts_captured_serve_other_token_counts(capture, deployed):
+    experts = pad_experts(deployed)
+    example = routed(6, experts=2)  # a capture that held the example's routing would miss experts 2 and 3
+    with torch.no_grad():
+        if capture == "trace":
+            captured = torch.jit.trace(experts, example)
+        elif capture == "export":
+            tokens = torch.export.Dim("tokens")
+            captured = torch.export.export(experts, example, dynamic_shapes=({0: tokens},) * 3).module()
+        else:
+            torch._dynamo.reset()
+            captured = torch.compile(experts, fullgraph=True, dynamic=True, backend="eager")
+        for tokens in (1, 3, 10) if capture != "compile" else (3, 10):
+            inputs = routed(tokens)
+            assert_close_f64(captured(*inputs), experts(*inputs), msg=f"{tokens} tokens")
