@@ -1,7 +1,9 @@
 """MoE layers in the modes beside eager training and inference (issue 26): graph captures
 (``torch.jit.trace``, ``torch.export``, ``torch.compile``) serve every batch size with the eager layer's
-outputs."""
+outputs; copies (deepcopy, pickle) of a layer that ran a training step."""
 
+import copy
+import pickle
 import warnings
 
 import pytest
@@ -206,3 +208,27 @@ def test_pad_experts_captured_serve_other_token_counts(capture, deployed):
         for tokens in (1, 3, 10) if capture != "compile" else (3, 10):
             inputs = routed(tokens)
             assert_close_f64(captured(*inputs), experts(*inputs), msg=f"{tokens} tokens")
+
+
+# ----------------------------------------------------------------------------- copies (item 3)
+@pytest.mark.usefixtures("float64")
+@pytest.mark.parametrize("form", ["moe", "element", "channel-compacted", "element-deployed"])
+def test_deepcopy_and_pickle_after_a_training_forward_and_backward(form):
+    layer = moe_layer(form, aux_loss_coef=0.5).train()
+    x = batch(2)
+    loss = layer(x).square().sum() + padnet.aux_loss(layer)
+    assert layer.last_aux_loss is not None and layer.last_aux_loss.grad_fn is not None
+    for when in ("after forward", "after backward"):
+        snapshot = copy.deepcopy(layer)
+        restored = pickle.loads(pickle.dumps(layer))
+        for twin in (snapshot, restored):
+            assert twin.last_aux_loss is None, when  # a copy starts without the step's loss
+            assert float(padnet.aux_loss(twin)) == 0.0
+            with torch.no_grad():
+                assert_close_f64(twin.eval()(x), layer.eval()(x), msg=when)
+            layer.train()
+        assert layer.last_aux_loss is not None, when
+        if when == "after forward":
+            loss.backward()  # the original's loss still carries the graph of the step that made it
+            router_grad = layer.router.w_gate.grad
+            assert router_grad is not None and router_grad.abs().sum() > 0

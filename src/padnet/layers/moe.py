@@ -247,6 +247,15 @@ class MoECompute(ModuleMixin):
             self.last_aux_loss = self.aux_loss_coef * routing.balance_loss
         return self.mix(tokens, routing).reshape(*x.shape[:-1], self.out_features)
 
+    def __getstate__(self):
+        # The last forward's loss belongs to that training step: it carries the step's autograd graph (or,
+        # after backward, is still a non-leaf), which neither deepcopy nor pickle can copy. A copy (an EMA
+        # model, a best-model snapshot, a pickled or torch.save-d module) starts without one, like a fresh
+        # layer; the original keeps its own for the step that made it.
+        state = super().__getstate__()
+        state["last_aux_loss"] = None
+        return state
+
     def geometry_repr(self) -> str:
         return (
             f"in_features={self.in_features}, out_features={self.out_features}, num_experts={self.num_experts}, "
@@ -277,7 +286,7 @@ class MoELinear(MoECompute, nn.Module):
 
     After each forward, ``last_aux_loss`` holds ``aux_loss_coef * (CV^2(importance) + CV^2(load))``;
     ``padnet.aux_loss(model)`` sums it over layers so it can be added to the task loss. (A forward under
-    ``torch.jit.trace`` or ``torch.export``, which serve eval mode only, records none.)
+    ``torch.jit.trace`` or ``torch.export``, which serve eval mode only, records none; copies start with none.)
 
     Eager forwards dispatch sparsely (top_k expert matmuls per token); graph captures (``torch.jit.trace``,
     ``torch.export``, ``torch.compile``) and the meta device dispatch densely (``dense_mix``: the same
