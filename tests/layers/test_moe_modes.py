@@ -1,6 +1,6 @@
 """MoE layers in the modes beside eager training and inference (issue 26): graph captures
 (``torch.jit.trace``, ``torch.export``, ``torch.compile``) serve every batch size with the eager layer's
-outputs; copies (deepcopy, pickle) of a layer that ran a training step."""
+outputs; copies (deepcopy, pickle) of a layer that ran a training step; the meta device; empty batches."""
 
 import copy
 import pickle
@@ -13,6 +13,7 @@ import torch.nn.functional as F
 import padnet
 from padnet.errors import ModeError
 from padnet.layers import MoELinear, PADMoELinear
+from padnet.layers.deployed_moe import DeployedPADMoELinear
 from padnet.layers.pad_experts import PADExperts, PADExpertWeights
 from tests.helpers import assert_close_f64, random_mask
 
@@ -232,3 +233,46 @@ def test_deepcopy_and_pickle_after_a_training_forward_and_backward(form):
             loss.backward()  # the original's loss still carries the graph of the step that made it
             router_grad = layer.router.w_gate.grad
             assert router_grad is not None and router_grad.abs().sum() > 0
+
+
+# ----------------------------------------------------------------------------- meta device, empty batches (item 4)
+@pytest.mark.parametrize("form", ["moe", "element", "channel", "deployed", "deployed-channel"])
+@pytest.mark.parametrize("training", [False, True])
+def test_meta_forward_gives_the_output_shape(form, training):
+    with torch.device("meta"):
+        if form == "moe":
+            layer = MoELinear(IN, OUT, EXPERTS, TOP_K)
+        elif form.startswith("deployed"):
+            layer = DeployedPADMoELinear(IN, OUT, EXPERTS, TOP_K, granularity=form.partition("-")[2] or "element")
+        else:
+            layer = PADMoELinear(IN, OUT, EXPERTS, TOP_K, granularity=form)
+        y = layer.train(training)(torch.empty(2, SEQ, IN))
+    assert y.is_meta and y.shape == (2, SEQ, OUT)
+
+
+def test_meta_pad_experts_give_the_output_shape():
+    experts = pad_experts().to("meta")
+    hidden, index, weights = (t.to("meta") for t in routed(6))
+    y = experts(hidden, index, weights)
+    assert y.is_meta and y.shape == (6, 8)
+
+
+@pytest.mark.usefixtures("float64")
+@pytest.mark.parametrize("form", FORMS)
+@pytest.mark.parametrize("training", [False, True])
+def test_an_empty_batch_gives_the_empty_output(form, training):
+    layer = moe_layer(form).train(training)
+    x = torch.empty(0, SEQ, IN, requires_grad=True)
+    y = layer(x)
+    assert y.shape == (0, SEQ, OUT)
+    if training:
+        (y.sum() + padnet.aux_loss(layer)).backward()
+        assert x.grad is not None and x.grad.shape == x.shape
+
+
+@pytest.mark.usefixtures("float64")
+@pytest.mark.parametrize("deployed", [False, True])
+def test_pad_experts_take_an_empty_batch(deployed):
+    hidden, index, weights = routed(3)
+    y = pad_experts(deployed)(hidden[:0], index[:0], weights[:0])
+    assert y.shape == (0, 8)
