@@ -58,6 +58,8 @@ class DeployedPartiallyDynamic(DynamicEntries):
     def _check_index(index: torch.Tensor, numel: int) -> torch.Tensor:
         if not isinstance(index, torch.Tensor) or index.dim() != 1 or index.dtype != torch.long:
             raise UsageError("dynamic_index must be a 1-D torch.long tensor of flat kernel positions")
+        if index.is_meta:  # no values to check (a layer built on the meta device)
+            return index
         if index.numel() and (int(index.min()) < 0 or int(index.max()) >= numel):
             raise UsageError(f"dynamic_index holds positions outside [0, {numel}) for kernel size {numel}")
         if index.numel() > 1 and not bool((index[1:] > index[:-1]).all()):

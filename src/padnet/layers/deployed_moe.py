@@ -9,7 +9,7 @@ from torch import nn
 
 from ..errors import UsageError
 from .deployed_base import DeployedPartiallyDynamic
-from .moe import ExpertSlots, MoECompute, init_moe_geometry, mix_experts
+from .moe import ExpertSlots, MoECompute, init_moe_geometry, mix_experts, static_dispatch
 from .pad_moe import PADMoELinear, assembled_experts
 from .router import Routing
 from .rows import channel_mix
@@ -68,7 +68,7 @@ class DeployedPADMoELinear(DeployedPartiallyDynamic, MoECompute, nn.Module):
             static = self.static_kernel.reshape(-1, self.in_features)
             dynamic = self.dynamic_values.reshape(self.num_experts, -1, self.in_features)
             return channel_mix(tokens, routing, rows, static, dynamic, self.bias, self.out_features)
-        slots = ExpertSlots.from_routing(routing, self.num_experts)
+        slots = None if static_dispatch(tokens) else ExpertSlots.from_routing(routing, self.num_experts)
         experts = assembled_experts(self.static_kernel, self.dynamic_values, self.dynamic_index,
                                     (self.out_features, self.in_features), slots)
         return mix_experts(tokens, routing, experts, self.bias, slots)

@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..errors import UsageError
+from ..errors import ModeError, UsageError
 from ._mixin import ModuleMixin
 from ._validate import check_positive_int
 from .pad_base import DynamicEntries, upcycle_from
@@ -50,8 +50,8 @@ class ExpertSlots:
         experts = routing.top_indices.reshape(-1)
         order = torch.argsort(experts, stable=True)
         inverse = torch.empty_like(order).scatter_(0, order, torch.arange(order.numel(), device=order.device))
-        # scatter_add, not bincount: bincount's output size depends on the data, which torch.compile
-        # cannot trace; the one graph break left is turning the counts into Python ints for the slices.
+        # The counts become Python ints for the slices: a host sync and data-dependent shapes, which no
+        # graph capture can hold (``static_dispatch``: captures take ``dense_mix`` instead).
         zeros = torch.zeros(num_experts, dtype=torch.long, device=experts.device)
         counts = zeros.scatter_add_(0, experts, torch.ones_like(experts)).tolist()
         return cls(order // routing.top_indices.shape[1], inverse, counts)
@@ -101,6 +101,49 @@ class _ExpertMatmul(torch.autograd.Function):
         return grad_x, grad_w, grad_b, None
 
 
+def capture_mode() -> str | None:
+    """The graph capture running now: ``"torch.jit.trace"``, ``"torch.export"`` (strict or not: dynamo
+    folds ``is_exporting`` to True under a strict export), ``"torch.compile"``, or None (eager)."""
+    if torch.jit.is_tracing():
+        return "torch.jit.trace"
+    if torch.compiler.is_exporting():
+        return "torch.export"
+    if torch.compiler.is_compiling():
+        return "torch.compile"
+    return None
+
+
+def static_dispatch(tokens: torch.Tensor) -> bool:
+    """Whether to route with shapes that do not depend on the routing (``dense_mix``) rather than the
+    sparse eager path (``ExpertSlots``: per-expert token counts read back as Python ints). A graph capture
+    cannot hold those counts: ``torch.jit.trace`` bakes the traced batch's counts into the graph (wrong at
+    any other batch, silently), ``torch.export`` and ``torch.compile(fullgraph=True)`` cannot trace a
+    host read. Meta tensors hold no counts to read."""
+    return tokens.is_meta or capture_mode() is not None
+
+
+def dense_mix(
+    tokens: torch.Tensor,
+    routing: Routing,
+    weights: torch.Tensor,
+    bias: torch.Tensor | None,
+    gate_scale: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """``mix_experts`` with static shapes (dense dispatch): every token through every expert, one
+    (T, in) x (in, E out) matmul, then each token's k slots gathered from the (T, E, out) results and
+    weighted by their gates exactly as the sparse path does (the same k products, summed in the same
+    slot order; unselected experts are never multiplied by a zero gate, so an inf there cannot make a
+    NaN). Costs E / top_k times the sparse path's expert MACs and a (T, E, out) intermediate; what graph
+    captures and meta tensors run (``static_dispatch``)."""
+    num_experts, out_features, in_features = weights.shape
+    flat_weight = weights.to(tokens.dtype).reshape(num_experts * out_features, in_features)
+    flat_bias = bias.to(tokens.dtype).reshape(-1) if bias is not None else None
+    y = F.linear(tokens, flat_weight, flat_bias).reshape(-1, num_experts, out_features)
+    y = y.gather(1, routing.top_indices.unsqueeze(2).expand(-1, -1, out_features))
+    gates = routing.top_gates if gate_scale is None else gate_scale * routing.top_gates
+    return (y * gates.unsqueeze(2).to(y.dtype)).sum(1)
+
+
 def mix_experts(
     tokens: torch.Tensor,
     routing: Routing,
@@ -119,7 +162,15 @@ def mix_experts(
     (deterministic on GPUs too). Experts that receive no tokens still join the graph (an empty matmul), so their
     parameters get a zero gradient rather than none, which keeps DistributedDataParallel from reporting
     unused parameters.
+
+    Under a graph capture or on the meta device (``static_dispatch``) the layer runs ``dense_mix``
+    instead: ``weights`` must then be one (E, out, in) tensor (callers build no ``slots`` there).
     """
+    if static_dispatch(tokens):
+        if not isinstance(weights, torch.Tensor):
+            raise UsageError("static dispatch (graph capture, meta device) needs every expert's weight: one "
+                             "(E, out, in) tensor")
+        return dense_mix(tokens, routing, weights, bias, gate_scale)
     slots = slots if slots is not None else ExpertSlots.from_routing(routing, len(weights))
     num_tokens, k = routing.top_indices.shape
     sorted_tokens = tokens.index_select(0, slots.token_index)
@@ -181,10 +232,29 @@ class MoECompute(ModuleMixin):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.shape[-1] != self.in_features:
             raise UsageError(f"expected input (..., {self.in_features}); got {tuple(x.shape)}")
+        mode = capture_mode()
+        if self.training and mode in ("torch.jit.trace", "torch.export"):
+            # The graph returns only the output: the load-balancing loss the training step needs
+            # (``padnet.aux_loss``) would be the traced call's, never the later calls'.
+            raise ModeError(
+                f"{type(self).__name__} in training mode cannot run under {mode}: the graph cannot hand back "
+                f"its load-balancing loss (padnet.aux_loss). Capture the model in eval mode (model.eval()) for "
+                f"inference; to train a captured model use torch.compile, which records the loss"
+            )
         tokens = x.reshape(-1, self.in_features)
         routing = self.router(tokens)
-        self.last_aux_loss = self.aux_loss_coef * routing.balance_loss
+        if mode is None or mode == "torch.compile":  # dynamo replays the attribute write after the graph
+            self.last_aux_loss = self.aux_loss_coef * routing.balance_loss
         return self.mix(tokens, routing).reshape(*x.shape[:-1], self.out_features)
+
+    def __getstate__(self):
+        # The last forward's loss belongs to that training step: it carries the step's autograd graph (or,
+        # after backward, is still a non-leaf), which neither deepcopy nor pickle can copy. A copy (an EMA
+        # model, a best-model snapshot, a pickled or torch.save-d module) starts without one, like a fresh
+        # layer; the original keeps its own for the step that made it.
+        state = super().__getstate__()
+        state["last_aux_loss"] = None
+        return state
 
     def geometry_repr(self) -> str:
         return (
@@ -215,7 +285,12 @@ class MoELinear(MoECompute, nn.Module):
     """y = sum_{i in top-k} G_i(x) (W_i x + b_i), routed per token over any leading dimensions.
 
     After each forward, ``last_aux_loss`` holds ``aux_loss_coef * (CV^2(importance) + CV^2(load))``;
-    ``padnet.aux_loss(model)`` sums it over layers so it can be added to the task loss.
+    ``padnet.aux_loss(model)`` sums it over layers so it can be added to the task loss. (A forward under
+    ``torch.jit.trace`` or ``torch.export``, which serve eval mode only, records none; copies start with none.)
+
+    Eager forwards dispatch sparsely (top_k expert matmuls per token); graph captures (``torch.jit.trace``,
+    ``torch.export``, ``torch.compile``) and the meta device dispatch densely (``dense_mix``: the same
+    result, E / top_k times the expert work), whose graph serves every batch size.
     """
 
     weight: torch.Tensor

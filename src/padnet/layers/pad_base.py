@@ -125,13 +125,15 @@ class DynamicEntries(ModuleMixin):
 
     def row_split(self) -> tuple[torch.Tensor, torch.Tensor]:
         """(dynamic rows, static rows), sorted row indices of a channel-granular layer; derived from
-        ``dynamic_index`` when asked (C_out-sized work, nothing cached that ``.to()`` could leave behind)."""
+        ``dynamic_index`` when asked (C_out-sized work, nothing cached that ``.to()`` could leave behind).
+        Both lengths follow from the index's length, not its values: a stable sort puts the static rows
+        first, in order, where ``nonzero`` would give a data-dependent shape that ``torch.export`` and
+        ``torch.compile(fullgraph=True)`` cannot hold (and meta tensors cannot compute)."""
         rows = self.dynamic_index[:: self.row_numel] // self.row_numel
-        is_static = torch.ones(self.kernel_shape[0], dtype=torch.bool, device=rows.device)
-        is_static[rows] = False
-        # nonzero_static: the count is known (C_out minus the dynamic rows), so the meta device and graph
-        # capture, which cannot size a data-dependent nonzero, get the same rows.
-        return rows, torch.nonzero_static(is_static, size=self.kernel_shape[0] - rows.numel()).squeeze(1)
+        # A stable argsort, not nonzero: its size is known (C_out minus the dynamic rows), so the meta device
+        # and graph capture (trace, export, compile), which cannot size a data-dependent nonzero, get the same rows.
+        is_dynamic = torch.zeros(self.kernel_shape[0], dtype=torch.uint8, device=rows.device).index_fill_(0, rows, 1)
+        return rows, torch.argsort(is_dynamic, stable=True)[: self.kernel_shape[0] - rows.numel()]
 
     @property
     def structured_static_numel(self) -> int:

@@ -22,6 +22,7 @@ from torch import nn
 from ._mixin import ModuleMixin
 from .assemble import assemble_kernels
 from .deployed_base import DeployedPartiallyDynamic
+from .moe import static_dispatch
 from .pad_base import PartiallyDynamic
 
 ActFn = Callable[[torch.Tensor], torch.Tensor]  # a fused experts module's activation (a module or a function)
@@ -141,6 +142,8 @@ class PADExperts(nn.Module):
 
     def forward(self, hidden_states: torch.Tensor, top_k_index: torch.Tensor, top_k_weights: torch.Tensor):
         gate_up, down = self.gate_up_proj.expert_weights(), self.down_proj.expert_weights()
+        if static_dispatch(hidden_states):
+            return self._dense(hidden_states, top_k_index, top_k_weights, gate_up, down)
         out = torch.zeros_like(hidden_states)
         for expert in top_k_index.unique().tolist():
             if not 0 <= expert < self.num_experts:
@@ -150,6 +153,25 @@ class PADExperts(nn.Module):
             y = F.linear(self.act_fn(gate) * up, down[expert]) * top_k_weights[token, slot, None]
             out.index_add_(0, token, y.to(out.dtype))
         return out
+
+    def _dense(self, hidden_states: torch.Tensor, top_k_index: torch.Tensor, top_k_weights: torch.Tensor,
+               gate_up: torch.Tensor, down: torch.Tensor) -> torch.Tensor:
+        """The forward with static shapes, for graph captures and meta tensors (``static_dispatch``): the
+        loop above reads the routed experts back to the host and indexes with data-dependent shapes. Every
+        token goes through every expert ((T, E, 2I) and (T, E, H) intermediates, E / k times the expert
+        work), then each token's k slots are gathered and weighted; a dropped slot (index E) adds
+        nothing. The same products as the loop; with k > 2 the slots are summed in slot order, not
+        expert order (a float rounding difference)."""
+        num_tokens, hidden = hidden_states.shape
+        inter = down.shape[2]
+        gate, up = F.linear(hidden_states, gate_up.reshape(-1, hidden)).reshape(num_tokens, -1, 2 * inter).chunk(2, -1)
+        act = (self.act_fn(gate) * up).transpose(0, 1)  # (E, T, I)
+        y = torch.bmm(act, down.transpose(1, 2)).transpose(0, 1)  # (T, E, H)
+        valid = (top_k_index >= 0) & (top_k_index < self.num_experts)
+        index = torch.where(valid, top_k_index, torch.zeros_like(top_k_index))
+        slots = y.gather(1, index.unsqueeze(2).expand(-1, -1, hidden)) * top_k_weights.unsqueeze(2).to(y.dtype)
+        slots = torch.where(valid.unsqueeze(2), slots, torch.zeros((), dtype=slots.dtype, device=slots.device))
+        return slots.sum(1).to(hidden_states.dtype)
 
 
 def is_fused_experts(module: nn.Module) -> bool:

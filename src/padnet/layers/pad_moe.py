@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from .assemble import assemble_kernels
-from .moe import ExpertSlots, MoELinear, mix_experts
+from .moe import ExpertSlots, MoELinear, mix_experts, static_dispatch
 from .pad_base import PartiallyDynamic
 from .router import Routing
 from .rows import channel_mix
@@ -19,14 +19,17 @@ def assembled_experts(
     dynamic: torch.Tensor,
     index: torch.Tensor,
     shape: tuple[int, int],
-    slots: ExpertSlots,
+    slots: ExpertSlots | None,
     scale: torch.Tensor | None = None,
     keep: torch.Tensor | None = None,
 ) -> torch.Tensor | list[torch.Tensor | None]:
     """Every expert's full weight W_i' = scale * static with its dynamic entries ``dynamic[i]`` written
     at ``index`` (``assemble_kernels``): E x N element work, tiny next to the T x N token matmuls, and
     then each routed token costs one matmul, the MoE's cost. Without autograd, when only some experts
-    receive tokens (decoding a few tokens), only those are assembled (None for the others)."""
+    receive tokens (decoding a few tokens), only those are assembled (None for the others); without
+    ``slots`` (static dispatch: a graph capture, the meta device) all of them, as one tensor."""
+    if slots is None:
+        return assemble_kernels(static, dynamic, index, scale=scale, keep=keep).reshape(-1, *shape)
     active = [e for e, count in enumerate(slots.counts) if count]
     needs_grad = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (static, dynamic, scale))
     if needs_grad or not active or len(active) == len(slots.counts):
@@ -77,7 +80,7 @@ class PADMoELinear(PartiallyDynamic, MoELinear):
         # W_i' x + b_i = lambda_d (W~_i x + b_i / lambda_d) with W~_i = M W_i + lambda_s / lambda_d (1 - M) W_s
         # (lambda_d = 2 sigmoid(phi) > 0): lambda_d scales the (T, k) gates and the (E, out) biases instead
         # of the (E, nnz) dynamic entries, one pass over them fewer in forward and in backward.
-        slots = ExpertSlots.from_routing(routing, self.num_experts)
+        slots = None if static_dispatch(tokens) else ExpertSlots.from_routing(routing, self.num_experts)
         experts = assembled_experts(self.static_weight.reshape(-1), self.dynamic_entries(), self.dynamic_index,
                                     shape, slots, scale=lambda_s / lambda_d, keep=self.static_keep)
         bias = self.bias / lambda_d if self.bias is not None else None

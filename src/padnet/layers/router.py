@@ -79,9 +79,10 @@ class NoisyTopKRouter(nn.Module):
         k = self.top_k
         threshold_if_in = top_values[:, k : k + 1]  # the (k+1)-th value: what an insider must beat
         threshold_if_out = top_values[:, k - 1 : k]  # the k-th value: what an outsider must beat
-        normal = torch.distributions.Normal(clean.new_zeros(()), clean.new_ones(()))
-        prob_if_in = normal.cdf((clean - threshold_if_in) / noise_std)
-        prob_if_out = normal.cdf((clean - threshold_if_out) / noise_std)
+        # The standard normal CDF as one op: torch.distributions.Normal checks its arguments' values, a
+        # host read per call, which meta tensors cannot serve and graph captures cannot hold.
+        prob_if_in = torch.special.ndtr((clean - threshold_if_in) / noise_std)
+        prob_if_out = torch.special.ndtr((clean - threshold_if_out) / noise_std)
         return torch.where(noisy > threshold_if_in, prob_if_in, prob_if_out)
 
     def extra_repr(self) -> str:
