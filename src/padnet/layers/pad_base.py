@@ -130,8 +130,6 @@ class DynamicEntries(ModuleMixin):
         first, in order, where ``nonzero`` would give a data-dependent shape that ``torch.export`` and
         ``torch.compile(fullgraph=True)`` cannot hold (and meta tensors cannot compute)."""
         rows = self.dynamic_index[:: self.row_numel] // self.row_numel
-        # A stable argsort, not nonzero: its size is known (C_out minus the dynamic rows), so the meta device
-        # and graph capture (trace, export, compile), which cannot size a data-dependent nonzero, get the same rows.
         is_dynamic = torch.zeros(self.kernel_shape[0], dtype=torch.uint8, device=rows.device).index_fill_(0, rows, 1)
         return rows, torch.argsort(is_dynamic, stable=True)[: self.kernel_shape[0] - rows.numel()]
 
