@@ -1,6 +1,8 @@
 """Missing or malformed data files: each error names the file and the line or byte offset."""
 
 import gzip
+import os
+import re
 import struct
 
 import numpy as np
@@ -205,3 +207,53 @@ def test_imagefolder_class_mismatch_is_named(tmp_path):
     (root / "val" / "dog").rename(root / "val" / "wolf")
     with pytest.raises(ValueError, match=rf"{root}: train classes .* differ from val classes"):
         build_datasets(DataConfig(name="imagefolder", root=str(root), image_size=16))
+
+
+# ------------------------------------------------------------------------------ text files
+def _text_file(tmp_path, name, data: bytes):
+    path = tmp_path / name
+    path.write_bytes(data)
+    return path
+
+
+@pytest.mark.parametrize("name, data, message", [
+    ("long.csv", b"text,label\n" + b"x" * (2 << 20) + b",a\n", "long.csv:2: a line longer than 1,048,576 bytes"),
+    ("long.txt", b"ok\n" + b"y" * (2 << 20), "long.txt:2: a line longer than 1,048,576 bytes"),
+    ("wide.csv", b",".join(b"c%d" % i for i in range(5000)) + b"\n", "wide.csv:1: a header of 5,000 columns"),
+    ("wide.tsv", b"\t".join(b"c%d" % i for i in range(5000)) + b"\n", "wide.tsv:1: a header of 5,000 columns"),
+    ("wide.jsonl", b'{"text": "a", "label": "b"}\n' + b"{" + b", ".join(b'"k%d": 1' % i for i in range(1500)) + b"}\n",
+     "wide.jsonl:2: more than 1,000 distinct keys"),
+    ("latin1.csv", "text,label\ncaf\u00e9,a\n".encode("latin-1"), "latin1.csv:2: not UTF-8 text"),
+    ("deep.jsonl", b'{"text": ' + b"[" * 100_000 + b"]" * 100_000 + b"}\n", "deep.jsonl:1: not a JSON object"),
+])
+def test_text_files_bounded_per_line_and_one_clear_error(tmp_path, name, data, message):
+    from padnet.data.text_files import read_records
+    from padnet.errors import DataError
+    from padnet.prediction import read_text_inputs
+
+    path = _text_file(tmp_path, name, data)
+    with pytest.raises(DataError, match=re.escape(str(tmp_path / message))):
+        if name.endswith(".txt"):
+            read_text_inputs(path, ["text"])
+        else:
+            read_records(path, ["text", "label"])
+
+
+def test_a_fifo_or_device_is_refused_not_read(tmp_path):
+    from padnet.data.text_files import read_records
+    from padnet.errors import DataError
+    from padnet.prediction import read_text_inputs
+
+    os.mkfifo(tmp_path / "pipe.csv")  # opening it would block until a writer came
+    with pytest.raises(DataError, match="pipe.csv: not a regular file"):
+        read_records(tmp_path / "pipe.csv", ["text"])
+    with pytest.raises(DataError, match="/dev/zero: not a regular file"):
+        read_text_inputs("/dev/zero", ["text"])
+
+
+def test_quoting_a_bom_and_empty_texts_still_read(tmp_path):
+    from padnet.data.text_files import read_records
+
+    path = _text_file(tmp_path, "ok.csv", '\ufefftext,label\n"a, quoted\nline",x\n"",y\n'.encode())
+    assert [row for _, row in read_records(path, ["text", "label"])] == [
+        {"text": "a, quoted\nline", "label": "x"}, {"text": "", "label": "y"}]
