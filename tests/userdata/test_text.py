@@ -15,6 +15,7 @@ pytest.importorskip("transformers")
 import padnet
 from padnet import cli
 from padnet.data.glue import GlueExamples
+from padnet.errors import DataError
 from padnet.metrics import macro_f1, matthews_corrcoef
 from padnet.serialization import read_record
 from padnet.text import labels as L
@@ -141,7 +142,20 @@ def test_label_spaces():
     assert L.label_names(["10", "9", 2], None) == ["2", "9", "10"]  # integers: numeric order
     assert L.label_names(["b", "a"], ["b", "a"]) == ["b", "a"]  # given: that order
     assert L.is_regression(["0.5", "1"], "auto") and not L.is_regression(["0", "1"], "auto")
-    assert not L.is_regression(["1.5", "x"], "auto") and L.is_regression(["1", "2"], "regression")
+    assert L.is_regression(["1", "2"], "regression") and not L.is_regression(["1.5", "x"], "classification")
+
+
+def test_labels_a_run_could_only_misread_are_refused_naming_the_file_and_line():
+    with pytest.raises(DataError, match=r"f.csv: the labels mix numbers \('1.5'\) and names \('x'\); set "
+                                        "text_classification.problem"):
+        L.is_regression(["1.5", "x"], "auto", "f.csv")
+    with pytest.raises(DataError, match="f.jsonl:3: label nan is not a finite number"):
+        L.encode_labels([0.5, 1.0, float("nan")], [1, 2, 3], None, "f.jsonl")
+    with pytest.raises(DataError, match="f.jsonl:2: label inf is not a class name"):
+        L.encode_labels(["a", float("inf")], [1, 2], ["a", "b"], "f.jsonl")
+    with pytest.raises(DataError, match="f.csv: the labels have 100,000 distinct values; classification takes at "
+                                        "most 10,000 classes"):
+        L.label_names([str(i) for i in range(100_000)], None, "f.csv")
 
 
 @pytest.mark.parametrize("case", ["missing column", "unknown label", "empty file"])

@@ -199,8 +199,8 @@ def _encoded(read, names) -> glue_data.GlueExamples:
 def load_splits(t: TextClassificationConfig) -> tuple[glue_data.GlueExamples, glue_data.GlueExamples, list | None]:
     """(train, evaluation examples with encoded labels, the label names or None for regression)."""
     train_read = _read(t, "train")
-    regression = L.is_regression(train_read[1], t.problem)
-    names = None if regression else L.label_names(train_read[1], t.labels)
+    regression = L.is_regression(train_read[1], t.problem, train_read[0].source)
+    names = None if regression else L.label_names(train_read[1], t.labels, train_read[0].source)
     if not regression and len(names) < 2:
         raise DataError(f"{train_read[0].source}: the labels in column {t.label_column!r} have {len(names)} value(s) "
                         f"({', '.join(map(repr, names))}); classification needs at least 2")

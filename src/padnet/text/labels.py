@@ -3,6 +3,7 @@ validation split. Used by the ``text_classification`` task (``padnet.text.classi
 
 from __future__ import annotations
 
+import math
 import random
 from collections import defaultdict
 from pathlib import Path
@@ -23,13 +24,21 @@ def _number(value) -> float | None:
         return None
 
 
-def is_regression(raw_labels: list, problem: str) -> bool:
+MAX_CLASSES = 10_000  # a classification head this wide is almost always a regression target or an id column
+
+
+def is_regression(raw_labels: list, problem: str, source: str = "the training file") -> bool:
     """``problem`` resolved: ``auto`` is regression when every label is a number and one has a fraction
-    (``0.5``, ``3.0``); integer labels (``0``, ``4``) and names are classes."""
+    (``0.5``, ``3.0``); integer labels (``0``, ``4``) and names are classes. A column that mixes
+    fractional numbers with names is refused under ``auto`` (which did the file mean?)."""
     if problem != "auto":
         return problem == "regression"
-    numbers = [_number(v) for v in raw_labels]
-    return all(n is not None for n in numbers) and any(isinstance(v, float) or "." in str(v) for v in raw_labels)
+    fractional = [v for v in raw_labels if _number(v) is not None and (isinstance(v, float) or "." in str(v))]
+    names = [v for v in raw_labels if _number(v) is None]
+    if fractional and names:
+        raise DataError(f"{source}: the labels mix numbers ({fractional[0]!r}) and names ({names[0]!r}); set "
+                        "text_classification.problem to classification or regression")
+    return bool(fractional)
 
 
 def label_name(value) -> str:
@@ -37,11 +46,14 @@ def label_name(value) -> str:
     return str(value).strip()
 
 
-def label_names(raw_labels: list, given: list[str] | None) -> list[str]:
+def label_names(raw_labels: list, given: list[str] | None, source: str = "the training file") -> list[str]:
     """The class names in id order: ``given``, or the training labels sorted (numerically when all are integers)."""
     if given:
         return [str(g) for g in given]
     names = sorted({label_name(v) for v in raw_labels})
+    if len(names) > MAX_CLASSES:
+        raise DataError(f"{source}: the labels have {len(names):,} distinct values; classification takes at most "
+                        f"{MAX_CLASSES:,} classes (a regression target? set text_classification.problem: regression)")
     if all(n.lstrip("-").isdigit() for n in names):
         names.sort(key=int)
     return names
@@ -54,9 +66,11 @@ def encode_labels(raw: list, lines: list, names: list[str] | None, source: str) 
     for value, line in zip(raw, lines):
         if index is None:
             number = _number(value)
-            if number is None:
-                raise DataError(f"{source}:{line}: label {value!r} is not a number (a regression task)")
+            if number is None or not math.isfinite(number):
+                raise DataError(f"{source}:{line}: label {value!r} is not a finite number (a regression task)")
             out.append(number)
+        elif isinstance(value, float) and not math.isfinite(value):
+            raise DataError(f"{source}:{line}: label {value!r} is not a class name (JSON NaN or infinity)")
         elif label_name(value) in index:
             out.append(index[label_name(value)])
         else:
