@@ -117,6 +117,8 @@ def image_paths(inputs: Iterable) -> list[Path]:
             out += found
         elif path.is_file():
             out.append(path)
+        elif path.exists():  # opening a FIFO would wait for a writer; a device would stream without end
+            raise DataError(f"{path}: not a regular file (a FIFO or device); give image files or folders")
         else:
             raise DataError(f"{path}: no such image file or folder")
     return out

@@ -189,3 +189,20 @@ def test_label_names_that_do_not_match_the_outputs_are_refused_not_misread(tmp_p
     path = _model_with_predict(tmp_path, {"task": "image_classification", "problem": "classification",
                                           "label_names": ["cat", "dog"], "input": IMAGE_INPUT})
     assert padnet.predict(path, [tmp_path / "grey.png"])[0]["label"] in ("cat", "dog")
+
+
+def test_predict_refuses_bombs_fifos_and_devices_in_one_line(tmp_path, capsys):
+    import os
+
+    from PIL import Image
+
+    path = _model_with_predict(tmp_path, {"task": "image_classification", "problem": "classification",
+                                          "label_names": ["a", "b"], "input": IMAGE_INPUT})
+    Image.new("1", (20_000, 20_000)).save(tmp_path / "bomb.png")  # 400M pixels in a few hundred KB
+    os.mkfifo(tmp_path / "pipe.png")
+    for target, message in ((tmp_path / "bomb.png", "bomb.png: cannot read this image (DecompressionBombError"),
+                            (tmp_path / "pipe.png", "pipe.png: not a regular file (a FIFO or device)"),
+                            ("/dev/zero", "/dev/zero: not a regular file (a FIFO or device)")):
+        assert main(["predict", "--quiet", "--model", str(path), str(target)]) == 2
+        err = capsys.readouterr().err
+        assert message in err and len(err.strip().splitlines()) == 1, err
