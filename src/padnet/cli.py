@@ -132,7 +132,8 @@ def _predict(args) -> int:
     if spec["input"]["kind"] == "text":
         columns = list(spec["input"].get("columns") or ["text"])
         inputs = [x for item in inputs for x in (read_text_inputs(item, columns) if Path(item).is_file() else [item])]
-    results = predict(model, inputs, batch_size=args.batch_size, device=args.device, progress=not args.quiet)
+    results = predict(model, inputs, batch_size=args.batch_size, device=args.device, progress=not args.quiet,
+                      tokenizer=args.tokenizer)
     print(format_results(results, "json" if args.json else "csv" if args.csv else "text"))
     return 0
 
@@ -198,6 +199,8 @@ def _add_predict_parser(sub) -> None:
     p.add_argument("--batch-size", type=_positive, default=32, help="inputs per forward pass (default 32)")
     p.add_argument("--device", default="cpu", help="cpu or cuda")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--tokenizer", metavar="NAME_OR_FOLDER", help="text models: the tokenizer to use; needed when "
+                   "the file names a folder, which padnet never loads on a file's say-so")
     _add_imports(p)
     p.set_defaults(func=_predict)
 

@@ -38,7 +38,8 @@ def prediction_spec(model: nn.Module, where: str = "the model") -> dict:
     return spec
 
 
-def predict(model_or_path, inputs, batch_size: int = 32, device: str = "cpu", progress: bool = False) -> list[dict]:
+def predict(model_or_path, inputs, batch_size: int = 32, device: str = "cpu", progress: bool = False,
+            tokenizer: str | None = None) -> list[dict]:
     """Predict a label (and its probability) or, for regression, a value per input.
 
     Args:
@@ -49,6 +50,8 @@ def predict(model_or_path, inputs, batch_size: int = 32, device: str = "cpu", pr
         batch_size: inputs per forward pass.
         device: where the model runs ("cpu", "cuda").
         progress: show a tqdm bar.
+        tokenizer: text models: the tokenizer (a name, or a folder you trust) instead of the one the file
+            records; needed when the file names a folder, which padnet never loads on the file's say-so.
 
     Returns one dict per input, in order: ``{"input", "label", "probability"}`` (classification) or
     ``{"input", "value"}`` (regression).
@@ -64,7 +67,7 @@ def predict(model_or_path, inputs, batch_size: int = 32, device: str = "cpu", pr
     if spec["input"]["kind"] == "image":
         names, batches = _image_batches(spec["input"], list(inputs), batch_size)
     else:
-        names, batches = _text_batches(spec["input"], list(inputs), batch_size, where)
+        names, batches = _text_batches(spec["input"], list(inputs), batch_size, where, tokenizer)
     outputs = []
     with torch.no_grad():
         for batch in _progress(batches, len(names), batch_size, progress):
@@ -139,14 +142,26 @@ def _image_batches(record: dict, inputs: list, batch_size: int):
 
 
 # ----------------------------------------------------------------------------- text
-def _text_batches(record: dict, inputs: list, batch_size: int, where: str):
+def _names_a_folder(name: str) -> bool:
+    return os.path.isabs(name) or name.startswith((".", "~")) or Path(name).is_dir()
+
+
+def _text_batches(record: dict, inputs: list, batch_size: int, where: str, chosen: str | None):
     from .models.hf import load_tokenizer, local_files_only
 
+    name = chosen if chosen is not None else record["tokenizer"]
+    if chosen is None and _names_a_folder(name):
+        # A folder's tokenizer files can name code (auto_map) or simply be another tokenizer: the user
+        # chooses a folder, the file never does.
+        raise ModelFileError(where, f"predict.input.tokenizer={name!r} names a folder, and padnet never loads a "
+                                    "tokenizer from a folder a model file names: pass --tokenizer FOLDER (or "
+                                    "padnet.predict(..., tokenizer=...)) if you trust it")
     with local_files_only(where):  # a tokenizer named by a file comes from the local cache or not at all
         try:
-            tokenizer = load_tokenizer(record["tokenizer"])
+            tokenizer = load_tokenizer(name)
         except (OSError, ValueError, KeyError) as err:  # transformers' own errors: one line naming the field
-            raise ModelFileError(where, f"predict.input.tokenizer={record['tokenizer']!r} cannot be loaded "
+            field = "--tokenizer" if chosen is not None else "predict.input.tokenizer"
+            raise ModelFileError(where, f"{field}={name!r} cannot be loaded "
                                         f"({type(err).__name__}: {str(err)[:300]})") from None
     pairs = [tuple(x) if isinstance(x, (tuple, list)) else (x, None) for x in inputs]
     for text, pair in pairs:

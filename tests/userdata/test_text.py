@@ -77,7 +77,12 @@ def test_five_class_csv_to_predict(tmp_path, tiny_model_dir, capsys):  # noqa: F
     assert record["label_names"] == sorted(TOPICS)
     assert record["input"] == {"kind": "text", "tokenizer": str(tiny_model_dir), "max_length": 16, "columns": ["text"]}
     capsys.readouterr()
-    assert cli.main(["predict", "--model", str(model_file), val, "--json", "--quiet"]) == 0
+    # The file names the tiny model's folder as its tokenizer: refused until the user names it.
+    assert cli.main(["predict", "--model", str(model_file), val, "--json", "--quiet"]) == 2
+    assert ("names a folder, and padnet never loads a tokenizer from a folder a model file names: pass "
+            "--tokenizer FOLDER") in capsys.readouterr().err
+    tok = ["--tokenizer", str(tiny_model_dir)]
+    assert cli.main(["predict", "--model", str(model_file), val, "--json", "--quiet", *tok]) == 0
     predicted = json.loads(capsys.readouterr().out)
     truth = [topic for _, topic in val_rows]
     labels = [r["label"] for r in predicted]
@@ -89,10 +94,10 @@ def test_five_class_csv_to_predict(tmp_path, tiny_model_dir, capsys):  # noqa: F
     # Texts on the command line, a file of lines, and the Python API agree.
     lines = tmp_path / "lines.txt"
     lines.write_text("\n".join(text for text, _ in val_rows[:3]) + "\n")
-    assert cli.main(["predict", "--model", str(model_file), str(lines), val_rows[3][0], "--csv", "--quiet"]) == 0
+    assert cli.main(["predict", "--model", str(model_file), str(lines), val_rows[3][0], "--csv", "--quiet", *tok]) == 0
     out = list(csv.DictReader(capsys.readouterr().out.splitlines()))
     assert [r["label"] for r in out] == labels[:4]
-    api = padnet.predict(model_file, [text for text, _ in val_rows[:4]])
+    api = padnet.predict(model_file, [text for text, _ in val_rows[:4]], tokenizer=str(tiny_model_dir))
     assert [r["label"] for r in api] == labels[:4]
     assert [r["probability"] for r in api] == pytest.approx([r["probability"] for r in predicted[:4]], abs=1e-5)
 
@@ -108,7 +113,7 @@ def test_regression_jsonl_and_pairs_tsv_with_carved_validation(tmp_path, tiny_mo
     assert results["info"]["problem"] == "regression" and results["main_metric"] == "pearson"
     assert set(results["test"]) >= {"mse", "pearson", "spearman"} and results["info"]["eval_examples"] == 4
     assert cli.main(["export", "--run", str(tmp_path / "reg")]) == 0
-    value = padnet.predict(tmp_path / "reg" / "model.safetensors", ["the big new"])[0]
+    value = padnet.predict(tmp_path / "reg" / "model.safetensors", ["the big new"], tokenizer=str(tiny_model_dir))[0]
     assert set(value) == {"input", "value"}
     pairs = [(a, b, int(a.split()[0] == b.split()[0])) for a, b in
              ((" ".join(rng.sample(FILLER, 3)), " ".join(rng.sample(FILLER, 3))) for _ in range(30))]
@@ -122,10 +127,11 @@ def test_regression_jsonl_and_pairs_tsv_with_carved_validation(tmp_path, tiny_mo
     assert results["info"]["eval_examples"] == sum(max(1, round(0.2 * n)) for n in per_class)  # stratified, each class
     assert cli.main(["export", "--run", str(tmp_path / "pairs")]) == 0
     capsys.readouterr()
-    assert cli.main(["predict", "--model", str(tmp_path / "pairs" / "model.safetensors"), tsv, "--quiet"]) == 0
+    assert cli.main(["predict", "--model", str(tmp_path / "pairs" / "model.safetensors"), tsv, "--quiet",
+                     "--tokenizer", str(tiny_model_dir)]) == 0
     assert len(capsys.readouterr().out.splitlines()) == 30
     with pytest.raises(padnet.DataError, match="classifies pairs of texts"):
-        padnet.predict(tmp_path / "pairs" / "model.safetensors", ["only one text"])
+        padnet.predict(tmp_path / "pairs" / "model.safetensors", ["only one text"], tokenizer=str(tiny_model_dir))
 
 
 def test_carved_validation_is_seeded_and_stratified():
