@@ -10,6 +10,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import signal
 import subprocess
 import sys
 import threading
@@ -152,10 +153,12 @@ def run_to_end(config: Path, run_dir: Path) -> subprocess.CompletedProcess:
                           timeout=SAFETY_TIMEOUT_S)
 
 
-def kill_when_paused(config: Path, run_dir: Path, pause: str) -> str:
-    """Start training with the write-pause hook at ``pause`` (``NAME@N``), SIGKILL the child as soon as it
-    reports being paused there, and return its stderr. Fails if the child ends without pausing."""
-    proc = subprocess.Popen(train_command(config, run_dir), env=child_env(PADNET_TEST_PAUSE_WRITE=pause),
+def kill_when_paused(config: Path, run_dir: Path, pause: str, sig: int = signal.SIGKILL,
+                     command: list[str] | None = None) -> str:
+    """Start ``command`` (default: training ``config`` into ``run_dir``) with the write-pause hook at
+    ``pause`` (``NAME@N``), send ``sig`` (SIGKILL: no handler, no cleanup, no flush) as soon as it reports
+    being paused there, and return its stderr. Fails if the child ends without pausing."""
+    proc = subprocess.Popen(command or train_command(config, run_dir), env=child_env(PADNET_TEST_PAUSE_WRITE=pause),
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     guard = threading.Timer(SAFETY_TIMEOUT_S, proc.kill)
     guard.start()
@@ -164,15 +167,16 @@ def kill_when_paused(config: Path, run_dir: Path, pause: str) -> str:
         for line in proc.stderr:
             lines.append(line)
             if line.startswith(HOOK_LINE):
-                proc.kill()  # SIGKILL: no handler, no cleanup, no flush
+                proc.send_signal(sig)
                 break
     finally:
         guard.cancel()
+        proc.wait(timeout=SAFETY_TIMEOUT_S) if proc.returncode is None and sig != signal.SIGKILL else None
         proc.kill()
         proc.wait()
         proc.stderr.close()
     text = "".join(lines)
     assert lines and lines[-1].startswith(f"{HOOK_LINE} {pause.split('@')[0]}"), \
         f"the child never paused at {pause} (rc {proc.returncode}):\n{text[-3000:]}"
-    assert proc.returncode == -9
+    assert proc.returncode == -sig, f"the child ended with {proc.returncode}, not by signal {sig}:\n{text[-3000:]}"
     return text

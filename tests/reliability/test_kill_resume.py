@@ -7,11 +7,24 @@ end bit-identically to one uninterrupted run of the same config (results.json, t
 and every tensor of the final checkpoint).
 """
 
+import signal
+import subprocess
+import sys
+
 import pytest
 import torch
 
+import padnet
 from padnet.train.io import load_checkpoint
-from tests.helpers import comparable_results, history_without_times, kill_when_paused, run_to_end, write_config
+from tests.helpers import (
+    SAFETY_TIMEOUT_S,
+    child_env,
+    comparable_results,
+    history_without_times,
+    kill_when_paused,
+    run_to_end,
+    write_config,
+)
 
 # Subprocesses / end-to-end runs: the slow lane (make test-fast leaves them out).
 pytestmark = pytest.mark.slow
@@ -61,3 +74,31 @@ def test_kill_then_resume_matches_uninterrupted_run(point, reference, tmp_path):
     assert a["model"].keys() == b["model"].keys()
     assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
     assert not list(run_dir.glob(".*.tmp")), "temp files of the killed write must be cleaned up"
+
+
+def test_sigterm_mid_checkpoint_then_resume_matches_uninterrupted_run(reference, tmp_path):
+    config, ref_dir = reference
+    run_dir = tmp_path / "run"
+    kill_when_paused(config, run_dir, "checkpoint.pt@2", sig=signal.SIGTERM)
+    assert load_checkpoint(run_dir / "checkpoint.pt")["epoch"] == 1  # the first one, whole
+    resumed = run_to_end(config, run_dir)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert comparable_results(run_dir) == comparable_results(ref_dir)
+    assert history_without_times(run_dir) == history_without_times(ref_dir)
+
+
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM])
+def test_a_killed_export_leaves_the_old_file_or_none_never_a_torn_one(reference, tmp_path, sig):
+    _, ref_dir = reference
+    out = tmp_path / "model.safetensors"
+    export = [sys.executable, "-m", "padnet", "export", "--run", str(ref_dir), "--out", str(out)]
+    # export writes .model.unchecked.safetensors (atomically), checks it against the run, then renames it
+    pause = ".model.unchecked.safetensors@1"
+    kill_when_paused(None, None, pause, sig=sig, command=export)
+    assert not out.exists()  # no file yet: none after the kill
+    done = subprocess.run(export, env=child_env(), capture_output=True, text=True, timeout=SAFETY_TIMEOUT_S)
+    assert done.returncode == 0, done.stderr[-3000:]
+    old = out.read_bytes()
+    kill_when_paused(None, None, pause, sig=sig, command=export)
+    assert out.read_bytes() == old  # the old file, whole
+    padnet.load(out)
