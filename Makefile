@@ -42,13 +42,15 @@ test-fast: venv
 	$(PY) -m pytest -q -m "not slow" tests
 
 # The numerical layer tests under every vector unit this CPU has (torch picks its kernels by
-# ATEN_CPU_CAPABILITY), so a tolerance that holds on one machine but not the next fails here.
+# ATEN_CPU_CAPABILITY), so a tolerance that holds on one machine but not the next fails here. Inductor's
+# own C++ code generation is left out (-k "not inductor"): under a forced ATEN_CPU_CAPABILITY=default,
+# torch 2.14's generated float64 kernels do not compile (at::vec undeclared); `make test` runs them natively.
 test-numerics: venv
 	@caps=$$($(PY) -c "import torch; c = torch.backends.cpu.get_cpu_capability().lower(); \
 		print(' '.join(['default', 'avx2', 'avx512'][: {'avx2': 2, 'avx512': 3}.get(c, 1)]))"); \
 	for cap in $$caps; do \
 		echo "== ATEN_CPU_CAPABILITY=$$cap"; \
-		ATEN_CPU_CAPABILITY=$$cap $(PY) -m pytest -q -p no:cacheprovider $(NUMERIC_TESTS) || exit 1; \
+		ATEN_CPU_CAPABILITY=$$cap $(PY) -m pytest -q -p no:cacheprovider -k "not inductor" $(NUMERIC_TESTS) || exit 1; \
 	done
 
 # Not in CI: the newest versions pyproject.toml allows, in a venv of their own.
