@@ -1,6 +1,7 @@
 """Trainer behaviour through the task registry: non-finite loss, atomic files, plug-in tasks."""
 
 import json
+import logging
 import math
 
 import pytest
@@ -71,8 +72,12 @@ def test_plugin_task_runs_without_trainer_changes(tmp_path):
         config_from_dict({"task": "toy_test", "toy": {"size": 4}})
     config = config_from_dict({**BASE, "epochs": 1, "task": "toy_test", "toy": {"size": 48},
                                "dynamic": {"mode": "dynamic"}, "run_dir": str(tmp_path / "toy")})
-    results = Trainer(config).train()
+    trainer = Trainer(config)
+    results = trainer.train()
     assert calls == [48] and results["mode"] == "dynamic" and results["dynamic_ratio"] == 1.0
+    # The run's logger is its own: not left in logging's registry, its file handler closed after train().
+    assert not [name for name in logging.Logger.manager.loggerDict if name.startswith("padnet.run")]
+    assert trainer.logger.handlers == []
     assert yaml.safe_load((tmp_path / "toy" / "config.yaml").read_text())["toy"] == {"size": 48}
 
 

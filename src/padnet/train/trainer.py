@@ -149,9 +149,10 @@ class Trainer:
         self.bar = bar
         self.run_dir = Path(run_dir or config.run_dir)
         self.writer = RunWriter(self.run_dir)
-        self.logger = logging.getLogger(f"padnet.run.{id(self)}")
+        # A logger of this run's own, outside logging's global registry (getLogger would keep one per
+        # Trainer for the life of the process): released with the Trainer; its handlers close after train().
+        self.logger = logging.Logger("padnet.run", logging.INFO)
         self.logger.propagate = False
-        self.logger.setLevel(logging.INFO)
         self._stop_after: int | None = None
         self._resume_state: dict | None = None  # the run directory's checkpoint, when resuming
 
