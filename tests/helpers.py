@@ -142,6 +142,13 @@ def train_command(config: Path, run_dir: Path) -> list[str]:
     return [sys.executable, "-m", "padnet", "train", "--config", str(config), "--set", f"run_dir={run_dir}"]
 
 
+def paused(command: list[str]) -> list[str]:
+    """``command`` (``python -m padnet ...``) run through ``tests/pause_writes.py``, which pauses before the
+    rename that ``PADNET_TEST_PAUSE_WRITE=NAME@N`` names."""
+    assert command[1:3] == ["-m", "padnet"], command
+    return [command[0], str(REPO / "tests" / "pause_writes.py"), *command[3:]]
+
+
 def child_env(**extra) -> dict:
     env = {k: v for k, v in os.environ.items() if k != "PADNET_TEST_PAUSE_WRITE"}
     env.update(OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", **extra)
@@ -158,8 +165,9 @@ def kill_when_paused(config: Path, run_dir: Path, pause: str, sig: int = signal.
     """Start ``command`` (default: training ``config`` into ``run_dir``) with the write-pause hook at
     ``pause`` (``NAME@N``), send ``sig`` (SIGKILL: no handler, no cleanup, no flush) as soon as it reports
     being paused there, and return its stderr. Fails if the child ends without pausing."""
-    proc = subprocess.Popen(command or train_command(config, run_dir), env=child_env(PADNET_TEST_PAUSE_WRITE=pause),
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(paused(command or train_command(config, run_dir)),
+                            env=child_env(PADNET_TEST_PAUSE_WRITE=pause), stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True)
     guard = threading.Timer(SAFETY_TIMEOUT_S, proc.kill)
     guard.start()
     lines = []

@@ -10,11 +10,6 @@ It imports nothing from padnet but ``padnet.errors``, so ``padnet.serialization`
 both build on it without importing each other, nor ``padnet.report`` and ``padnet.train``.
 (``padnet.train.distributed`` and ``padnet.train.io`` re-export these names where the trainer's callers
 have always found them.)
-
-Test hook (off by default; used by tests/reliability to kill a run at a known point): with
-``PADNET_TEST_PAUSE_WRITE=NAME@N`` in the environment, the N-th atomic write of a file called NAME in
-this process stops after the temp file is written and fsynced and before the rename, prints
-``padnet test hook: paused writing NAME`` to stderr, and sleeps up to 10 minutes (the test kills it).
 """
 
 from __future__ import annotations
@@ -22,9 +17,7 @@ from __future__ import annotations
 import errno
 import io
 import os
-import sys
 import tempfile
-import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -221,7 +214,6 @@ def atomic_write_bytes(path: str | Path, data: bytes, no_links_under: str | Path
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
-        _test_pause(path.name)
         if no_links_under is not None:
             refuse_links(path, no_links_under)
         os.replace(tmp, path)
@@ -296,20 +288,3 @@ def open_append_nofollow(path: str | Path):
         raise
     return os.fdopen(fd, "a", encoding="utf-8")
 
-
-_PAUSE_ENV = "PADNET_TEST_PAUSE_WRITE"
-_write_counts: dict[str, int] = {}
-
-
-def _test_pause(name: str) -> None:
-    """The test hook described in the module docstring; a no-op unless PADNET_TEST_PAUSE_WRITE is set."""
-    spec = os.environ.get(_PAUSE_ENV)
-    if not spec:
-        return
-    target, _, nth = spec.partition("@")
-    if name != target:
-        return
-    _write_counts[name] = _write_counts.get(name, 0) + 1
-    if _write_counts[name] == int(nth or 1):
-        print(f"padnet test hook: paused writing {name}", file=sys.stderr, flush=True)
-        time.sleep(600)

@@ -1,7 +1,8 @@
 """kill -9 a real `python -m padnet train` at several points, then resume it with the same command.
 
-Each kill point is reached deterministically through io's write-pause hook (PADNET_TEST_PAUSE_WRITE):
-the child stops inside an atomic write and says so on stderr, and the test SIGKILLs it there. After
+Each kill point is reached deterministically through the write-pause launcher (tests/pause_writes.py,
+PADNET_TEST_PAUSE_WRITE): the child stops inside an atomic write and says so on stderr, and the test
+SIGKILLs it there. After
 the kill the last checkpoint must load (or be absent if none was finished), and the resumed run must
 end bit-identically to one uninterrupted run of the same config (results.json, the per-epoch metrics
 and every tensor of the final checkpoint).

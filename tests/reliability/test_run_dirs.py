@@ -15,7 +15,7 @@ from padnet.train import Trainer, config_from_dict
 from padnet.train.io import atomic_write_bytes
 from padnet.train.rundir import LOCK, MARKER
 from padnet.train.sweep import load_sweep
-from tests.helpers import HOOK_LINE, SAFETY_TIMEOUT_S, TINY_RUN, child_env, train_command, write_config
+from tests.helpers import HOOK_LINE, SAFETY_TIMEOUT_S, TINY_RUN, child_env, paused, train_command, write_config
 
 # Subprocesses / end-to-end runs: the slow lane (make test-fast leaves them out).
 pytestmark = pytest.mark.slow
@@ -61,8 +61,9 @@ def test_second_process_on_a_run_dir_is_refused_naming_the_holder(tmp_path):
     second is refused with the first one's pid and touches nothing."""
     config = write_config(tmp_path)
     run_dir = tmp_path / "run"
-    first = subprocess.Popen(train_command(config, run_dir), env=child_env(PADNET_TEST_PAUSE_WRITE="checkpoint.pt@1"),
-                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    first = subprocess.Popen(paused(train_command(config, run_dir)),
+                             env=child_env(PADNET_TEST_PAUSE_WRITE="checkpoint.pt@1"), stdout=subprocess.DEVNULL,
+                             stderr=subprocess.PIPE, text=True)
     try:
         for line in first.stderr:
             if line.startswith(HOOK_LINE):
