@@ -21,13 +21,19 @@ from __future__ import annotations
 MAX_SHOWN = 200  # characters of a value quoted in a message
 
 
-def shorten(value, limit: int = MAX_SHOWN) -> str:
-    """``repr(value)`` cut to ``limit`` characters, saying how much was cut (a message must never hold a
-    huge value: a YAML alias bomb once made a 312 MB one)."""
-    text = repr(value)
+def cut(text, limit: int = 300, collapse: bool = True) -> str:
+    """``str(text)`` cut to ``limit`` characters, saying how much was cut (a message must never hold a
+    huge value: a YAML alias bomb once made a 312 MB one); ``collapse`` first turns every run of
+    whitespace into one space, so a library's multi-line message fits one line."""
+    text = " ".join(str(text).split()) if collapse else str(text)
     if len(text) <= limit:
         return text
     return f"{text[:limit]}... ({len(text) - limit} more characters)"
+
+
+def shorten(value, limit: int = MAX_SHOWN) -> str:
+    """``repr(value)`` cut to ``limit`` characters (``cut``): how a message quotes a value."""
+    return cut(repr(value), limit, collapse=False)
 
 
 class PadnetError(Exception):
@@ -81,4 +87,4 @@ class NonFiniteLossError(RunError):
 
 
 __all__ = ["ConfigError", "DataError", "ModeError", "ModelFileError", "NonFiniteLossError", "PadnetError",
-           "PartitionError", "RunError", "UsageError", "shorten"]
+           "PartitionError", "RunError", "UsageError", "cut", "shorten"]

@@ -43,7 +43,7 @@ from .arch import _ARCHS, HOW_TO_RECORD, build_arch, build_on_meta, detect_arch,
 from .convert import convert, pad_layers, plan_conversion
 from .data.transforms import predict_record_problem
 from .deploy import deploy
-from .errors import ModelFileError, UsageError
+from .errors import ModelFileError, UsageError, cut
 from .infra import atomic_write_bytes
 from .layers import DYNAMIC_LAYERS, DeployedPartiallyDynamic, PartiallyDynamic
 
@@ -144,9 +144,6 @@ DTYPE_BYTES = {"BOOL": 1, "U8": 1, "I8": 1, "F8_E5M2": 1, "F8_E4M3": 1, "I16": 2
                "I32": 4, "U32": 4, "F32": 4, "I64": 8, "U64": 8, "F64": 8}
 
 
-def _cut(text, limit: int = 300) -> str:
-    text = " ".join(str(text).split())
-    return text if len(text) <= limit else f"{text[:limit]}... ({len(text) - limit} more characters)"
 
 
 def _read_header(path: Path) -> tuple[dict, dict[str, tuple[int, ...]]]:
@@ -159,7 +156,7 @@ def _read_header(path: Path) -> tuple[dict, dict[str, tuple[int, ...]]]:
     try:
         header = json.loads(raw)
     except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
-        raise ModelFileError(path, f"corrupted safetensors header ({_cut(exc)})") from None
+        raise ModelFileError(path, f"corrupted safetensors header ({cut(exc)})") from None
     if not isinstance(header, dict):
         raise ModelFileError(path, f"corrupted safetensors header (a JSON {type(header).__name__}, not an object)")
     record = _padnet_record(path, header.get("__metadata__"))
@@ -201,13 +198,13 @@ def _padnet_record(path: Path, meta) -> dict:
     try:
         record = json.loads(meta[FORMAT])
     except (json.JSONDecodeError, RecursionError) as exc:
-        raise ModelFileError(path, f"corrupted padnet metadata ({_cut(exc)})") from None
+        raise ModelFileError(path, f"corrupted padnet metadata ({cut(exc)})") from None
     if not isinstance(record, dict):
         raise ModelFileError(path, f"corrupted padnet metadata (a JSON {type(record).__name__}, not an object)")
     if record.get("format") != FORMAT or record.get("format_version") != FORMAT_VERSION:
         raise ModelFileError(
-            path, f"unsupported format {_cut(repr(record.get('format')), 80)} version "
-            f"{_cut(repr(record.get('format_version')), 80)}; this padnet reads {FORMAT!r} version {FORMAT_VERSION}"
+            path, f"unsupported format {cut(repr(record.get('format')), 80)} version "
+            f"{cut(repr(record.get('format_version')), 80)}; this padnet reads {FORMAT!r} version {FORMAT_VERSION}"
         )
     return record
 
@@ -225,13 +222,13 @@ def _tensor_shapes(path: Path, header: dict) -> tuple[dict[str, tuple[int, ...]]
         if not (isinstance(info, dict) and isinstance(info.get("dtype"), str)
                 and _ints(shape) and len(shape) <= MAX_TENSOR_DIMS
                 and _ints(offsets) and len(offsets) == 2 and offsets[0] <= offsets[1]):
-            raise ModelFileError(path, f"corrupted safetensors header: bad entry for tensor {_cut(repr(name), 80)}")
+            raise ModelFileError(path, f"corrupted safetensors header: bad entry for tensor {cut(repr(name), 80)}")
         itemsize = DTYPE_BYTES.get(info["dtype"])
         if itemsize is None or math.prod(shape) * itemsize != offsets[1] - offsets[0]:
             # The shape must be what the bytes hold: a model checked against these shapes then cannot
             # ask for more memory than the file's own data.
-            raise ModelFileError(path, f"corrupted safetensors header: tensor {_cut(repr(name), 80)} has dtype "
-                                       f"{_cut(repr(info['dtype']), 20)} and shape {_cut(shape, 80)} but "
+            raise ModelFileError(path, f"corrupted safetensors header: tensor {cut(repr(name), 80)} has dtype "
+                                       f"{cut(repr(info['dtype']), 20)} and shape {cut(shape, 80)} but "
                                        f"{offsets[1] - offsets[0]:,} bytes of data")
         shapes[name] = tuple(shape)
         end = max(end, offsets[1])
@@ -251,12 +248,12 @@ def _check_record(path: Path, record: dict) -> None:
     if arch is not None:
         if not (isinstance(arch, dict) and isinstance(arch.get("name"), str) and 0 < len(arch["name"]) <= 200
                 and isinstance(arch.get("kwargs", {}), dict)):
-            raise bad(f"arch={_cut(repr(arch), 200)} must be {{'name': str, 'kwargs': {{...}}}}")
+            raise bad(f"arch={cut(repr(arch), 200)} must be {{'name': str, 'kwargs': {{...}}}}")
     config = record.get("padnet_config")
     if config is not None and not isinstance(config, dict):
         raise bad(f"padnet_config must be a mapping; got {type(config).__name__}")
     if record.get("form", "plain") not in FORMS:
-        raise bad(f"form={_cut(repr(record.get('form')), 80)}; allowed: {', '.join(FORMS)}")
+        raise bad(f"form={cut(repr(record.get('form')), 80)}; allowed: {', '.join(FORMS)}")
     compacted = record.get("compacted", [])
     if not (isinstance(compacted, list) and all(isinstance(n, str) for n in compacted)):
         raise bad("compacted must be a list of layer names")
@@ -288,7 +285,7 @@ def _bounded(value, where: str, depth: int, nodes: list[int]) -> str | None:
     if isinstance(value, int):
         limit = SIZE_LIMITS.get(key, MAX_RECORD_INT)
         if abs(value) > limit:
-            return f"{where}={_cut(value, 40)} is larger than padnet allows ({limit:,})"
+            return f"{where}={cut(value, 40)} is larger than padnet allows ({limit:,})"
         return None
     if isinstance(value, float):
         return None if math.isfinite(value) or key.endswith("eps") else f"{where}={value} is not finite"
@@ -300,7 +297,7 @@ def _bounded(value, where: str, depth: int, nodes: list[int]) -> str | None:
         return None
     if isinstance(value, list):
         if key == "layers" and (len(value) > MAX_STAGES or any(isinstance(v, int) and v > MAX_BLOCKS for v in value)):
-            return f"{where}={_cut(value, 80)}: at most {MAX_STAGES} stages of at most {MAX_BLOCKS} blocks"
+            return f"{where}={cut(value, 80)}: at most {MAX_STAGES} stages of at most {MAX_BLOCKS} blocks"
         for i, v in enumerate(value):
             problem = _bounded(v, f"{where}", depth + 1, nodes)
             if problem:
@@ -355,7 +352,7 @@ def load(path, model_factory: Callable[[], nn.Module] | None = None, map_locatio
         raise
     except (Exception, RecursionError, MemoryError) as exc:
         raise ModelFileError(
-            path, f"cannot rebuild the model it describes ({type(exc).__name__}: {_cut(exc)})") from None
+            path, f"cannot rebuild the model it describes ({type(exc).__name__}: {cut(exc)})") from None
 
 
 @overload
@@ -370,11 +367,11 @@ def _build(path: Path, arch: dict, meta: bool) -> nn.Module | None:
         builder = resolve_arch(name)
         model = build_on_meta(builder, **kwargs) if meta else builder(**kwargs)
     except (ValueError, TypeError, KeyError) as exc:
-        raise ModelFileError(path, f"cannot rebuild architecture {_cut(repr(arch), 200)}: {_cut(exc)}") from None
+        raise ModelFileError(path, f"cannot rebuild architecture {cut(repr(arch), 200)}: {cut(exc)}") from None
     except (NotImplementedError, RuntimeError) as exc:
         if meta and name in _ARCHS and not name.startswith(("torchvision.", "padnet.", "transformers.")):
             return None
-        raise ModelFileError(path, f"cannot rebuild architecture {name!r}: {_cut(exc)}") from None
+        raise ModelFileError(path, f"cannot rebuild architecture {name!r}: {cut(exc)}") from None
     if not isinstance(model, nn.Module):
         raise ModelFileError(path, f"arch {name!r} did not build an nn.Module")
     if getattr(model, "padnet_arch", None) is None:
@@ -398,7 +395,7 @@ class _FileTensors:
             with safe_open(str(self.path), framework="pt", device="cpu") as f:
                 return f.get_tensor(name)
         except (SafetensorError, OSError, RuntimeError) as exc:
-            raise ModelFileError(self.path, f"corrupted tensor data ({_cut(exc)})") from None
+            raise ModelFileError(self.path, f"corrupted tensor data ({cut(exc)})") from None
 
     def all(self) -> dict[str, torch.Tensor]:
         from safetensors import SafetensorError, safe_open
@@ -416,7 +413,7 @@ class _FileTensors:
                         tensor = tensor.clone()
                     out[name] = tensor.to(device)
         except (SafetensorError, OSError, RuntimeError) as exc:
-            raise ModelFileError(self.path, f"corrupted tensor data ({_cut(exc)})") from None
+            raise ModelFileError(self.path, f"corrupted tensor data ({cut(exc)})") from None
         return out
 
 
@@ -493,7 +490,7 @@ def _replay(path: Path, record: dict, shapes: dict, file: _FileTensors, model: n
         with device:
             convert(model, **kwargs)
     except (ValueError, TypeError) as exc:
-        raise ModelFileError(path, f"cannot re-apply padnet.convert to {what}: {_cut(exc)}") from None
+        raise ModelFileError(path, f"cannot re-apply padnet.convert to {what}: {cut(exc)}") from None
     replayed: dict = getattr(model, "padnet_config")  # what convert() just recorded
     if replayed["converted"] == converted:
         setattr(model, "padnet_config", dict(config))  # the settings as the file records them
@@ -514,7 +511,7 @@ def _replay(path: Path, record: dict, shapes: dict, file: _FileTensors, model: n
         try:
             model.get_submodule(name).temperature = tau
         except AttributeError:
-            raise ModelFileError(path, f"temperatures: {what} has no layer {_cut(repr(name), 80)}") from None
+            raise ModelFileError(path, f"temperatures: {what} has no layer {cut(repr(name), 80)}") from None
     if deployed:
         if on_meta:
             # from_pad reads the static positions: on meta, only their count is known
@@ -561,7 +558,7 @@ def restore_pad_layers(model: nn.Module, stored: Callable[[str], torch.Tensor | 
         try:
             _set_stored_mask(layer, _stored_mask(name, layer, stored))
         except (ValueError, IndexError, RuntimeError) as exc:
-            raise UsageError(f"layer {name}: bad mask: {_cut(exc)}") from None
+            raise UsageError(f"layer {name}: bad mask: {cut(exc)}") from None
     with torch.device("meta") if on_meta else contextlib.nullcontext():
         for name, layer in layers:
             if compacted(name):
@@ -658,7 +655,7 @@ def _check_shapes(path: Path, model: nn.Module, shapes: dict, what: str) -> dict
     if wrong or missing or extra:
         parts = wrong[:5] + ([f"missing {', '.join(missing[:5])}"] if missing else []) + (
             [f"unexpected {', '.join(extra[:5])}"] if extra else [])
-        raise ModelFileError(path, f"the weights do not match {what}: " + _cut("; ".join(parts), 1500))
+        raise ModelFileError(path, f"the weights do not match {what}: " + cut("; ".join(parts), 1500))
     return {k: t.dtype for k, t in expected.items()}
 
 

@@ -16,10 +16,10 @@ import torch
 from torch import nn
 
 from ..convert import convert
-from ..errors import ModelFileError, shorten
+from ..errors import ModelFileError, cut, shorten
 from ..serialization import restore_pad_layers
 from .config import RunConfig
-from .io import TRAINING_CHECKPOINT, _cut, load_checkpoint
+from .io import TRAINING_CHECKPOINT, load_checkpoint
 from .schedule import RunSchedule
 
 CHECKPOINT = "checkpoint.pt"
@@ -46,7 +46,7 @@ def restore_checked(path: Path, model: nn.Module, state: dict) -> None:
         restore_model(model, state["model"], bool(state["compacted"]))
     except (KeyError, RuntimeError, ValueError, TypeError, IndexError, AttributeError) as err:
         raise ModelFileError(path, f"does not fit this run's model (another config or padnet version?): "
-                                   f"{_cut(str(err), 500)}") from None
+                                   f"{cut(err, 500)}") from None
 
 
 def read_training_checkpoint(path: Path) -> dict:

@@ -24,7 +24,7 @@ from typing import Any, TypeVar
 import yaml
 
 from ..convert import ConvertConfig, ConvertOptions
-from ..errors import ConfigError, shorten
+from ..errors import ConfigError, cut, shorten
 from ..layers._validate import choice_problem, int_problem
 from ..layers.conv_strategy import STRATEGY_MODES
 from ..layers.conversions import conversion_kinds, get_conversion
@@ -413,7 +413,7 @@ def read_yaml(path: str | Path) -> dict:
     try:
         raw = load_yaml(text)
     except yaml.YAMLError as err:
-        raise ConfigError([f"{path} is not valid YAML: {_cut_text(str(err))}"]) from None
+        raise ConfigError([f"{path} is not valid YAML: {cut(err, 2000, collapse=False)}"]) from None
     if raw is None:
         return {}
     if not isinstance(raw, dict):
@@ -421,8 +421,6 @@ def read_yaml(path: str | Path) -> dict:
     return raw
 
 
-def _cut_text(text: str, limit: int = 2000) -> str:
-    return text if len(text) <= limit else f"{text[:limit]}... ({len(text) - limit} more characters)"
 
 
 def config_from_dict(raw: dict, overrides: list[str] | None = None, source: str | None = None,

@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 import yaml
 
-from ..errors import ModelFileError, NonFiniteLossError
+from ..errors import ModelFileError, NonFiniteLossError, cut
 from ..infra import (  # noqa: F401  (re-exported)
     atomic_savefig,
     atomic_write_bytes,
@@ -73,7 +73,7 @@ def load_checkpoint(path: str | Path, map_location="cpu") -> dict:
         raise
     except Exception as err:
         raise ModelFileError(path, f"not a loadable padnet checkpoint ({type(err).__name__}: "
-                                   f"{_cut(str(err))})") from err
+                                   f"{cut(str(err))})") from err
     if not isinstance(state, dict):
         raise ModelFileError(path, f"not a padnet checkpoint: it holds a {type(state).__name__}, "
                                    "not a dict with 'format', 'model', 'optimizer', ...")
@@ -84,9 +84,6 @@ def load_checkpoint(path: str | Path, map_location="cpu") -> dict:
     return state
 
 
-def _cut(text: str, limit: int = 300) -> str:
-    text = " ".join(text.split())
-    return text if len(text) <= limit else text[:limit] + "..."
 
 
 def _check_checkpoint_archive(path: Path) -> None:
@@ -101,7 +98,7 @@ def _check_checkpoint_archive(path: Path) -> None:
         with zipfile.ZipFile(path) as archive:
             entries = archive.infolist()
     except (zipfile.BadZipFile, OSError, ValueError, EOFError) as err:
-        raise ModelFileError(path, f"not a loadable padnet checkpoint (not a torch.save zip archive: {_cut(str(err))}; "
+        raise ModelFileError(path, f"not a loadable padnet checkpoint (not a torch.save zip archive: {cut(str(err))}; "
                                    "legacy and pickle files are refused)") from None
     for info in entries:
         if info.compress_type != zipfile.ZIP_STORED:

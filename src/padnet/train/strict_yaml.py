@@ -23,6 +23,8 @@ import re
 
 import yaml
 
+from ..errors import shorten
+
 MAX_ALIASES = 100
 MAX_NODES = 100_000
 MAX_DEPTH = 64  # a run config is 3 levels deep; a sweep's runs 5
@@ -78,15 +80,13 @@ class StrictLoader(yaml.SafeLoader):
                 if first is not None:
                     raise yaml.constructor.ConstructorError(
                         "while constructing a mapping", node.start_mark,
-                        f"duplicate key {_cut(key)} (line {key_node.start_mark.line + 1}; first on line {first}): "
+                        f"duplicate key {shorten(key, 80)} (line {key_node.start_mark.line + 1}; first on line "
+                        f"{first}): "
                         "the second would silently replace the first; keep one", key_node.start_mark)
                 seen[key] = key_node.start_mark.line + 1
         return super().construct_mapping(node, deep=deep)
 
 
-def _cut(value, limit: int = 80) -> str:
-    text = repr(value)
-    return text if len(text) <= limit else f"{text[:limit]}... ({len(text) - limit} more characters)"
 
 
 def _check_expanded_size(root) -> None:
@@ -149,7 +149,8 @@ def _checked(loader, node, convert):
         return convert(loader, node)
     except ValueError:
         raise yaml.constructor.ConstructorError(
-            None, None, f"{_cut(node.value)} is not a YAML 1.2 number (write decimal digits, e.g. 16, 0.5, 1e-3)",
+            None, None,
+            f"{shorten(node.value, 80)} is not a YAML 1.2 number (write decimal digits, e.g. 16, 0.5, 1e-3)",
             node.start_mark) from None
 
 
