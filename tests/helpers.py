@@ -179,8 +179,9 @@ def kill_when_paused(config: Path, run_dir: Path, pause: str, sig: int = signal.
                 break
     finally:
         guard.cancel()
-        proc.wait(timeout=SAFETY_TIMEOUT_S) if proc.returncode is None and sig != signal.SIGKILL else None
-        proc.kill()
+        if lines and lines[-1].startswith(HOOK_LINE):
+            proc.wait(timeout=SAFETY_TIMEOUT_S)  # let the signal sent above end it (kill() would mask SIGTERM)
+        proc.kill()  # a child that never paused, or an error above
         proc.wait()
         proc.stderr.close()
     text = "".join(lines)

@@ -78,31 +78,23 @@ def _delimited(path: Path, lines: Iterator[tuple[int, str]], delimiter: str
                                 f"the header has {len(header)}")
             rows.append((number, dict(zip(header, fields))))
         return header or [], rows
-    numbered = iter(lines)
-    current = [0]
-
-    def text():
-        for number, line in numbered:
-            current[0] = number
-            yield line
-
-    reader = csv.reader(text())
-    records = []
+    reader = csv.reader(line for _, line in lines)  # reader.line_num: the line the last row ended on
+    header = None
+    rows = []
     try:
         for fields in reader:
-            if fields:  # blank lines
-                if not records:
-                    _header(path, fields)
-                elif len(fields) != len(records[0][1]):
-                    raise DataError(f"{path}:{current[0]}: has {len(fields)} comma-separated fields; the header "
-                                    f"has {len(records[0][1])}")
-                records.append((current[0], fields))
+            if not fields:
+                continue  # a blank line
+            if header is None:
+                header = _header(path, fields)
+                continue
+            if len(fields) != len(header):
+                raise DataError(f"{path}:{reader.line_num}: has {len(fields)} comma-separated fields; the header "
+                                f"has {len(header)}")
+            rows.append((reader.line_num, dict(zip(header, fields))))
     except csv.Error as err:
-        raise DataError(f"{path}:{current[0]}: not valid CSV ({err})") from None
-    if not records:
-        return [], []
-    header = records[0][1]
-    return header, [(number, dict(zip(header, fields))) for number, fields in records[1:]]
+        raise DataError(f"{path}:{reader.line_num}: not valid CSV ({err})") from None
+    return header or [], rows
 
 
 def _jsonl(path: Path, lines: Iterator[tuple[int, str]]) -> tuple[list[str], list[tuple[int, dict]]]:

@@ -140,12 +140,18 @@ def release_workspace() -> None:
     _local.buffers = None
 
 
-try:  # resolved once, not per forward
-    from torch.compiler import is_compiling as _is_compiling  # torch >= 2.3
-except ImportError:
-    from torch._dynamo import is_compiling as _is_compiling
+def capture_mode() -> str | None:
+    """The graph capture running now: ``"torch.jit.trace"``, ``"torch.export"`` (strict or not: dynamo
+    folds ``is_exporting`` to True under a strict export), ``"torch.compile"``, or None (eager)."""
+    if torch.jit.is_tracing():
+        return "torch.jit.trace"
+    if torch.compiler.is_exporting():
+        return "torch.export"
+    if torch.compiler.is_compiling():
+        return "torch.compile"
+    return None
 
 
 def tracing() -> bool:
-    # Traced or compiled graphs must not capture a buffer that the next call overwrites.
-    return torch.jit.is_tracing() or _is_compiling()
+    # Traced, exported or compiled graphs must not capture a buffer that the next call overwrites.
+    return capture_mode() is not None

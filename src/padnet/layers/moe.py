@@ -14,6 +14,7 @@ from torch import nn
 from ..errors import ModeError, UsageError
 from ._mixin import ModuleMixin
 from ._validate import check_positive_int
+from .assemble import capture_mode
 from .pad_base import DynamicEntries, upcycle_from
 from .router import NoisyTopKRouter, Routing
 
@@ -99,18 +100,6 @@ class _ExpertMatmul(torch.autograd.Function):
                 torch.sum(grad[rows], 0, out=grad_b[e])
             start += count
         return grad_x, grad_w, grad_b, None
-
-
-def capture_mode() -> str | None:
-    """The graph capture running now: ``"torch.jit.trace"``, ``"torch.export"`` (strict or not: dynamo
-    folds ``is_exporting`` to True under a strict export), ``"torch.compile"``, or None (eager)."""
-    if torch.jit.is_tracing():
-        return "torch.jit.trace"
-    if torch.compiler.is_exporting():
-        return "torch.export"
-    if torch.compiler.is_compiling():
-        return "torch.compile"
-    return None
 
 
 def static_dispatch(tokens: torch.Tensor) -> bool:
