@@ -26,7 +26,7 @@ from pathlib import Path
 
 import torch
 
-from padnet.infra import atomic_write_bytes
+from padnet.files import atomic_write_bytes
 from padnet.layers.attention import KernelAttention
 from padnet.train.rebuild import rebuild_run
 

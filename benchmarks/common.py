@@ -10,8 +10,7 @@ import torch
 from torch import nn
 from torch.utils import benchmark
 
-from padnet.convert import pad_layers
-from padnet.layers import DeployedPADConv2d, DynamicConv2d, PADConv2d
+from padnet.layers import DeployedPADConv2d, DynamicConv2d, PADConv2d, pad_layers
 from padnet.reference import DenseMaskPADConv2d
 
 # ResNet-50 layer shapes of issue 2: (C_in, C_out, kernel, H = W)

@@ -39,9 +39,10 @@ from common import (
 )
 
 import padnet
-from padnet.convert import convert, pad_layers
+from padnet.convert import convert
+from padnet.files import atomic_write_bytes
+from padnet.layers import pad_layers
 from padnet.reference import DenseMaskPADConv2d
-from padnet.train.io import atomic_write_bytes
 
 VARIANTS = ("static", "DY-Conv", "dense-mask PAD", "padnet PAD", "padnet PAD deployed", "timm CondConv")
 

@@ -27,7 +27,7 @@ import transformers
 from tqdm import tqdm
 
 import padnet
-from padnet.infra import atomic_write_bytes
+from padnet.files import atomic_write_bytes
 
 CONTEXT = 64
 BATCH = 32

@@ -30,9 +30,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import environment, exact_mask, time_variants, timm_available
 
 import padnet
-from padnet.convert import convert, pad_layers
-from padnet.layers import conv_strategy
-from padnet.runtime import reuse_large_allocations
+from padnet.convert import convert
+from padnet.layers import conv_strategy, pad_layers
+from padnet.malloc import reuse_large_allocations
 
 
 def timm_condconv_model(arch: str) -> nn.Module | None:
@@ -114,7 +114,7 @@ def minilm_rows(min_run_time: float, rounds: int, kappa: float = 0.5) -> list[st
     loss, aux loss, backward, AdamW) at batch 16 x 64 tokens for the dense model, the MoE (8 x top-2,
     upcycled) and PAD-MoE (kappa 0.5, random exact mask, compacted), the experts perturbed so they differ."""
     from padnet.layers import aux_loss
-    from padnet.models.hf import load_sequence_classifier
+    from padnet.models.transformers_models import load_sequence_classifier
 
     def build(dynamic):
         torch.manual_seed(0)
@@ -170,7 +170,7 @@ def main(argv=None):
                    help="also time an older padnet: DIR holds it as the package 'padnet_before' (e.g. "
                         "git archive REV src/padnet | tar -x -C DIR; mv DIR/src/padnet DIR/padnet_before)")
     p.add_argument("--reuse-large-allocations", action="store_true",
-                   help="apply padnet.runtime.reuse_large_allocations() first, as the padnet command does")
+                   help="apply padnet.malloc.reuse_large_allocations() first, as the padnet command does")
     p.add_argument("--minilm", action="store_true", help="only the MiniLM dense / MoE / PAD-MoE train step")
     args = p.parse_args(argv)
     if args.reuse_large_allocations and not reuse_large_allocations():

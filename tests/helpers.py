@@ -69,7 +69,7 @@ def random_pad_form(model, form, ratio, phi):
     its units, entries or whole rows as its granularity says, and phi), then compacted (form "compacted")
     or compacted and deployed (form "deployed"); in eval mode."""
     import padnet
-    from padnet.convert import pad_layers
+    from padnet.layers import pad_layers
 
     for i, (_, layer) in enumerate(pad_layers(model)):
         # For element granularity the units are the entries: the same mask as random_mask(kernel_shape).

@@ -2,7 +2,7 @@
 
     PADNET_TEST_PAUSE_WRITE=NAME@N python tests/pause_writes.py train --config ...
 
-Every atomic write in padnet (``padnet.infra.atomic_write_bytes``) writes a temp file, fsyncs it, then
+Every atomic write in padnet (``padnet.files.atomic_write_bytes``) writes a temp file, fsyncs it, then
 renames it onto its target with ``os.replace``; this launcher wraps ``os.replace`` so that the N-th
 rename onto NAME first prints ``padnet test hook: paused writing NAME`` to stderr and sleeps (the test
 kills the process there). The temp file is then complete and the target still the old one: the moment a

@@ -11,7 +11,7 @@ from torch import nn
 
 import padnet
 from padnet.arch import detect_arch
-from padnet.convert import pad_layers
+from padnet.layers import pad_layers
 from padnet.serialization import ModelFileError, read_record
 from tests.helpers import random_mask
 

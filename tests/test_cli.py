@@ -9,7 +9,7 @@ import yaml
 
 from padnet.cli import main
 from padnet.train import Trainer, load_config
-from padnet.train.io import load_checkpoint
+from padnet.train.run_files import load_checkpoint
 from tests.helpers import TINY_RUN, assert_close_f64, history_without_times, write_config as write_tiny_config
 
 # Subprocesses / end-to-end runs: the slow lane (make test-fast leaves them out).
@@ -133,7 +133,7 @@ def test_sweep_skips_finished_and_report_writes_table_and_plot(tmp_path, capsys)
 @pytest.mark.parametrize("granularity", ["element", "channel"])
 def test_export_writes_a_deployed_file_that_reproduces_the_run(tmp_path, capsys, granularity):
     import padnet
-    from padnet.train.trainer import rebuild_run
+    from padnet.train.rebuild import rebuild_run
 
     config = write_config(tmp_path, "e", epochs=1,
                           dynamic={"mode": "pad", "dynamic_ratio": 0.3, "granularity": granularity})

@@ -6,8 +6,9 @@ import torchvision
 from torch import nn
 
 import padnet
-from padnet.convert import convert, pad_layers
+from padnet.convert import convert
 from padnet.cost import cost
+from padnet.layers import pad_layers
 
 # SPEC section 6 reference counts, millions: static, DY-Conv, PAD kappa=0.3, PAD kappa=0.5.
 SPEC = {"resnet50": (25.6, 97.1, 47.9, 62.0), "resnet18": (11.7, 45.2, 21.8, 28.5)}

@@ -6,16 +6,9 @@ import torchvision
 from torch import nn
 
 import padnet
-from padnet.convert import convert, pad_layers
-from padnet.layers import (
-    KERNEL_STRATEGIES,
-    DeployedPADConv2d,
-    DeployedPADMoELinear,
-    PADConv2d,
-    PADMoELinear,
-    apply_per_sample_kernels,
-    choose_kernel_strategy,
-)
+from padnet.convert import convert
+from padnet.layers import DeployedPADConv2d, DeployedPADMoELinear, PADConv2d, PADMoELinear, pad_layers
+from padnet.layers.protocol import KERNEL_STRATEGIES, apply_per_sample_kernels, choose_kernel_strategy
 from tests.helpers import assert_close_f64, random_mask
 
 MODES = ["both", "static", "dynamic", "none"]
@@ -408,8 +401,8 @@ def conversions(monkeypatch):
 def test_the_extending_guide_conversion_kind_converts_saves_and_loads(conversions, tmp_path):
     """docs/extending.md's registration: one register_conversion call makes the kind reachable from
     padnet.convert (both forms, include patterns, upcycling), a run config, deploy, save and load."""
-    from padnet.convert import dynamic_layers
-    from padnet.layers import DynamicConv2d, register_conversion
+    from padnet.layers import DynamicConv2d, dynamic_layers
+    from padnet.layers.protocol import register_conversion
     from padnet.models import build
     from padnet.train.config import config_from_dict
 

@@ -6,7 +6,7 @@ import torch
 import torchvision
 
 import padnet
-from padnet.convert import pad_layers
+from padnet.layers import pad_layers
 from tests.helpers import assert_close_f64, random_pad_form
 from tests.test_deploy import TinyEncoder
 from tests.test_serialization import deployed_moe_encoder

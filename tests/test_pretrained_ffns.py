@@ -6,8 +6,9 @@ import pytest
 import torch
 
 import padnet
-from padnet.convert import pad_layers, plan_conversion
+from padnet.convert import plan_conversion
 from padnet.errors import ConfigError
+from padnet.layers import pad_layers
 from tests.helpers import assert_close_f64, random_mask
 
 transformers = pytest.importorskip("transformers")

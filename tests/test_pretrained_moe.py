@@ -5,8 +5,8 @@ import pytest
 import torch
 
 import padnet
-from padnet.convert import pad_layers
 from padnet.errors import PartitionError
+from padnet.layers import pad_layers
 from padnet.partition import _taylor_scores
 from tests.helpers import float32_tolerance
 

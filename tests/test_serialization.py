@@ -11,8 +11,8 @@ import torchvision
 from torch import nn
 
 import padnet
-from padnet.convert import convert, pad_layers
-from padnet.layers import DeployedPADMoELinear, PADConv2d
+from padnet.convert import convert
+from padnet.layers import DeployedPADMoELinear, PADConv2d, pad_layers
 from padnet.serialization import ModelFileError, read_record
 from tests.helpers import random_mask
 from tests.test_deploy import TinyEncoder

@@ -5,8 +5,7 @@ import torch
 import torchvision
 
 import padnet
-from padnet.convert import pad_layers
-from padnet.layers import PADConv2d
+from padnet.layers import PADConv2d, pad_layers
 from tests.helpers import assert_close_f64
 
 

@@ -1,10 +1,21 @@
-"""padnet: partially dynamic networks (PAD-Net, ACL 2023) for PyTorch."""
+"""padnet: partially dynamic networks (PAD-Net, ACL 2023) for PyTorch.
 
-from ._version import __version__  # noqa: F401  (re-exported: padnet.__version__)
-from .convert import ConvertConfig, compact, convert
+The method is described in docs/method.md; the user guide and API reference are in docs/.
+Importing padnet registers the built-in architectures (torchvision's, padnet's own, and transformers'
+sequence classifiers; transformers itself loads lazily) so that ``padnet.load(path)`` can rebuild them.
+"""
+
+from ._version import __version__
+from .arch import build_arch, register_arch, tag_arch
+from .convert import convert
+from .cost import model_cost
+from .deploy import compact, deploy
 from .errors import ConfigError, DataError, ModelFileError, PadnetError, PartitionError, RunError
-from .layers import DynamicConv2d, MoELinear, PADConv2d, PADMoELinear, aux_loss
+from .layers import ConvertConfig, DynamicConv2d, MoELinear, PADConv2d, PADMoELinear, aux_loss
+from .models.transformers_models import load_sequence_classifier
 from .partition import PartitionReport, partition, register_scorer
+from .prediction import predict
+from .serialization import load, save
 from .summary import ModelSummary, summary
 from .temperature import TemperatureSchedule, set_temperature
 
@@ -13,6 +24,7 @@ __all__ = [
     "ConvertConfig",
     "DataError",
     "DynamicConv2d",
+    "ModelFileError",
     "ModelSummary",
     "MoELinear",
     "PADConv2d",
@@ -22,29 +34,21 @@ __all__ = [
     "PartitionReport",
     "RunError",
     "TemperatureSchedule",
+    "__version__",
     "aux_loss",
+    "build_arch",
     "compact",
     "convert",
+    "deploy",
+    "load",
+    "load_sequence_classifier",
+    "model_cost",
     "partition",
+    "predict",
+    "register_arch",
     "register_scorer",
+    "save",
     "set_temperature",
     "summary",
+    "tag_arch",
 ]
-
-# Deployment form and model files (issue 6); counting lives in padnet.cost.
-from .arch import build_arch, register_arch, tag_arch
-from .cost import model_cost
-from .deploy import deploy
-from .serialization import load, save
-
-__all__ += ["ModelFileError", "build_arch", "deploy", "load", "model_cost", "register_arch", "save", "tag_arch"]
-
-# Text models (issue 5): importing registers their arch for padnet.load; transformers loads lazily.
-from .models.hf import load_sequence_classifier  # noqa: E402
-
-__all__ += ["load_sequence_classifier"]
-
-# Prediction on new inputs from an exported model file (issue 17).
-from .prediction import predict  # noqa: E402
-
-__all__ += ["predict"]

@@ -3,12 +3,13 @@
 ``register_arch(name, builder)`` adds a builder (a name ending in ``"."`` adds a prefix resolver);
 ``tag_arch(model, name, **kwargs)`` records on a model how to rebuild it; ``build_arch`` builds and tags.
 Built in: ``"torchvision.<builder>"`` (torchvision's registered builders, every weights argument forced
-off); ``padnet.models`` registers ``"padnet.<name>"`` and ``padnet.models.hf`` the Hugging Face records.
+off); ``padnet.models`` registers ``"padnet.<name>"`` and ``padnet.models.transformers_models`` the
+Hugging Face records.
 Only registered builders run when a file is loaded: a file never names code to import.
 
 ``detect_arch(model)`` finds the record of a model built elsewhere, through the detectors registered
 with ``register_arch_detector``: built in, a model of a torchvision class that one of torchvision's
-builders rebuilds exactly (``torchvision.models.resnet18(num_classes=10)``); ``padnet.models.hf``
+builders rebuilds exactly (``torchvision.models.resnet18(num_classes=10)``); ``padnet.models.transformers_models``
 adds Hugging Face models (their config, stored as JSON). ``padnet.convert`` and ``padnet.save`` call it,
 so ``padnet.load(path)`` alone rebuilds such models.
 """

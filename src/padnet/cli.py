@@ -31,7 +31,8 @@ from pathlib import Path
 
 
 def _train(args) -> int:
-    from .train import Trainer, distributed, load_config
+    from . import distributed
+    from .train import Trainer, load_config
 
     config = load_config(args.config, args.set)
     with distributed.process_group(config.device):
@@ -44,7 +45,7 @@ def _train(args) -> int:
 
 
 def _one_process_only(command: str) -> None:
-    from .train.distributed import launch_env
+    from .distributed import launch_env
 
     env = launch_env()
     if env is not None and env.world_size > 1:
@@ -73,7 +74,7 @@ def _export(args) -> int:
 
 
 def _sweep(args) -> int:
-    from .train import distributed
+    from . import distributed
     from .train.sweep import load_sweep
 
     configs = load_sweep(args.config, args.set)
@@ -155,8 +156,8 @@ def _report(args) -> int:
 
 
 def _demo(args) -> int:
+    from . import distributed
     from .demo import run_demo
-    from .train import distributed
 
     with distributed.process_group("cpu"):
         run_demo(args.out, args.seed, args.data, args.quiet, distributed.is_main_process())
@@ -260,14 +261,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from .errors import ConfigError, PadnetError
+    from .distributed import DistributedSetupError, launch_env
+    from .errors import ConfigError, NonFiniteLossError, PadnetError
+    from .malloc import reuse_large_allocations
     from .plugins import import_plugins
-    from .runtime import reuse_large_allocations
-    from .train.distributed import DistributedSetupError, launch_env
-    from .train.trainer import ExportCheckError, NonFiniteLossError
+    from .train import ExportCheckError
 
     args = build_parser().parse_args(argv)
-    reuse_large_allocations()  # freed tensors of 32 MB+ stay in the process: see padnet.runtime
+    reuse_large_allocations()  # freed tensors of 32 MB+ stay in the process: see padnet.malloc
     try:
         env = launch_env()
     except DistributedSetupError as err:

@@ -16,90 +16,13 @@ from __future__ import annotations
 import dataclasses
 import fnmatch
 from collections.abc import Sequence
-from dataclasses import dataclass
 
 from torch import nn
 
 from .arch import detect_arch
-from .deploy import refuse_unpartitioned
-from .errors import ConfigError, UsageError
-from .layers import DYNAMIC_LAYERS, GRANULARITIES, LAMBDA_MODES, PartiallyDynamic
-from .layers._validate import choice_problem, int_problem
-from .layers.attention import ROUTINGS
-from .layers.conversions import (  # noqa: F401  (find_ffn_outputs: public re-export)
-    INITS,
-    MOE_TARGETS,
-    Conversion,
-    conversion_kinds,
-    find_ffn_outputs,
-    get_conversion,
-    target_problems,
-)
-from .layers.deployed_base import DeployedPartiallyDynamic
-
-
-@dataclass(kw_only=True)
-class ConvertOptions:
-    """How layers are converted: every setting of a conversion but which kind and whether PAD. A run
-    config's ``dynamic`` section holds these keys too (``padnet.train.config.DynamicConfig``)."""
-
-    num_kernels: int = 4  # conv: K, the dynamic kernels per conv
-    routing: str = "softmax"  # conv: softmax = DY-Conv (temperature-annealed), sigmoid = CondConv
-    reduction: int = 16  # conv: attention hidden width C_in // reduction (at least 4)
-    init: str = "fresh"  # conv: fresh kernels (SPEC) or upcycle (every kernel from the existing weight)
-    lambda_mode: str = "both"  # PAD: which scale factors learn: both, static, dynamic or none
-    granularity: str = "element"  # PAD: mask per entry (the paper) or per output channel / row (SPEC 8)
-    num_experts: int = 8  # moe: experts per layer ...
-    top_k: int = 2  # ... and how many each token uses
-    noisy_gating: bool = True  # moe: noisy top-k routing while training
-    aux_loss_coef: float = 0.01  # moe: load-balancing loss coefficient
-    # moe: which FFN projections become MoEs: "output" (SPEC section 5; "down"), "gate", "up", or a list
-    target: str | list[str] = "output"
-    include: list[str] | None = None  # fnmatch patterns of module names to convert (overrides the rule)
-    exclude: list[str] | None = None  # ... and to leave as they are
-
-    def problems(self, prefix: str = "") -> list[str]:
-        """Every bad setting, each naming its key (after ``prefix``, e.g. ``"dynamic."``), the value and
-        what is allowed."""
-        choices = {"routing": ROUTINGS, "init": INITS, "lambda_mode": LAMBDA_MODES, "granularity": GRANULARITIES}
-        picks = [choice_problem(f"{prefix}{key}", getattr(self, key), allowed) for key, allowed in choices.items()]
-        sizes = [int_problem(f"{prefix}{key}", getattr(self, key))
-                 for key in ("num_kernels", "reduction", "num_experts", "top_k")]
-        out = [p for p in picks + sizes if p] + target_problems(self.target, prefix)
-        if not (isinstance(self.aux_loss_coef, (int, float)) and self.aux_loss_coef >= 0):
-            out.append(f"{prefix}aux_loss_coef={self.aux_loss_coef!r} must be >= 0")
-        if not any(sizes) and self.top_k > self.num_experts:
-            out.append(f"{prefix}top_k={self.top_k!r} must be <= {prefix}num_experts={self.num_experts!r}")
-        return out
-
-    def options(self) -> dict:
-        """The ``ConvertOptions`` fields and their values (a subclass's own fields left out)."""
-        return {f.name: getattr(self, f.name) for f in dataclasses.fields(ConvertOptions)}
-
-
-@dataclass(kw_only=True)
-class ConvertConfig(ConvertOptions):
-    """Every setting of a conversion: the kind (``dynamic``, one of
-    ``padnet.layers.conversions.conversion_kinds()``), PAD or fully dynamic, and the ``ConvertOptions``.
-    ``convert`` stores it on the model as ``model.padnet_config`` (a plain dict, plus ``converted``: the
-    names of the replaced modules)."""
-
-    dynamic: str = "conv"
-    pad: bool = True
-
-    def problems(self, prefix: str = "") -> list[str]:
-        out = super().problems(prefix)
-        kind = choice_problem(f"{prefix}dynamic", self.dynamic, conversion_kinds())
-        if kind:
-            return [kind, *out]
-        # The kind's own rules (e.g. conv: upcycle needs softmax), once the settings they read are valid.
-        return out or get_conversion(self.dynamic).problems(self, prefix)
-
-    def validate(self) -> None:
-        """Raise ``ConfigError`` (a ``ValueError``) listing every problem."""
-        problems = self.problems()
-        if problems:
-            raise ConfigError(problems, "padnet.convert settings")
+from .errors import UsageError
+from .layers.conversions import Conversion, get_conversion
+from .layers.settings import ConvertConfig
 
 
 def convert(
@@ -229,35 +152,3 @@ def _targets(model: nn.Module, conversion: Conversion, config: ConvertConfig) ->
             f"(include={config.include}, exclude={config.exclude}; eligible: {found.eligible[:8]})"
         )
     return chosen, {name: why for name, why in (found.skipped or {}).items() if name not in chosen}
-
-
-def dynamic_layers(model: nn.Module) -> list[tuple[str, nn.Module]]:
-    """(name, module) of every dynamic layer: DY-Conv, CondConv, MoE, and every PAD layer and deployed
-    PAD layer of any kind (the pretrained experts' weights included)."""
-    kinds = (*DYNAMIC_LAYERS, PartiallyDynamic, DeployedPartiallyDynamic)
-    return [(n, m) for n, m in model.named_modules() if isinstance(m, kinds)]
-
-
-def pad_layers(model: nn.Module) -> list[tuple[str, PartiallyDynamic]]:
-    """(name, module) of every PAD layer, in registration order."""
-    return [(n, m) for n, m in model.named_modules() if isinstance(m, PartiallyDynamic)]
-
-
-def compact(model: nn.Module, allow_unpartitioned: bool = False) -> nn.Module:
-    """Make every PAD layer's mask permanent (``PartiallyDynamic.compact``): only the
-    used entries stay, so parameters and optimizer state built afterwards shrink. Call it after
-    ``padnet.partition`` and before creating the optimizer. Returns ``model``.
-
-    Args:
-        model: a model holding PAD layers.
-        allow_unpartitioned: compact even when every mask is still all ones (the partition never ran),
-            which keeps every entry; refused without it.
-    """
-    layers = pad_layers(model)
-    if not layers:
-        raise UsageError(f"compact() found no PAD layer in {type(model).__name__}")
-    if not allow_unpartitioned:
-        refuse_unpartitioned(layers, "compact")
-    for _, layer in layers:
-        layer.compact()
-    return model

@@ -32,9 +32,9 @@ import torch
 from torch import nn
 
 from .errors import UsageError
-from .layers import DYNAMIC_LAYERS
 from .layers.deployed_base import DeployedPartiallyDynamic
 from .layers.pad_base import DynamicEntries
+from .layers.protocol import DYNAMIC_LAYERS
 
 
 def stored_numel(module: nn.Module, recurse: bool = True) -> int:

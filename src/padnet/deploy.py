@@ -1,4 +1,7 @@
-"""``padnet.deploy(model)``: the inference form of a PAD model (SPEC section 6 storage).
+"""``padnet.compact(model)`` and ``padnet.deploy(model)``: the permanent forms of a partitioned model.
+
+``compact`` keeps a PAD layer's training form but drops the entries its mask does not use; ``deploy``
+gives the inference form of a PAD model (SPEC section 6 storage).
 
 Every partially dynamic layer (a ``PartiallyDynamic`` training form) is replaced by its deployed layer
 (its ``deployed_form``, a ``DeployedPartiallyDynamic``), which stores only the static entries (times
@@ -14,7 +17,8 @@ from collections.abc import Sequence
 from torch import nn
 
 from .errors import UsageError
-from .layers import DeployedPartiallyDynamic, PartiallyDynamic
+from .layers.protocol import DeployedPartiallyDynamic, PartiallyDynamic
+from .layers.queries import pad_layers
 
 
 def deploy(model: nn.Module, allow_unpartitioned: bool = False) -> nn.Module:
@@ -31,7 +35,7 @@ def deploy(model: nn.Module, allow_unpartitioned: bool = False) -> nn.Module:
     """
     if isinstance(model, PartiallyDynamic):
         raise UsageError("deploy() takes a model holding PAD layers; for one layer use layer.to_deployed()")
-    targets = [(n, m) for n, m in model.named_modules() if isinstance(m, PartiallyDynamic)]
+    targets = pad_layers(model)
     if not targets:
         if any(isinstance(m, DeployedPartiallyDynamic) for m in model.modules()):
             return model.eval()  # already deployed
@@ -56,3 +60,23 @@ def refuse_unpartitioned(layers: Sequence[tuple[str, PartiallyDynamic]], what: s
         f"padnet.partition has not run), which keeps K full kernels per layer; run padnet.partition(model, ...) "
         f"first, or pass {what}(model, allow_unpartitioned=True) to {what} the fully dynamic model on purpose"
     )
+
+
+def compact(model: nn.Module, allow_unpartitioned: bool = False) -> nn.Module:
+    """Make every PAD layer's mask permanent (``PartiallyDynamic.compact``): only the
+    used entries stay, so parameters and optimizer state built afterwards shrink. Call it after
+    ``padnet.partition`` and before creating the optimizer. Returns ``model``.
+
+    Args:
+        model: a model holding PAD layers.
+        allow_unpartitioned: compact even when every mask is still all ones (the partition never ran),
+            which keeps every entry; refused without it.
+    """
+    layers = pad_layers(model)
+    if not layers:
+        raise UsageError(f"compact() found no PAD layer in {type(model).__name__}")
+    if not allow_unpartitioned:
+        refuse_unpartitioned(layers, "compact")
+    for _, layer in layers:
+        layer.compact()
+    return model

@@ -11,9 +11,8 @@ data, a model file, a run directory) that the user can fix, so callers and the C
   locked by another process, holds another run; a non-finite loss; an export that does not reproduce).
 
 The classes that replaced a ``ValueError`` (config, data, model file) still are ``ValueError``s, and the
-ones that replaced a ``RuntimeError`` (partition, run) still are ``RuntimeError``s, so code that caught
-the old classes keeps working. The old import paths (``padnet.train.config.ConfigError``,
-``padnet.serialization.ModelFileError``, ``padnet.partition.PartitionError``) name the same classes.
+ones that replaced a ``RuntimeError`` (partition, run) still are ``RuntimeError``s, so code that catches
+the built-in classes catches these too. Import them from ``padnet`` or ``padnet.errors``.
 """
 
 from __future__ import annotations

@@ -24,11 +24,10 @@ from torch import nn
 from transformers import Trainer, TrainerCallback
 
 from .arch import build_on_meta
-from .convert import pad_layers
 from .errors import ModelFileError, UsageError
-from .infra import atomic_write_bytes
-from .layers import aux_loss
-from .models.hf import auto_record, from_auto_config
+from .files import atomic_write_bytes
+from .layers import aux_loss, pad_layers
+from .models.transformers_models import auto_record, from_auto_config
 from .partition import PartitionReport, partition
 from .serialization import check_build_memory, load, read_record, save
 

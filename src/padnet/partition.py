@@ -23,11 +23,11 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from .convert import pad_layers
 from .errors import PartitionError, UsageError
-from .layers import GRANULARITIES, DeployedPartiallyDynamic, PartiallyDynamic
+from .layers import GRANULARITIES, pad_layers
 from .layers._validate import check_choice
-from .step import StepRecipe, train_step
+from .layers.protocol import DeployedPartiallyDynamic, PartiallyDynamic
+from .train_step import StepRecipe, train_step
 
 SCHEDULES = ("exponential", "linear")
 SCOPES = ("global", "local")

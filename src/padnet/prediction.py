@@ -147,7 +147,7 @@ def _names_a_folder(name: str) -> bool:
 
 
 def _text_batches(record: dict, inputs: list, batch_size: int, where: str, chosen: str | None):
-    from .models.hf import load_tokenizer, local_files_only
+    from .models.transformers_models import load_tokenizer, local_files_only
 
     name = chosen if chosen is not None else record["tokenizer"]
     if chosen is None and _names_a_folder(name):

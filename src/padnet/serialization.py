@@ -40,12 +40,13 @@ from torch import nn
 from . import models  # noqa: F401  (registers the "padnet." builders)
 from ._version import __version__
 from .arch import _ARCHS, HOW_TO_RECORD, build_arch, build_on_meta, detect_arch, register_arch, resolve_arch, tag_arch  # noqa: F401
-from .convert import convert, pad_layers, plan_conversion
+from .convert import convert, plan_conversion
 from .data.transforms import predict_record_problem
 from .deploy import deploy
 from .errors import ModelFileError, UsageError, cut
-from .infra import atomic_write_bytes
-from .layers import DYNAMIC_LAYERS, DeployedPartiallyDynamic, PartiallyDynamic
+from .files import atomic_write_bytes
+from .layers import pad_layers
+from .layers.protocol import DYNAMIC_LAYERS, DeployedPartiallyDynamic, PartiallyDynamic
 
 FORMAT = "padnet"
 FORMAT_VERSION = 1

@@ -16,10 +16,10 @@ from dataclasses import asdict, dataclass
 import torch
 from torch import nn
 
-from .convert import dynamic_layers
 from .cost import cost, stored_numel
-from .layers import PartiallyDynamic
+from .layers import dynamic_layers
 from .layers.deployed_base import DeployedPartiallyDynamic
+from .layers.protocol import PartiallyDynamic
 
 
 @dataclass

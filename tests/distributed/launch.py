@@ -30,12 +30,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from padnet import distributed
 from padnet.cli import main
 from padnet.data import DataConfig
 from padnet.layers.router import NoisyTopKRouter
-from padnet.train import TaskParts, distributed, register_task, trainer as trainer_module
-from padnet.train.io import RunWriter
+from padnet.train import TaskParts, register_task, trainer as trainer_module
+from padnet.train.run_files import RunWriter
 from padnet.train.vision import ModelConfig, build as build_vision, evaluate as evaluate_vision
+from padnet.train_step import unwrap
 
 
 # ----------------------------------------------------------------------------- test tasks
@@ -148,7 +150,7 @@ def train_sampler(self, dataset, epoch):
 
 
 def results(self, model, parts, history, last_eval, partition_info):
-    state = {k: v.detach().cpu().clone() for k, v in trainer_module._unwrap(model).state_dict().items()}
+    state = {k: v.detach().cpu().clone() for k, v in unwrap(model).state_dict().items()}
     dump = {"state": state, "sampled": dict(SAMPLED), "routing": list(ROUTING), "world_size": distributed.world_size()}
     torch.save(dump, f"{self.run_dir}.rank{distributed.rank()}.pt")
     return _results(self, model, parts, history, last_eval, partition_info)

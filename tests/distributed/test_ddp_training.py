@@ -21,12 +21,12 @@ import yaml
 from torch.utils.data import default_collate
 
 import padnet
-from padnet.convert import pad_layers
+from padnet.layers import pad_layers
 from padnet.temperature import TemperatureSchedule, set_temperature
 from padnet.train import load_config
-from padnet.train.io import load_checkpoint
+from padnet.train.checkpoint import make_dynamic, seed_everything
+from padnet.train.run_files import load_checkpoint
 from padnet.train.tasks import get_task
-from padnet.train.trainer import make_dynamic, seed_everything
 
 pytestmark = [pytest.mark.slow,
               pytest.mark.skipif(not dist.is_available(), reason="torch.distributed is not available in this build")]
@@ -205,8 +205,8 @@ def test_eval_of_a_two_process_run_uses_the_run_temperature(runs):
     """The run took 64 / 2 ranks / 8 = 4 steps per epoch, 8 in all: its attention temperature ended at
     30 - 29 * 2 / 4 = 15.5. Rebuilt in one process for `padnet eval`, the model must use that, not the
     22.75 of a one-process schedule (8 steps per epoch), and reproduce the run's test accuracy."""
-    from padnet.layers import DynamicConvCompute
-    from padnet.train.trainer import rebuild_run
+    from padnet.layers.protocol import DynamicConvCompute
+    from padnet.train.rebuild import rebuild_run
 
     assert [c[3:4] for c in runs["codes"]] == [[0]] * WORLD, runs["proc"].stderr[-3000:]
     base = runs["root"] / "annealing"

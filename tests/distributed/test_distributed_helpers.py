@@ -1,4 +1,4 @@
-"""padnet.train.distributed in one process: torchrun environment parsing, backend choice, and the
+"""padnet.distributed in one process: torchrun environment parsing, backend choice, and the
 identities that keep one-process runs exactly as they were."""
 
 import pytest
@@ -6,8 +6,8 @@ import torch
 from torch.utils.data import RandomSampler
 
 from padnet.cli import main
-from padnet.train import distributed
-from padnet.train.distributed import DistributedSetupError, LaunchEnv, launch_env
+from padnet.distributed import DistributedSetupError, LaunchEnv, launch_env
+from padnet import distributed
 
 
 def test_launch_env_reads_torchrun_variables():

@@ -6,9 +6,9 @@ import torch
 import torch.nn.functional as F
 
 import padnet
-from padnet.convert import convert, pad_layers
+from padnet.convert import convert
 from padnet.cost import cost
-from padnet.layers import DynamicConv2d, MoELinear, PADConv2d, PADMoELinear
+from padnet.layers import DynamicConv2d, MoELinear, PADConv2d, PADMoELinear, pad_layers
 from padnet.reference import DenseMaskPADConv2d, per_expert_pad_moe
 from tests.helpers import assert_close_f64
 from tests.test_deploy import TinyEncoder

@@ -9,8 +9,7 @@ import torch
 from torch import nn
 
 import padnet
-from padnet.convert import pad_layers
-from padnet.layers import conv_strategy
+from padnet.layers import conv_strategy, pad_layers
 from tests.helpers import assert_close_f64, random_mask
 
 

@@ -251,7 +251,7 @@ def test_sorted_dispatch_gradients_equal_the_dense_definition(bias):
 
 
 def test_expert_slots_sort_the_pairs_by_expert():
-    from padnet.layers import ExpertSlots
+    from padnet.layers.protocol import ExpertSlots
     from padnet.layers.router import Routing
 
     top = torch.tensor([[2, 0], [0, 1], [2, 1]])

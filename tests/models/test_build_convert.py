@@ -7,8 +7,8 @@ import torch
 from torch import nn
 
 from padnet import ConfigError, ConvertConfig, models
-from padnet.convert import convert, pad_layers
-from padnet.layers import DynamicConv2d, PADConv2d
+from padnet.convert import convert
+from padnet.layers import DynamicConv2d, PADConv2d, pad_layers
 from tests.helpers import assert_close_f64
 
 

@@ -5,7 +5,8 @@ import pytest
 import yaml
 
 from padnet.cli import main
-from padnet.train import ConfigError, config_from_dict, load_config
+from padnet.errors import ConfigError
+from padnet.train import config_from_dict, load_config
 
 OK = {"data": {"name": "digits"}}
 

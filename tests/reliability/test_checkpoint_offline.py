@@ -85,7 +85,7 @@ def test_a_cached_hub_model_still_loads_from_the_cache(tmp_path):
             raise AssertionError("tried to connect")
         socket.socket.connect = refuse
         socket.create_connection = refuse
-        from padnet.models.hf import load_sequence_classifier, local_files_only
+        from padnet.models.transformers_models import load_sequence_classifier, local_files_only
         with local_files_only("ckpt.pt"):
             model = load_sequence_classifier("padnet-test-org/tiny", num_labels=3)
         print("loaded", model.config.num_labels, model.config.hidden_size)

@@ -15,9 +15,10 @@ import padnet
 from padnet import errors
 from padnet.cli import main
 from padnet.data import Digits
+from padnet.errors import ConfigError, NonFiniteLossError
 from padnet.models import build
-from padnet.train import NonFiniteLossError, TaskParts, Trainer, config_from_dict, register_task
-from padnet.train.config import ConfigError, load_config
+from padnet.train import TaskParts, Trainer, config_from_dict, register_task
+from padnet.train.config import load_config
 from padnet.train.vision import loss_fn
 from tests.helpers import TINY_RUN, write_config
 
@@ -27,7 +28,7 @@ def test_one_error_family_that_old_callers_still_catch():
     from padnet.data.idx import IDXError
     from padnet.partition import PartitionError
     from padnet.serialization import ModelFileError
-    from padnet.train.trainer import ExportCheckError, NonFiniteLossError, RunDirError
+    from padnet.train import ExportCheckError, RunDirError
 
     for cls, old_base in [(errors.ConfigError, ValueError), (errors.DataError, ValueError), (IDXError, ValueError),
                           (ImageFileError, ValueError), (ModelFileError, ValueError), (PartitionError, RuntimeError),

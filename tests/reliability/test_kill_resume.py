@@ -16,7 +16,7 @@ import pytest
 import torch
 
 import padnet
-from padnet.train.io import load_checkpoint
+from padnet.train.run_files import load_checkpoint
 from tests.helpers import (
     SAFETY_TIMEOUT_S,
     child_env,

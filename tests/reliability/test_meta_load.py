@@ -11,8 +11,8 @@ from safetensors.torch import save_file
 
 import padnet
 import padnet.models
-from padnet.convert import pad_layers
 from padnet.errors import ModelFileError
+from padnet.layers import pad_layers
 from tests.helpers import random_mask
 
 SMALL = {"num_classes": 10, "in_channels": 1, "small_input": True, "width": 4, "layers": [1]}
@@ -142,7 +142,7 @@ def test_hugging_face_models_are_checked_on_meta_then_built(tmp_path, monkeypatc
     pytest.importorskip("transformers")
     from transformers import AutoModelForSequenceClassification, BertConfig
 
-    from padnet.models.hf import ARCH_NAME, config_record
+    from padnet.models.transformers_models import ARCH_NAME, config_record
 
     config = BertConfig(vocab_size=30, hidden_size=8, num_hidden_layers=1, num_attention_heads=2,
                         intermediate_size=16, max_position_embeddings=16, num_labels=2)

@@ -16,7 +16,7 @@ from safetensors.torch import save_file
 
 import padnet
 from padnet.errors import ModelFileError
-from padnet.train.io import load_checkpoint
+from padnet.train.run_files import load_checkpoint
 from tests.helpers import SAFETY_TIMEOUT_S, child_env
 
 
@@ -56,7 +56,7 @@ def test_hf_record_with_remote_code_never_runs_it_even_when_answered_yes(tmp_pat
     # padnet.load of the file, and the GLUE model loader a checkpoint's glue.model reaches, with "y" on stdin
     script = textwrap.dedent(f"""
         import padnet
-        from padnet.models.hf import load_sequence_classifier
+        from padnet.models.transformers_models import load_sequence_classifier
         try:
             padnet.load({str(model_file)!r})
         except padnet.ModelFileError as err:
@@ -96,7 +96,7 @@ def test_hf_stored_config_is_checked(tmp_path, config_update, pattern):
     pytest.importorskip("transformers")
     from transformers import BertConfig
 
-    from padnet.models.hf import config_record
+    from padnet.models.transformers_models import config_record
 
     config = config_record(BertConfig(vocab_size=30, hidden_size=8, num_hidden_layers=1, num_attention_heads=2,
                                       intermediate_size=16, max_position_embeddings=16)) | config_update
@@ -285,7 +285,7 @@ def test_checkpoint_entry_claiming_more_than_the_file_holds_is_refused(tmp_path,
 def _gpt_neo_record(positions):
     from transformers import GPTNeoConfig
 
-    from padnet.models.hf import config_record
+    from padnet.models.transformers_models import config_record
 
     config = GPTNeoConfig(vocab_size=30, hidden_size=8, num_layers=2, num_heads=2, max_position_embeddings=positions,
                           attention_types=[[["global", "local"], 1]], architectures=["GPTNeoForCausalLM"],

@@ -11,8 +11,8 @@ import torch
 
 from padnet.cli import main
 from padnet.errors import PadnetError, RunError
+from padnet.files import atomic_write_bytes
 from padnet.train import Trainer, config_from_dict
-from padnet.train.io import atomic_write_bytes
 from padnet.train.rundir import LOCK, MARKER
 from padnet.train.sweep import load_sweep
 from tests.helpers import HOOK_LINE, SAFETY_TIMEOUT_S, TINY_RUN, child_env, paused, train_command, write_config

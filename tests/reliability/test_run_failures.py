@@ -13,7 +13,7 @@ from padnet.cli import main
 from padnet.data import Digits
 from padnet.models import build
 from padnet.train import TaskParts, Trainer, config_from_dict, register_task
-from padnet.train.io import load_checkpoint, non_finite_tensors
+from padnet.train.run_files import load_checkpoint, non_finite_tensors
 from padnet.train.vision import evaluate
 from tests.helpers import TINY_RUN, comparable_results, history_without_times, write_config
 

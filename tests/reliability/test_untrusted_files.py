@@ -13,7 +13,7 @@ import padnet
 from padnet.cli import main
 from padnet.serialization import ModelFileError
 from padnet.train import Trainer, config_from_dict
-from padnet.train.io import load_checkpoint
+from padnet.train.run_files import load_checkpoint
 from tests.helpers import TINY_RUN
 
 

@@ -14,9 +14,10 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 transformers = pytest.importorskip("transformers")
 
 from padnet import cli  # noqa: E402
-from padnet.models import hf  # noqa: E402
-from padnet.train.config import ConfigError, load_config  # noqa: E402
-from padnet.train.io import RunWriter  # noqa: E402
+from padnet.errors import ConfigError  # noqa: E402
+from padnet.models import transformers_models as hf  # noqa: E402
+from padnet.train.config import load_config  # noqa: E402
+from padnet.train.run_files import RunWriter  # noqa: E402
 
 # End-to-end runs: the slow lane (make test-fast leaves them out).
 pytestmark = pytest.mark.slow

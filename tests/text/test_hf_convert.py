@@ -12,10 +12,15 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")  # tests never reach for the networ
 transformers = pytest.importorskip("transformers")
 
 import padnet  # noqa: E402
-from padnet.convert import convert, find_ffn_outputs, pad_layers  # noqa: E402
+from padnet.convert import convert  # noqa: E402
 from padnet.data.glue import GlueExamples, tokenize  # noqa: E402
-from padnet.layers import MoELinear, PADMoELinear  # noqa: E402
-from padnet.models import hf  # noqa: E402
+from padnet.layers import (  # noqa: E402
+    MoELinear,
+    PADMoELinear,
+    pad_layers,
+)
+from padnet.layers.conversions import find_ffn_outputs  # noqa: E402
+from padnet.models import transformers_models as hf  # noqa: E402
 from tests.helpers import assert_close_f64, random_mask  # noqa: E402
 
 try:

@@ -13,7 +13,7 @@ pytest.importorskip("accelerate")
 
 import padnet  # noqa: E402
 from padnet import hf  # noqa: E402
-from padnet.convert import pad_layers  # noqa: E402
+from padnet.layers import pad_layers  # noqa: E402
 from padnet.serialization import ModelFileError  # noqa: E402
 from tests.helpers import random_pad_form  # noqa: E402
 
@@ -118,7 +118,7 @@ def test_partition_callback_partitions_after_the_warm_up_then_trains(tmp_path):
     padnet.deploy(padnet.compact(model))
     hf.save_pretrained(model, tmp_path / "trained")
     loaded = hf.from_pretrained(tmp_path / "trained")
-    deployed = [m for m in loaded.modules() if isinstance(m, padnet.layers.DeployedPartiallyDynamic)]
+    deployed = [m for m in loaded.modules() if isinstance(m, padnet.layers.protocol.DeployedPartiallyDynamic)]
     assert len(deployed) == len(masks)
     assert all(torch.equal(layer.dynamic_index, m.reshape(-1).nonzero().squeeze(1))
                for layer, m in zip(deployed, masks))

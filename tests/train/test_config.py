@@ -5,9 +5,10 @@ import dataclasses
 import pytest
 import yaml
 
-from padnet.convert import ConvertOptions
 from padnet.data import DataConfig
-from padnet.train import ConfigError, config_from_dict, load_config
+from padnet.errors import ConfigError
+from padnet.layers import ConvertOptions
+from padnet.train import config_from_dict, load_config
 from padnet.train.sweep import load_sweep
 from padnet.train.vision import ModelConfig
 
@@ -113,7 +114,7 @@ def test_every_convert_option_is_reachable_from_yaml(tmp_path):
     """Every padnet.convert setting (aux_loss_coef, noisy_gating, include, exclude, ...) reaches convert from a
     run config."""
     from padnet.models import build
-    from padnet.train.trainer import make_dynamic
+    from padnet.train.checkpoint import make_dynamic
 
     path = tmp_path / "run.yaml"
     path.write_text("dynamic:\n  mode: dynamic\n  include: ['layer1.*']\n  exclude: ['*.conv2']\n"

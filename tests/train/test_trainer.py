@@ -10,9 +10,11 @@ import torch.nn.functional as F
 import yaml
 
 from padnet.data import Digits
+from padnet.errors import NonFiniteLossError
+from padnet.files import atomic_write_bytes
 from padnet.models import build
-from padnet.train import NonFiniteLossError, TaskParts, Trainer, config_from_dict, register_task
-from padnet.train.io import atomic_write_bytes, load_checkpoint
+from padnet.train import TaskParts, Trainer, config_from_dict, register_task
+from padnet.train.run_files import load_checkpoint
 from padnet.train.vision import evaluate
 
 BASE = {
@@ -162,7 +164,7 @@ def test_eval_and_export_use_the_temperature_the_run_ended_with(tmp_path):
     """A run of several processes takes fewer steps per epoch; the rebuilt model must use the run's own
     temperature (recorded per epoch), not one recomputed as if a single process had trained it."""
     from padnet.layers import DynamicConv2d
-    from padnet.train.trainer import _run_temperature, rebuild_run
+    from padnet.train.rebuild import _run_temperature, rebuild_run
 
     raw = {**BASE, "task": "tiny_dynamic", "run_dir": str(tmp_path / "run"), "epochs": 1,
            "dynamic": {"mode": "dynamic", "temperature_epochs": 10}}
@@ -187,8 +189,8 @@ def test_the_checkpoint_stores_the_schedule_training_used_and_eval_reads_it(tmp_
     of the run follow it, and padnet eval takes the temperature from it, not from a new derivation."""
     from padnet.errors import ModelFileError
     from padnet.train import evaluate_run
+    from padnet.train.rebuild import _run_temperature
     from padnet.train.schedule import RunSchedule, derive_schedule
-    from padnet.train.trainer import _run_temperature
 
     raw = {**BASE, "task": "tiny_dynamic", "run_dir": str(tmp_path / "run"), "epochs": 2,
            "optim": {"lr": 0.05, "warmup_epochs": 0.5}, "dynamic": {"mode": "dynamic", "temperature_epochs": 10}}

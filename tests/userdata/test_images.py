@@ -16,8 +16,9 @@ import padnet
 from padnet import cli
 from padnet.data import DataConfig, build_datasets
 from padnet.data.transforms import eval_transform, image_record, train_transform
+from padnet.errors import ConfigError
 from padnet.serialization import read_record
-from padnet.train.config import ConfigError, config_from_dict
+from padnet.train.config import config_from_dict
 
 # End-to-end runs: the slow lane (make test-fast leaves them out).
 pytestmark = pytest.mark.slow

@@ -34,7 +34,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, ClassVar, NamedTuple, Protocol
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import torch
 from torch import nn
@@ -46,24 +46,8 @@ from .pad_conv import PADConv2d
 from .pad_experts import PADExperts, is_fused_experts
 from .pad_moe import PADMoELinear
 
-
-class ConversionSettings(Protocol):
-    """The conversion settings a ``Conversion`` reads: a ``padnet.ConvertConfig`` is one. Stated here so
-    that the layers need not import ``padnet.convert``, which is built on them."""
-
-    __dataclass_fields__: ClassVar[dict[str, Any]]  # a dataclass: ``dataclasses.fields`` gives the defaults
-    pad: bool
-    num_kernels: int
-    routing: str
-    reduction: int
-    init: str
-    lambda_mode: str
-    granularity: str
-    num_experts: int
-    top_k: int
-    noisy_gating: bool
-    aux_loss_coef: float
-    target: str | list[str]
+if TYPE_CHECKING:  # settings.py checks a ConvertConfig against this registry, so it imports this module
+    from .settings import ConvertConfig
 
 
 INITS = ("fresh", "upcycle")  # ConvertConfig.init: how the "conv" kind starts its kernels
@@ -81,7 +65,7 @@ class Targets(NamedTuple):
 
 
 # (the module ``find`` found, of the kind's type: nn.Conv2d for "conv", ...; the settings) -> its replacement
-Build = Callable[[Any, ConversionSettings], nn.Module]
+Build = Callable[[Any, "ConvertConfig"], nn.Module]
 # find(model) -> Targets, or find(model, settings) when the conversion ``uses_config``
 Find = Callable[..., Targets]
 
@@ -101,18 +85,18 @@ class Conversion:
     pad: Build
     looks_for: str
     hint: str = ""
-    check: Callable[[ConversionSettings, str], list[str]] | None = None
+    check: Callable[["ConvertConfig", str], list[str]] | None = None
     uses_config: bool = False  # find takes (model, config): which modules depend on the settings
 
-    def targets(self, model: nn.Module, config: ConversionSettings) -> Targets:
+    def targets(self, model: nn.Module, config: ConvertConfig) -> Targets:
         """What ``find`` finds in ``model`` under these settings."""
         return self.find(model, config) if self.uses_config else self.find(model)
 
-    def build(self, module: nn.Module, config: ConversionSettings) -> nn.Module:
+    def build(self, module: nn.Module, config: ConvertConfig) -> nn.Module:
         """The replacement of ``module``: the PAD form when ``config.pad``, else the fully dynamic one."""
         return (self.pad if config.pad else self.dynamic)(module, config)
 
-    def problems(self, config: ConversionSettings, prefix: str = "") -> list[str]:
+    def problems(self, config: ConvertConfig, prefix: str = "") -> list[str]:
         return self.check(config, prefix) if self.check is not None else []
 
 
@@ -121,7 +105,7 @@ _CONVERSIONS: dict[str, Conversion] = {}
 
 def register_conversion(kind: str, find: Find, dynamic: Build, pad: Build,
                         looks_for: str, hint: str = "",
-                        check: Callable[[ConversionSettings, str], list[str]] | None = None,
+                        check: Callable[["ConvertConfig", str], list[str]] | None = None,
                         uses_config: bool = False) -> Conversion:
     """Register (or replace) a kind of conversion; returns it.
 
@@ -214,12 +198,12 @@ def classifier_convs(model: nn.Module) -> list[str]:
     return [modules[last][0]]
 
 
-def _conv_settings(config: ConversionSettings) -> dict:
+def _conv_settings(config: ConvertConfig) -> dict:
     return dict(num_kernels=config.num_kernels, reduction=config.reduction, routing=config.routing,
                 upcycle=config.init == "upcycle")
 
 
-def _upcycle_needs_softmax(config: ConversionSettings, prefix: str) -> list[str]:
+def _upcycle_needs_softmax(config: ConvertConfig, prefix: str) -> list[str]:
     if config.init == "upcycle" and config.routing != "softmax":
         return [f"{prefix}init='upcycle' keeps the model's function only with {prefix}routing='softmax' (the "
                 f"attention weights sum to 1); got {prefix}routing={config.routing!r}"]
@@ -298,7 +282,7 @@ def targets_of(target: str | Sequence[str]) -> list[str]:
     return [target] if isinstance(target, str) else list(target)
 
 
-def _find_ffn_targets(model: nn.Module, config: ConversionSettings) -> Targets:
+def _find_ffn_targets(model: nn.Module, config: ConvertConfig) -> Targets:
     """The projections ``config.target`` names, in model order (every one is eligible for ``include``)."""
     ffns = find_ffns(model)
     wanted = targets_of(config.target)
@@ -329,7 +313,7 @@ def _found_linear(module: nn.Module) -> LinearView:
     return view
 
 
-def _moe_settings(config: ConversionSettings) -> dict:
+def _moe_settings(config: ConvertConfig) -> dict:
     return dict(num_experts=config.num_experts, top_k=config.top_k, noisy_gating=config.noisy_gating,
                 aux_loss_coef=config.aux_loss_coef)
 
@@ -359,7 +343,7 @@ def _find_fused_experts(model: nn.Module) -> Targets:
     return Targets(found, found)
 
 
-def _experts_need_pad(config: ConversionSettings, prefix: str) -> list[str]:
+def _experts_need_pad(config: ConvertConfig, prefix: str) -> list[str]:
     """The "experts" kind keeps the pretrained MoE's own experts, router and granularity of entries, so
     settings that would change them are refused rather than ignored."""
     out = []
@@ -375,7 +359,7 @@ def _experts_need_pad(config: ConversionSettings, prefix: str) -> list[str]:
     return out
 
 
-def _no_fully_dynamic_form(experts: nn.Module, config: ConversionSettings) -> nn.Module:
+def _no_fully_dynamic_form(experts: nn.Module, config: ConvertConfig) -> nn.Module:
     raise UsageError("dynamic='experts' has no fully dynamic form: the model's experts are one already")
 
 

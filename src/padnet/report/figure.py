@@ -8,7 +8,7 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-from ..infra import atomic_savefig
+from ..files import atomic_savefig
 from .build import Report
 from .stats import Stat
 from .tables import metric_heading, metric_scale
@@ -22,7 +22,7 @@ def plot(report: Report, path: str | Path, no_links_under: str | Path | None = N
     Args:
         report: from ``build_report``.
         path: the PNG to write.
-        no_links_under: refuse a symbolic link in ``path`` below this directory (see ``train.io``).
+        no_links_under: refuse a symbolic link in ``path`` below this directory (see ``padnet.files.refuse_links``).
     """
     import matplotlib
 

@@ -12,7 +12,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 from ..errors import RunError
-from ..infra import atomic_write_bytes, refuse_links
+from ..files import atomic_write_bytes, refuse_links
 from .build import Report, build_report
 from .collect import collect, unfinished
 from .figure import plot

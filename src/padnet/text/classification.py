@@ -151,7 +151,7 @@ class TextSetup:
 def text_parts(config: RunConfig, setup: TextSetup, train: glue_data.GlueExamples, dev: glue_data.GlueExamples,
                info: dict) -> TaskParts:
     """The ``TaskParts`` of every text task: one tokenizer, one model loader, one evaluation."""
-    from ..models.hf import load_sequence_classifier, load_tokenizer
+    from ..models.transformers_models import load_sequence_classifier, load_tokenizer
 
     regression = setup.label_names is None
     tokenizer = load_tokenizer(setup.model)

@@ -90,7 +90,7 @@ def check_glue(config: RunConfig) -> list[str]:
 
 def check_text_model(config: RunConfig, model: str, key: str) -> list[str]:
     """Pre-flight checks of every text task: the model exists and the dynamic settings suit a transformer."""
-    from ..models.hf import resolve_model
+    from ..models.transformers_models import resolve_model
 
     out = []
     try:

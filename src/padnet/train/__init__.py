@@ -4,14 +4,13 @@
     results = Trainer(load_config("configs/fmnist_demo.yaml", ["seed=1"])).train()
 """
 
-from .config import ConfigError, RunConfig, config_from_dict, load_config
+from .config import RunConfig, config_from_dict, load_config
+from .rebuild import ExportCheckError, evaluate_run, export_run
 from .tasks import TaskParts, get_task, known_tasks, register_task
-from .trainer import ExportCheckError, NonFiniteLossError, RunDirError, Trainer, evaluate_run, export_run
+from .trainer import RunDirError, Trainer
 
 __all__ = [
-    "ConfigError",
     "ExportCheckError",
-    "NonFiniteLossError",
     "RunConfig",
     "RunDirError",
     "TaskParts",

@@ -19,7 +19,7 @@ from ..convert import convert
 from ..errors import ModelFileError, cut, shorten
 from ..serialization import restore_pad_layers
 from .config import RunConfig
-from .io import TRAINING_CHECKPOINT, load_checkpoint
+from .run_files import TRAINING_CHECKPOINT, load_checkpoint
 from .schedule import RunSchedule
 
 CHECKPOINT = "checkpoint.pt"

@@ -23,8 +23,8 @@ from typing import Any, TypeVar
 
 import yaml
 
-from ..convert import ConvertConfig, ConvertOptions
 from ..errors import ConfigError, cut, shorten
+from ..layers import ConvertConfig, ConvertOptions
 from ..layers._validate import choice_problem, int_problem
 from ..layers.conv_strategy import STRATEGY_MODES
 from ..layers.conversions import conversion_kinds, get_conversion

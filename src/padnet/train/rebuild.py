@@ -9,18 +9,18 @@ from typing import NamedTuple
 
 from torch import nn
 
-from ..convert import dynamic_layers, pad_layers
 from ..cost import stored_numel
+from ..distributed import resolve_device
 from ..errors import RunError, UsageError
-from ..infra import resolve_device
-from ..models.hf import local_files_only
+from ..layers import dynamic_layers, pad_layers
+from ..models.transformers_models import local_files_only
 from ..serialization import load, save
 from ..temperature import set_temperature
 from .checkpoint import CHECKPOINT, make_dynamic, read_training_checkpoint, restore_checked, seed_everything
 from .config import RunConfig, config_from_dict
+from .evaluation import DeviceLoader, deployable_parameters, eval_loader, evaluate
 from .rundir import RUN_FILES
 from .schedule import RunSchedule, derive_schedule
-from .steps import DeviceLoader, deployable_parameters, eval_loader, evaluate
 from .tasks import TaskParts, get_task
 
 

@@ -25,7 +25,7 @@ from pathlib import Path
 
 from .._version import __version__
 from ..errors import RunError
-from ..infra import atomic_write_bytes
+from ..files import atomic_write_bytes
 
 MARKER = ".padnet-run"
 LOCK = ".padnet-run.lock"

@@ -23,9 +23,9 @@ import re
 import time
 from pathlib import Path
 
-from ..errors import shorten
+from ..errors import ConfigError, shorten
 from ..plugins import PluginError, import_plugins
-from .config import ConfigError, RunConfig, config_from_dict, merge, parse_overrides, read_yaml
+from .config import RunConfig, config_from_dict, merge, parse_overrides, read_yaml
 
 SWEEP_KEYS = ("base", "output_dir", "seeds", "runs")
 _NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]{0,127}")

@@ -16,7 +16,7 @@ bit-identically to an uninterrupted run: the checkpoint holds the model (mask in
 scheduler, the RNG states and the metrics history, and the data order of epoch e comes from a
 generator seeded with (seed, e), not from the global RNG.
 
-Distributed (``padnet.train.distributed``): under torchrun (``WORLD_SIZE`` > 1) ``train()`` starts the
+Distributed (``padnet.distributed``): under torchrun (``WORLD_SIZE`` > 1) ``train()`` starts the
 process group (gloo on CPU, nccl on CUDA) unless one is running, and every rank runs the same steps:
 the model is built from the same seed and broadcast from rank 0; the partition runs on every rank,
 each scoring its shard of the scoring set, with the scores summed across ranks (``padnet.partition``),
@@ -53,56 +53,38 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, RandomSampler
 
-from ..convert import compact, dynamic_layers, pad_layers
-from ..errors import NonFiniteLossError, RunError, shorten
-from ..infra import is_main_process, refuse_links, resolve_device
+from .. import distributed
+from ..deploy import compact
+from ..distributed import is_main_process, resolve_device
+from ..errors import ConfigError, NonFiniteLossError, RunError, shorten
+from ..files import open_append_nofollow, refuse_links
+from ..layers import dynamic_layers, pad_layers
 from ..layers.conv_strategy import conv_strategy, conv_strategy_picks, load_conv_strategy_picks
 from ..partition import get_scorer, partition
 from ..summary import summary
 from ..temperature import set_temperature
-from . import distributed
-from .checkpoint import (  # noqa: F401  (restore_model, set_rng_state: re-exported)
+from ..train_step import StepRecipe, train_step, unwrap
+from .checkpoint import (
     CHECKPOINT,
     CHECKPOINT_FORMAT,
     get_rng_state,
     make_dynamic,
     read_training_checkpoint,
     restore_checked,
-    restore_model,
     restore_rng,
     seed_everything,
-    set_rng_state,
 )
-from .config import ConfigError, RunConfig, config_from_dict
-from .io import RunWriter, open_append_nofollow
-from .rebuild import (  # noqa: F401  (padnet eval / export, importable from here as they always were)
-    ExportCheckError,
-    RebuiltRun,
-    _run_temperature,
-    evaluate_run,
-    export_run,
-    rebuild_run,
-)
+from .config import RunConfig, config_from_dict
+from .evaluation import DeviceLoader, deployable_parameters, eval_loader, evaluate, progress, to_device
+from .run_files import RunWriter
 from .rundir import check_run_dir_name, claim, padnet_version
 from .schedule import RunSchedule, derive_schedule
-from .steps import (
-    DeviceLoader,
-    StepRecipe,
-    deployable_parameters,
-    eval_loader,
-    evaluate,
-    progress,
-    to_device,
-    train_step,
-    unwrap,
-)
 from .tasks import TaskParts, get_task
 
 RESULTS = "results.json"
 # Keys that may differ between a run and its resumption without changing its results.
 # (Not ``threads``: the number of threads changes the order of float reductions, so the results.)
 RESUME_FREE_KEYS = {"run_dir", "progress", "tensorboard", "log_every", "num_workers", "device"}
-_unwrap = unwrap  # its name before it moved to padnet.train.steps
 
 
 class RunDirError(RunError):

@@ -2,7 +2,7 @@
 ``padnet.partition(..., warmup_steps=N)``.
 
 It lives outside ``padnet.train`` because ``padnet.partition`` uses it and the trainer's package imports
-the partition; it needs only the layers, the temperature and ``padnet.infra``.
+the partition; it needs only the layers, the temperature and ``padnet.distributed``.
 """
 
 from __future__ import annotations
@@ -14,9 +14,10 @@ import torch
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
-from . import infra
+from . import distributed
 from .errors import NonFiniteLossError
-from .layers import DynamicConvCompute, MoECompute, aux_loss
+from .layers import aux_loss
+from .layers.protocol import DynamicConvCompute, MoECompute
 from .temperature import set_temperature
 
 
@@ -67,13 +68,14 @@ def train_step(model: nn.Module, batch, recipe: StepRecipe, temperature: float,
         loss = loss + aux_loss(unwrap(model))
     # The mean over ranks (the loss itself in one process): non-finite on every rank when it is on any,
     # so all ranks stop at this step instead of waiting for each other.
-    step_loss = infra.mean(loss.detach())
+    step_loss = distributed.mean(loss.detach())
     if not torch.isfinite(step_loss):
-        raise NonFiniteLossError(f"non-finite loss ({float(step_loss)}{over_ranks(infra.world_size())}) {where()}")
+        ranks = over_ranks(distributed.world_size())
+        raise NonFiniteLossError(f"non-finite loss ({float(step_loss)}{ranks}) {where()}")
     recipe.optimizer.zero_grad(set_to_none=True)
     loss.backward()
     if not isinstance(model, DistributedDataParallel):
-        infra.average_gradients(model.parameters())
+        distributed.average_gradients(model.parameters())
     if recipe.grad_clip:
         torch.nn.utils.clip_grad_norm_(model.parameters(), recipe.grad_clip)
     recipe.optimizer.step()

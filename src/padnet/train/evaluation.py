@@ -1,6 +1,6 @@
-"""The trainer's building blocks that hold no run state (torchvision references style): the training
-step (``train_step``, from ``padnet.step``: shared by the epoch loop and the partition warm-ups),
-evaluation (``evaluate``), the eval loader, and moving batches to the run's device.
+"""Evaluation for the trainer, holding no run state (torchvision references style): ``evaluate``, the
+eval loader, the progress bar, and moving batches to the run's device. The training step itself is
+``padnet.train_step`` (shared by the epoch loop and the partition warm-ups).
 """
 
 from __future__ import annotations
@@ -12,8 +12,8 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from ..errors import NonFiniteLossError
-from ..step import StepRecipe, over_ranks, train_step, unwrap  # noqa: F401  (re-exported: padnet.step)
 from ..summary import summary
+from ..train_step import unwrap
 from .config import RunConfig
 from .tasks import TaskParts
 

@@ -1,14 +1,11 @@
 """Everything the trainer writes goes through here, so that under torch.distributed only rank 0
-writes (``is_main_process``), and every file is replaced atomically (``padnet.infra.atomic_write_bytes``:
+writes (``is_main_process``), and every file is replaced atomically (``padnet.files.atomic_write_bytes``:
 temp file, fsync, ``os.replace``).
 
 Checkpoints are ``torch.save`` of tensors and plain containers only and are read back with
 ``torch.load(weights_only=True)``: a checkpoint can never run code when it is loaded. A checkpoint
 whose tensors hold nan/inf is never written (the previous, good one stays), and a checkpoint save
 first removes the temp files that a killed save of the same file left behind.
-
-The atomic writer and its helpers live in ``padnet.infra`` (``padnet.serialization`` writes with it
-too) and are re-exported here, where the trainer's callers have always found them.
 """
 
 from __future__ import annotations
@@ -22,16 +19,9 @@ from pathlib import Path
 import torch
 import yaml
 
+from ..distributed import is_main_process
 from ..errors import ModelFileError, NonFiniteLossError, cut
-from ..infra import (  # noqa: F401  (re-exported)
-    atomic_savefig,
-    atomic_write_bytes,
-    current_umask,
-    is_main_process,
-    open_append_nofollow,
-    refuse_links,
-    remove_stale_temp_files,
-)
+from ..files import atomic_write_bytes, remove_stale_temp_files
 
 
 def non_finite_tensors(obj, prefix: str = "") -> list[str]:

@@ -1,5 +1,6 @@
-"""torch.distributed for the trainer: process-group setup from torchrun's environment, rank helpers,
-the training sampler, and the few reductions the trainer needs.
+"""torch.distributed for padnet: which process this is under torchrun (``launch_env``, ``rank``,
+``world_size``, ``is_main_process``: the one that writes files), its device (``resolve_device``), the
+process-group setup, the training sampler, and the few reductions a training step needs.
 
 Launch with torchrun (one process per GPU, or several CPU processes)::
 
@@ -16,34 +17,159 @@ rank, in the same order.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+import os
+from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.distributed as dist
 from torch import nn
 from torch.utils.data import DistributedSampler
 
-from ..errors import ConfigError
+from .errors import ConfigError
 
-# The process identity, the device and the reductions a training step needs live in padnet.infra
-# (serialization and padnet.step need them too, without importing the trainer); the names
-# are re-exported here, where the trainer and its callers have always found them.
-from ..infra import (  # noqa: F401
-    DistributedSetupError,
-    LaunchEnv,
-    average_gradients,
-    by_dtype_and_device,
-    comm_device,
-    is_distributed,
-    is_initialized,
-    is_main_process,
-    launch_env,
-    mean,
-    rank,
-    resolve_device,
-    world_size,
-)
+ENV_KEYS = ("RANK", "WORLD_SIZE", "LOCAL_RANK")
+DEVICES = ("cpu", "cuda", "auto")
+
+
+# ------------------------------------------------------------------------------- processes
+class DistributedSetupError(RuntimeError):
+    """The torchrun environment or the devices do not allow the requested distributed run."""
+
+
+@dataclass(frozen=True)
+class LaunchEnv:
+    """What torchrun told this process."""
+
+    rank: int
+    world_size: int
+    local_rank: int
+
+
+def launch_env(environ: Mapping[str, Any] | None = None) -> LaunchEnv | None:
+    """The torchrun environment of this process, or None when it was not launched by torchrun
+    (no ``WORLD_SIZE``). Raises ``DistributedSetupError`` naming the bad variable and value."""
+    environ = os.environ if environ is None else environ
+    if "WORLD_SIZE" not in environ:
+        return None
+    values = {}
+    for key in ENV_KEYS:
+        raw = environ.get(key, "0")  # RANK and LOCAL_RANK default to 0; WORLD_SIZE is there (above)
+        try:
+            values[key] = int(raw)
+        except (TypeError, ValueError):
+            raise DistributedSetupError(
+                f"{key}={raw!r} is not an integer; torchrun sets RANK, WORLD_SIZE and LOCAL_RANK to integers "
+                "(launch with torchrun, or unset WORLD_SIZE for one process)"
+            ) from None
+    rank, world, local = values["RANK"], values["WORLD_SIZE"], values["LOCAL_RANK"]
+    if world < 1:
+        raise DistributedSetupError(f"WORLD_SIZE={world} must be >= 1")
+    if not 0 <= rank < world:
+        raise DistributedSetupError(f"RANK={rank} must be in [0, WORLD_SIZE={world})")
+    if not 0 <= local < world:
+        raise DistributedSetupError(f"LOCAL_RANK={local} must be in [0, WORLD_SIZE={world})")
+    return LaunchEnv(rank, world, local)
+
+
+def is_initialized() -> bool:
+    """True when a torch.distributed process group is running."""
+    return dist.is_available() and dist.is_initialized()
+
+
+def world_size() -> int:
+    return dist.get_world_size() if is_initialized() else 1
+
+
+def rank() -> int:
+    return dist.get_rank() if is_initialized() else 0
+
+
+def is_main_process() -> bool:
+    """True in rank 0, and in a process outside any process group: the one that writes files."""
+    return rank() == 0
+
+
+def resolve_device(name: str) -> torch.device:
+    """The run's device for ``device`` = ``cpu`` / ``cuda`` / ``auto``; under torchrun with several
+    processes, CUDA means ``cuda:LOCAL_RANK``.
+
+    Raises ``ConfigError`` for another name, or for ``cuda`` on a machine without CUDA, and
+    ``DistributedSetupError`` when torchrun started more processes on this machine than it has GPUs."""
+    if name not in DEVICES:
+        raise ConfigError([f"device={name!r} is not supported; allowed: 'cpu', 'cuda', 'auto'"])
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cpu":
+        return torch.device("cpu")
+    if not torch.cuda.is_available():
+        raise ConfigError([f"device={name!r} but CUDA is not available; allowed here: 'cpu', 'auto'"])
+    env = launch_env()
+    if env is None or env.world_size == 1:
+        return torch.device("cuda")
+    count = torch.cuda.device_count()
+    if env.local_rank >= count:
+        raise DistributedSetupError(
+            f"LOCAL_RANK={env.local_rank} but this machine has {count} visible CUDA device(s): launch at most "
+            f"--nproc_per_node {count} processes per machine (one per GPU), or set device=cpu"
+        )
+    return torch.device("cuda", env.local_rank)
+
+
+# --------------------------------------------------------------------------------------- reductions
+def is_distributed() -> bool:
+    """True when a process group of more than one process is running (DDP paths on)."""
+    return world_size() > 1
+
+
+def mean(value: torch.Tensor) -> torch.Tensor:
+    """Mean of a tensor over ranks (the tensor itself in one process). A NaN or inf on any rank
+    makes the result non-finite on every rank, so a check on it stops all ranks together."""
+    if not is_distributed():
+        return value
+    out = value.detach().clone()
+    dist.all_reduce(out, op=dist.ReduceOp.SUM)
+    return out / world_size()
+
+
+def average_gradients(parameters: Iterable[nn.Parameter]) -> None:
+    """All-reduce and average ``.grad`` of the parameters that have one on some rank (a missing grad
+    counts as zero there; a parameter without a grad on every rank keeps ``None``, as in one process),
+    for training steps outside a DistributedDataParallel wrapper."""
+    if not is_distributed():
+        return
+    params = [p for p in parameters if p.requires_grad]
+    # A parameter may have a gradient on one rank and none on another: agree on which ones take part.
+    has_grad = torch.tensor([p.grad is not None for p in params], dtype=torch.int64, device=comm_device())
+    dist.all_reduce(has_grad, op=dist.ReduceOp.MAX)
+    params = [p for p, flag in zip(params, has_grad.tolist()) if flag]
+    for p in params:
+        if p.grad is None:
+            p.grad = torch.zeros_like(p)
+    for grads in by_dtype_and_device([p.grad for p in params if p.grad is not None]):  # (every one, set above)
+        flat = torch.cat([g.reshape(-1) for g in grads])
+        dist.all_reduce(flat, op=dist.ReduceOp.SUM)
+        flat /= world_size()
+        offset = 0
+        for g in grads:
+            g.copy_(flat[offset:offset + g.numel()].view_as(g))
+            offset += g.numel()
+
+
+def comm_device() -> torch.device:
+    if is_initialized() and dist.get_backend() == "nccl":
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
+
+
+def by_dtype_and_device(tensors: list[torch.Tensor]) -> list[list[torch.Tensor]]:
+    groups: dict = {}
+    for t in tensors:
+        groups.setdefault((t.dtype, t.device), []).append(t)
+    return list(groups.values())
+
 
 BACKENDS = ("gloo", "nccl")
 
@@ -74,11 +200,12 @@ def init_from_env(device_name: str = "auto", backend: str | None = None) -> bool
     if backend == "nccl" and device.type != "cuda":
         raise DistributedSetupError(f"backend='nccl' needs CUDA devices; "
                                     f"the run's device is {device_name!r} (use gloo)")
-    kwargs = {}
+    device_id = None
     if device.type == "cuda":
         torch.cuda.set_device(device)
-        kwargs["device_id"] = device
-    dist.init_process_group(backend, init_method="env://", rank=env.rank, world_size=env.world_size, **kwargs)
+        device_id = device
+    dist.init_process_group(backend, init_method="env://", rank=env.rank, world_size=env.world_size,
+                            device_id=device_id)
     return True
 
 
@@ -124,8 +251,8 @@ def train_sampler(dataset, seed: int, epoch: int) -> DistributedSampler:
     ``seed + epoch`` draws), truncated to a multiple of the world size, rank r taking every
     world-size-th index from r. The union over ranks is the one-process order (its first
     ``len // world * world`` indices)."""
-    sampler = DistributedSampler(dataset, num_replicas=world_size(), rank=rank(), shuffle=True, seed=seed,
-                                 drop_last=True)
+    sampler: DistributedSampler = DistributedSampler(dataset, num_replicas=world_size(), rank=rank(),
+                                                     shuffle=True, seed=seed, drop_last=True)
     sampler.set_epoch(epoch)
     return sampler
 
