@@ -9,6 +9,9 @@ STAMP := $(VENV)/.padnet-installed
 LOCK := constraints.txt
 EXTRAS := .[vision,text,dev]
 FMNIST_DIR := /usr/share/datasets/fashion-mnist
+# The GLUE TSV directory the GLUE sweeps read (the configs default to the `datasets` library's glue, online):
+# `make sweep-glue GLUE_DIR=/path/to/glue`.
+GLUE_DIR ?= ../shared/data/glue
 # The layer tests whose float results depend on the CPU's vector unit (ATEN_CPU_CAPABILITY).
 NUMERIC_TESTS := tests/layers tests/test_deploy.py tests/reliability/test_layer_properties.py
 
@@ -103,7 +106,7 @@ report-evidence: venv
 		--title "Vision evidence: the ablations, paired with PAD kappa 0.3"
 
 sweep-glue: venv
-	HF_HUB_OFFLINE=1 $(PY) -m padnet sweep --config configs/glue_sweep.yaml
+	HF_HUB_OFFLINE=1 $(PY) -m padnet sweep --config configs/glue_sweep.yaml --set glue.data_dir=$(GLUE_DIR)
 
 report-glue: venv
 	$(PY) -m padnet report runs/glue_sweep --out docs/results/text.md --copy-results docs/results/text \
@@ -111,7 +114,7 @@ report-glue: venv
 
 # The longer-budget CoLA check (whole training set).
 sweep-glue-long: venv
-	HF_HUB_OFFLINE=1 $(PY) -m padnet sweep --config configs/glue_long.yaml
+	HF_HUB_OFFLINE=1 $(PY) -m padnet sweep --config configs/glue_long.yaml --set glue.data_dir=$(GLUE_DIR)
 
 report-glue-long: venv
 	$(PY) -m padnet report runs/glue_long --out docs/results/text_long.md --copy-results docs/results/text_long \

@@ -1,4 +1,4 @@
-"""``padnet.deploy(model)``: the inference form of a PAD model (SPEC section 6 storage).
+"""``padnet.deploy(model)``: the inference form of a PAD model (stored as docs/method.md#storage says).
 
 Every partially dynamic layer (a ``PartiallyDynamic`` training form) is replaced by its deployed layer
 (its ``deployed_form``, a ``DeployedPartiallyDynamic``), which stores only the static entries (times
