@@ -7,7 +7,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.padnet-installed
 LOCK := constraints.txt
-EXTRAS := .[vision,text,dev]
+EXTRAS := .[vision,text,dev,docs]
 FMNIST_DIR := /usr/share/datasets/fashion-mnist
 # The GLUE TSV directory the GLUE sweeps read (the configs default to the `datasets` library's glue, online):
 # `make sweep-glue GLUE_DIR=/path/to/glue`.
@@ -15,7 +15,7 @@ GLUE_DIR ?= ../shared/data/glue
 # The layer tests whose float results depend on the CPU's vector unit (ATEN_CPU_CAPABILITY).
 NUMERIC_TESTS := tests/layers tests/test_deploy.py tests/reliability/test_layer_properties.py
 
-.PHONY: demo test test-fast test-numerics test-latest lock lint data venv bench sweep-vision report-vision sweep-evidence report-evidence sweep-glue report-glue sweep-glue-long report-glue-long clean
+.PHONY: demo test test-fast test-numerics test-latest lock lint docs data venv bench sweep-vision report-vision sweep-evidence report-evidence sweep-glue report-glue sweep-glue-long report-glue-long clean
 
 venv: $(STAMP)
 
@@ -76,6 +76,11 @@ lint: venv
 	$(PY) -m mypy
 	$(VENV)/bin/lint-imports
 
+# The documentation site (mkdocs.yml): the pages under docs/ and the API reference built from the
+# docstrings; --strict fails on a broken link between pages or a reference that does not resolve.
+docs: venv
+	$(PY) -m mkdocs build --strict --site-dir site
+
 bench: venv
 	$(PY) benchmarks/layers.py
 	$(PY) benchmarks/partition_cost.py
@@ -121,4 +126,4 @@ report-glue-long: venv
 		--title "Text results: CoLA with a longer budget"
 
 clean:
-	rm -rf $(VENV) .venv-latest build src/*.egg-info
+	rm -rf $(VENV) .venv-latest build site src/*.egg-info

@@ -1,7 +1,7 @@
 """Which exact formulation a dynamic convolution runs: the strategies, the rule, the autotuner, the cache.
 
-Every strategy computes the same function, y[b] = conv(x[b], sum_j w[b, j] S_j) + bias[b] (docs/method.md#pad-layers:
-any exact formulation, chosen by cost); they differ only in float rounding and in time:
+Every strategy computes the same function, y[b] = conv(x[b], sum_j w[b, j] S_j) + bias[b]
+(docs/method.md#computing-forms: any exact formulation, chosen by cost); they differ only in float rounding and in time:
 
 - per-sample kernels, W(x)[b] = sum_j w[b, j] S_j built first (B x N values), then applied with
   ``grouped`` (one conv, groups = B), ``unfold`` (im2col + bmm), ``bmm`` (1x1 convs) or ``loop``;
