@@ -7,12 +7,15 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.padnet-installed
 LOCK := constraints.txt
-EXTRAS := .[vision,text,dev]
+EXTRAS := .[vision,text,dev,docs]
 FMNIST_DIR := /usr/share/datasets/fashion-mnist
+# The GLUE TSV directory the GLUE sweeps read (the configs default to the `datasets` library's glue, online):
+# `make sweep-glue GLUE_DIR=/path/to/glue`.
+GLUE_DIR ?= ../shared/data/glue
 # The layer tests whose float results depend on the CPU's vector unit (ATEN_CPU_CAPABILITY).
 NUMERIC_TESTS := tests/layers tests/test_deploy.py tests/reliability/test_layer_properties.py
 
-.PHONY: demo test test-fast test-numerics test-latest lock lint data venv bench sweep-vision report-vision sweep-evidence report-evidence sweep-glue report-glue sweep-glue-long report-glue-long clean
+.PHONY: demo test test-fast test-numerics test-latest lock lint docs data venv bench sweep-vision report-vision sweep-evidence report-evidence sweep-glue report-glue sweep-glue-long report-glue-long clean
 
 venv: $(STAMP)
 
@@ -73,6 +76,11 @@ lint: venv
 	$(PY) -m mypy
 	$(VENV)/bin/lint-imports
 
+# The documentation site (mkdocs.yml): the pages under docs/ and the API reference built from the
+# docstrings; --strict fails on a broken link between pages or a reference that does not resolve.
+docs: venv
+	$(PY) -m mkdocs build --strict --site-dir site
+
 bench: venv
 	$(PY) benchmarks/layers.py
 	$(PY) benchmarks/partition_cost.py
@@ -103,7 +111,7 @@ report-evidence: venv
 		--title "Vision evidence: the ablations, paired with PAD kappa 0.3"
 
 sweep-glue: venv
-	HF_HUB_OFFLINE=1 $(PY) -m padnet sweep --config configs/glue_sweep.yaml
+	HF_HUB_OFFLINE=1 $(PY) -m padnet sweep --config configs/glue_sweep.yaml --set glue.data_dir=$(GLUE_DIR)
 
 report-glue: venv
 	$(PY) -m padnet report runs/glue_sweep --out docs/results/text.md --copy-results docs/results/text \
@@ -111,11 +119,11 @@ report-glue: venv
 
 # The longer-budget CoLA check (whole training set).
 sweep-glue-long: venv
-	HF_HUB_OFFLINE=1 $(PY) -m padnet sweep --config configs/glue_long.yaml
+	HF_HUB_OFFLINE=1 $(PY) -m padnet sweep --config configs/glue_long.yaml --set glue.data_dir=$(GLUE_DIR)
 
 report-glue-long: venv
 	$(PY) -m padnet report runs/glue_long --out docs/results/text_long.md --copy-results docs/results/text_long \
 		--title "Text results: CoLA with a longer budget"
 
 clean:
-	rm -rf $(VENV) .venv-latest build src/*.egg-info
+	rm -rf $(VENV) .venv-latest build site src/*.egg-info

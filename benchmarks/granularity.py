@@ -1,4 +1,4 @@
-"""Channel-granular PAD (issue 16, SPEC section 8) against element PAD, the fully dynamic host and static,
+"""Channel-granular PAD (issue 16, docs/method.md#granularity) against element PAD, the fully dynamic host and static,
 as ratios measured in one run (interleaved, ``common.time_variants``).
 
     taskset -c 0 env OMP_NUM_THREADS=1 python benchmarks/granularity.py --inference --batches 1 8

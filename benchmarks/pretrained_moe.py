@@ -99,7 +99,7 @@ def train(model, stream, seed: int, steps: int | None, seconds: float | None, de
 
 def expert_storage(model) -> tuple[int, int]:
     """(values, bytes) of the fused-expert modules. Values: the original's parameters, or for a deployed
-    PAD model (1 - kappa) N static + kappa K N dynamic per weight (SPEC section 6; ``padnet.summary``
+    PAD model (1 - kappa) N static + kappa K N dynamic per weight (docs/method.md#storage; ``padnet.summary``
     does not list the deployed expert weights, see the notes). Bytes: everything the modules hold,
     parameters and buffers (the deployed form keeps a dense static kernel and an int64 index list)."""
     experts = [module for name, module in model.named_modules() if name.endswith("mlp.experts")]
@@ -163,7 +163,8 @@ def markdown(result: dict, command: str) -> str:
         lines.append(f"| {r['method']} | {r['kappa']:.1f} | {r['expert_params']:,} | {r['params_saved']:.1%} | "
                      f"{r['expert_bytes']:,} | {r['memory_saved']:.1%} | {r['loss_before_ft']:.4f} | "
                      f"{r['loss_after_ft']:.4f} |")
-    lines += ["", "Expert params are the deployable values ((1 - kappa) N static + kappa K N dynamic, SPEC section 6); "
+    lines += ["", "Expert params are the deployable values ((1 - kappa) N static + kappa K N dynamic, "
+              "docs/method.md#storage); "
               "expert bytes are what the deployed expert modules hold (float32 parameters and buffers: a dense "
               "static kernel of N values and an int64 index list), so memory saved is below params saved; "
               "the rest of the model (attention, router, embeddings) is the same in every row. "

@@ -1,4 +1,4 @@
-"""Stored parameters, bytes and MACs (padnet.cost) against SPEC section 6."""
+"""Stored parameters, bytes and MACs (padnet.cost) against docs/method.md#storage."""
 
 import pytest
 import torch
@@ -10,8 +10,8 @@ from padnet.convert import convert
 from padnet.cost import cost
 from padnet.layers import pad_layers
 
-# SPEC section 6 reference counts, millions: static, DY-Conv, PAD kappa=0.3, PAD kappa=0.5.
-SPEC = {"resnet50": (25.6, 97.1, 47.9, 62.0), "resnet18": (11.7, 45.2, 21.8, 28.5)}
+# docs/method.md#storage reference counts, millions: static, DY-Conv, PAD kappa=0.3, PAD kappa=0.5.
+PAPER = {"resnet50": (25.6, 97.1, 47.9, 62.0), "resnet18": (11.7, 45.2, 21.8, 28.5)}
 
 
 def exact_masks(model, kappa, seed=0):
@@ -28,7 +28,7 @@ def exact_masks(model, kappa, seed=0):
 
 
 def formula(arch, kappa):
-    """SPEC section 6 storage, computed from the static model: (1 - kappa) N + kappa K N + attention."""
+    """Stored values (docs/method.md#storage), computed from the static model: (1 - kappa) N + kappa K N + attention."""
     static = getattr(torchvision.models, arch)()
     total = sum(p.numel() for p in static.parameters())
     convs = [m for m in static.modules() if isinstance(m, nn.Conv2d)][1:]  # stem stays static
@@ -54,13 +54,13 @@ def deployed_params(arch, kappa):
 def test_deployed_parameters_match_spec_section_6(arch):
     got = deployed_params(arch, 0.3)
     assert got == formula(arch, 0.3)
-    if arch in SPEC:
-        assert abs(got / 1e6 - SPEC[arch][2]) / SPEC[arch][2] < 0.01, got
+    if arch in PAPER:
+        assert abs(got / 1e6 - PAPER[arch][2]) / PAPER[arch][2] < 0.01, got
 
 
 @pytest.mark.slow
 def test_resnet18_static_dynamic_and_half_counts_match_spec():
-    static, dynamic, _, half = SPEC["resnet18"]
+    static, dynamic, _, half = PAPER["resnet18"]
     assert abs(cost(torchvision.models.resnet18()).params / 1e6 - static) / static < 0.01
     assert abs(cost(convert(torchvision.models.resnet18(), pad=False)).params / 1e6 - dynamic) / dynamic < 0.01
     assert abs(deployed_params("resnet18", 0.5) / 1e6 - half) / half < 0.01

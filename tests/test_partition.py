@@ -1,4 +1,4 @@
-"""Iterative Mode Partition (SPEC section 4): exact ratios, determinism, scope, schedule, the planted
+"""Iterative Mode Partition (docs/method.md#partition): exact ratios, determinism, scope, schedule, the planted
 problem, and its errors."""
 
 import math

@@ -1,5 +1,5 @@
 """benchmarks/pretrained_moe.py: its model builder converts exactly and its storage count matches
-SPEC section 6 after a 1-step PAD pipeline (no timing, no results)."""
+docs/method.md#storage after a 1-step PAD pipeline (no timing, no results)."""
 
 import pytest
 import torch

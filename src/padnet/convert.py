@@ -4,7 +4,7 @@
 replaces modules in place and returns the model, with the settings it used recorded as
 ``model.padnet_config`` (a plain dict) so ``padnet.save``/``padnet.load`` can rebuild it.
 
-Which modules each kind replaces and what it puts in their place (SPEC section 5) is registered in
+Which modules each kind replaces and what it puts in their place (docs/method.md#placement) is registered in
 ``padnet.layers.conversions``: ``dynamic="conv"`` makes every ``nn.Conv2d`` but the stem a DY-Conv /
 CondConv or PAD DY-Conv, ``dynamic="moe"`` makes the FFN output projection of every transformer layer
 an MoE or PAD MoE upcycled from the pretrained weight. ``include``/``exclude`` (fnmatch patterns on
@@ -61,14 +61,14 @@ def convert(
         routing: ``"softmax"`` (DY-Conv, temperature-annealed) or ``"sigmoid"`` (CondConv).
         include, exclude: fnmatch patterns on module names that override the rule above.
         reduction: attention hidden width C_in // reduction (at least 4).
-        init: ``"fresh"`` kernels (SPEC) or ``"upcycle"`` (every kernel/expert from the existing weight,
-            so the converted model computes what it did).
+        init: ``"fresh"`` kernels (docs/method.md#dynamic-layers) or ``"upcycle"`` (every kernel/expert
+            from the existing weight, so the converted model computes what it did).
         lambda_mode: which scale factors learn: ``"both"``, ``"static"``, ``"dynamic"`` or ``"none"``.
         granularity: ``"element"`` (the paper: the mask chooses single entries) or ``"channel"`` (whole
             output channels of a conv, output rows of an MoE expert: the static ones are computed once
-            for the whole batch, SPEC section 8).
+            for the whole batch, docs/method.md#granularity).
         num_experts, top_k, noisy_gating, aux_loss_coef: the MoE's experts, routing and balance loss.
-        target: which FFN projections become MoEs: ``"output"`` (SPEC section 5; ``"down"`` is the
+        target: which FFN projections become MoEs: ``"output"`` (docs/method.md#placement; ``"down"`` is the
             same), ``"gate"`` or ``"up"`` (a SwiGLU's ``gate_proj`` / ``up_proj``; ``"up"`` is a plain
             FFN's input projection), or a list of them.
         config: all of the above as one ``ConvertConfig`` (``convert(model, config=ConvertConfig(...))``);

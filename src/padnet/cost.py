@@ -1,6 +1,6 @@
 """Stored parameters, bytes and multiply-accumulates (MACs) of a model, per layer and in total.
 
-What counts (SPEC section 6):
+What counts (docs/method.md#storage):
 - ``params``: elements of the module's parameters (what ``nn.Module.parameters`` yields), so
   torchvision resnet50 counts 25.6M, plus a deployed layer's N - nnz static values, which it holds in
   its dense static kernel rather than in a parameter; a PAD layer's mask or a deployed layer's index
@@ -16,8 +16,8 @@ What counts (SPEC section 6):
   per-sample form; the strategy a conv runs with (``padnet.layers.conv_strategy``) may trade kernel
   aggregation for K times the conv MACs (the mixtures) where that is faster.
 - ``conv_macs`` split: ``static_macs`` run with weights shared by the whole batch (static layers,
-  attention and routers, and the static channels / rows of a channel-granular PAD layer, SPEC section
-  8), ``dynamic_macs`` with per-sample kernels or routed experts; ``conv_macs`` is their sum. A
+  attention and routers, and the static channels / rows of a channel-granular PAD layer,
+  docs/method.md#granularity), ``dynamic_macs`` with per-sample kernels or routed experts; ``conv_macs`` is their sum. A
   channel-granular PAD-MoE counts (1 - kappa) + top_k kappa dense products per token.
 
 ``padnet.summary`` builds on ``cost(model, example_input)``; ``ModelCost.table()`` is a markdown table.

@@ -1,7 +1,7 @@
 """``padnet.compact(model)`` and ``padnet.deploy(model)``: the permanent forms of a partitioned model.
 
 ``compact`` keeps a PAD layer's training form but drops the entries its mask does not use; ``deploy``
-gives the inference form of a PAD model (SPEC section 6 storage).
+gives the inference form of a PAD model (stored as docs/method.md#storage says).
 
 Every partially dynamic layer (a ``PartiallyDynamic`` training form) is replaced by its deployed layer
 (its ``deployed_form``, a ``DeployedPartiallyDynamic``), which stores only the static entries (times

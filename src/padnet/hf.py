@@ -128,7 +128,7 @@ def hf_loss(model: nn.Module, batch: dict) -> torch.Tensor:
 class PartitionCallback(TrainerCallback):
     """Runs ``padnet.partition`` once, after ``warmup_steps`` optimizer steps of fully dynamic training
     (at the start when 0): upcycled PAD-MoE experts all equal the dense weight, so the partition has
-    nothing to rank before they have trained apart (SPEC section 4). Training then goes on with the
+    nothing to rank before they have trained apart (docs/method.md#partition). Training then goes on with the
     mask frozen: entries the mask turns static get no gradient, so the model trains as its compacted
     form would; call ``padnet.compact``/``padnet.deploy`` after training (compacting in the run would
     leave the optimizer holding the old kernels).

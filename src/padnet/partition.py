@@ -1,4 +1,4 @@
-"""Iterative Mode Partition (SPEC section 4): choose which kernel entries stay dynamic.
+"""Iterative Mode Partition (docs/method.md#partition): choose which kernel entries stay dynamic.
 
 Each round relaxes every PAD layer's mask to a float that carries gradient, accumulates
 dL/dM over the scoring batches (the first-order Taylor estimate of the loss change of making an entry
@@ -7,7 +7,7 @@ last round; entries dropped in one round can come back in a later one.
 
 What is ranked are each layer's units (``layer.num_units``): its entries, or for ``granularity=
 "channel"`` its rows (output channels), scored by the sum of their entries' signed Taylor terms, then
-the absolute value (SPEC section 8); counts, scopes and schedules are then in units.
+the absolute value (docs/method.md#granularity); counts, scopes and schedules are then in units.
 """
 
 from __future__ import annotations
@@ -179,7 +179,7 @@ def partition(
     the training batch size); ``loss_fn(model, batch)`` returns the scalar loss. The ``magnitude`` and
     ``random`` scorers need neither. With ``scope="global"`` the total number of dynamic entries is
     round(kappa * N) over all PAD layers; with ``"local"`` each layer gets round(kappa * N_l), N counted
-    in units: entries, or output channels (rows) for channel-granular layers (SPEC section 8).
+    in units: entries, or output channels (rows) for channel-granular layers (docs/method.md#granularity).
     Scoring runs in eval mode (no dropout, no router noise), changes no weight, leaves no ``.grad``,
     and restores the model's mode. Under torch.distributed, taylor scores are summed over ranks before
     ranking, so every rank gets the same mask.
@@ -383,7 +383,7 @@ def _random(context: ScoringContext) -> list[torch.Tensor]:
 
 def _taylor_scores(model, layers, batch_list, loss_fn, seed) -> list[torch.Tensor]:
     """|sum over the scoring set of dL/dM| per layer and unit: per entry, or summed over each row (signed,
-    then the absolute value: SPEC section 8) for channel granularity."""
+    then the absolute value: docs/method.md#granularity) for channel granularity."""
     relaxed = []
     for _, layer in layers:
         m = layer.mask.to(layer.phi.dtype).detach().requires_grad_(True)
@@ -450,7 +450,7 @@ def _select(scores: list[torch.Tensor], ratio: float, scope: str) -> list[torch.
     return list(torch.split(mask, [s.numel() for s in scores]))
 
 
-# The built-in scorers (SPEC section 4): the method and the paper's two baselines.
+# The built-in scorers (docs/method.md#partition): the method and the paper's two baselines.
 register_scorer("taylor", _taylor, needs_batches=True)
 register_scorer("magnitude", _magnitude)
 register_scorer("random", _random)

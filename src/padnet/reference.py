@@ -1,7 +1,7 @@
 """The published reference formulation of PAD layers, kept as a test oracle and a benchmark peer.
 
 It aggregates all K full kernels per sample, multiplies by a dense float mask and adds a dense
-masked static tensor (SPEC section 6); MoE experts are built one by one as full W_i' tensors. It is
+masked static tensor (docs/method.md#storage); MoE experts are built one by one as full W_i' tensors. It is
 deliberately plain: its value is that it is obviously the equation, not that it is fast.
 """
 

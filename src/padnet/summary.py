@@ -1,7 +1,7 @@
 """``padnet.summary(model)``: what each dynamic layer holds, and the model beside its static and fully
 dynamic twins (PEFT's ``print_trainable_parameters``, per layer).
 
-Counts follow SPEC section 6. A PAD layer with N entries per kernel, K kernels and dynamic ratio kappa
+Counts follow docs/method.md#storage. A PAD layer with N entries per kernel, K kernels and dynamic ratio kappa
 deploys (1 - kappa) N static values + kappa K N dynamic values (+ its dynamic biases) + the
 attention/router; the mask (or index list) is metadata, reported apart. The same layer fully dynamic
 holds K N (+ biases, + attention); fully static it holds N (+ one bias).
@@ -57,7 +57,7 @@ class ModelSummary:
     conv_macs: int | None = None  # per sample, when summary() was given an example input
     aggregation_macs: int | None = None  # per sample: building the per-sample kernels / expert mixing
     skipped: dict[str, str] | None = None  # modules padnet.convert's rule left static on purpose: name -> why
-    static_macs: int | None = None  # per sample, of conv_macs: weights shared by the batch (SPEC 8)
+    static_macs: int | None = None  # per sample, of conv_macs: weights shared by the batch (docs/method.md#granularity)
     dynamic_macs: int | None = None  # per sample, of conv_macs: per-sample kernels, routed experts
 
     @property
@@ -123,7 +123,7 @@ def _layer_summary(name: str, layer: nn.Module) -> LayerSummary:
     elif isinstance(layer, PartiallyDynamic):
         nnz = layer.num_dynamic
         lambda_s, lambda_d = (float(v.detach()) for v in layer.scales)
-        # phi is not deployable: deploy() folds the scales into the stored values (SPEC section 6).
+        # phi is not deployable: deploy() folds the scales into the stored values (docs/method.md#storage).
         static, dynamic, ratio = entries - nnz, kernels * nnz + bias, layer.dynamic_ratio
     else:
         lambda_s, lambda_d = 0.0, 1.0

@@ -1,4 +1,4 @@
-"""Temperature annealing for DY-Conv attention (SPEC section 2)."""
+"""Temperature annealing for DY-Conv attention (docs/method.md#temperature)."""
 
 from __future__ import annotations
 

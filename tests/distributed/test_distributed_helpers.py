@@ -5,9 +5,9 @@ import pytest
 import torch
 from torch.utils.data import RandomSampler
 
+from padnet import distributed
 from padnet.cli import main
 from padnet.distributed import DistributedSetupError, LaunchEnv, launch_env
-from padnet import distributed
 
 
 def test_launch_env_reads_torchrun_variables():

@@ -1,4 +1,4 @@
-"""Channel-granular PAD (SPEC section 8): the structured forward equals the element-mask oracle for both
+"""Channel-granular PAD (docs/method.md#granularity): the structured forward equals the element-mask oracle for both
 layer kinds and every form, the identities hold, the partition ranks whole rows, files round-trip."""
 
 import pytest

@@ -1,4 +1,4 @@
-"""SPEC section 3 identities for MoE and PAD MoE, routing and the load-balancing loss."""
+"""The identities of docs/method.md#identities for MoE and PAD MoE, routing and the load-balancing loss."""
 
 import pytest
 import torch

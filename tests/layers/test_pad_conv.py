@@ -1,4 +1,4 @@
-"""SPEC section 3 identities and the efficient-form contract for DY-Conv, CondConv and PAD DY-Conv."""
+"""The identities of docs/method.md#identities and the efficient-form contract for DY-Conv, CondConv and PAD DY-Conv."""
 
 import copy
 

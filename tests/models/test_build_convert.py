@@ -57,7 +57,7 @@ def test_resnet50_parameters_at_kappa_03_match_spec():
         layer.set_mask(mask.reshape(layer.kernel_shape))
     s = summary(model)
     assert static == pytest.approx(25.56e6, rel=0.01)
-    assert s.deployable_params == pytest.approx(47.9e6, rel=0.03)  # SPEC section 6
+    assert s.deployable_params == pytest.approx(47.9e6, rel=0.03)  # docs/method.md#storage
     assert s.fully_dynamic_params == pytest.approx(97.1e6, rel=0.03)
 
 

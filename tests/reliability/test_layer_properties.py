@@ -1,5 +1,5 @@
 """Property tests over layer arguments: either a clear ValueError, or an output of the right shape
-with the SPEC section 3 identities holding."""
+with the identities of docs/method.md#identities holding."""
 
 import pytest
 import torch

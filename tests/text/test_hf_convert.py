@@ -1,4 +1,4 @@
-"""BERT-family models: upcycled (PAD) MoE keeps the pretrained function exactly (SPEC section 3),
+"""BERT-family models: upcycled (PAD) MoE keeps the pretrained function exactly (docs/method.md#pad-layers),
 FFN outputs are found by structure in BERT, RoBERTa and DistilBERT, and bad models fail clearly."""
 
 import copy

@@ -9,7 +9,7 @@ from torch import nn
 from ._validate import check_choice, check_positive_int
 
 ROUTINGS = ("softmax", "sigmoid")
-MIN_HIDDEN = 4  # SPEC section 2: a floor for narrow layers, so C_in // r never collapses to 1 unit
+MIN_HIDDEN = 4  # docs/method.md#dynamic-layers: a floor for narrow layers, so C_in // r never collapses to 1 unit
 
 
 class KernelAttention(nn.Module):

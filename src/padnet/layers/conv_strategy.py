@@ -1,7 +1,7 @@
 """Which exact formulation a dynamic convolution runs: the strategies, the rule, the autotuner, the cache.
 
-Every strategy computes the same function, y[b] = conv(x[b], sum_j w[b, j] S_j) + bias[b] (SPEC section 3:
-any exact formulation, chosen by cost); they differ only in float rounding and in time:
+Every strategy computes the same function, y[b] = conv(x[b], sum_j w[b, j] S_j) + bias[b]
+(docs/method.md#computing-forms: any exact formulation, chosen by cost); they differ only in float rounding and in time:
 
 - per-sample kernels, W(x)[b] = sum_j w[b, j] S_j built first (B x N values), then applied with
   ``grouped`` (one conv, groups = B), ``unfold`` (im2col + bmm), ``bmm`` (1x1 convs) or ``loop``;
@@ -37,7 +37,7 @@ from .assemble import tracing
 
 PER_SAMPLE_STRATEGIES = ("grouped", "unfold", "bmm", "loop")
 MIXTURE_STRATEGIES = ("mixture", "mixture_unfold")
-# Channel-granular PAD layers only (SPEC section 8): whole per-sample kernels assembled from the static
+# Channel-granular PAD layers only (docs/method.md#granularity): whole per-sample kernels assembled from the static
 # and the mixed dynamic rows, one conv over all channels, instead of the static / dynamic split. At
 # batch 1 that is one conv with one kernel (the split's two smaller convs with odd channel counts
 # measured 1.14x-1.43x the static conv on resnet50's 3x3 layers); on large maps with few channels it can

@@ -6,7 +6,7 @@ partially dynamic (``pad``). ``padnet.convert(model, dynamic=kind)``, the run co
 and ``padnet.load`` (which re-runs convert) accept every registered kind, so a new one (a GPT-2
 ``Conv1D`` FFN, SwiGLU projections, a channel-granular PAD conv) is one ``register_conversion`` call.
 
-padnet's own kinds, where PAD goes (SPEC section 5):
+padnet's own kinds, where PAD goes (docs/method.md#placement):
 
 - ``"conv"``: every ``nn.Conv2d`` except the first one the model registers, squeeze-excitation convs
   and a classifier conv (``find_convs``; ``include`` brings them back). For torchvision ResNets

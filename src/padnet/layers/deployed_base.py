@@ -1,6 +1,6 @@
 """Storage shared by the deployed (inference) forms of PAD layers.
 
-A deployed layer stores, per SPEC section 6, only: the N - nnz static entries with lambda_s folded in
+A deployed layer stores, per docs/method.md#storage, only: the N - nnz static entries with lambda_s folded in
 (``static_values``), the K x nnz dynamic entries with lambda_d folded in (``dynamic_values``) and the
 sorted flat positions of the dynamic entries (``dynamic_index``, an index list instead of a mask).
 
@@ -10,7 +10,7 @@ values. A state-dict hook writes its N - nnz static entries to files as ``static
 index list as int32), and loading scatters them back, so a file holds exactly the stored entries while
 memory holds no second copy of them and no list of the static positions.
 
-Channel granularity (SPEC section 8): the static entries are whole rows, so memory holds them compact,
+Channel granularity (docs/method.md#granularity): the static entries are whole rows, so memory holds them compact,
 (1 - kappa) C_out rows in order (``static_kernel`` is then the static conv's weight or the static
 matmul's, with no zeros), and files hold the sorted dynamic rows (``dynamic_rows``, int32) instead of
 the entries' positions.

@@ -423,7 +423,7 @@ class DynamicConv2d(DynamicConvCompute, nn.Module):
             conv: the convolution to replace; zero padding given as ints.
             upcycle: every kernel (and a PAD layer's W_s) starts as ``conv``'s weight and every
                 kernel bias as its bias, so with softmax routing the layer computes what ``conv`` did;
-                False: fresh kernels (SPEC section 2).
+                False: fresh kernels (docs/method.md#dynamic-layers).
             **settings: the layer's own arguments: ``num_kernels``, ``reduction``, ``routing``, and
                 ``lambda_mode`` for a PAD layer.
         """

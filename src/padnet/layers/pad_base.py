@@ -3,7 +3,7 @@
 A PAD layer owns K (or E) full dynamic kernels ``weight`` (K kernels, each of ``kernel_shape``,
 flattened for convolutions so ``model.to(memory_format=torch.channels_last)`` works) and one
 static kernel ``static_weight`` of ``kernel_shape``; the bool buffer ``mask`` (kernel shape, shared by
-all K kernels) marks the dynamic entries (SPEC section 3). Like ``torch.nn.utils.prune``, the mask is a
+all K kernels) marks the dynamic entries (docs/method.md#pad-layers). Like ``torch.nn.utils.prune``, the mask is a
 buffer beside the parameters; ``compact()`` makes the mask permanent by keeping only the dynamic
 entries of the K kernels (``dynamic_values`` (K, nnz)), which shrinks parameters, gradients and
 optimizer state from (K + 1) N to K nnz + N. W_s stays a dense kernel (zero at the dynamic entries,
@@ -11,7 +11,7 @@ which get no gradient) because every forward needs it dense: keeping only its N 
 would cost a scatter of them per forward, more than DY-Conv's whole kernel aggregation at batch 1.
 (The deployed form, whose W_s never changes, stores N - nnz values and densifies once at load.)
 
-Granularity (SPEC section 8): ``"element"`` (the paper) lets every entry of the mask be chosen on its
+Granularity (docs/method.md#granularity): ``"element"`` (the paper) lets every entry of the mask be chosen on its
 own; ``"channel"`` keeps the mask constant along every row of the kernel (an output channel of a conv,
 an output row of an expert weight), so the layer can compute the static rows once for the whole batch
 and the dynamic path on the kappa rows only. The mask keeps its shape and meaning (an element mask with
@@ -93,7 +93,7 @@ class DynamicEntries(ModuleMixin):
         """kappa = mean(M): the fraction of one kernel's entries that are dynamic."""
         return self.num_dynamic / self.kernel_numel
 
-    # ----------------------------------------------------------------- units (SPEC section 8)
+    # ----------------------------------------------------------------- units (docs/method.md#granularity)
     @property
     def row_numel(self) -> int:
         """Entries of one row (an output channel of a conv kernel, an output row of an expert weight)."""
@@ -106,7 +106,8 @@ class DynamicEntries(ModuleMixin):
 
     def unit_scores(self, entry_scores: torch.Tensor) -> torch.Tensor:
         """Per-entry scores (N,) summed into per-unit scores (``num_units``,): the identity for elements,
-        the sum over every row for channels (SPEC section 8 sums the signed element terms of a row)."""
+        the sum over every row for channels (the signed element terms of a row are summed:
+        docs/method.md#granularity)."""
         flat = entry_scores.reshape(-1)
         return flat if self.granularity == "element" else flat.reshape(self.kernel_shape[0], -1).sum(1)
 
@@ -199,7 +200,7 @@ class PartiallyDynamic(DynamicEntries):
     # ----------------------------------------------------------------- mask and scales
     @property
     def scales(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """(lambda_s, lambda_d) as SPEC section 3 defines them for ``lambda_mode``."""
+        """(lambda_s, lambda_d) as docs/method.md#pad-layers defines them for ``lambda_mode``."""
         one = torch.ones((), dtype=self.phi.dtype, device=self.phi.device)
         two_sigmoid = 2 * torch.sigmoid(self.phi)
         if self.lambda_mode == "both":

@@ -12,19 +12,19 @@ from .rows import channel_conv
 
 
 class PADConv2d(PartiallyDynamic, DynamicConv2d):
-    """Partially dynamic convolution (SPEC section 3).
+    """Partially dynamic convolution (docs/method.md#pad-layers).
 
     Takes DynamicConv2d's arguments plus ``lambda_mode`` and ``granularity``. Element granularity: only
     the nnz dynamic entries are aggregated per sample (``alpha @ W_dyn[:, idx]``, (B, nnz)) and written
     into the shared static kernel; no B x K x N tensor and no dense float mask exist. Channel
-    granularity (SPEC section 8): the static output channels are one conv for the whole batch and the
+    granularity (docs/method.md#granularity): the static output channels are one conv for the whole batch and the
     dynamic path runs on the dynamic channels only (``padnet.layers.rows``). Biases stay fully dynamic.
     """
 
     def __init__(self, *args, lambda_mode: str = "both", granularity: str = "element", **kwargs):
         super().__init__(*args, **kwargs)
         self._init_pad(self.weight_shape, lambda_mode, granularity)
-        # W_s is initialised independently of the kernels, with the same init (SPEC section 3).
+        # W_s is initialised independently of the kernels, with the same init (docs/method.md#pad-layers).
         nn.init.normal_(self.static_weight, 0.0, self.init_std)
 
     def compute(self, x: torch.Tensor, alpha: torch.Tensor, bias: torch.Tensor | None, strategy: str) -> torch.Tensor:
@@ -53,7 +53,7 @@ class PADConv2d(PartiallyDynamic, DynamicConv2d):
         if self.relaxed_mask is not None:
             # Scoring only (partition): the mask is a float that carries gradient, so the dense form.
             # Written as lambda_s W_s + m (lambda_d W(x) - lambda_s W_s) so dL/dm is exactly the
-            # Taylor term of SPEC section 4.
+            # Taylor term of docs/method.md#partition.
             m = self.relaxed_mask.reshape(-1)
             static = lambda_s * self.static_weight.reshape(-1)
             return static + m * (lambda_d * (alpha @ self.weight) - static)
@@ -63,13 +63,13 @@ class PADConv2d(PartiallyDynamic, DynamicConv2d):
                                 self.dynamic_index, scale=lambda_s, keep=self.static_keep)
 
     def mixture_kernels(self, alpha: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Kernels whose alpha-mixture is W(x) (SPEC section 3). Softmax routing (alpha sums to 1):
+        """Kernels whose alpha-mixture is W(x) (docs/method.md#pad-layers). Softmax routing (alpha sums to 1):
         the static part folds into the K kernels, W~_k = lambda_d M W_k + lambda_s (1 - M) W_s, assembled
         once per forward (K x N element work, no more kernels than DY-Conv). Sigmoid routing (CondConv):
         K kernels lambda_d M W_k plus lambda_s (1 - M) W_s as a (K + 1)-th kernel of weight 1."""
         lambda_s, lambda_d = self.scales
         if self.relaxed_mask is not None:
-            # Scoring: the same forms with the float mask m, so dL/dm is the Taylor term of SPEC section 4.
+            # Scoring: the same forms with the float mask m, so dL/dm is the Taylor term of docs/method.md#partition.
             m = self.relaxed_mask.reshape(1, -1)
             static = lambda_s * self.static_weight.reshape(1, -1)
             if self.routing == "softmax":

@@ -43,7 +43,7 @@ def assembled_experts(
 
 
 class PADMoELinear(PartiallyDynamic, MoELinear):
-    """Partially dynamic MoE linear (SPEC section 3): y = sum_{i in top-k} G_i (W_i' x + b_i) with
+    """Partially dynamic MoE linear (docs/method.md#pad-layers): y = sum_{i in top-k} G_i (W_i' x + b_i) with
     W_i' = lambda_d M (.) W_i + lambda_s (1 - M) (.) W_s.
 
     Each expert's W_i' is assembled once per forward (``assembled_experts``), so a token costs what it
@@ -51,7 +51,7 @@ class PADMoELinear(PartiallyDynamic, MoELinear):
     masked experts) is the same function but costs one more dense matmul per token: measured 1.77x the
     MoE at MiniLM's FFN-output shape, 1,024 tokens (``benchmarks/layers.py --moe``).
 
-    With ``granularity="channel"`` (SPEC section 8) the static rows are one matmul per token and each
+    With ``granularity="channel"`` (docs/method.md#granularity) the static rows are one matmul per token and each
     routed expert computes only its dynamic rows (``padnet.layers.rows.channel_mix``): (1 - kappa) +
     top_k kappa dense matmuls per token, fewer than the MoE's top_k.
     """
@@ -68,7 +68,7 @@ class PADMoELinear(PartiallyDynamic, MoELinear):
         if self.relaxed_mask is not None:
             # Scoring only: the per-expert form W_i' = lambda_s W_s + m (lambda_d W_i - lambda_s W_s),
             # so dL/dm sums (lambda_d W_i - lambda_s W_s) * dL/dW_i' per expert and is exactly 0 when
-            # every expert equals W_s (upcycled at init), which the partition must detect (SPEC 4).
+            # every expert equals W_s (upcycled at init), which the partition must detect (docs/method.md#partition).
             static = lambda_s * self.static_weight
             scored = static + self.relaxed_mask * (lambda_d * self.weight - static)
             return mix_experts(tokens, routing, scored, self.bias)

@@ -33,7 +33,7 @@ class Routing:
 class NoisyTopKRouter(nn.Module):
     """h(x) = x W_g (+ N(0,1) * (softplus(x W_noise) + 0.01) while training); G = softmax(top-k(h)).
 
-    Both W_g and W_noise start at 0 (SPEC section 2), so at init every expert is equally likely.
+    Both W_g and W_noise start at 0 (docs/method.md#dynamic-layers), so at init every expert is equally likely.
     Load is the smooth probability of being in the top-k while training with noise, hard counts
     otherwise.
     """

@@ -1,4 +1,4 @@
-"""Channel-granular PAD compute (SPEC section 8): static rows once for the whole batch, the dynamic path
+"""Channel-granular PAD compute (docs/method.md#granularity): static rows once for the whole batch, the dynamic path
 on the dynamic rows only, the two results written into one output in the original row order.
 
 With an element mask every sample needs its own full kernel; with a channel mask the static output

@@ -22,14 +22,17 @@ class ConvertOptions:
     num_kernels: int = 4  # conv: K, the dynamic kernels per conv
     routing: str = "softmax"  # conv: softmax = DY-Conv (temperature-annealed), sigmoid = CondConv
     reduction: int = 16  # conv: attention hidden width C_in // reduction (at least 4)
-    init: str = "fresh"  # conv: fresh kernels (the method) or upcycle (every kernel from the existing weight)
+    # conv: fresh kernels (docs/method.md#dynamic-layers) or upcycle (every kernel from the existing weight)
+    init: str = "fresh"
     lambda_mode: str = "both"  # PAD: which scale factors learn: both, static, dynamic or none
-    granularity: str = "element"  # PAD: mask per entry (the paper) or per output channel / row
+    # PAD: mask per entry (the paper) or per output channel / row (docs/method.md#granularity)
+    granularity: str = "element"
     num_experts: int = 8  # moe: experts per layer ...
     top_k: int = 2  # ... and how many each token uses
     noisy_gating: bool = True  # moe: noisy top-k routing while training
     aux_loss_coef: float = 0.01  # moe: load-balancing loss coefficient
-    # moe: which FFN projections become MoEs: "output" (docs/method.md#placement; "down"), "gate", "up", or a list
+    # moe: which FFN projections become MoEs: "output" (docs/method.md#placement; "down"), "gate", "up",
+    # or a list
     target: str | list[str] = "output"
     include: list[str] | None = None  # fnmatch patterns of module names to convert (overrides the rule)
     exclude: list[str] | None = None  # ... and to leave as they are

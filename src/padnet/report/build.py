@@ -26,7 +26,7 @@ class Group:
     kind: str
     scorer: str | None
     metrics: tuple[str, ...]
-    granularity: str = "element"  # PAD's mask unit (SPEC 8): entries, or whole output channels
+    granularity: str = "element"  # PAD's mask unit (docs/method.md#granularity): entries, or whole output channels
     routing: str = "softmax"  # conv: softmax = DY-Conv, sigmoid = CondConv
     variant: str = ""  # a PAD ablation of the recipe ("one-shot", "lambda: static only"), see _variant
     seeds: list[int] = field(default_factory=list)
