@@ -98,27 +98,40 @@ def _sweep(args) -> int:
 
 def _sweep_runs(args, configs, print) -> int:  # noqa: A002 - print: rank 0's print, a no-op elsewhere
     from .train import Trainer
+    from .train.rundir import RunInUseError
     from .train.sweep import SweepClock, run_status
 
     statuses = [run_status(c) for c in configs]
+    running = sum(s.startswith("in progress") for s in statuses)
     clock = SweepClock(statuses.count("pending") + statuses.count("interrupted"))
-    print(f"sweep {args.config}: {len(configs)} runs ({statuses.count('finished')} finished, "
-          f"{statuses.count('interrupted')} interrupted, {statuses.count('pending')} pending)", flush=True)
+    print(f"sweep {args.config}: {len(configs)} runs ({statuses.count('finished')} finished, {running} in progress "
+          f"elsewhere, {statuses.count('interrupted')} interrupted, {statuses.count('pending')} pending)", flush=True)
     if args.dry_run:
         for c, s in zip(configs, statuses):
             print(f"  {s:<11} {c.run_dir}")
         return 0
+    skipped = []
     for i, (config, status) in enumerate(zip(configs, statuses)):
-        if status == "finished":
+        if status == "finished" or status.startswith("in progress"):
+            skipped += [f"{config.run_dir}: {status}"] if status != "finished" else []
             continue
         print(f"[{i + 1}/{len(configs)}] {'resuming' if status == 'interrupted' else 'starting'} {config.run_dir} "
               f"({clock.line()})", flush=True)
         started = time.perf_counter()
-        results = Trainer(config).train()
+        try:
+            results = Trainer(config).train()
+        except RunInUseError as err:  # another process took the run since the statuses were read
+            print(f"[{i + 1}/{len(configs)}] skipped {config.run_dir}: in progress (pid {err.holder})", flush=True)
+            skipped.append(f"{config.run_dir}: in progress (pid {err.holder})")
+            clock.todo -= 1
+            continue
         clock.done()
         print(f"[{i + 1}/{len(configs)}] {config.run_dir}: {results['main_metric']} "
               f"{results['test'][results['main_metric']]:.4f} ({time.perf_counter() - started:.0f}s; "
               f"{clock.line()})", flush=True)
+    if skipped:
+        print(f"skipped {len(skipped)} run(s) another process is running; run the sweep again once they finish to "
+              "report them:\n  " + "\n  ".join(skipped), flush=True)
     return 0
 
 

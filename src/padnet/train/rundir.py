@@ -74,6 +74,31 @@ def check_ownership(run_dir: Path) -> None:
                    f"holds {shown}); padnet will not write among those files: use a new or empty run_dir")
 
 
+class RunInUseError(RunError):
+    """Another process holds the run directory's lock (``holder``: the pid it recorded)."""
+
+    def __init__(self, run_dir, holder: str, lock_path: Path):
+        self.holder = holder
+        super().__init__(f"run_dir {run_dir} is in use by process {holder} (it holds {lock_path}); wait for it to "
+                         "finish, stop it, or use another run_dir")
+
+
+def lock_holder(run_dir) -> str | None:
+    """The pid recorded by the process that holds ``run_dir``'s lock, or None when none does. Writes
+    nothing: a probe with a shared lock, released at once (``claim`` takes the exclusive one)."""
+    try:
+        fd = os.open(Path(run_dir) / LOCK, os.O_RDONLY | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0))
+    except OSError:  # no lock file: never claimed; a link: claim() refuses it with its own message
+        return None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return os.read(fd, 64).decode(errors="replace").strip() or "unknown"
+    finally:
+        os.close(fd)  # (drops the probe's shared lock when it got one)
+    return None
+
+
 class RunLock:
     """An exclusive ``flock`` on ``<run_dir>/.padnet-run.lock``, held until ``release()``."""
 
@@ -91,8 +116,7 @@ class RunLock:
         except BlockingIOError:
             holder = os.read(self.fd, 64).decode(errors="replace").strip() or "unknown"
             os.close(self.fd)
-            raise RunError(f"run_dir {run_dir} is in use by process {holder} (it holds {self.path}); wait for it to "
-                           "finish, stop it, or use another run_dir") from None
+            raise RunInUseError(run_dir, holder, self.path) from None
         except BaseException:
             os.close(self.fd)
             raise
@@ -122,4 +146,5 @@ def claim(run_dir) -> RunLock:
     return lock
 
 
-__all__ = ["LOCK", "MARKER", "RUN_FILES", "RunLock", "check_ownership", "check_run_dir_name", "claim"]
+__all__ = ["LOCK", "MARKER", "RUN_FILES", "RunInUseError", "RunLock", "check_ownership", "check_run_dir_name", "claim",
+           "lock_holder"]

@@ -13,7 +13,8 @@ A sweep file::
 
 Every run's config is validated before the first one starts. Runs go seed-major (all runs of seed 0,
 then seed 1, ...) so an interrupted sweep has comparable results early. A run whose directory holds
-``results.json`` is skipped; one holding ``checkpoint.pt`` resumes.
+``results.json`` is skipped; one holding ``checkpoint.pt`` resumes; one another process is running
+(it holds the run directory's lock) is skipped, so two sweep processes share one sweep's runs.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from pathlib import Path
 from ..errors import ConfigError, shorten
 from ..plugins import PluginError, import_plugins
 from .config import RunConfig, config_from_dict, merge, parse_overrides, read_yaml
+from .rundir import lock_holder
 
 SWEEP_KEYS = ("base", "output_dir", "seeds", "runs")
 _NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]{0,127}")
@@ -127,9 +129,13 @@ def _safe_name(name: str) -> bool:
 
 
 def run_status(config: RunConfig) -> str:
+    """``finished``, ``in progress (pid N)`` (another process holds the run), ``interrupted`` or ``pending``."""
     run_dir = Path(config.run_dir)
     if (run_dir / "results.json").is_file():
         return "finished"
+    holder = lock_holder(run_dir)
+    if holder is not None:
+        return f"in progress (pid {holder})"
     if (run_dir / "checkpoint.pt").is_file():
         return "interrupted"
     return "pending"
