@@ -170,10 +170,16 @@ def test_bad_files_give_one_line_errors(case, tmp_path, tiny_model_dir, capsys):
     {"missing column": lambda p: _write(p, ["text", "topic"], _news(5, 1)),
      "unknown label": lambda p: _write(p, ["text", "label"], _news(3, 1) + [("x y", "weather")]),
      "empty file": lambda p: p.write_text("") and str(p)}[case](tmp_path / "val.csv")
-    message = {"missing column": "val.csv: no column 'label'; the file has 'text', 'topic'",
+    message = {"missing column": "text_classification.label_column='label': " + str(tmp_path / "val.csv")
+                                 + " has no such column; it has 'text', 'topic'",
                "unknown label": "val.csv:5: label 'weather' is not one of the training labels ('arts', 'health',",
-               "empty file": "val.csv: no examples (an empty file or a header only)"}[case]
+               "empty file": "val.csv': no examples (an empty file or a header only)"}[case]
     config = _config(tmp_path, tiny_model_dir, {"train_file": train, "validation_file": str(tmp_path / "val.csv")})
     assert cli.main(["train", "--config", config]) == 2
     err = capsys.readouterr().err
-    assert message in err and len(err.strip().splitlines()) == 1, err
+    # One line; a problem the config check finds is listed under its one-line heading, as every config problem.
+    lines = err.strip().splitlines()
+    assert message in err and (len(lines) == 1 or len(lines) == 2 and "invalid config: 1 problem" in lines[0]), err
+    # Found before the run (the columns, from the header) or while building its data (a label): either
+    # way the refused run leaves no run directory behind.
+    assert not (tmp_path / "run").exists()

@@ -117,6 +117,24 @@ def _jsonl(path: Path, lines: Iterator[tuple[int, str]]) -> tuple[list[str], lis
     return keys, rows
 
 
+def column_names(path: str | Path) -> list[str]:
+    """The columns a CSV/TSV header names, or the keys of a JSON-lines file's first object, reading
+    only the first lines: what a check before a run starts needs. ``DataError`` / ``FileNotFoundError``
+    as ``read_records``."""
+    path = Path(path)
+    kind = file_format(path)
+    lines = read_lines(path)
+    try:
+        first = next(((n, line) for n, line in lines if line.strip()), None)
+    finally:
+        lines.close()
+    if first is None:
+        return []
+    if kind == "jsonl":
+        return _jsonl(path, iter([first]))[0]
+    return _delimited(path, iter([first]), "\t" if kind == "tsv" else ",")[0]
+
+
 def read_records(path: str | Path, columns: list[str]) -> list[tuple[int, dict]]:
     """(line number, row) of every example of a CSV, TSV or JSON-lines file; each row holds ``columns``.
 

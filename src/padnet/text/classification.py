@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 from ..data import glue as glue_data
-from ..data.text_files import file_format
+from ..data.text_files import column_names, file_format
 from ..errors import DataError, UsageError
 from ..metrics import CLASSIFICATION_METRICS, REGRESSION_METRICS, compute_metrics
 from ..train.config import RunConfig
@@ -91,13 +91,31 @@ class TextClassificationConfig:
 
 
 def check(config: RunConfig) -> list[str]:
-    """Pre-flight: the files and the model exist, and the dynamic settings suit a transformer."""
+    """Pre-flight, before the run directory is written: the files exist and hold the columns named (read
+    from their first lines), the model exists, and the dynamic settings suit a transformer."""
     from .glue_task import check_text_model
 
     t = config.section("text_classification", TextClassificationConfig)
-    out = [f"text_classification.{key}={getattr(t, key)!r}: no such file"
-           for key in ("train_file", "validation_file", "test_file")
-           if getattr(t, key) is not None and not Path(getattr(t, key)).is_file()]
+    out = []
+    for key in ("train_file", "validation_file", "test_file"):
+        path = getattr(t, key)
+        if path is None:
+            continue
+        if not Path(path).is_file():
+            out.append(f"text_classification.{key}={path!r}: no such file")
+            continue
+        try:
+            have = column_names(path)
+        except DataError as err:
+            out.append(f"text_classification.{key}: {err}")
+            continue
+        if not have:
+            out.append(f"text_classification.{key}={path!r}: no examples (an empty file or a header only)")
+            continue
+        named = {"text_column": t.text_column, "text_pair_column": t.text_pair_column, "label_column": t.label_column}
+        out += [f"text_classification.{column_key}={column!r}: {path} has no such column; it has "
+                f"{', '.join(map(repr, have[:20]))}" for column_key, column in named.items()
+                if column is not None and column not in have]
     return out + check_text_model(config, t.model, "text_classification.model")
 
 

@@ -146,5 +146,21 @@ def claim(run_dir) -> RunLock:
     return lock
 
 
+def remove_unused(run_dir) -> bool:
+    """Remove a run directory that holds nothing but what ``claim`` wrote (the marker and the lock file),
+    while its lock is still held: a run refused before it wrote anything leaves nothing behind. Returns
+    whether it was removed."""
+    run_dir = Path(run_dir)
+    if {p.name for p in run_dir.iterdir()} - {MARKER, LOCK}:
+        return False
+    for name in (MARKER, LOCK):
+        (run_dir / name).unlink(missing_ok=True)
+    try:
+        run_dir.rmdir()
+    except OSError:  # another process wrote into it meanwhile: it is theirs now
+        return False
+    return True
+
+
 __all__ = ["LOCK", "MARKER", "RUN_FILES", "RunInUseError", "RunLock", "check_ownership", "check_run_dir_name", "claim",
-           "lock_holder"]
+           "lock_holder", "remove_unused"]

@@ -67,7 +67,7 @@ def load_sweep(path: str | Path, overrides: list[str] | None = None) -> list[Run
     for i, run in enumerate(runs):
         update = _run_settings(i, run, names, problems)
         if update is not None:
-            configs += _seed_configs(i, run["name"], merge(base, update), seeds, output_dir, not configs, problems)
+            configs += _seed_configs(i, run["name"], merge(base, update), seeds, output_dir, problems)
     if problems:
         raise ConfigError(problems, str(path))
     # Seed-major order.
@@ -108,16 +108,16 @@ def _run_settings(i: int, run, names: list[str], problems: list[str]) -> dict | 
     return parse_overrides([f"{k}={json.dumps(v)}" for k, v in settings.items()], problems)
 
 
-def _seed_configs(i: int, name: str, run_raw: dict, seeds: list[int], output_dir: str, preflight: bool,
+def _seed_configs(i: int, name: str, run_raw: dict, seeds: list[int], output_dir: str,
                   problems: list[str]) -> list[RunConfig]:
-    """``runs[i]``'s config for each seed; the first invalid one adds its problems and ends the list."""
+    """``runs[i]``'s config for each seed; the first invalid one adds its problems and ends the list. The
+    task's checks of the data (files, columns) run for each run's first seed: a run's ``set`` may change
+    the data, the seed does not."""
     configs = []
     for seed in seeds:
         raw = dict(run_raw, name=name, seed=seed, run_dir=str(Path(output_dir) / name / f"seed{seed}"))
         try:
-            # The data check is the same for every run: do it once, for the first.
-            configs.append(config_from_dict(raw, source=f"runs[{i}] ({name}, seed {seed})",
-                                            preflight=preflight and not configs))
+            configs.append(config_from_dict(raw, source=f"runs[{i}] ({name}, seed {seed})", preflight=not configs))
         except ConfigError as err:
             problems.extend(f"runs[{i}] ({name}, seed {seed}): {p}" for p in err.problems)
             break

@@ -77,7 +77,7 @@ from .checkpoint import (
 from .config import RunConfig, config_from_dict
 from .evaluation import DeviceLoader, deployable_parameters, eval_loader, evaluate, progress, to_device
 from .run_files import RunWriter
-from .rundir import check_run_dir_name, claim, padnet_version
+from .rundir import check_run_dir_name, claim, padnet_version, remove_unused
 from .schedule import RunSchedule, derive_schedule
 from .tasks import TaskParts, get_task
 
@@ -182,18 +182,25 @@ class Trainer:
                 distributed.shutdown(sync=ok)
 
     def _run(self) -> dict | None:
+        fresh = not self.run_dir.exists()
         lock = self._claim_run_dir()
         try:
             results_path = self.run_dir / RESULTS
             if results_path.is_file():
                 self._check_run_dir()
                 return json.loads(results_path.read_text())
-            self._check_run_dir()
-            self._check_tensorboard_dir()
-            self._resume_state = self._check_checkpoint()
             # Everything that can be checked before the run directory is written is checked here: a
-            # refused config leaves no config.yaml behind, so the corrected command is not "a different run".
-            run = self._prepare()
+            # refused config leaves no config.yaml behind, so the corrected command is not "a different run",
+            # and a new run directory refused here (a data error, say) is removed again.
+            try:
+                self._check_run_dir()
+                self._check_tensorboard_dir()
+                self._resume_state = self._check_checkpoint()
+                run = self._prepare()
+            except BaseException:
+                if fresh and lock is not None:
+                    remove_unused(self.run_dir)
+                raise
             self.writer.yaml("config.yaml", self.config.to_dict())
             self._open_log()
             try:
