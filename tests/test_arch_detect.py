@@ -11,8 +11,9 @@ from torch import nn
 
 import padnet
 from padnet.arch import detect_arch
+from padnet.errors import ModelFileError
 from padnet.layers import pad_layers
-from padnet.serialization import ModelFileError, read_record
+from padnet.serialization import read_record
 from tests.helpers import random_mask
 
 

@@ -12,8 +12,9 @@ from torch import nn
 
 import padnet
 from padnet.convert import convert
+from padnet.errors import ModelFileError
 from padnet.layers import DeployedPADMoELinear, PADConv2d, pad_layers
-from padnet.serialization import ModelFileError, read_record
+from padnet.serialization import read_record
 from tests.helpers import random_mask
 from tests.test_deploy import TinyEncoder
 

@@ -26,8 +26,7 @@ from tests.helpers import TINY_RUN, write_config
 def test_one_error_family_that_old_callers_still_catch():
     from padnet.data.folder import ImageFileError
     from padnet.data.idx import IDXError
-    from padnet.partition import PartitionError
-    from padnet.serialization import ModelFileError
+    from padnet.errors import ModelFileError, PartitionError
     from padnet.train import ExportCheckError, RunDirError
 
     for cls, old_base in [(errors.ConfigError, ValueError), (errors.DataError, ValueError), (IDXError, ValueError),

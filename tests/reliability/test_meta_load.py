@@ -131,8 +131,8 @@ def test_header_shape_must_match_the_bytes_it_holds(tmp_path):
     raw += b" " * (n - len(raw))
     assert len(raw) == n
     path.write_bytes(bytes(data[:8]) + raw + bytes(data[8 + n:]))
-    with pytest.raises(ModelFileError, match=rf"{path}: corrupted safetensors header: tensor 'fc.weight' has dtype "
-                                             r"'F32' and shape \[100000, \d+\] but [\d,]+ bytes of data"):
+    with pytest.raises(ModelFileError, match=rf"{path}: corrupted safetensors header: invalid shape, data type, "
+                                             "or offset for tensor"):
         padnet.load(path)
 
 

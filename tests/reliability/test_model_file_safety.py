@@ -4,6 +4,7 @@ fetched" are shown with marker files; memory bounds with resource.setrlimit in a
 
 import json
 import os
+import re
 import struct
 import subprocess
 import sys
@@ -211,7 +212,41 @@ def test_bad_tensor_entries_in_the_header_are_model_file_errors(tmp_path):
     header = data[8:8 + n]
     assert b'"shape":[2]' in header
     path.write_bytes(data[:8] + header.replace(b'"shape":[2]', b'"shape":"x"') + data[8 + n:])
-    with pytest.raises(ModelFileError, match=rf"{path}: corrupted safetensors header: bad entry for tensor 'w'"):
+    with pytest.raises(ModelFileError, match=rf"{path}: corrupted safetensors header: invalid JSON in header: "
+                                             r'invalid type: string "x", expected a sequence at line 1 column \d+'):
+        padnet.load(path)
+
+
+def _rewrite_header(path, change):
+    """Rewrite ``path``'s safetensors header (a dict) with ``change``; the data stays as it was."""
+    data = path.read_bytes()
+    n = int.from_bytes(data[:8], "little")
+    header = json.loads(data[8:8 + n])
+    change(header)
+    raw = json.dumps(header).encode()
+    path.write_bytes(len(raw).to_bytes(8, "little") + raw + data[8 + n:])
+
+
+@pytest.mark.parametrize("change, message", [
+    (lambda h: h["w"].update(shape=[2**40, 2**40]), "corrupted safetensors header: overflow computing buffer size"),
+    (lambda h: h["w"].update(data_offsets=[0, 2**60]), "corrupted safetensors header: invalid shape, data type, "
+                                                       "or offset for tensor"),
+    (lambda h: h["w"].update(data_offsets=[8, 0]), "corrupted safetensors header: invalid offset for tensor `w`"),
+    (lambda h: h["w"].update(dtype="F128"), "corrupted safetensors header: invalid JSON in header: unknown variant"),
+    (lambda h: h["w"].update(shape=[1] * 8 + [2]), "tensor 'w' has 9 dimensions; padnet reads at most 8"),
+])
+def test_hostile_tensor_entries_are_refused_before_any_tensor_is_read(tmp_path, change, message):
+    path = write_model_file(tmp_path / "m.safetensors", _record())
+    _rewrite_header(path, change)
+    with pytest.raises(ModelFileError, match=re.escape(f"{path}: {message}")):
+        padnet.load(path)
+
+
+def test_bytes_after_the_tensor_data_are_refused(tmp_path):
+    path = write_model_file(tmp_path / "m.safetensors", _record())
+    path.write_bytes(path.read_bytes() + bytes(16))
+    with pytest.raises(ModelFileError, match=re.escape(f"{path}: truncated, or bytes added: the tensors' data "
+                                                       "offsets do not end where the file ends")):
         padnet.load(path)
 
 

@@ -11,7 +11,7 @@ import torch
 
 import padnet
 from padnet.cli import main
-from padnet.serialization import ModelFileError
+from padnet.errors import ModelFileError
 from padnet.train import Trainer, config_from_dict
 from padnet.train.run_files import load_checkpoint
 from tests.helpers import TINY_RUN

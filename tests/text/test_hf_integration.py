@@ -13,8 +13,8 @@ pytest.importorskip("accelerate")
 
 import padnet  # noqa: E402
 from padnet import hf  # noqa: E402
+from padnet.errors import ModelFileError  # noqa: E402
 from padnet.layers import pad_layers  # noqa: E402
-from padnet.serialization import ModelFileError  # noqa: E402
 from tests.helpers import random_pad_form  # noqa: E402
 
 VOCAB = 64

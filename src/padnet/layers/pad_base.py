@@ -269,8 +269,12 @@ class PartiallyDynamic(DynamicEntries):
     @property
     def static_index(self) -> torch.Tensor:
         """Flat positions of the static entries, sorted. Computed when asked (no forward needs it): kept
-        as an int64 buffer it would take 8 bytes per static entry, twice the static values themselves."""
-        return (~self.mask.reshape(-1)).nonzero().squeeze(1)
+        as an int64 buffer it would take 8 bytes per static entry, twice the static values themselves.
+        The complement of ``dynamic_index`` rather than read from the mask: a layer that ``padnet.load``
+        builds on the meta device has a meta mask but the file's real index list, and is deployed there."""
+        is_static = torch.ones(self.kernel_numel, dtype=torch.bool, device=self.dynamic_index.device)
+        is_static[self.dynamic_index] = False
+        return is_static.nonzero().squeeze(1)
 
     # ----------------------------------------------------------------- stored entries
     def dynamic_entries(self) -> torch.Tensor:
