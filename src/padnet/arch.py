@@ -59,6 +59,15 @@ def register_arch(name: str, builder: Builder | Resolver | None = None):
     return add(builder) if builder is not None else add
 
 
+BUILT_IN_PREFIXES = ("torchvision.", "padnet.", "transformers.")
+
+
+def is_user_arch(name: str) -> bool:
+    """Whether ``name`` is a builder registered by name outside padnet's own families (trusted user code,
+    which may not run on the meta device)."""
+    return name in _ARCHS and not name.startswith(BUILT_IN_PREFIXES)
+
+
 # Keys of a record's arch kwargs that would fetch pretrained weights (a file holds every weight itself).
 WEIGHT_KEYS = ("weights", "weights_backbone", "pretrained", "pretrained_backbone")
 

@@ -18,7 +18,7 @@ from torch import nn
 # Imported for its side effect: padnet.models registers the "padnet.<name>" builders a record may name,
 # so that resolve_arch finds them however padnet.serialization was imported.
 from .. import models  # noqa: F401
-from ..arch import _ARCHS, HOW_TO_RECORD, build_on_meta, resolve_arch
+from ..arch import HOW_TO_RECORD, build_on_meta, is_user_arch, resolve_arch
 from ..errors import ModelFileError, cut
 from ..layers.protocol import DeployedPartiallyDynamic, PartiallyDynamic
 from .reader import ModelFile, check_build_memory
@@ -77,7 +77,7 @@ def _build(path: Path, arch: dict, meta: bool) -> nn.Module | None:
     except (ValueError, TypeError, KeyError) as exc:
         raise ModelFileError(path, f"cannot rebuild architecture {cut(repr(arch), 200)}: {cut(exc)}") from None
     except (NotImplementedError, RuntimeError) as exc:
-        if meta and name in _ARCHS and not name.startswith(("torchvision.", "padnet.", "transformers.")):
+        if meta and is_user_arch(name):
             return None
         raise ModelFileError(path, f"cannot rebuild architecture {name!r}: {cut(exc)}") from None
     if not isinstance(model, nn.Module):
