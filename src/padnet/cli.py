@@ -109,6 +109,7 @@ def _sweep_runs(args, configs, print) -> int:  # noqa: A002 - print: rank 0's pr
     if args.dry_run:
         for c, s in zip(configs, statuses):
             print(f"  {s:<11} {c.run_dir}")
+        _print_preprocessing(configs, print)
         return 0
     skipped = []
     for i, (config, status) in enumerate(zip(configs, statuses)):
@@ -133,6 +134,22 @@ def _sweep_runs(args, configs, print) -> int:  # noqa: A002 - print: rank 0's pr
         print(f"skipped {len(skipped)} run(s) another process is running; run the sweep again once they finish to "
               "report them:\n  " + "\n  ".join(skipped), flush=True)
     return 0
+
+
+def _print_preprocessing(configs, print) -> None:  # noqa: A002 - print: rank 0's print
+    """What the image runs of a sweep will do to their images, once per distinct data section."""
+    from .data import DataConfig, preprocessing_words
+
+    seen = set()
+    for config in configs:
+        if config.task != "image_classification":
+            continue
+        words = preprocessing_words(config.section("data", DataConfig))
+        if words is not None and words not in seen:
+            seen.add(words)
+            runs = [c.name for c in configs if c.task == config.task and c.section("data", DataConfig)
+                    == config.section("data", DataConfig)]
+            print(f"preprocessing ({', '.join(sorted(set(runs)))}): {words}")
 
 
 def _predict(args) -> int:

@@ -24,7 +24,17 @@ from .fashion_mnist import (
     find_fashion_mnist,
 )
 from .idx import IDXError, read_idx, write_idx
-from .transforms import AUGMENT, NORMALIZE, dataset_stats, eval_transform, image_record, imagenet_stats, train_transform
+from .transforms import (
+    AUGMENT,
+    NORMALIZE,
+    dataset_stats,
+    describe,
+    eval_transform,
+    image_record,
+    imagenet_stats,
+    resize_for,
+    train_transform,
+)
 
 DATASETS = ("fashion_mnist", "imagefolder", "image_csv", "digits")
 FILE_DATASETS = ("imagefolder", "image_csv")  # images in files: every transform key applies
@@ -41,10 +51,18 @@ class DataConfig:
     test_subset: int | None = None  # evaluate on this many test images (None: all)
     subset_seed: int = 0  # draws the subsets and the digits split; independent of the run seed
     # Training augmentation: none, flip, crop_flip or randaugment (padnet.data.transforms.AUGMENT);
-    # null: the dataset's default (imagefolder/image_csv: crop_flip, the ImageNet recipe; others: none).
-    # Fashion-MNIST knows none and crop_flip (true/false: the older spelling of crop_flip/none).
+    # null: the dataset's default (imagefolder/image_csv: crop_flip, the ImageNet recipe, or none when
+    # orientation_sensitive; others: none). Fashion-MNIST knows none and crop_flip (true/false: the older
+    # spelling of crop_flip/none).
     augment: bool | str | None = None
+    # imagefolder / image_csv: images a mirror changes (digits, text, documents): no flip by default, and
+    # an augment that flips is refused
+    orientation_sensitive: bool = False
     image_size: int = 224  # imagefolder / image_csv: the crop size
+    # imagefolder / image_csv: the shorter side is resized to this before the center crop; null: the
+    # ImageNet ratio (image_size * 256 / 224), or image_size itself when the first training images already
+    # are image_size x image_size (a crop of an enlarged copy would cut their border)
+    resize: int | None = None
     channels: int = 3  # imagefolder / image_csv: 1 (greyscale) or 3 (RGB)
     normalize: str = "imagenet"  # imagenet, dataset (the training set's mean/std), given (mean and std), none
     mean: list[float] | None = None  # normalize=given: one per channel
@@ -57,7 +75,7 @@ class DataConfig:
     def augment_preset(self) -> str:
         """``augment`` as one of ``AUGMENT`` (the dataset's default for null, the older booleans mapped)."""
         if self.augment is None:
-            return "crop_flip" if self.name in FILE_DATASETS else "none"
+            return "crop_flip" if self.name in FILE_DATASETS and not self.orientation_sensitive else "none"
         if isinstance(self.augment, bool):
             return "crop_flip" if self.augment else "none"
         return self.augment
@@ -90,6 +108,12 @@ class DataConfig:
         if self.augment_preset() not in allowed:
             out.append(f"data.augment={self.augment!r} is not supported for data.name={self.name!r}; allowed: "
                        f"{', '.join(allowed)} (or null: the dataset's default)")
+        if self.orientation_sensitive and self.augment_preset() in ("flip", "crop_flip"):
+            out.append(f"data.augment={self.augment!r} flips images horizontally, but data.orientation_sensitive="
+                       "true (a mirror changes them); use none or randaugment")
+        if self.resize is not None and not self.image_size <= self.resize <= 4096:
+            out.append(f"data.resize={self.resize!r} must be an integer from data.image_size={self.image_size} to "
+                       "4096, or null (automatic)")
         if self.channels not in (1, 3):
             out.append(f"data.channels={self.channels!r} must be 1 (greyscale) or 3 (RGB)")
         if self.normalize not in NORMALIZE:
@@ -105,6 +129,8 @@ class DataConfig:
                        "to use them, or remove them")
         fixed = self.name not in FILE_DATASETS
         changed = [k for k, v in (("channels", self.channels != 3), ("normalize", self.normalize != "imagenet"),
+                                  ("resize", self.resize is not None),
+                                  ("orientation_sensitive", self.orientation_sensitive),
                                   ("train_file", self.train_file), ("eval_file", self.eval_file)) if v]
         if fixed and changed:
             out.append(f"data.{changed[0]} applies to image files only (data.name: {', '.join(FILE_DATASETS)}); "
@@ -160,7 +186,36 @@ def _image_files(config: DataConfig, train: bool, transform, class_to_idx=None):
                     allow_outside=config.allow_outside_paths)
 
 
-def _normalisation(config: DataConfig) -> tuple[list[float], list[float]]:
+def _resize(config: DataConfig) -> int:
+    """``data.resize``, or for null the ImageNet ratio, unless the first training images are already
+    ``image_size`` square: then no resize (their size is read from the file headers only)."""
+    if config.resize is not None:
+        return config.resize
+    from PIL import Image
+
+    size = config.image_size
+    sizes = set()
+    for path, _ in _image_files(config, True, None).samples[:8]:
+        try:
+            with Image.open(path) as image:
+                sizes.add(image.size)
+        except OSError:  # a bad file: the data loader's own check reports it when the image is read
+            return resize_for(size)
+    return size if sizes == {(size, size)} else resize_for(size)
+
+
+def preprocessing_words(config: DataConfig) -> str | None:
+    """The image files' preprocessing and augmentation in words, reading no more than a few image headers
+    (``padnet sweep --dry-run``); None for a dataset of a fixed format."""
+    if config.name not in FILE_DATASETS:
+        return None
+    later = "normalise with the training set's mean/std" if config.normalize == "dataset" else None
+    mean, std = ([], []) if later else _normalisation(config, 0)
+    record = image_record(config.channels, config.image_size, mean, std, _resize(config))
+    return describe(record, config.augment_preset(), later)
+
+
+def _normalisation(config: DataConfig, resize: int) -> tuple[list[float], list[float]]:
     """(mean, std) of ``data.normalize``; ``dataset`` reads the training images once (eval transform)."""
     if config.normalize == "imagenet":
         return imagenet_stats(config.channels)
@@ -168,13 +223,14 @@ def _normalisation(config: DataConfig) -> tuple[list[float], list[float]]:
         return list(config.mean), list(config.std)
     if config.normalize == "none":
         return [], []
-    plain = eval_transform(image_record(config.channels, config.image_size, [], []))
+    plain = eval_transform(image_record(config.channels, config.image_size, [], [], resize))
     return dataset_stats(_image_files(config, True, plain), config.channels)
 
 
 def _file_datasets(config: DataConfig) -> tuple[Dataset, Dataset, DataInfo]:
     """Image files (an ImageFolder tree or CSVs of path,label) with the transforms the config asks for."""
-    record = image_record(config.channels, config.image_size, *_normalisation(config))
+    resize = _resize(config)
+    record = image_record(config.channels, config.image_size, *_normalisation(config, resize), resize)
     train = _image_files(config, True, train_transform(record, config.augment_preset()))
     test = _image_files(config, False, eval_transform(record), getattr(train, "class_to_idx", None))
     if train.classes != test.classes:
@@ -196,6 +252,7 @@ __all__ = [
     "IDXError",
     "build_datasets",
     "find_fashion_mnist",
+    "preprocessing_words",
     "read_idx",
     "write_idx",
 ]

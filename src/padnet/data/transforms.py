@@ -33,10 +33,34 @@ def resize_for(image_size: int) -> int:
     return int(round(image_size * 256 / 224))
 
 
-def image_record(channels: int, image_size: int, mean, std) -> dict:
-    """The preprocessing record (see the module docstring)."""
+def image_record(channels: int, image_size: int, mean, std, resize: int | None = None) -> dict:
+    """The preprocessing record (see the module docstring); ``resize`` defaults to ``resize_for(image_size)``."""
     return {"kind": "image", "channels": int(channels), "image_size": int(image_size),
-            "resize": resize_for(image_size), "mean": [float(m) for m in mean], "std": [float(s) for s in std]}
+            "resize": int(resize or resize_for(image_size)), "mean": [float(m) for m in mean],
+            "std": [float(s) for s in std]}
+
+
+# What each augmentation preset does, in words (the run log and `padnet sweep --dry-run` say it).
+AUGMENT_WORDS = {
+    "none": "no augmentation",
+    "flip": "random horizontal flip",
+    "crop_flip": "random resized crop (scale 0.08-1) and random horizontal flip",
+    "randaugment": "RandAugment, then the evaluation resize and crop",
+}
+
+
+def describe(record: dict, augment: str | None = None, normalisation: str | None = None) -> str:
+    """A preprocessing record (and the training augmentation) in one line of words; ``normalisation``
+    says in words what the record's mean/std will be when they are not computed yet."""
+    size, resize = record["image_size"], record["resize"]
+    geometry = (f"resize the shorter side to {resize}, center-crop {size}x{size}" if resize != size else
+                f"resize the shorter side to {size}, center-crop {size}x{size} (images of {size}x{size} pass "
+                "unchanged)")
+    colour = "greyscale" if record["channels"] == 1 else "RGB"
+    mean, std = [round(m, 4) for m in record["mean"]], [round(s, 4) for s in record["std"]]
+    norm = normalisation or (f"normalise with mean {mean}, std {std}" if mean else "no normalisation")
+    train = f"; training adds: {AUGMENT_WORDS[augment]}" if augment is not None else ""
+    return f"{colour}, {geometry}, {norm}{train}"
 
 
 def imagenet_stats(channels: int) -> tuple[list[float], list[float]]:

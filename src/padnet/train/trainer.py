@@ -54,6 +54,7 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, RandomSampler
 
 from .. import distributed
+from ..data.transforms import describe as describe_preprocessing
 from ..deploy import compact
 from ..distributed import is_main_process, resolve_device
 from ..errors import ConfigError, NonFiniteLossError, RunError, shorten
@@ -308,6 +309,9 @@ class Trainer:
         config = self.config
         self.logger.info(f"run {config.label} -> {self.run_dir}  (task {config.task}, seed {config.seed}, "
                          f"{len(run.parts.train_dataset)} train / {len(run.parts.eval_dataset)} eval examples)")
+        record = run.parts.info.get("preprocessing")
+        if record is not None and record.get("kind") == "image":
+            self.logger.info(f"preprocessing: {describe_preprocessing(record, run.parts.info.get('augment'))}")
         run.model.to(run.device)
         if run.world > 1:
             # Every rank built the model from the same seed; make sure, whatever the task does.

@@ -80,6 +80,7 @@ def build(config: RunConfig) -> TaskParts:
             "image_size": info.image_size,
             "label_names": info.label_names,
             "preprocessing": info.preprocessing,
+            "augment": data.augment_preset(),
         },
         predict=None if info.preprocessing is None else {
             "task": config.task, "problem": "classification", "label_names": info.label_names,
