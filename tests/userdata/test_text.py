@@ -183,3 +183,31 @@ def test_bad_files_give_one_line_errors(case, tmp_path, tiny_model_dir, capsys):
     # Found before the run (the columns, from the header) or while building its data (a label): either
     # way the refused run leaves no run directory behind.
     assert not (tmp_path / "run").exists()
+
+
+def test_labels_name_integer_class_ids_through_to_predict(tmp_path, tiny_model_dir, capsys):  # noqa: F811
+    """A 0/1 column with ``labels: [negative, positive]``: the run, the model file and predict speak names."""
+    rows = [(text, int(topic == "sports")) for text, topic in _news(40, 0)]
+    train = _write(tmp_path / "train.csv", ["text", "label"], rows[:30])
+    val = _write(tmp_path / "val.csv", ["text", "label"], rows[30:])
+    config = _config(tmp_path, tiny_model_dir, {"train_file": train, "validation_file": val,
+                                                "labels": ["negative", "positive"]}, epochs=1)
+    assert cli.main(["train", "--config", config]) == 0
+    results = json.loads((tmp_path / "run" / "results.json").read_text())
+    assert results["info"]["label_names"] == ["negative", "positive"]
+    assert cli.main(["export", "--run", str(tmp_path / "run")]) == 0
+    capsys.readouterr()
+    assert cli.main(["predict", "--model", str(tmp_path / "run" / "model.safetensors"), val, "--json", "--quiet",
+                     "--tokenizer", str(tiny_model_dir)]) == 0
+    predicted = [r["label"] for r in json.loads(capsys.readouterr().out)]
+    truth = ["positive" if y else "negative" for _, y in rows[30:]]
+    assert set(predicted) <= {"negative", "positive"}
+    assert sum(p == t for p, t in zip(predicted, truth)) / len(truth) == results["test"]["accuracy"]
+
+
+def test_integer_ids_and_names_are_told_apart():
+    assert L.names_class_ids([0, 1, "1", 0], ["negative", "positive"])
+    assert not L.names_class_ids([0, 1, 2], ["negative", "positive"])  # an id past the names: not ids
+    assert not L.names_class_ids(["0", "1"], ["0", "1"])  # the names are the labels themselves
+    assert not L.names_class_ids(["neg", "pos"], ["neg", "pos"]) and not L.names_class_ids([0, 1], None)
+    assert L.id_names([1, "0", "x"], ["negative", "positive"]) == ["positive", "negative", "x"]

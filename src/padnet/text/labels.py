@@ -59,6 +59,23 @@ def label_names(raw_labels: list, given: list[str] | None, source: str = "the tr
     return names
 
 
+def names_class_ids(raw_labels: list, given: list[str] | None) -> bool:
+    """Whether ``given`` (``text_classification.labels``) names integer class ids rather than listing the
+    labels themselves: every training label is an integer from 0 to len(given) - 1 and none is one of the
+    names (``labels: [negative, positive]`` on a 0/1 column)."""
+    if not given:
+        return False
+    values = {label_name(v) for v in raw_labels}
+    return not values & {str(g) for g in given} and all(v.isdigit() and int(v) < len(given) for v in values)
+
+
+def id_names(raw: list, names: list[str]) -> list:
+    """Integer class ids as their names (``names_class_ids``); anything else as it is, for
+    ``encode_labels`` to refuse with its line."""
+    return [names[int(label_name(v))] if label_name(v).isdigit() and int(label_name(v)) < len(names) else v
+            for v in raw]
+
+
 def encode_labels(raw: list, lines: list, names: list[str] | None, source: str) -> list:
     """Class ids (``names`` given) or floats (regression, ``names`` None); DataError names the line."""
     out = []
