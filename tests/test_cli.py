@@ -161,6 +161,36 @@ def test_export_writes_a_deployed_file_that_reproduces_the_run(tmp_path, capsys,
     assert out["deployable_params"] < padnet.summary(model).stored_params
 
 
+def test_export_reuses_the_runs_own_evaluation_and_can_skip_its_check(tmp_path, capsys, monkeypatch):
+    from padnet.train import rebuild
+
+    config = write_config(tmp_path, "e", epochs=1)
+    run = tmp_path / "run"
+    assert main(["train", "--config", str(config), "--set", f"run_dir={run}"]) == 0
+    # What the run stored for its checkpoint is exactly what a fresh evaluation of the same weights gives.
+    rebuilt = rebuild.rebuild_run(run)
+    assert rebuild.stored_eval(rebuilt, None) == rebuilt.evaluate()
+    assert rebuild.stored_eval(rebuilt, ["device=cpu"]) is None  # an override may change what is evaluated
+    calls = []
+    evaluate = rebuild.RebuiltRun.evaluate
+    monkeypatch.setattr(rebuild.RebuiltRun, "evaluate", lambda self, model=None: calls.append(model) or
+                        evaluate(self, model))
+    capsys.readouterr()
+    assert main(["export", "--run", str(run)]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert len(calls) == 1 and calls[0] is not None  # only the written file is evaluated
+    assert out["run"] == out["exported"] == rebuild.stored_eval(rebuilt, None)
+    calls.clear()
+    assert main(["export", "--run", str(run), "--set", "device=cpu"]) == 0
+    assert len(calls) == 2 and calls[0] is None  # an override: the rebuilt model is evaluated first
+    calls.clear()
+    capsys.readouterr()
+    target = tmp_path / "unchecked.safetensors"
+    assert main(["export", "--run", str(run), "--no-check", "--out", str(target)]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert calls == [] and out["exported"] is None and target.is_file()
+
+
 def test_export_of_a_static_run_and_errors(tmp_path, capsys, monkeypatch):
     import sys
 

@@ -69,7 +69,7 @@ def _export(args) -> int:
     _one_process_only("export")
     if not (args.run or args.checkpoint):
         raise SystemExit("padnet export: give --run DIR or --checkpoint FILE")
-    print(json.dumps(export_run(args.run, args.checkpoint, args.out, args.set), indent=2))
+    print(json.dumps(export_run(args.run, args.checkpoint, args.out, args.set, check=not args.no_check), indent=2))
     return 0
 
 
@@ -203,8 +203,8 @@ def _positive(text: str) -> int:
 
 def _add_imports(p: argparse.ArgumentParser) -> None:
     p.add_argument("--import", dest="imports", action="append", default=[], metavar="MODULE",
-                   help="import this plug-in module first (one that calls padnet.train.tasks.register_task); "
-                        "repeatable; searched in the current directory too")
+                   help="import this plug-in first (a .py file, or an installed module, that calls "
+                        "padnet.train.tasks.register_task); repeatable")
 
 
 def _add_finished_run_parser(sub, name: str, summary: str, func) -> argparse.ArgumentParser:
@@ -251,6 +251,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = _add_finished_run_parser(sub, "export", "deploy a run's model, save it (padnet.save) and check the file "
                                  "reproduces the run's eval metrics", _export)
     p.add_argument("--out", help="the .safetensors file to write (default: <run dir>/model.safetensors)")
+    p.add_argument("--no-check", action="store_true",
+                   help="write the file without loading and evaluating it again (faster; the file is then not "
+                        "shown to reproduce the run)")
 
     _add_predict_parser(sub)
 

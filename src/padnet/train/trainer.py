@@ -518,6 +518,7 @@ class Trainer:
             "rng": rng_state, "history": run.history, "partition": run.partition_info,
             "config": config.to_dict(), "schedule": run.schedule.to_dict(),
             "conv_strategy_picks": conv_strategy_picks() if config.conv_strategy == "autotune" else {},
+            "eval_device": run.device.type,  # the device type the history's evaluations ran on
         }
         if run.world > 1:  # every rank's RNG (dropout, router noise), so a resumed run continues each
             checkpoint.update(world_size=run.world, rng_ranks=distributed.gather_objects(rng_state))
