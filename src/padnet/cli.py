@@ -99,22 +99,27 @@ def _sweep(args) -> int:
 def _sweep_runs(args, configs, print) -> int:  # noqa: A002 - print: rank 0's print, a no-op elsewhere
     from .train import Trainer
     from .train.rundir import RunInUseError
-    from .train.sweep import SweepClock, run_status
+    from .train.sweep import CHANGED, SweepClock, run_status
 
     statuses = [run_status(c) for c in configs]
-    running = sum(s.startswith("in progress") for s in statuses)
-    clock = SweepClock(statuses.count("pending") + statuses.count("interrupted"))
-    print(f"sweep {args.config}: {len(configs)} runs ({statuses.count('finished')} finished, {running} in progress "
-          f"elsewhere, {statuses.count('interrupted')} interrupted, {statuses.count('pending')} pending)", flush=True)
+    count = {kind: sum(s.startswith(kind) for s in statuses)
+             for kind in ("finished", CHANGED, "stale", "in progress", "interrupted", "pending")}
+    print(f"sweep {args.config}: {len(configs)} runs ({count['finished'] - count[CHANGED]} finished, {count[CHANGED]} "
+          f"finished with a different recipe, {count['stale']} stale (kept), {count['in progress']} in progress "
+          f"elsewhere, {count['interrupted']} interrupted, {count['pending']} pending)", flush=True)
     if args.dry_run:
         for c, s in zip(configs, statuses):
             print(f"  {s:<11} {c.run_dir}")
         _print_preprocessing(configs, print)
         return 0
+    statuses = _changed_runs(args, configs, statuses, print)
+    if statuses is None:
+        return 2
+    clock = SweepClock(statuses.count("pending") + statuses.count("interrupted"))
     skipped = []
     for i, (config, status) in enumerate(zip(configs, statuses)):
-        if status == "finished" or status.startswith("in progress"):
-            skipped += [f"{config.run_dir}: {status}"] if status != "finished" else []
+        if status in ("finished", "stale") or status.startswith("in progress"):
+            skipped += [f"{config.run_dir}: {status}"] if status.startswith("in progress") else []
             continue
         print(f"[{i + 1}/{len(configs)}] {'resuming' if status == 'interrupted' else 'starting'} {config.run_dir} "
               f"({clock.line()})", flush=True)
@@ -134,6 +139,37 @@ def _sweep_runs(args, configs, print) -> int:  # noqa: A002 - print: rank 0's pr
         print(f"skipped {len(skipped)} run(s) another process is running; run the sweep again once they finish to "
               "report them:\n  " + "\n  ".join(skipped), flush=True)
     return 0
+
+
+def _changed_runs(args, configs, statuses, print) -> list[str] | None:  # noqa: A002
+    """The statuses once the finished runs of another recipe are dealt with: refused (None, after saying
+    which and how to go on), run again (``--rerun-changed``: their directories emptied, now pending) or
+    kept and marked stale (``--keep-stale``)."""
+    from .files import atomic_write_bytes
+    from .train.recipe import STALE
+    from .train.rundir import discard
+    from .train.sweep import CHANGED
+
+    changed = [i for i, s in enumerate(statuses) if s.startswith(CHANGED)]
+    if not changed:
+        return statuses
+    if not (args.rerun_changed or args.keep_stale):
+        lines = [f"  {configs[i].run_dir}: {statuses[i]}" for i in changed]
+        print(f"padnet sweep: {len(changed)} finished run(s) ran another recipe than {args.config} gives now:\n"
+              + "\n".join(lines) + "\n--rerun-changed runs them again (their results are replaced); --keep-stale "
+              "keeps their results, marked stale in padnet report", file=sys.stderr, flush=True)
+        return None
+    statuses = list(statuses)
+    for i in changed:
+        if args.rerun_changed:
+            discard(configs[i].run_dir)
+            statuses[i] = "pending"
+        else:
+            note = {"stale": True, "recipe_now": statuses[i][len(CHANGED) + 2:]}
+            atomic_write_bytes(Path(configs[i].run_dir) / STALE, (json.dumps(note) + "\n").encode())
+            statuses[i] = "stale"
+        print(f"{'rerunning' if args.rerun_changed else 'kept as stale'}: {configs[i].run_dir}", flush=True)
+    return statuses
 
 
 def _print_preprocessing(configs, print) -> None:  # noqa: A002 - print: rank 0's print
@@ -261,6 +297,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", required=True, help="sweep YAML (base, output_dir, seeds, runs)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a key of the base config")
     p.add_argument("--dry-run", action="store_true", help="list the runs and their status, run nothing")
+    changed = p.add_mutually_exclusive_group()
+    changed.add_argument("--rerun-changed", action="store_true",
+                         help="run again the finished runs whose stored recipe differs from the sweep's now")
+    changed.add_argument("--keep-stale", action="store_true",
+                         help="keep the results of finished runs of another recipe, marked stale in padnet report")
     p.add_argument("--only", action="append", default=[], metavar="PATTERN",
                    help="run only the runs whose name matches this glob (repeatable); e.g. split a sweep over "
                         "several processes with disjoint patterns")

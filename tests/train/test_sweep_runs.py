@@ -1,6 +1,7 @@
 """A sweep shares its runs with other processes: a run another process holds is reported in progress
 (with its pid), skipped, and listed at the end; the next sweep picks it up."""
 
+import json
 import os
 
 import yaml
@@ -64,3 +65,36 @@ def test_a_run_taken_between_the_status_and_its_start_is_skipped_too(tmp_path, c
     out = capsys.readouterr().out
     assert f"skipped {held}: in progress (pid {os.getpid()})" in out
     assert (tmp_path / "out" / "b" / "seed0" / "results.json").is_file() and not (held / "results.json").exists()
+
+
+def test_a_changed_recipe_is_never_reported_as_current(tmp_path, capsys):
+    write_config(tmp_path, "base", epochs=1, dynamic={"mode": "static"})
+    sweep = tmp_path / "sweep.yaml"
+    out = tmp_path / "out"
+    sweep.write_text(yaml.safe_dump({"base": "base.yaml", "output_dir": str(out), "seeds": [0, 1],
+                                     "runs": [{"name": "a"}]}))
+    assert main(["sweep", "--config", str(sweep)]) == 0
+    capsys.readouterr()
+    changed = ["--set", "optim.lr=0.01"]
+    # The edited recipe: listed in the dry run, refused without a choice, and nothing runs.
+    assert main(["sweep", "--config", str(sweep), "--dry-run", *changed]) == 0
+    assert "finished with a different recipe: optim.lr 0.05 -> 0.01" in capsys.readouterr().out
+    stamp = (out / "a" / "seed0" / "results.json").stat().st_mtime_ns
+    assert main(["sweep", "--config", str(sweep), *changed]) == 2
+    err = capsys.readouterr().err
+    assert "2 finished run(s) ran another recipe" in err and "--rerun-changed" in err and "--keep-stale" in err
+    assert (out / "a" / "seed0" / "results.json").stat().st_mtime_ns == stamp
+    # Kept on purpose: marked stale, and the report says so.
+    assert main(["sweep", "--config", str(sweep), "--keep-stale", "--only", "a", "--seeds", "0", *changed]) == 0
+    assert (out / "a" / "seed0" / "stale.json").is_file() and not (out / "a" / "seed1" / "stale.json").exists()
+    assert main(["report", str(out)]) == 0
+    report = capsys.readouterr().out
+    kept = out / "a" / "seed0"
+    assert f"**Warning:** stale (kept with an older recipe by padnet sweep --keep-stale): {kept}" in report
+    # Run again: seed 1 with the new recipe, so the two seeds of "a" now ran different recipes.
+    assert main(["sweep", "--config", str(sweep), "--rerun-changed", "--seeds", "1", *changed]) == 0
+    config = json.loads((out / "a" / "seed1" / "results.json").read_text())["config"]
+    assert config["optim"]["lr"] == 0.01
+    capsys.readouterr()
+    assert main(["report", str(out)]) == 0
+    assert "**Warning:** a: its seeds ran different recipes (keys: optim.lr)" in capsys.readouterr().out

@@ -107,6 +107,8 @@ class Report:
     recipe: dict
     varies: list[str]
     unfinished: list[str] = field(default_factory=list)
+    # Runs a reader must not take at face value: stale ones, and configurations whose seeds ran different recipes.
+    warnings: list[str] = field(default_factory=list)
 
     def group(self, subtask: str | None, label: str) -> Group | None:
         return next((g for g in self.groups if g.subtask == subtask and g.label == label), None)
@@ -148,7 +150,27 @@ def build_report(runs: list[FinishedRun], sources: list[str] | None = None, base
         differences=_differences(groups, labels, subtasks, baseline, main_metric),
         average_over=average_over, averages=averages,
         floors=view.floor([r.result for r in runs]) if floors and view.floor else {},
-        recipe=recipe, varies=varies)
+        recipe=recipe, varies=varies, warnings=_recipe_warnings(runs, view))
+
+
+def _recipe_warnings(runs: list[FinishedRun], view: TaskView) -> list[str]:
+    """A configuration whose seeds ran different recipes (a sweep re-run after its config changed), and
+    the runs kept stale on purpose."""
+    members: dict[tuple[str | None, str], list[dict]] = {}
+    for run in runs:
+        key = (view.subtask(run.result), view.label(run.result))
+        members.setdefault(key, []).append(run.result.get("config") or {})
+    out = []
+    for (subtask, label), configs in members.items():
+        varies = shared_recipe(configs)[1]
+        if len(configs) > 1 and varies:
+            where = f" on {subtask}" if subtask else ""
+            out.append(f"{label}{where}: its seeds ran different recipes (keys: {', '.join(varies[:8])}); "
+                       "re-run the sweep with --rerun-changed")
+    stale = [str(run.path.parent) for run in runs if run.stale]
+    if stale:
+        out.append(f"stale (kept with an older recipe by padnet sweep --keep-stale): {', '.join(stale)}")
+    return out
 
 
 def _group(runs: list[FinishedRun], view: TaskView) -> list[Group]:

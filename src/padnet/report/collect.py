@@ -27,6 +27,7 @@ class FinishedRun:
     path: Path
     copy_to: Path
     result: dict
+    stale: bool = False  # kept with an older recipe than its sweep's (``padnet sweep --keep-stale``)
 
 
 def _run_name(result: dict) -> str:
@@ -118,7 +119,7 @@ def collect(sources: Sequence[str | Path], task: str | None = None) -> list[Fini
             # A run directory given itself copies to <its name>/results.json, a sweep keeps its layout.
             relative = path.relative_to(source)
             copy_to = Path(source.resolve().name) / relative if relative.parent == Path(".") else relative
-            runs.append(FinishedRun(path, copy_to, _read(path)))
+            runs.append(FinishedRun(path, copy_to, _read(path), (path.parent / "stale.json").is_file()))
     tasks = sorted({task_of(r.result) for r in runs})
     if task is not None:
         runs = [r for r in runs if task_of(r.result) == task]

@@ -61,6 +61,7 @@ def markdown(report: Report, title: str, figure: str | None = None, notes: str |
         notes: hand-written markdown placed after the tables (a discussion kept beside the copied results).
     """
     lines = [f"# {title}", "", _intro(report), ""]
+    lines += [f"**Warning:** {w}" for w in report.warnings] + ([""] if report.warnings else [])
     if figure:
         lines += [f"![{metric_heading(report.main_metric, report.view.eval_name)} per {report.view.label_name}]"
                   f"({figure})", ""]

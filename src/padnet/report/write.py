@@ -37,6 +37,7 @@ def to_dict(report: Report) -> dict:
         "labels": report.labels, "subtasks": report.subtasks, "baseline": report.baseline, "groups": groups,
         "differences": differences, "average_over": report.average_over, "averages": report.averages,
         "floors": report.floors, "recipe": report.recipe, "varies": report.varies, "unfinished": report.unfinished,
+        "warnings": report.warnings,
     })
 
 

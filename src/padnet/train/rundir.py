@@ -21,6 +21,7 @@ import errno
 import fcntl
 import json
 import os
+import shutil
 from pathlib import Path
 
 from .._version import __version__
@@ -33,7 +34,7 @@ LOCK = ".padnet-run.lock"
 RUN_FILES = {
     "config.yaml", "train.log", "partition.json", "partition.txt", "summary.json", "summary.txt",
     "metrics.csv", "metrics.json", "tensorboard", "checkpoint.pt", "results.json", "model.safetensors",
-    MARKER, LOCK,
+    "stale.json", MARKER, LOCK,
 }
 
 
@@ -146,6 +147,23 @@ def claim(run_dir) -> RunLock:
     return lock
 
 
+def discard(run_dir) -> None:
+    """Empty a padnet run directory (its marker or its run files say it is padnet's; ``claim`` refuses
+    anything else, and a directory another process uses) under its lock, so that its run starts over."""
+    run_dir = Path(run_dir)
+    lock = claim(run_dir)
+    try:
+        for entry in run_dir.iterdir():
+            if entry.name == LOCK:
+                continue
+            if entry.is_dir() and not entry.is_symlink():
+                shutil.rmtree(entry)
+            else:
+                entry.unlink()
+    finally:
+        lock.release()
+
+
 def remove_unused(run_dir) -> bool:
     """Remove a run directory that holds nothing but what ``claim`` wrote (the marker and the lock file),
     while its lock is still held: a run refused before it wrote anything leaves nothing behind. Returns
@@ -163,4 +181,4 @@ def remove_unused(run_dir) -> bool:
 
 
 __all__ = ["LOCK", "MARKER", "RUN_FILES", "RunInUseError", "RunLock", "check_ownership", "check_run_dir_name", "claim",
-           "lock_holder", "remove_unused"]
+           "discard", "lock_holder", "remove_unused"]

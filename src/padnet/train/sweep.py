@@ -13,8 +13,11 @@ A sweep file::
 
 Every run's config is validated before the first one starts. Runs go seed-major (all runs of seed 0,
 then seed 1, ...) so an interrupted sweep has comparable results early. A run whose directory holds
-``results.json`` is skipped; one holding ``checkpoint.pt`` resumes; one another process is running
-(it holds the run directory's lock) is skipped, so two sweep processes share one sweep's runs.
+``results.json`` is skipped, unless it ran another recipe than the sweep's now (an edited config or
+``--set``): the sweep then stops and names the changed keys, and runs again with ``--rerun-changed``
+or keeps the old results, marked stale in ``padnet report``, with ``--keep-stale``. A run holding
+``checkpoint.pt`` resumes; one another process is running (it holds the run directory's lock) is
+skipped, so two sweep processes share one sweep's runs.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ from pathlib import Path
 from ..errors import ConfigError, shorten
 from ..plugins import PluginError, import_plugins
 from .config import RunConfig, config_from_dict, merge, parse_overrides, read_yaml
+from .recipe import STALE, describe, recipe_changes
 from .rundir import lock_holder
 
 SWEEP_KEYS = ("base", "output_dir", "seeds", "runs")
@@ -128,11 +132,20 @@ def _safe_name(name: str) -> bool:
     return bool(_NAME.fullmatch(name)) and name not in (".", "..")
 
 
+CHANGED = "finished with a different recipe"
+
+
 def run_status(config: RunConfig) -> str:
-    """``finished``, ``in progress (pid N)`` (another process holds the run), ``interrupted`` or ``pending``."""
+    """``finished``; ``finished with a different recipe: KEY OLD -> NEW, ...`` (the run directory holds a
+    run of another config); ``stale`` (one kept on purpose: ``--keep-stale``); ``in progress (pid N)``
+    (another process holds the run); ``interrupted``; or ``pending``."""
     run_dir = Path(config.run_dir)
     if (run_dir / "results.json").is_file():
-        return "finished"
+        if (run_dir / STALE).is_file():
+            return "stale"
+        changes = recipe_changes(read_yaml(run_dir / "config.yaml"), config, run_dir / "config.yaml") \
+            if (run_dir / "config.yaml").is_file() else []
+        return f"{CHANGED}: {describe(changes)}" if changes else "finished"
     holder = lock_holder(run_dir)
     if holder is not None:
         return f"in progress (pid {holder})"

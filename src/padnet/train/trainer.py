@@ -75,17 +75,15 @@ from .checkpoint import (
     restore_rng,
     seed_everything,
 )
-from .config import RunConfig, config_from_dict
+from .config import RunConfig
 from .evaluation import DeviceLoader, deployable_parameters, eval_loader, evaluate, progress, to_device
+from .recipe import recipe_changes
 from .run_files import RunWriter
 from .rundir import check_run_dir_name, claim, padnet_version, remove_unused
 from .schedule import RunSchedule, derive_schedule
 from .tasks import TaskParts, get_task
 
 RESULTS = "results.json"
-# Keys that may differ between a run and its resumption without changing its results.
-# (Not ``threads``: the number of threads changes the order of float reductions, so the results.)
-RESUME_FREE_KEYS = {"run_dir", "progress", "tensorboard", "log_every", "num_workers", "device"}
 
 
 class RunDirError(RunError):
@@ -651,16 +649,7 @@ class Trainer:
     def _config_differences(self, previous: dict, source: Path) -> list[str]:
         """The keys, but ``RESUME_FREE_KEYS``, whose values differ between this run's config and
         ``previous`` (read from ``source``)."""
-        try:
-            # Through today's schema, so a key added since (with its default) is not a difference.
-            previous = config_from_dict(previous, source=str(source), preflight=False).to_dict()
-        except ConfigError:
-            pass  # a key removed since, or a value no longer valid: compare as written
-        current = self.config.to_dict()
-        return sorted(
-            _diff_keys({k: v for k, v in previous.items() if k not in RESUME_FREE_KEYS},
-                       {k: v for k, v in current.items() if k not in RESUME_FREE_KEYS})
-        )
+        return [key for key, _, _ in recipe_changes(previous, self.config, source)]
 
     def _check_tensorboard_dir(self) -> None:
         """``<run_dir>/tensorboard`` is a real directory holding no symbolic link: TensorBoard's writer
@@ -677,11 +666,3 @@ class Trainer:
             for entry in tb_dir.iterdir():
                 refuse_links(entry)
 
-
-def _diff_keys(a, b, prefix: str = "") -> list[str]:
-    if isinstance(a, dict) and isinstance(b, dict):
-        out = []
-        for key in sorted(set(a) | set(b)):
-            out += _diff_keys(a.get(key), b.get(key), f"{prefix}{key}.")
-        return out
-    return [] if a == b else [prefix.rstrip(".")]
