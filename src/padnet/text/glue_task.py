@@ -20,7 +20,7 @@ from ..data import glue as glue_data
 from ..metrics import TASK_METRICS
 from ..train.config import RunConfig
 from ..train.tasks import TaskParts, register_task
-from .classification import TextSetup, loss_fn, text_parts  # noqa: F401  (loss_fn: the old import path)
+from .classification import TextSetup, check_text_model, text_parts
 
 ON_ERROR = ("raise", "skip")
 
@@ -86,27 +86,6 @@ def check_glue(config: RunConfig) -> list[str]:
             out.append("glue.data_dir=null loads GLUE with the `datasets` package, which is not installed; "
                        "pip install datasets, or set glue.data_dir to a directory in the GLUE TSV layout")
     return out + check_text_model(config, g.model, "glue.model")
-
-
-def check_text_model(config: RunConfig, model: str, key: str) -> list[str]:
-    """Pre-flight checks of every text task: the model exists and the dynamic settings suit a transformer."""
-    from ..models.hf import resolve_model
-
-    out = []
-    try:
-        resolve_model(model)
-    except (ImportError, FileNotFoundError) as err:
-        out.append(f"{key}={model!r}: {err}")
-    d = config.dynamic
-    if d.mode != "static" and d.kind != "moe":
-        out.append(f"dynamic.kind={d.kind!r}: text models (GLUE, text_classification) are transformers; "
-                   "their dynamic layers are FFN-output MoEs, so set dynamic.kind=moe")
-    if (d.mode == "pad" and d.kind == "moe" and config.partition.scorer == "taylor"
-            and config.partition.warmup_steps < 1):
-        out.append("partition.warmup_steps=0 with an upcycled MoE: every expert equals the static weight at "
-                   "init, so every taylor score is 0; set partition.warmup_steps >= 1 (fully dynamic "
-                   "training before the partition, e.g. 100)")
-    return out
 
 
 def _eval_metric_key(spec: glue_data.GlueTask, split: str) -> str:
