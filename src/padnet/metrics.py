@@ -85,31 +85,6 @@ def spearman(x, y) -> float:
     return 0.0 if _constant(a) or _constant(b) else float(spearmanr(a, b).statistic)
 
 
-_FUNCS = {"accuracy": accuracy, "f1": f1, "mcc": matthews_corrcoef, "pearson": pearson, "spearman": spearman}
-
-
-def glue_metrics(task: str, y_true, y_pred) -> dict[str, float]:
-    """Every metric GLUE reports for ``task`` plus ``score`` (their mean).
-
-    ``y_pred`` holds class ids for classification tasks and real scores for STS-B.
-    """
-    key = task.lower().replace("-", "")
-    if key not in TASK_METRICS:
-        raise UsageError(f"task={task!r} has no GLUE metric; known tasks: {', '.join(TASK_METRICS)}")
-    out = {name: _FUNCS[name](y_true, y_pred) for name in TASK_METRICS[key]}
-    out["score"] = float(np.mean(list(out.values())))
-    return out
-
-
-def glue_average(scores: Mapping[str, float | Mapping[str, float]] | Sequence[float]) -> float:
-    """Mean of per-task scores: a mapping task -> score (or -> the dict ``glue_metrics`` returns)
-    or a plain sequence of scores."""
-    values = list(scores.values()) if isinstance(scores, Mapping) else list(scores)
-    if not values:
-        raise UsageError("glue_average needs at least one task score; got none")
-    return float(np.mean([v["score"] if isinstance(v, Mapping) else v for v in values]))
-
-
 def macro_f1(y_true, y_pred) -> float:
     """The unweighted mean over the classes present in ``y_true`` or ``y_pred`` of each class's F1."""
     a, b = _pair(y_true, y_pred)
@@ -121,9 +96,32 @@ def mse(y_true, y_pred) -> float:
     return float(np.mean((a - b) ** 2))
 
 
-_FUNCS |= {"macro_f1": macro_f1, "mse": mse}
+_FUNCS = {"accuracy": accuracy, "f1": f1, "macro_f1": macro_f1, "mcc": matthews_corrcoef, "mse": mse,
+          "pearson": pearson, "spearman": spearman}
 CLASSIFICATION_METRICS = ("accuracy", "macro_f1", "mcc")
 REGRESSION_METRICS = ("mse", "pearson", "spearman")
+
+
+def glue_metrics(task: str, y_true, y_pred) -> dict[str, float]:
+    """Every metric GLUE reports for ``task`` plus ``score`` (their mean).
+
+    ``y_pred`` holds class ids for classification tasks and real scores for STS-B.
+    """
+    key = task.lower().replace("-", "")
+    if key not in TASK_METRICS:
+        raise UsageError(f"task={task!r} has no GLUE metric; known tasks: {', '.join(TASK_METRICS)}")
+    out = compute_metrics(TASK_METRICS[key], y_true, y_pred)
+    out["score"] = float(np.mean(list(out.values())))
+    return out
+
+
+def glue_average(scores: Mapping[str, float | Mapping[str, float]] | Sequence[float]) -> float:
+    """Mean of per-task scores: a mapping task -> score (or -> the dict ``glue_metrics`` returns)
+    or a plain sequence of scores."""
+    values = list(scores.values()) if isinstance(scores, Mapping) else list(scores)
+    if not values:
+        raise UsageError("glue_average needs at least one task score; got none")
+    return float(np.mean([v["score"] if isinstance(v, Mapping) else v for v in values]))
 
 
 def compute_metrics(names: Sequence[str], y_true, y_pred) -> dict[str, float]:

@@ -88,8 +88,9 @@ def check_glue(config: RunConfig) -> list[str]:
     return out + check_text_model(config, g.model, "glue.model")
 
 
-def _eval_metric_key(spec: glue_data.GlueTask, split: str) -> str:
-    return "mnli_mm" if split == "dev_mismatched" else spec.name
+def metric_key(task: str, split: str | None) -> str:
+    """The ``TASK_METRICS`` key of a GLUE task evaluated on ``split``: MNLI's mismatched dev set is 'mnli_mm'."""
+    return "mnli_mm" if split == "dev_mismatched" else task
 
 
 def build_glue(config: RunConfig) -> TaskParts:
@@ -100,7 +101,7 @@ def build_glue(config: RunConfig) -> TaskParts:
     data_dir = Path(g.data_dir) if g.data_dir is not None else None
     train = glue_data.load_glue(spec.name, "train", data_dir, g.on_error).subset(g.train_subset, g.subset_seed)
     dev = glue_data.load_glue(spec.name, g.eval_split, data_dir, g.on_error).subset(g.eval_subset, g.subset_seed)
-    metrics = TASK_METRICS[_eval_metric_key(spec, dev.split)]
+    metrics = TASK_METRICS[metric_key(spec.name, dev.split)]
     columns = [c for c in spec.hf_fields if c is not None]
     setup = TextSetup("glue", g.model, g.max_length, g.dropout, list(spec.label_names) if spec.label_names else None,
                       columns, metrics, "score", score=metrics)
