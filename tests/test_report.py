@@ -5,14 +5,17 @@ import json
 import math
 
 import pytest
+from scipy import stats
 
 from padnet.cli import main
 from padnet.errors import RunError
 from padnet.report import (
+    Stat,
     build_report,
     collect,
     figure as plot_module,
     markdown,
+    median,
     paired_difference,
     plot,
     shared_recipe,
@@ -46,7 +49,7 @@ def test_paired_difference_matches_a_hand_computed_t_interval():
     assert d.differences == pytest.approx((0.02, -0.04, 0.05))
     assert d.mean == pytest.approx(0.01)
     assert d.std == pytest.approx(math.sqrt(0.0021))
-    half = 4.3027 * math.sqrt(0.0021) / math.sqrt(3)  # = 0.113839
+    half = 4.302652729749464 * math.sqrt(0.0021) / math.sqrt(3)  # t(2) = 4.3027; half = 0.113839
     assert (d.low, d.high) == (pytest.approx(0.01 - half), pytest.approx(0.01 + half))
     assert d.low == pytest.approx(-0.10384, abs=1e-5) and d.high == pytest.approx(0.12384, abs=1e-5)
     one = paired_difference({0: 0.7, 1: 0.8}, {1: 0.75})
@@ -54,12 +57,31 @@ def test_paired_difference_matches_a_hand_computed_t_interval():
     assert paired_difference({0: 0.7}, {1: 0.7}) is None
 
 
-def test_t_quantiles_match_scipy():
-    stats = pytest.importorskip("scipy.stats")
+# The table t_quantile_975 had before it took scipy's quantiles (df 1..30, 4 decimals).
+OLD_T975 = (12.7062, 4.3027, 3.1824, 2.7764, 2.5706, 2.4469, 2.3646, 2.3060, 2.2622, 2.2281,
+            2.2010, 2.1788, 2.1604, 2.1448, 2.1314, 2.1199, 2.1098, 2.1009, 2.0930, 2.0860,
+            2.0796, 2.0739, 2.0687, 2.0639, 2.0595, 2.0555, 2.0518, 2.0484, 2.0452, 2.0423)
+
+
+def test_t_quantiles_are_scipys_and_the_old_table_to_its_precision():
     for df in list(range(1, 61)) + [100, 1000, 10**6]:
-        assert t_quantile_975(df) == pytest.approx(stats.t.ppf(0.975, df), abs=1e-4), df
+        assert t_quantile_975(df) == stats.t.ppf(0.975, df), df
+        assert type(t_quantile_975(df)) is float
+    assert tuple(round(t_quantile_975(df), 4) for df in range(1, 31)) == OLD_T975
     with pytest.raises(ValueError, match="df=0 must be an integer >= 1"):
         t_quantile_975(0)
+
+
+def test_stat_is_the_mean_and_sample_std_and_the_median_is_statistics_median():
+    s = Stat.of([0.1, 0.2, 0.6])
+    assert (s.mean, s.std, s.n) == (pytest.approx(0.3), pytest.approx(math.sqrt(0.07)), 3)
+    one = Stat.of([0.5])
+    assert one.mean == 0.5 and math.isnan(one.std) and one.n == 1
+    inf = Stat.of([math.inf, 1.0])  # no warning, no error: as the arithmetic gives it
+    assert inf.mean == math.inf and math.isnan(inf.std)
+    with pytest.raises(ValueError, match="at least one value"):
+        Stat.of([])
+    assert median([3.0, 1.0, 2.0]) == 2.0 and median([4.0, 1.0, 2.0, 3.0]) == 2.5 and math.isnan(median([]))
 
 
 # ------------------------------------------------------------------------------------- names and labels

@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 
 import torch
+from tqdm.auto import tqdm
 
 from .data import find_fashion_mnist
 from .report import build_report, collect, plot
@@ -100,10 +101,6 @@ def run_demo(out: str | Path = "runs/demo", seed: int = 0, data_root: str | None
 
 def _run_bar(name: str, enabled: bool):
     if not enabled:
-        return contextlib.nullcontext()
-    try:
-        from tqdm.auto import tqdm
-    except ImportError:
         return contextlib.nullcontext()
     return tqdm(desc=f"{name:>8}", unit="step", dynamic_ncols=True, leave=True)
 

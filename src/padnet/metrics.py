@@ -1,4 +1,5 @@
-"""GLUE metrics, computed as the GLUE benchmark defines them, with numpy only.
+"""GLUE metrics, computed as the GLUE benchmark defines them: scikit-learn's MCC and F1, scipy's Pearson
+and Spearman correlations.
 
 Per task (``TASK_METRICS``): CoLA Matthews correlation; STS-B Pearson and Spearman correlation;
 MRPC and QQP accuracy and F1 (of the positive class, label 1); every other task accuracy.
@@ -11,6 +12,8 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 
 import numpy as np
+from scipy.stats import pearsonr, spearmanr
+from sklearn.metrics import f1_score, matthews_corrcoef as _sklearn_mcc
 
 from .errors import UsageError
 
@@ -43,56 +46,60 @@ def accuracy(y_true, y_pred) -> float:
     return float(np.mean(a == b))
 
 
+def _floats(x, y) -> tuple[np.ndarray, np.ndarray]:
+    """The pair in float64 (scipy computes in its inputs' precision, float32 predictions included)."""
+    a, b = _pair(x, y)
+    return a.astype(np.float64), b.astype(np.float64)
+
+
+def _constant(v: np.ndarray) -> bool:
+    return bool((v == v[0]).all())
+
+
 def f1(y_true, y_pred, positive=1) -> float:
-    """F1 of the positive class; 0 when there are no true and no predicted positives (sklearn's choice)."""
+    """F1 of the class ``positive`` (one against the rest, so labels may have more classes); 0 when there
+    are no true and no predicted positives (sklearn's ``zero_division=0``)."""
     a, b = _pair(y_true, y_pred)
-    tp = np.sum((a == positive) & (b == positive))
-    fp = np.sum((a != positive) & (b == positive))
-    fn = np.sum((a == positive) & (b != positive))
-    denom = 2 * tp + fp + fn
-    return float(2 * tp / denom) if denom else 0.0
+    return float(f1_score(a, b, labels=[positive], average="macro", zero_division=0.0))
 
 
 def matthews_corrcoef(y_true, y_pred) -> float:
     """Matthews correlation for binary or multi-class labels (Gorodkin's R_K); 0 when undefined
     (a constant prediction or a constant truth), as sklearn and GLUE report it."""
     a, b = _pair(y_true, y_pred)
-    classes, idx = np.unique(np.concatenate([a, b]), return_inverse=True)
-    t, p = idx[: a.size], idx[a.size :]
-    c = np.zeros((classes.size, classes.size), dtype=np.float64)
-    np.add.at(c, (t, p), 1)
-    n = c.sum()
-    true_k, pred_k = c.sum(axis=1), c.sum(axis=0)
-    cov_tp = np.trace(c) * n - true_k @ pred_k
-    cov_tt = n * n - true_k @ true_k
-    cov_pp = n * n - pred_k @ pred_k
-    if cov_tt == 0 or cov_pp == 0:
-        return 0.0
-    return float(cov_tp / np.sqrt(cov_tt * cov_pp))
+    if _constant(a) or _constant(b):
+        return 0.0  # what sklearn returns, without its warning about a single label in both
+    return float(_sklearn_mcc(a, b))
 
 
 def pearson(x, y) -> float:
-    a, b = _pair(x, y)
-    a, b = a.astype(np.float64), b.astype(np.float64)
-    da, db = a - a.mean(), b - b.mean()
-    denom = np.sqrt((da * da).sum() * (db * db).sum())
-    return float((da * db).sum() / denom) if denom else 0.0
-
-
-def _rank(v: np.ndarray) -> np.ndarray:
-    """Ranks 1..n with ties given their average rank (what Spearman's rho needs)."""
-    ranks = np.empty(v.size, dtype=np.float64)
-    ranks[np.argsort(v, kind="stable")] = np.arange(1, v.size + 1)
-    _, inverse, counts = np.unique(v, return_inverse=True, return_counts=True)
-    return (np.bincount(inverse, weights=ranks) / counts)[inverse]
+    """Pearson's r; 0 when undefined (a constant input), where scipy warns and returns nan."""
+    a, b = _floats(x, y)
+    return 0.0 if _constant(a) or _constant(b) else float(pearsonr(a, b).statistic)
 
 
 def spearman(x, y) -> float:
-    a, b = _pair(x, y)
-    return pearson(_rank(a.astype(np.float64)), _rank(b.astype(np.float64)))
+    """Spearman's rho (ties get their average rank); 0 when undefined (a constant input), where scipy
+    warns and returns nan."""
+    a, b = _floats(x, y)
+    return 0.0 if _constant(a) or _constant(b) else float(spearmanr(a, b).statistic)
 
 
-_FUNCS = {"accuracy": accuracy, "f1": f1, "mcc": matthews_corrcoef, "pearson": pearson, "spearman": spearman}
+def macro_f1(y_true, y_pred) -> float:
+    """The unweighted mean over the classes present in ``y_true`` or ``y_pred`` of each class's F1."""
+    a, b = _pair(y_true, y_pred)
+    return float(f1_score(a, b, average="macro"))
+
+
+def mse(y_true, y_pred) -> float:
+    a, b = _floats(y_true, y_pred)
+    return float(np.mean((a - b) ** 2))
+
+
+_FUNCS = {"accuracy": accuracy, "f1": f1, "macro_f1": macro_f1, "mcc": matthews_corrcoef, "mse": mse,
+          "pearson": pearson, "spearman": spearman}
+CLASSIFICATION_METRICS = ("accuracy", "macro_f1", "mcc")
+REGRESSION_METRICS = ("mse", "pearson", "spearman")
 
 
 def glue_metrics(task: str, y_true, y_pred) -> dict[str, float]:
@@ -103,7 +110,7 @@ def glue_metrics(task: str, y_true, y_pred) -> dict[str, float]:
     key = task.lower().replace("-", "")
     if key not in TASK_METRICS:
         raise UsageError(f"task={task!r} has no GLUE metric; known tasks: {', '.join(TASK_METRICS)}")
-    out = {name: _FUNCS[name](y_true, y_pred) for name in TASK_METRICS[key]}
+    out = compute_metrics(TASK_METRICS[key], y_true, y_pred)
     out["score"] = float(np.mean(list(out.values())))
     return out
 
@@ -115,22 +122,6 @@ def glue_average(scores: Mapping[str, float | Mapping[str, float]] | Sequence[fl
     if not values:
         raise UsageError("glue_average needs at least one task score; got none")
     return float(np.mean([v["score"] if isinstance(v, Mapping) else v for v in values]))
-
-
-def macro_f1(y_true, y_pred) -> float:
-    """The unweighted mean over the classes present in ``y_true`` or ``y_pred`` of each class's F1."""
-    a, b = _pair(y_true, y_pred)
-    return float(np.mean([f1(a, b, positive=c) for c in np.unique(np.concatenate([a, b]))]))
-
-
-def mse(y_true, y_pred) -> float:
-    a, b = _pair(y_true, y_pred)
-    return float(np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2))
-
-
-_FUNCS |= {"macro_f1": macro_f1, "mse": mse}
-CLASSIFICATION_METRICS = ("accuracy", "macro_f1", "mcc")
-REGRESSION_METRICS = ("mse", "pearson", "spearman")
 
 
 def compute_metrics(names: Sequence[str], y_true, y_pred) -> dict[str, float]:

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import torch
 from torch import nn
+from tqdm.auto import tqdm
 
 from .data.transforms import predict_record_problem
 from .errors import DataError, ModelFileError
@@ -78,8 +79,6 @@ def predict(model_or_path, inputs, batch_size: int = 32, device: str = "cpu", pr
 def _progress(batches, total: int, batch_size: int, on: bool):
     if not on:
         return batches
-    from tqdm.auto import tqdm
-
     return tqdm(batches, total=-(-total // batch_size), desc="predict", unit="batch")
 
 

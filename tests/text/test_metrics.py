@@ -1,15 +1,19 @@
-"""GLUE metrics against values computed by hand, and against scikit-learn/scipy where installed."""
+"""GLUE metrics against values computed by hand, and against scikit-learn/scipy called directly."""
 
 import math
+import warnings
 
 import numpy as np
 import pytest
+from scipy import stats
+from sklearn import metrics as sklearn_metrics
 
 from padnet.metrics import (
     accuracy,
     f1,
     glue_average,
     glue_metrics,
+    macro_f1,
     matthews_corrcoef,
     pearson,
     spearman,
@@ -38,6 +42,36 @@ def test_matthews_binary_by_hand():
 def test_matthews_is_zero_for_a_constant_prediction():
     # CoLA's degenerate case: a model that always answers "acceptable" scores 0, not NaN.
     assert matthews_corrcoef([1, 0, 1, 1], [1, 1, 1, 1]) == 0.0
+
+
+def test_undefined_metrics_are_zero_without_a_warning():
+    # A constant input leaves MCC and the correlations undefined (sklearn warns about a single label,
+    # scipy warns and returns nan); F1 with no positive at all divides by zero. Each is reported as 0.
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert matthews_corrcoef([1, 1, 1], [1, 1, 1]) == 0.0
+        assert matthews_corrcoef([0, 1, 0], [1, 1, 1]) == 0.0
+        assert matthews_corrcoef([1], [0]) == 0.0
+        assert f1([0, 0, 2], [0, 2, 0]) == 0.0
+        for corr in (pearson, spearman):
+            assert corr([1.0, 2.0, 3.0], [0.5, 0.5, 0.5]) == 0.0
+            assert corr([2.0, 2.0], [1.0, 3.0]) == 0.0
+            assert corr([1.0], [1.0]) == 0.0
+
+
+def test_f1_of_one_class_among_several_and_macro_f1():
+    # class 0: F1 1; classes 1 and 2: tp = fp = fn = 1 -> 1/2 each
+    y_true, y_pred = [0, 1, 1, 2, 2], [0, 1, 2, 2, 1]
+    assert f1(y_true, y_pred) == pytest.approx(1 / 2)
+    assert f1(y_true, y_pred, positive=2) == pytest.approx(1 / 2)
+    assert macro_f1(y_true, y_pred) == pytest.approx((1 + 1 / 2 + 1 / 2) / 3)
+    assert macro_f1([0, 1, 1], [0, 1, 3]) == pytest.approx((1 + 2 / 3 + 0) / 3)  # a class only predicted counts
+
+
+def test_metrics_are_python_floats():
+    values = [f1([1, 0], [1, 1]), macro_f1([1, 0], [1, 1]), matthews_corrcoef([1, 0, 1], [1, 0, 0]),
+              pearson([1, 2, 3], [1, 3, 2]), spearman([1, 2, 3], [1, 3, 2])]
+    assert all(type(v) is float for v in values)
 
 
 def test_pearson_by_hand():
@@ -81,8 +115,6 @@ def test_bad_input(call, message):
 
 
 def test_against_sklearn_and_scipy_on_random_data():
-    sklearn_metrics = pytest.importorskip("sklearn.metrics")
-    stats = pytest.importorskip("scipy.stats")
     rng = np.random.default_rng(0)
     for _ in range(5):
         t, p = rng.integers(0, 3, 200), rng.integers(0, 3, 200)

@@ -78,3 +78,13 @@ def test_padnet_report_writes_report_plot_and_copies(tmp_path):
     assert json.loads(copied.read_text())["time_per_epoch_s"] == 50.0
     assert json.loads((tmp_path / "docs" / "text" / "report.json").read_text())["task"] == "glue"
     assert not list((tmp_path / "docs").rglob("*.tmp"))
+
+
+def test_mnli_mismatched_is_its_own_subtask_with_the_metric_key_the_run_used():
+    from padnet.text.glue_task import metric_key
+    from padnet.text.report import glue_task_of
+
+    result = {"info": {"glue_task": "mnli"}, "config": {"glue": {"eval_split": "dev_mismatched"}}}
+    assert glue_task_of(result) == metric_key("mnli", "dev_mismatched") == "mnli_mm"
+    assert glue_task_of(result | {"config": {"glue": {"eval_split": "dev_matched"}}}) == "mnli"
+    assert glue_task_of({"info": {"glue_task": "rte"}, "config": {"glue": {}}}) == metric_key("rte", None) == "rte"

@@ -26,6 +26,7 @@ from ..data import glue as glue_data
 from ..data.text_files import column_names, file_format
 from ..errors import DataError, UsageError
 from ..metrics import CLASSIFICATION_METRICS, REGRESSION_METRICS, compute_metrics
+from ..models.transformers_models import load_sequence_classifier, load_tokenizer, resolve_model
 from ..train.config import RunConfig
 from ..train.tasks import TaskParts, register_task
 from . import labels as L
@@ -95,8 +96,6 @@ class TextClassificationConfig:
 def check(config: RunConfig) -> list[str]:
     """Pre-flight, before the run directory is written: the files exist and hold the columns named (read
     from their first lines), the model exists, and the dynamic settings suit a transformer."""
-    from .glue_task import check_text_model
-
     t = config.section("text_classification", TextClassificationConfig)
     out = []
     for key in ("train_file", "validation_file", "test_file"):
@@ -122,6 +121,25 @@ def check(config: RunConfig) -> list[str]:
 
 
 # ----------------------------------------------------------------------------- the shared path
+def check_text_model(config: RunConfig, model: str, key: str) -> list[str]:
+    """Pre-flight checks of every text task: the model exists and the dynamic settings suit a transformer."""
+    out = []
+    try:
+        resolve_model(model)
+    except (ImportError, FileNotFoundError) as err:
+        out.append(f"{key}={model!r}: {err}")
+    d = config.dynamic
+    if d.mode != "static" and d.kind != "moe":
+        out.append(f"dynamic.kind={d.kind!r}: text models (GLUE, text_classification) are transformers; "
+                   "their dynamic layers are FFN-output MoEs, so set dynamic.kind=moe")
+    if (d.mode == "pad" and d.kind == "moe" and config.partition.scorer == "taylor"
+            and config.partition.warmup_steps < 1):
+        out.append("partition.warmup_steps=0 with an upcycled MoE: every expert equals the static weight at "
+                   "init, so every taylor score is 0; set partition.warmup_steps >= 1 (fully dynamic "
+                   "training before the partition, e.g. 100)")
+    return out
+
+
 def loss_fn(model, batch):
     """The model's own loss (cross-entropy, or MSE for regression); the trainer adds the MoE aux loss."""
     return model(**batch).loss
@@ -171,8 +189,6 @@ class TextSetup:
 def text_parts(config: RunConfig, setup: TextSetup, train: glue_data.GlueExamples, dev: glue_data.GlueExamples,
                info: dict) -> TaskParts:
     """The ``TaskParts`` of every text task: one tokenizer, one model loader, one evaluation."""
-    from ..models.transformers_models import load_sequence_classifier, load_tokenizer
-
     regression = setup.label_names is None
     tokenizer = load_tokenizer(setup.model)
     train_ds = glue_data.tokenize(train, tokenizer, setup.max_length, regression)

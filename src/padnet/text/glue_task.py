@@ -20,7 +20,7 @@ from ..data import glue as glue_data
 from ..metrics import TASK_METRICS
 from ..train.config import RunConfig
 from ..train.tasks import TaskParts, register_task
-from .classification import TextSetup, loss_fn, text_parts  # noqa: F401  (loss_fn: the old import path)
+from .classification import TextSetup, check_text_model, text_parts
 
 ON_ERROR = ("raise", "skip")
 
@@ -88,29 +88,9 @@ def check_glue(config: RunConfig) -> list[str]:
     return out + check_text_model(config, g.model, "glue.model")
 
 
-def check_text_model(config: RunConfig, model: str, key: str) -> list[str]:
-    """Pre-flight checks of every text task: the model exists and the dynamic settings suit a transformer."""
-    from ..models.transformers_models import resolve_model
-
-    out = []
-    try:
-        resolve_model(model)
-    except (ImportError, FileNotFoundError) as err:
-        out.append(f"{key}={model!r}: {err}")
-    d = config.dynamic
-    if d.mode != "static" and d.kind != "moe":
-        out.append(f"dynamic.kind={d.kind!r}: text models (GLUE, text_classification) are transformers; "
-                   "their dynamic layers are FFN-output MoEs, so set dynamic.kind=moe")
-    if (d.mode == "pad" and d.kind == "moe" and config.partition.scorer == "taylor"
-            and config.partition.warmup_steps < 1):
-        out.append("partition.warmup_steps=0 with an upcycled MoE: every expert equals the static weight at "
-                   "init, so every taylor score is 0; set partition.warmup_steps >= 1 (fully dynamic "
-                   "training before the partition, e.g. 100)")
-    return out
-
-
-def _eval_metric_key(spec: glue_data.GlueTask, split: str) -> str:
-    return "mnli_mm" if split == "dev_mismatched" else spec.name
+def metric_key(task: str, split: str | None) -> str:
+    """The ``TASK_METRICS`` key of a GLUE task evaluated on ``split``: MNLI's mismatched dev set is 'mnli_mm'."""
+    return "mnli_mm" if split == "dev_mismatched" else task
 
 
 def build_glue(config: RunConfig) -> TaskParts:
@@ -121,7 +101,7 @@ def build_glue(config: RunConfig) -> TaskParts:
     data_dir = Path(g.data_dir) if g.data_dir is not None else None
     train = glue_data.load_glue(spec.name, "train", data_dir, g.on_error).subset(g.train_subset, g.subset_seed)
     dev = glue_data.load_glue(spec.name, g.eval_split, data_dir, g.on_error).subset(g.eval_subset, g.subset_seed)
-    metrics = TASK_METRICS[_eval_metric_key(spec, dev.split)]
+    metrics = TASK_METRICS[metric_key(spec.name, dev.split)]
     columns = [c for c in spec.hf_fields if c is not None]
     setup = TextSetup("glue", g.model, g.max_length, g.dropout, list(spec.label_names) if spec.label_names else None,
                       columns, metrics, "score", score=metrics)

@@ -15,6 +15,7 @@ import numpy as np
 
 from ..metrics import TASK_METRICS, glue_metrics
 from ..report.collect import TaskView, register_view
+from .glue_task import metric_key
 
 TASK_ORDER = ("cola", "sst2", "mrpc", "stsb", "qqp", "mnli", "mnli_mm", "qnli", "rte", "wnli")
 
@@ -37,8 +38,7 @@ def method_of(result: dict) -> str:
 
 def glue_task_of(result: dict) -> str:
     """The GLUE task, with MNLI's mismatched dev set as 'mnli_mm'."""
-    task = result["info"]["glue_task"]
-    return "mnli_mm" if result["config"]["glue"].get("eval_split") == "dev_mismatched" else task
+    return metric_key(result["info"]["glue_task"], result["config"]["glue"].get("eval_split"))
 
 
 def metrics_of(result: dict) -> tuple[str, ...]:

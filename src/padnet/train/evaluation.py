@@ -10,6 +10,7 @@ import math
 import torch
 from torch import nn
 from torch.utils.data import DataLoader
+from tqdm.auto import tqdm
 
 from ..errors import NonFiniteLossError
 from ..summary import summary
@@ -56,12 +57,8 @@ def eval_loader(config: RunConfig, parts: TaskParts) -> DataLoader:
 
 # --------------------------------------------------------------------------------------- train
 def progress(iterable, enabled: bool, desc: str):
-    """``iterable`` under a tqdm bar when ``enabled`` and tqdm is installed."""
+    """``iterable`` under a tqdm bar when ``enabled``."""
     if not enabled:
-        return iterable
-    try:
-        from tqdm.auto import tqdm
-    except ImportError:
         return iterable
     return tqdm(iterable, desc=desc, leave=False, dynamic_ncols=True)
 
