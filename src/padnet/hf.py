@@ -27,7 +27,7 @@ from .arch import build_on_meta
 from .errors import ModelFileError, UsageError
 from .files import atomic_write_bytes
 from .layers import aux_loss, pad_layers
-from .models.transformers_models import auto_record, from_auto_config
+from .models.transformers_models import auto_record, from_auto_config, model_loss
 from .partition import PartitionReport, partition
 from .serialization import check_build_memory, load, read_record, save
 
@@ -120,11 +120,6 @@ class PadnetTrainer(Trainer):
         return (loss, outputs) if return_outputs else loss
 
 
-def hf_loss(model: nn.Module, batch: dict) -> torch.Tensor:
-    """The loss a transformers model computes for a batch that holds its labels."""
-    return model(**batch).loss
-
-
 class PartitionCallback(TrainerCallback):
     """Runs ``padnet.partition`` once, after ``warmup_steps`` optimizer steps of fully dynamic training
     (at the start when 0): upcycled PAD-MoE experts all equal the dense weight, so the partition has
@@ -147,7 +142,7 @@ class PartitionCallback(TrainerCallback):
     """
 
     def __init__(self, dynamic_ratio: float, warmup_steps: int = 0, scoring_batches: int | Iterable = 10,
-                 loss_fn: Callable[[nn.Module, dict], torch.Tensor] = hf_loss, rounds: int = 5,
+                 loss_fn: Callable[[nn.Module, dict], torch.Tensor] = model_loss, rounds: int = 5,
                  scorer: str = "taylor", seed: int = 0, static_init: str = "keep"):
         if isinstance(warmup_steps, bool) or not isinstance(warmup_steps, int) or warmup_steps < 0:
             raise UsageError(f"warmup_steps={warmup_steps!r} must be an integer >= 0")

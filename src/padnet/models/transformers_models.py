@@ -115,6 +115,12 @@ def _from_pretrained(load, source: str, local: bool, **kwargs):
         ) from None
 
 
+def model_loss(model, batch: dict):
+    """The loss a transformers model computes for a batch that holds its labels (cross-entropy, or MSE
+    for regression); the trainer and ``PadnetTrainer`` add the MoE balancing loss."""
+    return model(**batch).loss
+
+
 def load_tokenizer(name_or_path: str | None = None):
     from transformers import AutoTokenizer
 

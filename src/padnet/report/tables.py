@@ -14,8 +14,8 @@ import yaml
 from .build import Group, Report
 from .stats import Stat, median
 
-METRIC_NAMES = {"accuracy": "accuracy", "mcc": "MCC", "f1": "F1", "pearson": "Pearson", "spearman": "Spearman",
-                "score": "score"}
+METRIC_NAMES = {"accuracy": "accuracy", "mcc": "MCC", "f1": "F1", "macro_f1": "macro F1", "pearson": "Pearson",
+                "spearman": "Spearman", "score": "score"}
 SHORT_NAMES = {"accuracy": "acc"}
 PER_SEED_DECIMALS = 2
 

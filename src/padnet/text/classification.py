@@ -26,7 +26,7 @@ from ..data import glue as glue_data
 from ..data.text_files import column_names, file_format
 from ..errors import DataError, UsageError
 from ..metrics import CLASSIFICATION_METRICS, REGRESSION_METRICS, compute_metrics
-from ..models.transformers_models import load_sequence_classifier, load_tokenizer, resolve_model
+from ..models.transformers_models import load_sequence_classifier, load_tokenizer, model_loss, resolve_model
 from ..train.config import RunConfig
 from ..train.tasks import TaskParts, register_task
 from . import labels as L
@@ -140,11 +140,6 @@ def check_text_model(config: RunConfig, model: str, key: str) -> list[str]:
     return out
 
 
-def loss_fn(model, batch):
-    """The model's own loss (cross-entropy, or MSE for regression); the trainer adds the MoE aux loss."""
-    return model(**batch).loss
-
-
 def make_evaluate(metrics: tuple[str, ...], regression: bool, score: tuple[str, ...] | None = None):
     """``evaluate(model, batches)``: the ``metrics`` of the predictions, the mean loss, the number of
     examples, and ``score`` (the mean of the metrics ``score`` names) when given."""
@@ -197,7 +192,7 @@ def text_parts(config: RunConfig, setup: TextSetup, train: glue_data.GlueExample
     model = load_sequence_classifier(setup.model, num_labels, seed=config.seed, dropout=setup.dropout)
     problem = "regression" if regression else "classification"
     return TaskParts(
-        model=model, train_dataset=train_ds, eval_dataset=dev_ds, loss_fn=loss_fn,
+        model=model, train_dataset=train_ds, eval_dataset=dev_ds, loss_fn=model_loss,
         evaluate=make_evaluate(setup.metrics, regression, setup.score), main_metric=setup.main_metric,
         collate_fn=train_ds.collate,
         info=info | {"problem": problem, "metrics": list(setup.metrics), "label_names": setup.label_names,
