@@ -6,6 +6,7 @@ import re
 from pathlib import Path
 
 import pytest
+import yaml
 
 from padnet.data.fashion_mnist import find_fashion_mnist
 from padnet.train.sweep import load_sweep
@@ -66,3 +67,24 @@ def test_the_makefile_split_runs_every_evidence_configuration_once():
 @needs_fmnist
 def test_the_first_vision_sweep_still_loads():
     assert len(load_sweep(ROOT / "configs" / "fmnist_sweep.yaml")) == 9 * 3
+
+
+RUN_CONFIGS = sorted(p.name for p in (ROOT / "configs").glob("*.yaml") if "runs" not in yaml.safe_load(p.read_text()))
+
+
+@pytest.mark.parametrize("name", RUN_CONFIGS)
+def test_every_committed_run_config_validates(name):
+    """The examples a user copies are valid configs (their data paths are placeholders: no pre-flight)."""
+    from padnet.train import load_config
+
+    config = load_config(ROOT / "configs" / name, preflight=False)
+    assert config.task in ("image_classification", "text_classification", "glue")
+
+
+def test_the_text_example_names_integer_labels():
+    from padnet.train import load_config
+    from padnet.text.classification import TextClassificationConfig
+
+    config = load_config(ROOT / "configs" / "text_classification_example.yaml", preflight=False)
+    section = config.section("text_classification", TextClassificationConfig)
+    assert section.labels == ["negative", "positive"] and section.label_column == "sentiment"
