@@ -82,8 +82,8 @@ def test_every_committed_run_config_validates(name):
 
 
 def test_the_text_example_names_integer_labels():
-    from padnet.train import load_config
     from padnet.text.classification import TextClassificationConfig
+    from padnet.train import load_config
 
     config = load_config(ROOT / "configs" / "text_classification_example.yaml", preflight=False)
     section = config.section("text_classification", TextClassificationConfig)
