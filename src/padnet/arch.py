@@ -16,6 +16,7 @@ so ``padnet.load(path)`` alone rebuilds such models.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import sys
@@ -138,14 +139,42 @@ def build_on_meta(builder: Callable[..., nn.Module], **kwargs) -> nn.Module:
     ``init_empty_weights``) and the buffers (normalisation statistics, a small fraction of the
     parameters) are moved there after."""
     try:
-        with torch.device("meta"):
+        with on_meta():
             return builder(**kwargs)
     except NotImplementedError:  # "Cannot copy out of meta tensor; no data!"
         from accelerate import init_empty_weights
 
-        with init_empty_weights(include_buffers=False):
+        with init_empty_weights(include_buffers=False), skip_init():
             model = builder(**kwargs)
         return model.to("meta")
+
+
+# torch.nn.init's in-place initialisers (what modules' reset_parameters call).
+_INITS = ("uniform_", "normal_", "trunc_normal_", "constant_", "ones_", "zeros_", "eye_", "dirac_", "xavier_uniform_",
+          "xavier_normal_", "kaiming_uniform_", "kaiming_normal_", "orthogonal_", "sparse_")
+
+
+@contextlib.contextmanager
+def on_meta():
+    """Build modules on the meta device, without running their initialisers (``skip_init``)."""
+    with torch.device("meta"), skip_init():
+        yield
+
+
+@contextlib.contextmanager
+def skip_init():
+    """``torch.nn.init``'s initialisers leave tensors as they are (the way transformers builds a model whose
+    weights come from a file). On the meta device there are no values to set, and initialising a meta
+    tensor goes through torch's reference decompositions, which import torch._dynamo: about 2.2 s of
+    ``padnet predict``'s start-up here."""
+    saved = {name: getattr(torch.nn.init, name) for name in _INITS}
+    try:
+        for name in _INITS:
+            setattr(torch.nn.init, name, lambda tensor, *args, **kwargs: tensor)
+        yield
+    finally:
+        for name, fn in saved.items():
+            setattr(torch.nn.init, name, fn)
 
 
 # ----------------------------------------------------------------------------- detection

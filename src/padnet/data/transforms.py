@@ -86,13 +86,46 @@ def _to_tensor(record: dict) -> list:
     return out
 
 
+class EvalTransform:
+    """The deterministic transform of a preprocessing record, PIL image -> normalised float tensor
+    (C, H, W): torchvision's ``Grayscale(1)`` (greyscale records), ``Resize(resize)``, ``CenterCrop(image_size)``,
+    ``ToTensor`` and ``Normalize`` step for step, with the same PIL calls and rounding (a test compares
+    them pixel for pixel), in PIL and torch alone: importing torchvision costs ``padnet predict`` about
+    2.8 s of start-up here, more than the rest of a one-image prediction."""
+
+    def __init__(self, record: dict):
+        check_record(record)
+        self.record = record
+        self.mean = torch.tensor(record["mean"], dtype=torch.float32).view(-1, 1, 1)
+        self.std = torch.tensor(record["std"], dtype=torch.float32).view(-1, 1, 1)
+
+    def __call__(self, image):
+        import numpy as np
+        from PIL import Image
+
+        record = self.record
+        if record["channels"] == 1:
+            image = image.convert("L")
+        width, height = image.size
+        short, long = min(width, height), max(width, height)
+        size = (record["resize"], int(record["resize"] * long / short))  # torchvision: (short, long), truncated
+        size = size if width <= height else size[::-1]
+        if size != (width, height):
+            image = image.resize(size, Image.BILINEAR)
+        crop = record["image_size"]  # never larger than the resized image (record_problem: resize >= image_size)
+        top, left = int(round((image.size[1] - crop) / 2.0)), int(round((image.size[0] - crop) / 2.0))
+        image = image.crop((left, top, left + crop, top + crop))
+        pixels = torch.from_numpy(np.array(image, np.uint8, copy=True)).view(crop, crop, -1)
+        x = pixels.permute(2, 0, 1).contiguous().to(torch.float32).div(255)
+        return x.sub(self.mean).div(self.std) if record["mean"] else x
+
+    def __repr__(self) -> str:
+        return f"EvalTransform({self.record})"
+
+
 def eval_transform(record: dict) -> Callable:
     """The deterministic transform of a preprocessing record: PIL image -> normalised tensor (C, H, W)."""
-    from torchvision import transforms
-
-    check_record(record)
-    return transforms.Compose([*_channels(record["channels"]), transforms.Resize(record["resize"]),
-                               transforms.CenterCrop(record["image_size"]), *_to_tensor(record)])
+    return EvalTransform(record)
 
 
 def train_transform(record: dict, augment: str) -> Callable:
@@ -101,10 +134,11 @@ def train_transform(record: dict, augment: str) -> Callable:
 
     if augment not in AUGMENT:
         raise UsageError(f"augment={augment!r} is not supported; allowed: {', '.join(AUGMENT)}")
+    if augment == "none":
+        return eval_transform(record)
     size = record["image_size"]
     geometry = [transforms.Resize(record["resize"]), transforms.CenterCrop(size)]
     steps = {
-        "none": geometry,
         "flip": geometry + [transforms.RandomHorizontalFlip()],
         "crop_flip": [transforms.RandomResizedCrop(size), transforms.RandomHorizontalFlip()],
         "randaugment": [transforms.RandAugment()] + geometry,
@@ -125,6 +159,8 @@ def record_problem(record) -> str | None:
         value = record.get(key)
         if not (isinstance(value, int) and not isinstance(value, bool) and 1 <= value <= 4096):
             return f"{key}={shorten(value)} must be an integer from 1 to 4096"
+    if record["resize"] < record["image_size"]:
+        return f"resize={record['resize']} must be >= image_size={record['image_size']} (the center crop)"
     mean, std = record.get("mean"), record.get("std")
     if not (isinstance(mean, list) and isinstance(std, list) and len(mean) == len(std)
             and len(std) in (0, record["channels"])):

@@ -31,8 +31,32 @@ def _torchvision():
     return torchvision
 
 
+def _conv(in_planes: int, out_planes: int, kernel: int, stride: int = 1) -> nn.Conv2d:
+    return nn.Conv2d(in_planes, out_planes, kernel, stride, kernel // 2, bias=False)
+
+
+class BasicBlock(nn.Module):
+    """torchvision's ResNet ``BasicBlock``, module for module (``conv1``, ``bn1``, ``relu``, ``conv2``,
+    ``bn2``, ``downsample``): written here so that building a ``small_resnet`` (every CPU run, and
+    ``padnet predict`` of one) does not import torchvision, which costs about 2.8 s of start-up here."""
+
+    def __init__(self, inplanes: int, planes: int, stride: int = 1, downsample: nn.Module | None = None):
+        super().__init__()
+        self.conv1 = _conv(inplanes, planes, 3, stride)
+        self.bn1 = nn.BatchNorm2d(planes)
+        self.relu = nn.ReLU(inplace=True)
+        self.conv2 = _conv(planes, planes, 3)
+        self.bn2 = nn.BatchNorm2d(planes)
+        self.downsample = downsample
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        identity = x if self.downsample is None else self.downsample(x)
+        out = self.bn2(self.conv2(self.relu(self.bn1(self.conv1(x)))))
+        return self.relu(out + identity)
+
+
 class SmallResNet(nn.Module):
-    """ResNet with torchvision's BasicBlock, ``len(layers)`` stages of widths ``width * 2**i``.
+    """ResNet with torchvision's BasicBlock (``BasicBlock``), ``len(layers)`` stages of widths ``width * 2**i``.
 
     Stage i > 0 halves the resolution. Module names follow torchvision's ResNet, so ``convert`` keeps
     the stem (``conv1``) static and makes every block conv (1x1 projection shortcuts included) dynamic.
@@ -48,8 +72,6 @@ class SmallResNet(nn.Module):
         zero_init_residual: bool = False,
     ):
         super().__init__()
-        from torchvision.models.resnet import BasicBlock, conv1x1
-
         if isinstance(width, bool) or not isinstance(width, int) or width < 1:
             raise UsageError(f"width={width!r} must be an integer >= 1")
         layers = list(layers)
@@ -70,7 +92,7 @@ class SmallResNet(nn.Module):
             stride = 1 if i == 0 else 2
             downsample = None
             if stride != 1 or self.inplanes != planes:
-                downsample = nn.Sequential(conv1x1(self.inplanes, planes, stride), nn.BatchNorm2d(planes))
+                downsample = nn.Sequential(_conv(self.inplanes, planes, 1, stride), nn.BatchNorm2d(planes))
             stage = [BasicBlock(self.inplanes, planes, stride, downsample)]
             self.inplanes = planes
             stage += [BasicBlock(planes, planes) for _ in range(1, blocks)]
@@ -122,7 +144,6 @@ def _mobilenet_v2(num_classes: int, in_channels: int, small_input: bool, **kwarg
 
 
 def _small_resnet(num_classes: int, in_channels: int, small_input: bool, **kwargs) -> nn.Module:
-    _torchvision()
     return SmallResNet(num_classes, in_channels, small_input=small_input, **kwargs)
 
 
@@ -166,4 +187,4 @@ def _padnet_builder(rest: str) -> Callable[..., nn.Module]:
 
 register_arch("padnet.", _padnet_builder)
 
-__all__ = ["MODELS", "SmallResNet", "build"]
+__all__ = ["MODELS", "BasicBlock", "SmallResNet", "build"]

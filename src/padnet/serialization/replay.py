@@ -10,6 +10,7 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
+from ..arch import on_meta as meta_device
 from ..convert import convert, plan_conversion
 from ..deploy import deploy
 from ..errors import ModelFileError, UsageError, cut
@@ -25,7 +26,8 @@ def replay(file: ModelFile, model: nn.Module, what: str, on_meta: bool) -> None:
     config = record.get("padnet_config")
     if config is None:
         return
-    device = torch.device("meta") if on_meta else contextlib.nullcontext()
+    def device():  # a fresh context each time (a generator's cannot be entered twice)
+        return meta_device() if on_meta else contextlib.nullcontext()
     kwargs = {k: v for k, v in config.items() if k not in ("converted", "skipped")}
     converted = config.get("converted")
     try:
@@ -33,7 +35,7 @@ def replay(file: ModelFile, model: nn.Module, what: str, on_meta: bool) -> None:
             # A file written before the rule skipped some modules (squeeze-excitation convs) converted
             # them: replay exactly its modules.
             kwargs |= {"include": [fnmatch_escape(n) for n in converted], "exclude": None}
-        with device:
+        with device():
             convert(model, **kwargs)
     except (ValueError, TypeError) as exc:
         raise ModelFileError(path, f"cannot re-apply padnet.convert to {what}: {cut(exc)}") from None
@@ -58,7 +60,7 @@ def replay(file: ModelFile, model: nn.Module, what: str, on_meta: bool) -> None:
         except AttributeError:
             raise ModelFileError(path, f"temperatures: {what} has no layer {cut(repr(name), 80)}") from None
     if deployed:
-        with device:
+        with device():
             deploy(model, allow_unpartitioned=True)  # the file's masks, whatever they are
 
 
@@ -100,7 +102,7 @@ def restore_pad_layers(model: nn.Module, stored: Callable[[str], torch.Tensor | 
             _set_stored_mask(layer, _stored_mask(name, layer, stored))
         except (ValueError, IndexError, RuntimeError) as exc:
             raise UsageError(f"layer {name}: bad mask: {cut(exc)}") from None
-    with torch.device("meta") if on_meta else contextlib.nullcontext():
+    with meta_device() if on_meta else contextlib.nullcontext():
         for name, layer in layers:
             if compacted(name):
                 layer.compact()
