@@ -13,6 +13,7 @@ padded to the longest sequence of each batch.
 
 from __future__ import annotations
 
+import importlib.util
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -79,12 +80,9 @@ def check_glue(config: RunConfig) -> list[str]:
                 glue_data.tsv_path(spec, split, g.data_dir)
             except (FileNotFoundError, ValueError) as err:
                 out.append(f"glue.data_dir={g.data_dir!r}: {err}")
-    else:
-        try:
-            import datasets  # noqa: F401
-        except ImportError:
-            out.append("glue.data_dir=null loads GLUE with the `datasets` package, which is not installed; "
-                       "pip install datasets, or set glue.data_dir to a directory in the GLUE TSV layout")
+    elif importlib.util.find_spec("datasets") is None:
+        out.append("glue.data_dir=null loads GLUE with the `datasets` package, which is not installed; "
+                   "pip install datasets, or set glue.data_dir to a directory in the GLUE TSV layout")
     return out + check_text_model(config, g.model, "glue.model")
 
 
