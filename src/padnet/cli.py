@@ -1,4 +1,4 @@
-"""The ``padnet`` command: train, eval, export, predict, sweep, report, demo.
+"""The ``padnet`` command: train, eval, export, predict, sweep, report, config, demo.
 
     padnet train --config configs/fmnist_demo.yaml --set seed=1 --set optim.lr=0.05
     padnet eval --run runs/demo/pad-0.3        (or --checkpoint FILE)
@@ -221,6 +221,14 @@ def _report(args) -> int:
     return 0
 
 
+def _config(args) -> int:
+    from .train.explain import explain, markdown, text
+
+    keys = explain(args.explain or None)
+    print(markdown(keys) if args.markdown else text(keys))
+    return 0
+
+
 def _demo(args) -> int:
     from . import distributed
     from .demo import run_demo
@@ -323,6 +331,13 @@ def build_parser() -> argparse.ArgumentParser:
                                                       "(default: the fully dynamic one, DY-Conv or MoE)")
     p.add_argument("--task", help="report only the runs of this task (when the directories hold several)")
     p.set_defaults(func=_report)
+
+    p = sub.add_parser("config", help="what every run-config key means: type, default, allowed values")
+    p.add_argument("--explain", nargs="?", const="", metavar="KEY", required=True,
+                   help="one key or a section (e.g. optim.lr, partition); every key when no KEY is given")
+    p.add_argument("--markdown", action="store_true", help="the reference page (docs/config.md) instead of lines")
+    _add_imports(p)
+    p.set_defaults(func=_config)
 
     p = sub.add_parser("demo", help="Fashion-MNIST in about 3 minutes: static vs DY-Conv vs PAD (kappa 0.3), "
                                     "exported, timed, tabled and plotted")
