@@ -18,7 +18,7 @@ import re
 import typing
 from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Annotated, Any, ClassVar, Literal, TypeVar
+from typing import Annotated, Any, Literal, TypeVar
 
 import pydantic
 import yaml
@@ -48,6 +48,7 @@ MAX_STEPS = 10**7
 MAX_KERNELS = 64
 MAX_EXPERTS = 1024
 MAX_WIDTH = 4096
+SECTIONS = ("dynamic", "partition", "optim")  # the trainer's sections; a task adds its own
 _YAML11_FLOAT = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+")
 # PyYAML (YAML 1.1) reads 1e-3 / 5E4 (no dot) as strings; a float key takes them as the numbers they are.
 Float = Annotated[float, pydantic.BeforeValidator(
@@ -129,10 +130,10 @@ class RunDynamicKeys(Section):
         return self
 
 
-# How the model is made dynamic: the run's keys first (in config.yaml and in messages), then every setting
-# of padnet.convert under its name there, declared once (padnet.convert.ConvertOptions).
-DynamicConfig = create_model("DynamicConfig", __base__=RunDynamicKeys, __module__=__name__,
-                             **_fields_of(ConvertOptions))
+DynamicConfig = create_model("DynamicConfig", __base__=RunDynamicKeys, __module__=__name__, __doc__=(
+    "How the model is made dynamic: the run's keys first (in config.yaml and in messages), then every setting "
+    "of padnet.convert under its name there, declared once (padnet.convert.ConvertOptions)."),
+    **_fields_of(ConvertOptions))
 
 
 class PartitionConfig(Section):
@@ -148,10 +149,10 @@ class PartitionConfig(Section):
     # fully dynamic training steps before partitioning (needed for upcycled MoE)
     warmup_steps: Annotated[int, Field(ge=0, le=MAX_STEPS)] = 0
     compact: bool = True  # drop the unused entries after partitioning, so optimizer state shrinks
-    # What W_s holds at the entries the partition makes static. "keep": W_s as it is (initialised
-    # independently, or the pretrained weight for an upcycled MoE: docs/method.md, Partition; it gets no
-    # gradient while the mask is all ones, so it misses the warm-up). "dynamic_mean": lambda_d / lambda_s x
-    # the mean of the K dynamic kernels there, so the partition changes a warmed-up model's function as
+    # What W_s holds at the entries the partition makes static (docs/method.md, Iterative Mode Partition).
+    # "keep": W_s as it is (initialised independently, or the pretrained weight for an upcycled MoE; it gets
+    # no gradient while the mask is all ones, so it misses the warm-up). "dynamic_mean": lambda_d / lambda_s
+    # x the mean of the K dynamic kernels there, so the partition changes a warmed-up model's function as
     # little as it can.
     static_init: Literal["keep", "dynamic_mean"] = "keep"
 
@@ -207,7 +208,6 @@ class RunConfig(Section):
     dynamic: DynamicConfig = Field(default_factory=DynamicConfig)
     partition: PartitionConfig = Field(default_factory=PartitionConfig)
     optim: OptimConfig = Field(default_factory=OptimConfig)
-    SECTIONS: ClassVar = ("dynamic", "partition", "optim")  # the trainer's, beside the task's in ``sections``
     _sections: dict[str, Any] = pydantic.PrivateAttr(default_factory=dict)
 
     @property
@@ -370,17 +370,17 @@ def config_from_dict(raw: dict, overrides: list[str] | None = None, source: str 
     except (KeyError, TypeError) as err:
         problems.append(str(err.args[0]) if err.args else str(err))
         task = None
-    kinds = task.sections if task else {}
+    section_types = task.sections if task else {}
     # A section with nothing under it (``optim:``) holds the defaults, as an absent one does.
-    top = {k: v for k, v in raw.items() if k not in kinds and (v is not None or k not in RunConfig.SECTIONS)}
+    top = {k: v for k, v in raw.items() if k not in section_types and (v is not None or k not in SECTIONS)}
     if task is None:
         # The task's own sections are unknown: do not call them unknown keys (the task problem says it).
         top = {k: v for k, v in top.items() if k in RunConfig.model_fields or not isinstance(v, dict)}
-    config = validate(RunConfig, top, problems, extra_keys=kinds)
+    config = validate(RunConfig, top, problems, extra_keys=section_types)
     sections = {name: validate(_model_of(cls), {} if raw.get(name) is None else raw[name], problems, name)
-                for name, cls in kinds.items()}
+                for name, cls in section_types.items()}
     if config is not None and None not in sections.values():
-        config.sections.update({name: cls(**dict(sections[name])) for name, cls in kinds.items()})
+        config.sections.update({name: cls(**dict(sections[name])) for name, cls in section_types.items()})
         if task is not None and task.check is not None and preflight:
             try:
                 problems.extend(task.check(config))

@@ -1,20 +1,14 @@
 """A strict, safe YAML loader for configs (``load_yaml``).
 
-PyYAML's ``safe_load`` implements YAML 1.1, which surprises in configs: a duplicated key silently
-replaces the first (a whole section, for a duplicated ``optim:``), ``1:30`` is the sexagesimal
-integer 90, ``0x10`` is 16, ``010`` is 8 and ``1_000`` is 1000, and a 340-byte document of nested
-aliases expands to hundreds of megabytes. ``StrictLoader`` is a ``SafeLoader`` (no tags that build
-objects) that
-
-- refuses duplicate keys, naming the key and both lines;
-- reads numbers as YAML 1.2's core schema does for decimal forms: ``12``, ``-3``, ``0.5``, ``1e-3``,
-  ``.inf``, ``.nan``; any other form (``1:30``, ``0x10``, ``0o7``, ``1_000``) stays a string, so the
-  typed config reports it as a wrong type instead of reading a number the user did not mean
-  (``010`` is ten, not eight);
-- bounds alias expansion: at most ``MAX_ALIASES`` aliases, at most ``MAX_NODES`` nodes once every
-  alias is expanded, and no recursive alias;
-- bounds nesting at ``MAX_DEPTH`` levels (PyYAML composes nested collections recursively: a few
-  kilobytes of ``[[[[...`` would otherwise end in a ``RecursionError``).
+PyYAML's ``safe_load`` reads YAML 1.1, which surprises in configs: a duplicated key silently replaces the
+first (a whole section, for a duplicated ``optim:``), ``1:30`` is 90, ``0x10`` is 16, ``010`` is 8 and
+``1_000`` is 1000, and a 340-byte document of nested aliases expands to hundreds of megabytes.
+``StrictLoader`` is a ``SafeLoader`` (no tags that build objects) that refuses duplicate keys, naming the
+key and both lines; reads numbers in YAML 1.2's decimal forms only (``12``, ``-3``, ``0.5``, ``1e-3``,
+``.inf``, ``.nan``; ``010`` is ten), so any other form stays a string that the typed config reports as a
+wrong type; allows at most ``MAX_ALIASES`` aliases, ``MAX_NODES`` nodes once every alias is expanded, and
+no recursive alias; and refuses nesting deeper than ``MAX_DEPTH`` levels (PyYAML composes recursively: a
+few kilobytes of ``[[[[...`` would otherwise end in a ``RecursionError``).
 """
 
 from __future__ import annotations
