@@ -98,7 +98,8 @@ def _model_of(cls: type) -> type[Section]:
 
 
 class RunDynamicKeys(Section):
-    """The ``dynamic`` section's keys that only a run has (``DynamicConfig`` adds the convert settings)."""
+    """The ``dynamic`` section's keys that only a run has (``DynamicConfig`` adds the convert settings), and
+    the rules of them all."""
 
     mode: Literal["static", "dynamic", "pad"] = "static"  # static (untouched), dynamic (fully, kappa = 1) or pad
     # padnet.convert's ``dynamic``: conv (DY-Conv / CondConv in place of convolutions), moe (FFN outputs as
@@ -130,10 +131,11 @@ class RunDynamicKeys(Section):
         return self
 
 
-DynamicConfig = create_model("DynamicConfig", __base__=RunDynamicKeys, __module__=__name__, __doc__=(
-    "How the model is made dynamic: the run's keys first (in config.yaml and in messages), then every setting "
-    "of padnet.convert under its name there, declared once (padnet.convert.ConvertOptions)."),
-    **_fields_of(ConvertOptions))
+class DynamicConfig(create_model("ConvertSettings", __base__=Section, **_fields_of(ConvertOptions)),  # type: ignore[misc]
+                    RunDynamicKeys):
+    """How the model is made dynamic: every setting of ``padnet.convert`` under its name there, declared once
+    (``padnet.convert.ConvertOptions``), and the run's keys, the base listed last so that they come first
+    in config.yaml and in messages."""
 
 
 class PartitionConfig(Section):
@@ -247,7 +249,8 @@ def problems_of(error: ValidationError, model: type[BaseModel], section: str = "
     out: dict[str, str] = {}
     paths = []
     for e in error.errors():
-        loc, hint, n = e["loc"], model, 0
+        loc, n = e["loc"], 0
+        hint: Any = model
         while n < len(loc) and loc[n] in getattr(hint, "model_fields", {}):  # not list indices, union members
             hint, n = hint.model_fields[loc[n]].annotation, n + 1
         key = ".".join(map(str, (section, *loc[:n]) if section else loc[:n]))
@@ -270,26 +273,28 @@ def problems_of(error: ValidationError, model: type[BaseModel], section: str = "
 
 
 def validate(model: type[M], raw, problems: list[str], section: str = "", extra_keys: Iterable[str] = ()) -> M | None:
-    """``model`` from ``raw``, or None with every problem added to ``problems``. The rules across keys (and
-    a task's ``problems()``) run once a section's keys are valid; so that one message lists every problem,
-    they run again with the bad keys left out, defaults in their place."""
+    """``model`` from ``raw``, every problem added to ``problems``. The rules across keys (a section's
+    validators, a task's ``problems()``) run once a section's keys are valid; so that one message lists
+    every problem, a ``raw`` with bad keys is validated again without them, defaults in their place, and
+    that model is returned (for the task's pre-flight check; None when even it cannot be built)."""
     try:
         return model.model_validate(raw)
     except ValidationError as err:
         found, paths = problems_of(err, model, section, extra_keys)
     problems.extend(found)
-    if isinstance(raw, dict) and all(paths):
-        rest = dict(raw)
-        for path in paths:  # drop each bad key, copying the dicts on its way (raw stays as it is)
-            node = rest
-            for part in path[:-1]:
-                node[part] = node = dict(node[part])
-            node.pop(path[-1], None)
-        try:
-            model.model_validate(rest)
-        except ValidationError as err:
-            problems.extend(p for e in err.errors() if e["type"] == "padnet" for p in e["ctx"]["problems"]
-                            if p not in problems)
+    if not (isinstance(raw, dict) and paths and all(paths)):
+        return None
+    rest = dict(raw)
+    for path in paths:  # drop each bad key, copying the dicts on its way (raw stays as it is)
+        node = rest
+        for part in path[:-1]:
+            node[part] = node = dict(node[part])
+        node.pop(path[-1], None)
+    try:
+        return model.model_validate(rest)
+    except ValidationError as err:
+        problems.extend(p for e in err.errors() if e["type"] == "padnet" for p in e["ctx"]["problems"]
+                        if p not in problems)
     return None
 
 
@@ -358,8 +363,8 @@ def read_yaml(path: str | Path) -> dict:
 def config_from_dict(raw: dict, overrides: list[str] | None = None, source: str | None = None,
                      preflight: bool = True, stored: bool = False) -> RunConfig:
     """Validate ``raw`` (plus ``--set`` overrides) into a ``RunConfig``; raise ``ConfigError`` with all
-    problems. ``preflight`` also runs the task's checks (e.g. that the data exists) once the values are
-    valid. ``stored``: ``raw`` is a stored run's config (eval, export): its ``imports`` are never looked for
+    problems. ``preflight`` also runs the task's checks (e.g. that the data exists), with defaults in place
+    of bad values. ``stored``: ``raw`` is a stored run's config (eval, export): its ``imports`` are never looked for
     as files (a run directory from elsewhere could carry code that its own config imports); ``source``'s
     directory resolves them only for a config the user passes."""
     problems: list[str] = []

@@ -62,7 +62,7 @@ class RunSchedule(BaseModel):
         """The schedule a checkpoint stored. Raises ``UsageError`` naming every bad key."""
         problems: list[str] = []
         schedule = validate(cls, raw, problems, "schedule")
-        if schedule is None:
+        if problems or schedule is None:
             raise UsageError("; ".join(problems))
         return schedule
 
