@@ -48,7 +48,7 @@ BAD = {
     "target": (["dynamic.target=input"],
                "dynamic.target='input' is not supported; allowed: one of 'output', 'down', 'gate', 'up'"),
     "choice": (["dynamic.mode=partial"],
-               "dynamic.mode='partial' must be 'static', 'dynamic' or 'pad'"),
+               "dynamic.mode='partial' is not supported; allowed: 'static', 'dynamic', 'pad'"),
     "scorer": (["partition.scorer=fisher"], "partition.scorer='fisher' is not supported; allowed: 'taylor'"),
     "device": (["device=tpu"], "device='tpu' is not supported; allowed: 'cpu', 'cuda', 'auto'"),
     "dataset": (["data.name=cifar"],

@@ -40,7 +40,7 @@ def test_all_problems_reported_at_once():
         "unknown key 'bogus'",
         "epochs='three' must be a valid integer",
         "optim.lr=-0.1 must be greater than 0",
-        "optim.name='adam' must be 'sgd' or 'adamw'",
+        "optim.name='adam' is not supported; allowed: 'sgd', 'adamw'",
         "dynamic.dynamic_ratio=1.5 must be less than or equal to 1",
         "dynamic.top_k=9 must be <= dynamic.num_experts=8",
         "dynamic.temperature_start=0 must be greater than 0",

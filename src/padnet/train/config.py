@@ -246,7 +246,7 @@ def problems_of(error: ValidationError, model: type[BaseModel], section: str = "
                 extra_keys: Iterable[str] = ()) -> tuple[list[str], list[tuple]]:
     """A line for each of pydantic's errors (``model`` validating the section ``section``) naming the key,
     the value given and what is allowed; and the locations of the keys at fault."""
-    out: dict[str, str] = {}
+    out: dict[str, str] = {}  # a line by the key (or the problem) it is about
     paths = []
     for e in error.errors():
         loc, n = e["loc"], 0
@@ -256,8 +256,10 @@ def problems_of(error: ValidationError, model: type[BaseModel], section: str = "
         key = ".".join(map(str, (section, *loc[:n]) if section else loc[:n]))
         at = key + "".join(f"[{p}]" for p in loc[n:] if isinstance(p, int))
         text = e["msg"].replace("Input should be", "must be")
+        if e["type"] == "literal_error":  # worded as every other choice (one_of, padnet.convert's)
+            text = f"is not supported; allowed: {', '.join(map(repr, typing.get_args(hint)))}"
         if e["type"] == "padnet":
-            out.update(dict.fromkeys(e["ctx"]["problems"], ""))
+            out.update({problem: problem for problem in e["ctx"]["problems"]})
         elif e["type"] == "extra_forbidden":
             paths.append(loc)
             unknown = ".".join(map(str, (section, *loc) if section else loc))
@@ -269,7 +271,7 @@ def problems_of(error: ValidationError, model: type[BaseModel], section: str = "
             paths.append(loc[:n])
             value = shorten(None if e["type"] == "missing" else e["input"])
             out[at] = f"{at}={value}{' ' if text[0].islower() else ': '}{text}"
-    return [line or problem for problem, line in out.items()], paths
+    return list(out.values()), paths
 
 
 def validate(model: type[M], raw, problems: list[str], section: str = "", extra_keys: Iterable[str] = ()) -> M | None:
