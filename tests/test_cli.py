@@ -75,7 +75,7 @@ def test_config_errors_exit_2_with_all_problems(tmp_path, capsys):
                           data={"name": "fashion_mnist", "root": str(tmp_path / "nope")})
     assert main(["train", "--config", str(config)]) == 2
     err = capsys.readouterr().err
-    assert "unknown key 'bogus'" in err and "optim.lr=-1.0 must be > 0" in err
+    assert "unknown key 'bogus'" in err and "optim.lr=-1 must be greater than 0" in err
     assert "apt-get install -y dataset-fashion-mnist" in err
     assert not (tmp_path / "runs").exists()
 

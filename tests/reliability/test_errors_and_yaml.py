@@ -133,9 +133,9 @@ YAML_CASES = {
     "duplicate-section": ("optim:\n  lr: 0.1\nepochs: 1\noptim:\n  momentum: 0.5\n",
                           "duplicate key 'optim' (line 4; first on line 1)"),
     "duplicate-nested": ("optim:\n  lr: 0.1\n  lr: 0.2\n", "duplicate key 'lr' (line 3; first on line 2)"),
-    "sexagesimal": ("epochs: 1:30\n", "epochs='1:30' has type str; expected int"),
-    "hex": ("epochs: 0x10\n", "epochs='0x10' has type str; expected int"),
-    "underscore": ("batch_size: 1_000\n", "batch_size='1_000' has type str; expected int"),
+    "sexagesimal": ("epochs: 1:30\n", "epochs='1:30' must be a valid integer"),
+    "hex": ("epochs: 0x10\n", "epochs='0x10' must be a valid integer"),
+    "underscore": ("batch_size: 1_000\n", "batch_size='1_000' must be a valid integer"),
     "explicit-int-tag": ("epochs: !!int 0x10\n", "'0x10' is not a YAML 1.2 number"),
     "alias-bomb": ("a: &a [x, x, x, x, x, x, x, x, x]\n" + "".join(
         f"{c}: &{c} [{', '.join(['*' + p] * 9)}]\n" for p, c in zip("abcdefgh", "bcdefghi")),

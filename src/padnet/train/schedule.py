@@ -12,27 +12,28 @@ several processes ended with.
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, fields
+from typing import Annotated
 
-from ..errors import ConfigError, UsageError, shorten
+from pydantic import BaseModel, ConfigDict, Field
+
+from ..errors import ConfigError, UsageError
 from ..temperature import TemperatureSchedule
-from .config import RunConfig
-
-LR_DECAYS = ("cosine", "constant")
+from .config import LrScheduler, RunConfig, validate
 
 
-@dataclass(frozen=True)
-class RunSchedule:
+class RunSchedule(BaseModel):
     """The step-indexed schedule of one run (steps counted per process, from 0)."""
 
-    steps_per_epoch: int  # optimizer steps per epoch, in each process
-    epochs: int
-    warmup_steps: int  # linear learning-rate warm-up
-    lr_decay: str  # after the warm-up: "cosine" (to 0 at the last step) or "constant"
-    temperature_start: float
-    temperature_end: float
-    temperature_epochs: float
-    world_size: int = 1  # the number of processes the steps were counted for
+    model_config = ConfigDict(strict=True, frozen=True, allow_inf_nan=False)
+
+    steps_per_epoch: Annotated[int, Field(ge=1)]  # optimizer steps per epoch, in each process
+    epochs: Annotated[int, Field(ge=0)]
+    warmup_steps: Annotated[int, Field(ge=0)]  # linear learning-rate warm-up
+    lr_decay: LrScheduler  # after the warm-up: "cosine" (to 0 at the last step) or "constant"
+    temperature_start: Annotated[float, Field(gt=0)]
+    temperature_end: Annotated[float, Field(gt=0)]
+    temperature_epochs: Annotated[float, Field(ge=0)]
+    world_size: Annotated[int, Field(ge=1)] = 1  # the number of processes the steps were counted for
 
     @property
     def total_steps(self) -> int:
@@ -54,32 +55,16 @@ class RunSchedule:
 
     def to_dict(self) -> dict:
         """Plain values, as a checkpoint stores them (loadable with ``torch.load(weights_only=True)``)."""
-        return asdict(self)
+        return self.model_dump()
 
     @classmethod
     def from_dict(cls, raw) -> RunSchedule:
-        """The schedule a checkpoint stored. Raises ``ValueError`` naming the first bad key."""
-        if not isinstance(raw, dict):
-            raise UsageError(f"schedule must be a mapping; got {type(raw).__name__}")
-        values = {}
-        for f in fields(cls):
-            value = raw.get(f.name)
-            if not _fits(f.name, value):
-                raise UsageError(f"schedule.{f.name}={shorten(value)} is not a valid value")
-            values[f.name] = value
-        return cls(**values)
-
-
-def _fits(name: str, value) -> bool:
-    if name == "lr_decay":
-        return value in LR_DECAYS
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        return False
-    if name in ("steps_per_epoch", "world_size"):
-        return isinstance(value, int) and value >= 1
-    if name in ("epochs", "warmup_steps"):
-        return isinstance(value, int) and value >= 0
-    return value > 0 or (name == "temperature_epochs" and value == 0)
+        """The schedule a checkpoint stored. Raises ``UsageError`` naming every bad key."""
+        problems: list[str] = []
+        schedule = validate(cls, raw, problems, "schedule")
+        if problems or schedule is None:
+            raise UsageError("; ".join(problems))
+        return schedule
 
 
 def derive_schedule(config: RunConfig, train_examples: int, world: int = 1) -> RunSchedule:

@@ -1,20 +1,14 @@
 """A strict, safe YAML loader for configs (``load_yaml``).
 
-PyYAML's ``safe_load`` implements YAML 1.1, which surprises in configs: a duplicated key silently
-replaces the first (a whole section, for a duplicated ``optim:``), ``1:30`` is the sexagesimal
-integer 90, ``0x10`` is 16, ``010`` is 8 and ``1_000`` is 1000, and a 340-byte document of nested
-aliases expands to hundreds of megabytes. ``StrictLoader`` is a ``SafeLoader`` (no tags that build
-objects) that
-
-- refuses duplicate keys, naming the key and both lines;
-- reads numbers as YAML 1.2's core schema does for decimal forms: ``12``, ``-3``, ``0.5``, ``1e-3``,
-  ``.inf``, ``.nan``; any other form (``1:30``, ``0x10``, ``0o7``, ``1_000``) stays a string, so the
-  typed config reports it as a wrong type instead of reading a number the user did not mean
-  (``010`` is ten, not eight);
-- bounds alias expansion: at most ``MAX_ALIASES`` aliases, at most ``MAX_NODES`` nodes once every
-  alias is expanded, and no recursive alias;
-- bounds nesting at ``MAX_DEPTH`` levels (PyYAML composes nested collections recursively: a few
-  kilobytes of ``[[[[...`` would otherwise end in a ``RecursionError``).
+PyYAML's ``safe_load`` reads YAML 1.1, which surprises in configs: a duplicated key silently replaces the
+first (a whole section, for a duplicated ``optim:``), ``1:30`` is 90, ``0x10`` is 16, ``010`` is 8 and
+``1_000`` is 1000, and a 340-byte document of nested aliases expands to hundreds of megabytes.
+``StrictLoader`` is a ``SafeLoader`` (no tags that build objects) that refuses duplicate keys, naming the
+key and both lines; reads numbers in YAML 1.2's decimal forms only (``12``, ``-3``, ``0.5``, ``1e-3``,
+``.inf``, ``.nan``; ``010`` is ten), so any other form stays a string that the typed config reports as a
+wrong type; allows at most ``MAX_ALIASES`` aliases, ``MAX_NODES`` nodes once every alias is expanded, and
+no recursive alias; and refuses nesting deeper than ``MAX_DEPTH`` levels (PyYAML composes recursively: a
+few kilobytes of ``[[[[...`` would otherwise end in a ``RecursionError``).
 """
 
 from __future__ import annotations
@@ -22,6 +16,7 @@ from __future__ import annotations
 import re
 
 import yaml
+from yaml.composer import ComposerError
 
 from ..errors import shorten
 
@@ -30,7 +25,6 @@ MAX_NODES = 100_000
 MAX_DEPTH = 64  # a run config is 3 levels deep; a sweep's runs 5
 INT_TAG = "tag:yaml.org,2002:int"
 FLOAT_TAG = "tag:yaml.org,2002:float"
-MERGE_TAG = "tag:yaml.org,2002:merge"
 INT_12 = re.compile(r"^[-+]?[0-9]+$")
 FLOAT_12 = re.compile(r"^(?:[-+]?(?:\.[0-9]+|[0-9]+\.[0-9]*|[0-9]+(?:\.[0-9]*)?[eE][-+]?[0-9]+|\.[0-9]+[eE][-+]?[0-9]+)"
                       r"|[-+]?\.(?:inf|Inf|INF)|\.(?:nan|NaN|NAN))$")
@@ -43,34 +37,40 @@ class StrictLoader(yaml.SafeLoader):
         super().__init__(stream)
         self._aliases = 0
         self._depth = 0
+        self._sizes: dict[int, int] = {}  # id(node) -> its node count with every alias expanded
 
     def compose_node(self, parent, index):
+        mark = self.peek_event().start_mark
+        if self._depth >= MAX_DEPTH:
+            raise ComposerError(None, None, f"nested more than {MAX_DEPTH} levels deep; a config never needs that "
+                                "many", mark)
         if self.check_event(yaml.AliasEvent):
             self._aliases += 1
             if self._aliases > MAX_ALIASES:
-                raise yaml.composer.ComposerError(
-                    None, None, f"more than {MAX_ALIASES} aliases (*name); a config never needs that many",
-                    self.peek_event().start_mark)
-        if self._depth >= MAX_DEPTH:
-            raise yaml.composer.ComposerError(
-                None, None, f"nested more than {MAX_DEPTH} levels deep; a config never needs that many",
-                self.peek_event().start_mark)
+                raise ComposerError(None, None, f"more than {MAX_ALIASES} aliases (*name); a config never needs that "
+                                    "many", mark)
+            node = super().compose_node(parent, index)
+            if id(node) not in self._sizes:  # its anchor is still being composed: the node contains itself
+                raise ComposerError(None, None, "a recursive alias (a node that contains itself)", mark)
+            return node
         self._depth += 1
         try:
-            return super().compose_node(parent, index)
+            node = super().compose_node(parent, index)
         finally:
             self._depth -= 1
-
-    def compose_document(self):
-        node = super().compose_document()
-        _check_expanded_size(node)
+        children = [c for pair in node.value for c in pair] if isinstance(node, yaml.MappingNode) else \
+            node.value if isinstance(node, yaml.SequenceNode) else []
+        self._sizes[id(node)] = 1 + sum(self._sizes[id(c)] for c in children)
+        if self._sizes[id(node)] > MAX_NODES:
+            raise ComposerError(None, None, f"the document expands to more than {MAX_NODES} values once its aliases "
+                                "are expanded (an alias bomb?)", mark)
         return node
 
     def construct_mapping(self, node, deep=False):
         if isinstance(node, yaml.MappingNode):
             seen: dict = {}
             for key_node, _ in node.value:
-                if key_node.tag == MERGE_TAG:
+                if key_node.tag == "tag:yaml.org,2002:merge":
                     continue
                 key = self.construct_object(key_node, deep=True)
                 try:
@@ -81,57 +81,20 @@ class StrictLoader(yaml.SafeLoader):
                     raise yaml.constructor.ConstructorError(
                         "while constructing a mapping", node.start_mark,
                         f"duplicate key {shorten(key, 80)} (line {key_node.start_mark.line + 1}; first on line "
-                        f"{first}): "
-                        "the second would silently replace the first; keep one", key_node.start_mark)
+                        f"{first}): the second would silently replace the first; keep one", key_node.start_mark)
                 seen[key] = key_node.start_mark.line + 1
         return super().construct_mapping(node, deep=deep)
 
 
-
-
-def _check_expanded_size(root) -> None:
-    """Count the nodes of ``root`` with every alias expanded (memoised, so it costs one pass over the
-    distinct nodes); refuse a recursive alias or more than ``MAX_NODES``."""
-    if root is None:
-        return
-    sizes: dict[int, int] = {}
-    active: set[int] = set()
-
-    def size(node) -> int:
-        key = id(node)
-        if key in sizes:
-            return sizes[key]
-        if key in active:
-            raise yaml.composer.ComposerError(None, None, "a recursive alias (a node that contains itself)",
-                                              node.start_mark)
-        active.add(key)
-        total = 1
-        if isinstance(node, yaml.SequenceNode):
-            total += sum(size(child) for child in node.value)
-        elif isinstance(node, yaml.MappingNode):
-            total += sum(size(k) + size(v) for k, v in node.value)
-        active.discard(key)
-        if total > MAX_NODES:
-            raise yaml.composer.ComposerError(
-                None, None, f"the document expands to more than {MAX_NODES} values once its aliases are "
-                "expanded (an alias bomb?)", node.start_mark)
-        sizes[key] = total
-        return total
-
-    size(root)
-
-
-def _int(loader, node):
-    return int(loader.construct_scalar(node))
-
-
-def _float(loader, node):
-    text = loader.construct_scalar(node).lower()
-    if text.endswith(".inf"):
-        return float("-inf") if text.startswith("-") else float("inf")
-    if text == ".nan":
-        return float("nan")
-    return float(text)
+def _number(loader, node):
+    """An int or float node (YAML 1.2 forms, or an explicit ``!!int`` / ``!!float`` tag) as a number."""
+    text = loader.construct_scalar(node)
+    try:
+        return int(text) if node.tag == INT_TAG else float(text.lower().replace(".inf", "inf").replace(".nan", "nan"))
+    except ValueError:
+        raise yaml.constructor.ConstructorError(
+            None, None, f"{shorten(text, 80)} is not a YAML 1.2 number (write decimal digits, e.g. 16, 0.5, 1e-3)",
+            node.start_mark) from None
 
 
 StrictLoader.yaml_implicit_resolvers = {
@@ -140,18 +103,8 @@ StrictLoader.yaml_implicit_resolvers = {
 }
 StrictLoader.add_implicit_resolver(INT_TAG, INT_12, list("-+0123456789"))
 StrictLoader.add_implicit_resolver(FLOAT_TAG, FLOAT_12, list("-+.0123456789"))
-StrictLoader.add_constructor(INT_TAG, lambda loader, node: _checked(loader, node, _int))
-StrictLoader.add_constructor(FLOAT_TAG, lambda loader, node: _checked(loader, node, _float))
-
-
-def _checked(loader, node, convert):
-    try:
-        return convert(loader, node)
-    except ValueError:
-        raise yaml.constructor.ConstructorError(
-            None, None,
-            f"{shorten(node.value, 80)} is not a YAML 1.2 number (write decimal digits, e.g. 16, 0.5, 1e-3)",
-            node.start_mark) from None
+StrictLoader.add_constructor(INT_TAG, _number)
+StrictLoader.add_constructor(FLOAT_TAG, _number)
 
 
 def load_yaml(text: str):
