@@ -44,7 +44,7 @@ FILE_DATASETS = ("imagefolder", "image_csv")  # images in files: every transform
 class DataConfig:
     """The ``data`` section of a run config."""
 
-    name: str = "fashion_mnist"
+    name: str = "fashion_mnist"  # fashion_mnist, digits, imagefolder (class folders) or image_csv (path,label)
     root: str | None = None  # None: auto-detect (Fashion-MNIST); required for imagefolder
     download: bool = False  # Fashion-MNIST only: let torchvision download it when not found
     train_subset: int | None = None  # use this many training images (a fixed seeded subset)
@@ -66,7 +66,7 @@ class DataConfig:
     channels: int = 3  # imagefolder / image_csv: 1 (greyscale) or 3 (RGB)
     normalize: str = "imagenet"  # imagenet, dataset (the training set's mean/std), given (mean and std), none
     mean: list[float] | None = None  # normalize=given: one per channel
-    std: list[float] | None = None
+    std: list[float] | None = None  # normalize=given: one per channel, > 0
     train_file: str | None = None  # image_csv: CSV with path,label columns (paths relative to the file)
     eval_file: str | None = None  # image_csv: the evaluation CSV
     # image_csv: rows may name images outside the CSV's folder (absolute paths, '..', links that lead out)

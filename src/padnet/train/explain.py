@@ -72,8 +72,8 @@ def markdown(keys: list[KeyDoc]) -> str:
     for task in [None, *dict.fromkeys(k.task for k in keys if k.task)]:
         lines += [f"## {'Every run' if task is None else 'task: ' + task}", "",
                   "| key | type | default | allowed | what it does |", "|---|---|---|---|---|"]
-        lines += [f"| `{k.key}` | {k.type} | `{_show(k.default)}` | {k.allowed} | {k.doc} |".replace("\n", " ")
-                  for k in keys if k.task == task]
+        lines += ["| " + " | ".join(cell.replace("|", "\\|") for cell in (
+            f"`{k.key}`", k.type, f"`{_show(k.default)}`", k.allowed, k.doc)) + " |" for k in keys if k.task == task]
         lines.append("")
     return "\n".join(lines)
 
@@ -137,10 +137,16 @@ def _allowed(annotation, metadata) -> str:
             value = getattr(item, attr, None)
             if value is not None and f"{sign} {value}" not in out:
                 out.append(f"{sign} {value}")
-    literal = _literal(annotation)
-    if literal:
-        out.insert(0, "one of " + ", ".join(map(repr, literal)))
+    choices = _literal(annotation) or next((_names(getattr(item.func, "allowed"))
+                                             for item in [*metadata, *_annotated_metadata(annotation)]
+                                             if hasattr(getattr(item, "func", None), "allowed")), ())
+    if choices:
+        out.insert(0, "one of " + ", ".join(map(repr, choices)))
     return ", ".join(out)
+
+
+def _names(allowed) -> tuple:
+    return tuple(allowed() if callable(allowed) else allowed)
 
 
 def _annotated_metadata(annotation) -> list:
@@ -168,9 +174,10 @@ _FIELD = re.compile(r"^    ([A-Za-z_][A-Za-z0-9_]*)\s*:")  # a class-body declar
 
 def _comments(cls: type) -> dict[str, str]:
     """Field name -> the comment beside its declaration, or the comment lines just above it, in ``cls``
-    and the classes it inherits from (the nearest declaration wins)."""
+    and the classes it inherits from (the nearest declaration wins), after those it names as the
+    sources of fields it was given (``padnet_field_sources``: ``DynamicConfig`` has padnet.convert's)."""
     out: dict[str, str] = {}
-    for klass in reversed(getattr(cls, "__mro__", (cls,))):
+    for klass in [*getattr(cls, "padnet_field_sources", ()), *reversed(getattr(cls, "__mro__", (cls,)))]:
         try:
             source = inspect.getsource(klass)
         except (OSError, TypeError):

@@ -20,7 +20,7 @@ from .tasks import TaskParts, register_task
 class ModelConfig:
     """The ``model`` section: ``padnet.models.build`` arguments."""
 
-    name: str = "small_resnet"
+    name: str = "small_resnet"  # small_resnet, resnet18, resnet34, resnet50 or mobilenet_v2 (padnet.models)
     width: int = 16  # small_resnet: channels of the first stage (doubling per stage)
     layers: list[int] = field(default_factory=lambda: [1, 1, 1])  # small_resnet: blocks per stage
     small_input: bool | None = None  # None: decided by the dataset (True for 28x28 / 8x8 images)
