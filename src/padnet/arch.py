@@ -164,9 +164,8 @@ def on_meta():
 @contextlib.contextmanager
 def skip_init():
     """``torch.nn.init``'s initialisers leave tensors as they are (the way transformers builds a model whose
-    weights come from a file). On the meta device there are no values to set, and initialising a meta
-    tensor goes through torch's reference decompositions, which import torch._dynamo: about 2.2 s of
-    ``padnet predict``'s start-up here."""
+    weights come from a file). On the meta device there are no values to set, so the initialisers are
+    skipped rather than run through torch's Python meta kernels."""
     saved = {name: getattr(torch.nn.init, name) for name in _INITS}
     try:
         for name in _INITS:

@@ -90,8 +90,9 @@ class EvalTransform:
     """The deterministic transform of a preprocessing record, PIL image -> normalised float tensor
     (C, H, W): torchvision's ``Grayscale(1)`` (greyscale records), ``Resize(resize)``, ``CenterCrop(image_size)``,
     ``ToTensor`` and ``Normalize`` step for step, with the same PIL calls and rounding (a test compares
-    them pixel for pixel), in PIL and torch alone: importing torchvision costs ``padnet predict`` about
-    2.8 s of start-up here, more than the rest of a one-image prediction."""
+    them pixel for pixel), in PIL and torch alone, so that prediction from a model file needs neither
+    torchvision nor its import (which brings torch._dynamo in through torchvision.ops: about 2.5 s of CPU
+    here)."""
 
     def __init__(self, record: dict):
         check_record(record)
