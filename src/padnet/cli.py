@@ -118,7 +118,7 @@ def _sweep_runs(args, configs, print) -> int:  # noqa: A002 - print: rank 0's pr
     clock = SweepClock(statuses.count("pending") + statuses.count("interrupted"))
     skipped = []
     for i, (config, status) in enumerate(zip(configs, statuses)):
-        if status in ("finished", "stale") or status.startswith("in progress"):
+        if status == "finished" or status.startswith(("stale", "in progress")):
             skipped += [f"{config.run_dir}: {status}"] if status.startswith("in progress") else []
             continue
         print(f"[{i + 1}/{len(configs)}] {'resuming' if status == 'interrupted' else 'starting'} {config.run_dir} "
@@ -145,12 +145,15 @@ def _changed_runs(args, configs, statuses, print) -> list[str] | None:  # noqa: 
     """The statuses once the finished runs of another recipe are dealt with: refused (None, after saying
     which and how to go on), run again (``--rerun-changed``: their directories emptied, now pending) or
     kept and marked stale (``--keep-stale``)."""
+    from . import distributed
     from .files import atomic_write_bytes
     from .train.recipe import STALE
     from .train.rundir import discard
     from .train.sweep import CHANGED
 
-    changed = [i for i, s in enumerate(statuses) if s.startswith(CHANGED)]
+    # Runs kept stale before are run again with --rerun-changed, and otherwise left as they are.
+    changed = [i for i, s in enumerate(statuses) if s.startswith(CHANGED) or args.rerun_changed and s.startswith(
+        "stale")]
     if not changed:
         return statuses
     if not (args.rerun_changed or args.keep_stale):
@@ -161,14 +164,15 @@ def _changed_runs(args, configs, statuses, print) -> list[str] | None:  # noqa: 
         return None
     statuses = list(statuses)
     for i in changed:
-        if args.rerun_changed:
-            discard(configs[i].run_dir)
-            statuses[i] = "pending"
-        else:
-            note = {"stale": True, "recipe_now": statuses[i][len(CHANGED) + 2:]}
-            atomic_write_bytes(Path(configs[i].run_dir) / STALE, (json.dumps(note) + "\n").encode())
-            statuses[i] = "stale"
+        if distributed.is_main_process():  # one process changes the run directories; the others wait below
+            if args.rerun_changed:
+                discard(configs[i].run_dir)
+            else:
+                note = {"stale": True, "changes": statuses[i].partition(": ")[2]}
+                atomic_write_bytes(Path(configs[i].run_dir) / STALE, (json.dumps(note) + "\n").encode())
+        statuses[i] = "pending" if args.rerun_changed else "stale"
         print(f"{'rerunning' if args.rerun_changed else 'kept as stale'}: {configs[i].run_dir}", flush=True)
+    distributed.barrier()
     return statuses
 
 

@@ -98,3 +98,10 @@ def test_a_changed_recipe_is_never_reported_as_current(tmp_path, capsys):
     capsys.readouterr()
     assert main(["report", str(out)]) == 0
     assert "**Warning:** a: its seeds ran different recipes (keys: optim.lr)" in capsys.readouterr().out
+    # A run kept stale is left alone by a plain sweep and run again by --rerun-changed.
+    assert main(["sweep", "--config", str(sweep), "--dry-run", *changed]) == 0
+    assert f"stale: optim.lr 0.05 -> 0.01 {kept}" in capsys.readouterr().out.replace("  ", " ")
+    assert main(["sweep", "--config", str(sweep), *changed]) == 0
+    assert main(["sweep", "--config", str(sweep), "--rerun-changed", *changed]) == 0
+    assert not (kept / "stale.json").exists()
+    assert json.loads((kept / "results.json").read_text())["config"]["optim"]["lr"] == 0.01

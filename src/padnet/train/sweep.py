@@ -137,15 +137,15 @@ CHANGED = "finished with a different recipe"
 
 def run_status(config: RunConfig) -> str:
     """``finished``; ``finished with a different recipe: KEY OLD -> NEW, ...`` (the run directory holds a
-    run of another config); ``stale`` (one kept on purpose: ``--keep-stale``); ``in progress (pid N)``
-    (another process holds the run); ``interrupted``; or ``pending``."""
+    run of another config); ``stale: KEY OLD -> NEW, ...`` (one kept on purpose: ``--keep-stale``);
+    ``in progress (pid N)`` (another process holds the run); ``interrupted``; or ``pending``."""
     run_dir = Path(config.run_dir)
     if (run_dir / "results.json").is_file():
-        if (run_dir / STALE).is_file():
-            return "stale"
         changes = recipe_changes(read_yaml(run_dir / "config.yaml"), config, run_dir / "config.yaml") \
             if (run_dir / "config.yaml").is_file() else []
-        return f"{CHANGED}: {describe(changes)}" if changes else "finished"
+        if not changes:
+            return "finished"
+        return f"{'stale' if (run_dir / STALE).is_file() else CHANGED}: {describe(changes)}"
     holder = lock_holder(run_dir)
     if holder is not None:
         return f"in progress (pid {holder})"
