@@ -7,7 +7,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.padnet-installed
 LOCK := constraints.txt
-EXTRAS := .[vision,text,dev,docs]
+EXTRAS := .[vision,text,dev,docs,onnx]
 FMNIST_DIR := /usr/share/datasets/fashion-mnist
 # The GLUE TSV directory the GLUE sweeps read (the configs default to the `datasets` library's glue, online):
 # `make sweep-glue GLUE_DIR=/path/to/glue`.

@@ -13,6 +13,7 @@ from .deploy import compact, deploy
 from .errors import ConfigError, DataError, ModelFileError, PadnetError, PartitionError, RunError
 from .layers import ConvertConfig, DynamicConv2d, MoELinear, PADConv2d, PADMoELinear, aux_loss
 from .models.transformers_models import load_sequence_classifier
+from .onnx_export import export_onnx
 from .partition import PartitionReport, partition, register_scorer
 from .prediction import predict
 from .serialization import load, save
@@ -40,6 +41,7 @@ __all__ = [
     "compact",
     "convert",
     "deploy",
+    "export_onnx",
     "load",
     "load_sequence_classifier",
     "model_cost",

@@ -69,7 +69,8 @@ def _export(args) -> int:
     _one_process_only("export")
     if not (args.run or args.checkpoint):
         raise SystemExit("padnet export: give --run DIR or --checkpoint FILE")
-    print(json.dumps(export_run(args.run, args.checkpoint, args.out, args.set, check=not args.no_check), indent=2))
+    print(json.dumps(export_run(args.run, args.checkpoint, args.out, args.set, check=not args.no_check,
+                                onnx=args.format == "onnx"), indent=2))
     return 0
 
 
@@ -299,6 +300,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = _add_finished_run_parser(sub, "export", "deploy a run's model, save it (padnet.save) and check the file "
                                  "reproduces the run's eval metrics", _export)
     p.add_argument("--out", help="the .safetensors file to write (default: <run dir>/model.safetensors)")
+    p.add_argument("--format", choices=("safetensors", "onnx"), default="safetensors",
+                   help="onnx: also write the deployed model as <out>.onnx (dynamic batch axis), checked in "
+                        "onnxruntime (pip install 'padnet[onnx]')")
     p.add_argument("--no-check", action="store_true",
                    help="write the file without loading and evaluating it again (faster; the file is then not "
                         "shown to reproduce the run)")

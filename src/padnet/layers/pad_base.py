@@ -127,12 +127,16 @@ class DynamicEntries(ModuleMixin):
     def row_split(self) -> tuple[torch.Tensor, torch.Tensor]:
         """(dynamic rows, static rows), sorted row indices of a channel-granular layer; derived from
         ``dynamic_index`` when asked (C_out-sized work, nothing cached that ``.to()`` could leave behind).
-        Both lengths follow from the index's length, not its values: a stable sort puts the static rows
-        first, in order, where ``nonzero`` would give a data-dependent shape that ``torch.export`` and
-        ``torch.compile(fullgraph=True)`` cannot hold (and meta tensors cannot compute)."""
+        Both lengths follow from the index's length, not its values: sorting puts the static rows first, in
+        order, where ``nonzero`` would give a data-dependent shape that ``torch.export`` and
+        ``torch.compile(fullgraph=True)`` cannot hold (and meta tensors cannot compute). The sort keys are
+        unique (row index, plus C_out for a dynamic row), so any sort gives the one order: ONNX has no
+        stable sort."""
         rows = self.dynamic_index[:: self.row_numel] // self.row_numel
-        is_dynamic = torch.zeros(self.kernel_shape[0], dtype=torch.uint8, device=rows.device).index_fill_(0, rows, 1)
-        return rows, torch.argsort(is_dynamic, stable=True)[: self.kernel_shape[0] - rows.numel()]
+        out_rows = self.kernel_shape[0]
+        dynamic = torch.full((rows.numel(),), out_rows, dtype=torch.long, device=rows.device)
+        keys = torch.arange(out_rows, device=rows.device).index_add_(0, rows, dynamic)
+        return rows, torch.argsort(keys)[: out_rows - rows.numel()]
 
     @property
     def structured_static_numel(self) -> int:

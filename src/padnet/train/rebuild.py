@@ -118,7 +118,7 @@ def evaluate_run(run_dir: str | Path | None = None, checkpoint: str | Path | Non
 
 def export_run(run_dir: str | Path | None = None, checkpoint: str | Path | None = None,
                out: str | Path | None = None, overrides: list[str] | None = None, rtol: float = 1e-4,
-               check: bool = True) -> dict:
+               check: bool = True, onnx: bool = False) -> dict:
     """Rebuild a run's model, deploy it (``padnet.deploy`` when it holds PAD layers; other models are
     saved as they are), save it with ``padnet.save`` and check the file: the model ``padnet.load``
     rebuilds from it must give the run's eval metrics (eval loss within ``rtol``, the same main metric).
@@ -136,6 +136,8 @@ def export_run(run_dir: str | Path | None = None, checkpoint: str | Path | None 
         rtol: the relative tolerance on the eval loss.
         check: False skips loading and evaluating the written file (faster by one evaluation of the eval
             set and a load; the file is then not shown to reproduce the run: ``"exported": null``).
+        onnx: also write the deployed model as ONNX beside ``out`` (``.onnx``, ``padnet.export_onnx``),
+            checked in onnxruntime on the first evaluation batch (unless ``check`` is False).
     """
     from ..deploy import deploy  # looked up when called, so a test can substitute a broken deploy
 
@@ -162,9 +164,16 @@ def export_run(run_dir: str | Path | None = None, checkpoint: str | Path | None 
         path = unchecked.replace(out)
     finally:
         unchecked.unlink(missing_ok=True)
-    return {"checkpoint": str(run.checkpoint), "path": str(path), "form": form, "file_bytes": path.stat().st_size,
-            "stored_params": stored_numel(exported), "deployable_params": deployable_parameters(exported),
-            "main_metric": run.parts.main_metric, "run": before, "exported": after}
+    result = {"checkpoint": str(run.checkpoint), "path": str(path), "form": form, "file_bytes": path.stat().st_size,
+              "stored_params": stored_numel(exported), "deployable_params": deployable_parameters(exported),
+              "main_metric": run.parts.main_metric, "run": before, "exported": after}
+    if onnx:
+        from ..onnx_export import export_onnx
+
+        batch = next(iter(run.loader))
+        example = batch[0] if isinstance(batch, (list, tuple)) else batch
+        result["onnx"] = export_onnx(exported.cpu(), example.cpu(), path.with_suffix(".onnx"), check=check)
+    return result
 
 
 def stored_eval(run: RebuiltRun, overrides: list[str] | None) -> dict | None:
