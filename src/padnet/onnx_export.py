@@ -52,7 +52,8 @@ def export_onnx(model: nn.Module, example: torch.Tensor, path: str | Path, dynam
     shapes = ({0: torch.export.Dim("batch")},) if dynamic_batch else None
     try:
         with torch.no_grad(), conv_strategy("mixture"):
-            torch.onnx.export(model, (example,), str(unchecked), dynamo=True, dynamic_shapes=shapes, verbose=False)
+            torch.onnx.export(model, (example,), str(unchecked), dynamo=True, dynamic_shapes=shapes, verbose=False,
+                              external_data=False)  # one self-contained file (protobuf: up to 2 GB)
     except ImportError as err:
         raise RunError(f"ONNX export needs onnx and onnxscript ({err}); pip install 'padnet[onnx]'") from None
     except Exception as err:  # the exporter's errors span torch.export, dispatch and graph building
