@@ -81,3 +81,22 @@ def test_the_run_log_and_the_sweep_dry_run_say_what_is_done(tmp_path, capsys):
     log = (tmp_path / "out" / "s" / "seed0" / "train.log").read_text()
     assert "preprocessing: greyscale, resize the shorter side to 12, center-crop 12x12" in log
     assert "normalise with mean [" in log and "training adds: no augmentation" in log
+
+
+def test_image_data_is_checked_before_any_run_directory(tmp_path, capsys):
+    root = _tree(tmp_path / "images")
+    first = sorted((root / "train" / "a").iterdir())[0]
+    first.write_bytes(b"not an image")
+    config = {"task": "image_classification", "run_dir": str(tmp_path / "run"), "epochs": 1, "progress": False,
+              "tensorboard": False, "data": {"name": "imagefolder", "root": str(root), "image_size": 12},
+              "model": {"name": "small_resnet", "width": 4, "layers": [1]}}
+    path = tmp_path / "run.yaml"
+    path.write_text(yaml.safe_dump(config))
+    assert cli.main(["train", "--config", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert f"data.root: {first}" in err and not (tmp_path / "run").exists()
+    # The evaluation split must have the training classes.
+    first.unlink()
+    (root / "val" / "b").rename(root / "val" / "c")
+    assert cli.main(["train", "--config", str(path)]) == 2
+    assert "differ from the training classes" in capsys.readouterr().err and not (tmp_path / "run").exists()

@@ -204,6 +204,30 @@ def _resize(config: DataConfig) -> int:
     return size if sizes == {(size, size)} else resize_for(size)
 
 
+def check_image_files(config: DataConfig) -> list[str]:
+    """Pre-flight of image files, reading no more than the listing and one image: both splits can be
+    listed (every CSV row names a readable file inside its folder, a folder holds class folders), they
+    have the same classes, and the first training image decodes. Problems name the key and the file."""
+    if config.name not in FILE_DATASETS:
+        return []
+    from .folder import load_image
+
+    key = "data.root" if config.name == "imagefolder" else "data.train_file"
+    try:
+        train = _image_files(config, True, None)
+        key = "data.root" if config.name == "imagefolder" else "data.eval_file"
+        test = _image_files(config, False, None, getattr(train, "class_to_idx", None))
+        if train.classes != test.classes:
+            return [f"{key}: the evaluation classes {test.classes[:5]} differ from the training classes "
+                    f"{train.classes[:5]}"]
+        if train.samples:
+            key = "data.root" if config.name == "imagefolder" else "data.train_file"
+            load_image(train.samples[0][0])
+    except (DataError, FileNotFoundError) as err:
+        return [f"{key}: {err}"]
+    return []
+
+
 def preprocessing_words(config: DataConfig) -> str | None:
     """The image files' preprocessing and augmentation in words, reading no more than a few image headers
     (``padnet sweep --dry-run``); None for a dataset of a fixed format."""
@@ -251,6 +275,7 @@ __all__ = [
     "FashionMNIST",
     "IDXError",
     "build_datasets",
+    "check_image_files",
     "find_fashion_mnist",
     "preprocessing_words",
     "read_idx",

@@ -117,6 +117,11 @@ def check(config: RunConfig) -> list[str]:
         out += [f"text_classification.{column_key}={column!r}: {path} has no such column; it has "
                 f"{', '.join(map(repr, have[:20]))}" for column_key, column in named.items()
                 if column is not None and column not in have]
+    if not out and t.dataset is None:
+        try:  # the labels (their kind, their count, the names given), read as the run will read them
+            load_splits(t)
+        except DataError as err:
+            out.append(f"text_classification: {err}")
     return out + check_text_model(config, t.model, "text_classification.model")
 
 

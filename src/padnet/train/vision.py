@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from .. import models
-from ..data import DataConfig, build_datasets, find_fashion_mnist
+from ..data import DataConfig, build_datasets, check_image_files, find_fashion_mnist
 from ..errors import shorten
 from .config import MAX_WIDTH, RunConfig
 from .tasks import TaskParts, register_task
@@ -97,14 +97,16 @@ def check(config: RunConfig) -> list[str]:
         except FileNotFoundError as err:
             return [f"data.root={data.root!r}: {err}"]
     if data.name == "image_csv":
-        return [f"data.{key}={getattr(data, key)!r}: no such file (a CSV with path,label columns)"
-                for key in ("train_file", "eval_file") if getattr(data, key) and not Path(getattr(data, key)).is_file()]
+        missing = [f"data.{key}={path!r}: no such file (a CSV with path,label columns)"
+                   for key in ("train_file", "eval_file") if (path := getattr(data, key)) and not Path(path).is_file()]
+        if missing:
+            return missing
     if data.name == "imagefolder" and data.root:
         missing = [s for s in ("train", "val") if not (Path(data.root) / s).is_dir()]
         if missing:
             return [f"data.root={data.root!r}: missing {', '.join(missing)}/ "
                     f"(expected {data.root}/train/<class>/<image> and {data.root}/val/<class>/<image>)"]
-    return []
+    return check_image_files(data)
 
 
 register_task("image_classification", build, sections={"data": DataConfig, "model": ModelConfig}, check=check)
