@@ -193,8 +193,7 @@ def _comments(cls: type) -> dict[str, str]:
                 above.append(stripped.lstrip("#").strip())
                 continue
             match = _FIELD.match(line)
-            if match and not stripped.startswith(("def ", "class ")):
-                doc = trailing.get(number) if number in trailing and not stripped.startswith("#") else None
-                out[match.group(1)] = " ".join(above) if above and not doc else doc or out.get(match.group(1), "")
+            if match:
+                out[match.group(1)] = trailing.get(number) or " ".join(above) or out.get(match.group(1), "")
             above = []
     return out
