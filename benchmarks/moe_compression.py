@@ -556,6 +556,26 @@ def time_blocks(args, data, result: dict, out: Path) -> None:
         save_result(out, result)
 
 
+@torch.no_grad()
+def shared_energy(model) -> list[float]:
+    """Per block and fused weight: E ||mean||^2 / sum_i ||W_i||^2, the share of the experts' energy their
+    mean (the shared kernel PAD and base + low-rank start from) carries; 1/E for unrelated experts, 1 for
+    identical ones (an MoE upcycled from one dense FFN starts at 1)."""
+    out = []
+    for block in moe_blocks(model):
+        for weight in expert_weights_of(block.experts):
+            out.append(float(weight.mean(0).pow(2).sum() * weight.shape[0] / weight.pow(2).sum()))
+    return out
+
+
+def record_shared_energy(args, data, result: dict) -> None:
+    for size in args.sizes:
+        if size not in result.setdefault("shared_energy", {}):
+            steps = args.steps if size == "small" else args.large_steps
+            base = pretrained(size, args.seed, steps, data, Path(args.cache), result)
+            result["shared_energy"][size] = shared_energy(base)
+
+
 def _infer(block, x):
     with torch.inference_mode():
         return block(x)
@@ -728,8 +748,14 @@ def markdown(result: dict) -> str:
              "(deployed PAD: a dense static kernel of N values and an int64 index; pruning: a bool mask byte "
              "per entry).", ""]
     for size in sizes:
-        lines += [f"## {size} model: {size_text(size)}", "",
-                  "Loss right after compression and after the fine-tune: mean ± sd over seeds; 'vs PAD element': "
+        lines += [f"## {size} model: {size_text(size)}", ""]
+        energy = result.get("shared_energy", {}).get(size)
+        if energy:
+            lines += [f"How much the {size} model's experts share (seed {cfg['seed']}): their mean carries "
+                      f"{min(energy):.3f} to {max(energy):.3f} of the experts' energy (E ||mean||^2 / sum ||W_i||^2 "
+                      f"per fused weight; 1/E = {1 / SIZES[size]['experts']:.3f} for unrelated experts, 1 for "
+                      "identical ones).", ""]
+        lines += ["Loss right after compression and after the fine-tune: mean ± sd over seeds; 'vs PAD element': "
                   "the paired (same seed) difference to PAD experts (element) at the same budget, mean and 95 % "
                   "t-interval (negative: better than PAD).", "", *table(result, size), ""]
         if result["timing"].get(size):
@@ -814,6 +840,7 @@ def main(argv=None):
     config["commands"] = commands + [command_of(args)] if command_of(args) not in commands else commands
     result["config"] = config
     run_rows(args, data, result, out.with_suffix(".json"))
+    record_shared_energy(args, data, result)
     if not args.no_timing:
         time_blocks(args, data, result, out.with_suffix(".json"))
     save_result(out.with_suffix(".json"), result)
