@@ -45,12 +45,13 @@ def byte_stream(glue_dir: Path, split: str) -> torch.Tensor:
     return torch.tensor(list("\n".join(sentences(glue_dir, split)).encode("utf-8")), dtype=torch.long)
 
 
-def build_model(seed: int, vocab: int = 256) -> transformers.MixtralForCausalLM:
-    """A 2-layer, 8-expert top-2 Mixtral over bytes (hidden 64, expert FFN 192)."""
+def build_model(seed: int, vocab: int = 256, layers: int = 2, experts: int = 8) -> transformers.MixtralForCausalLM:
+    """A 2-layer, 8-expert top-2 Mixtral over bytes (hidden 64, expert FFN 192); ``layers`` and
+    ``experts`` scale it up (benchmarks/moe_compression.py's larger model)."""
     torch.manual_seed(seed)
     config = transformers.MixtralConfig(
-        vocab_size=vocab, hidden_size=64, intermediate_size=192, num_hidden_layers=2, num_attention_heads=4,
-        num_key_value_heads=4, num_local_experts=8, num_experts_per_tok=2, max_position_embeddings=CONTEXT,
+        vocab_size=vocab, hidden_size=64, intermediate_size=192, num_hidden_layers=layers, num_attention_heads=4,
+        num_key_value_heads=4, num_local_experts=experts, num_experts_per_tok=2, max_position_embeddings=CONTEXT,
         bos_token_id=0, eos_token_id=0, tie_word_embeddings=False)
     if hasattr(config, "_experts_implementation"):
         config._experts_implementation = "eager"  # the loop PADExperts follows step by step
