@@ -164,7 +164,10 @@ def test_csv_of_paths_and_string_labels(image_tree, tmp_path, capsys):
         capsys.readouterr()
         code = cli.main(["train", "--config", _run_config(tmp_path, data | {"eval_file": str(image_tree / bad)}, "b")])
         err = capsys.readouterr().err
-        assert code == 2 and message in err and len(err.strip().splitlines()) == 1, err
+        # Found by the pre-flight check, so listed under the config's one-line heading; no run directory.
+        lines = err.strip().splitlines()
+        assert code == 2 and message in err and len(lines) == 2 and "invalid config: 1 problem" in lines[0], err
+        assert not (tmp_path / "b").exists()
 
 
 def test_predict_errors_are_one_line(image_tree, tmp_path, capsys):
