@@ -186,16 +186,16 @@ def _image_files(config: DataConfig, train: bool, transform, class_to_idx=None):
                     allow_outside=config.allow_outside_paths)
 
 
-def _resize(config: DataConfig) -> int:
-    """``data.resize``, or for null the ImageNet ratio, unless the first training images are already
-    ``image_size`` square: then no resize (their size is read from the file headers only)."""
+def _resize(config: DataConfig, train) -> int:
+    """``data.resize``, or for null the ImageNet ratio, unless the first images of the listed training set
+    ``train`` are already ``image_size`` square: then no resize (their size is read from the file headers)."""
     if config.resize is not None:
         return config.resize
     from PIL import Image
 
     size = config.image_size
     sizes = set()
-    for path, _ in _image_files(config, True, None).samples[:8]:
+    for path, _ in train.samples[:8]:
         try:
             with Image.open(path) as image:
                 sizes.add(image.size)
@@ -212,50 +212,56 @@ def check_image_files(config: DataConfig) -> list[str]:
         return []
     from .folder import load_image
 
-    key = "data.root" if config.name == "imagefolder" else "data.train_file"
+    folder = config.name == "imagefolder"
+    train_key, eval_key = ("data.root", "data.root") if folder else ("data.train_file", "data.eval_file")
     try:
         train = _image_files(config, True, None)
-        key = "data.root" if config.name == "imagefolder" else "data.eval_file"
-        test = _image_files(config, False, None, getattr(train, "class_to_idx", None))
-        if train.classes != test.classes:
-            return [f"{key}: the evaluation classes {test.classes[:5]} differ from the training classes "
-                    f"{train.classes[:5]}"]
         if train.samples:
-            key = "data.root" if config.name == "imagefolder" else "data.train_file"
             load_image(train.samples[0][0])
     except (DataError, FileNotFoundError) as err:
-        return [f"{key}: {err}"]
+        return [f"{train_key}: {err}"]
+    try:
+        test = _image_files(config, False, None, getattr(train, "class_to_idx", None))
+    except (DataError, FileNotFoundError) as err:
+        return [f"{eval_key}: {err}"]
+    if train.classes != test.classes:
+        return [f"{eval_key}: the evaluation classes {test.classes[:5]} differ from the training classes "
+                f"{train.classes[:5]}"]
     return []
 
 
 def preprocessing_words(config: DataConfig) -> str | None:
-    """The image files' preprocessing and augmentation in words, reading no more than a few image headers
-    (``padnet sweep --dry-run``); None for a dataset of a fixed format."""
+    """The image files' preprocessing and augmentation in words, reading no more than the listing and a few
+    image headers (``padnet sweep --dry-run``); None for a dataset of a fixed format."""
     if config.name not in FILE_DATASETS:
         return None
+    train = _image_files(config, True, None)
+    resize = _resize(config, train)
     later = "normalise with the training set's mean/std" if config.normalize == "dataset" else None
-    mean, std = ([], []) if later else _normalisation(config, 0)
-    record = image_record(config.channels, config.image_size, mean, std, _resize(config))
+    mean, std = ([], []) if later else _normalisation(config, train, resize)
+    record = image_record(config.channels, config.image_size, mean, std, resize)
     return describe(record, config.augment_preset(), later)
 
 
-def _normalisation(config: DataConfig, resize: int) -> tuple[list[float], list[float]]:
-    """(mean, std) of ``data.normalize``; ``dataset`` reads the training images once (eval transform)."""
+def _normalisation(config: DataConfig, train, resize: int) -> tuple[list[float], list[float]]:
+    """(mean, std) of ``data.normalize``; ``dataset`` reads the listed training images ``train`` once,
+    through the evaluation transform (the caller sets the training transform afterwards)."""
     if config.normalize == "imagenet":
         return imagenet_stats(config.channels)
     if config.normalize == "given":
         return list(config.mean), list(config.std)
     if config.normalize == "none":
         return [], []
-    plain = eval_transform(image_record(config.channels, config.image_size, [], [], resize))
-    return dataset_stats(_image_files(config, True, plain), config.channels)
+    train.transform = eval_transform(image_record(config.channels, config.image_size, [], [], resize))
+    return dataset_stats(train, config.channels)
 
 
 def _file_datasets(config: DataConfig) -> tuple[Dataset, Dataset, DataInfo]:
     """Image files (an ImageFolder tree or CSVs of path,label) with the transforms the config asks for."""
-    resize = _resize(config)
-    record = image_record(config.channels, config.image_size, *_normalisation(config, resize), resize)
-    train = _image_files(config, True, train_transform(record, config.augment_preset()))
+    train = _image_files(config, True, None)  # listed once; its transform is set when the record is known
+    resize = _resize(config, train)
+    record = image_record(config.channels, config.image_size, *_normalisation(config, train, resize), resize)
+    train.transform = train_transform(record, config.augment_preset())
     test = _image_files(config, False, eval_transform(record), getattr(train, "class_to_idx", None))
     if train.classes != test.classes:
         which = "val" if config.name == "imagefolder" else "evaluation"

@@ -15,6 +15,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 
+import numpy as np
 import torch
 
 from ..errors import UsageError, shorten
@@ -95,15 +96,15 @@ class EvalTransform:
     here)."""
 
     def __init__(self, record: dict):
+        from PIL import Image  # imported once here, not for every image
+
+        self._bilinear = Image.BILINEAR
         check_record(record)
         self.record = record
         self.mean = torch.tensor(record["mean"], dtype=torch.float32).view(-1, 1, 1)
         self.std = torch.tensor(record["std"], dtype=torch.float32).view(-1, 1, 1)
 
     def __call__(self, image):
-        import numpy as np
-        from PIL import Image
-
         record = self.record
         if record["channels"] == 1:
             image = image.convert("L")
@@ -112,7 +113,7 @@ class EvalTransform:
         size = (record["resize"], int(record["resize"] * long / short))  # torchvision: (short, long), truncated
         size = size if width <= height else size[::-1]
         if size != (width, height):
-            image = image.resize(size, Image.BILINEAR)
+            image = image.resize(size, self._bilinear)
         crop = record["image_size"]  # never larger than the resized image (record_problem: resize >= image_size)
         top, left = int(round((image.size[1] - crop) / 2.0)), int(round((image.size[0] - crop) / 2.0))
         image = image.crop((left, top, left + crop, top + crop))

@@ -12,6 +12,7 @@ import inspect
 import io
 import re
 import tokenize
+import types
 import typing
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -118,7 +119,7 @@ def _type_name(annotation) -> str:
         return _type_name(args[0])
     if typing.get_origin(annotation) is Literal:
         return "str"
-    if typing.get_origin(annotation) in (typing.Union, getattr(__import__("types"), "UnionType", None)):
+    if typing.get_origin(annotation) in (typing.Union, types.UnionType):
         names = " | ".join(_type_name(a) for a in args)
         return names + (" | null" if type(None) in typing.get_args(annotation) else "")
     if typing.get_origin(annotation) is list:
