@@ -194,6 +194,46 @@ def _compiled(fullgraph):
     return check
 
 
+def compiled_training(layer, reference, shape):
+    """``torch.compile(fullgraph=True)`` in train mode (``compile: true`` in a run): no graph break, and the
+    output and every gradient equal the eager layer's (random router noise drawn as eager draws it)."""
+    torch._dynamo.reset()
+    eager = copy.deepcopy(layer).train()
+    layer.train()
+    compiled = torch.compile(layer, fullgraph=True, dynamic=False)
+    x = _inputs(shape, 3)
+    with torch._inductor.config.patch(fallback_random=True):
+        torch.manual_seed(5)
+        out = compiled(x)
+    torch.manual_seed(5)
+    expected = eager(x)
+    assert_close_f64(out, expected)
+    out.pow(2).sum().backward()
+    expected.pow(2).sum().backward()
+    for (name, p), q in zip(layer.named_parameters(), eager.parameters()):
+        if q.grad is not None:
+            assert_close_f64(p.grad, q.grad, msg=name)
+
+
+def channels_last(layer, reference, shape):
+    """The layer and its input in ``torch.channels_last`` (``channels_last: true`` in a run): the reference's
+    output in eval mode, and in train mode the gradients of the layer in the default format."""
+    contiguous = copy.deepcopy(layer).train()
+    layer.to(memory_format=torch.channels_last).eval()
+    x = _inputs(shape, 3)
+    x_last = x.contiguous(memory_format=torch.channels_last) if x.dim() == 4 else x
+    with torch.no_grad():
+        assert_close_f64(layer(x_last), reference(x))
+    layer.train()
+    torch.manual_seed(5)
+    layer(x_last).pow(2).sum().backward()
+    torch.manual_seed(5)
+    contiguous(x).pow(2).sum().backward()
+    for (name, p), q in zip(layer.named_parameters(), contiguous.parameters()):
+        if q.grad is not None:
+            assert_close_f64(p.grad, q.grad, msg=name)
+
+
 def deepcopy_and_pickle(layer, reference, shape):
     layer.train()
     x = _inputs(shape, 3)
@@ -241,10 +281,12 @@ MODES = {
     "deepcopy-pickle": deepcopy_and_pickle,
     "meta": meta_device,
     "bf16-autocast": bf16_autocast,
+    "channels-last": channels_last,
     "compile": _compiled(fullgraph=False),
     "compile-fullgraph": _compiled(fullgraph=True),
+    "compile-fullgraph-train": compiled_training,
 }
-SLOW_MODES = {"export", "compile", "compile-fullgraph"}
+SLOW_MODES = {"export", "compile", "compile-fullgraph", "compile-fullgraph-train"}
 
 
 # Cells that refuse with ModeError (none today); the table in docs/reliability.md is generated from this and checked.
@@ -269,7 +311,7 @@ def _cells():
 
 
 @pytest.mark.usefixtures("float64")
-@pytest.mark.parametrize("form, mode", _cells())
+@pytest.mark.parametrize("form, mode", list(_cells()))
 def test_cell_is_exact_or_refused_by_name(form, mode):
     torch.manual_seed(0)
     layer, reference, shape = form.build()

@@ -285,7 +285,7 @@ def _warm_up(model: nn.Module, batch_list: list, loss_fn, optimizer, steps: int)
     model.train()
     try:
         for step in range(steps):
-            train_step(model, batch_list[step % len(batch_list)], recipe, 1.0,
+            train_step(model, [batch_list[step % len(batch_list)]], recipe, 1.0,
                        where=lambda: f"in partition warm-up step {step + 1} of {steps}")
     finally:
         model.train(was_training)

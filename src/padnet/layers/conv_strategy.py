@@ -25,7 +25,6 @@ computes exactly as the uninterrupted one did.
 from __future__ import annotations
 
 import contextlib
-import functools
 import math
 import time
 from collections.abc import Callable, Iterator, Mapping
@@ -116,10 +115,10 @@ def is_plain_1x1(kernel_size, padding, dilation, groups) -> bool:
     return groups == 1 and tuple(kernel_size) == (1, 1) and tuple(padding) == (0, 0) and tuple(dilation) == (1, 1)
 
 
-@functools.lru_cache(maxsize=None)
 def applicable_strategies(kernel_size, padding, dilation, groups) -> tuple[str, ...]:
     """The strategies that can compute a layer of this geometry (unfold-based ones need groups = 1,
-    ``bmm`` a plain 1x1 conv)."""
+    ``bmm`` a plain 1x1 conv). Not cached: a few comparisons, and called inside ``torch.compile``'s
+    traced forward, where dynamo warns about (and skips) an ``lru_cache``."""
     out = ["mixture", "grouped", "loop"]
     if groups == 1:
         out += ["mixture_unfold", "unfold"]

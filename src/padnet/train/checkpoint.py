@@ -2,8 +2,9 @@
 
 ``checkpoint.pt`` (``torch.save`` of tensors and plain values; read back with ``weights_only=True``)
 holds the model's state dict (masks included), whether its PAD layers were compacted, the optimizer
-and scheduler states, the RNG states (every rank's, under torchrun), the metrics history, the
-partition report, the config and the run's schedule (``padnet.train.schedule``).
+and scheduler states (and the GradScaler's for ``precision: fp16``, the EMA weights for ``ema``), the
+RNG states (every rank's, under torchrun), the metrics history, the partition report, the config and
+the run's schedule (``padnet.train.schedule``).
 """
 
 from __future__ import annotations
@@ -40,10 +41,11 @@ def restore_model(model: nn.Module, state_dict: dict, compacted: bool) -> None:
     model.load_state_dict(state_dict)
 
 
-def restore_checked(path: Path, model: nn.Module, state: dict) -> None:
-    """``restore_model`` from a checkpoint, a mismatch reported as a ``ModelFileError`` naming the file."""
+def restore_checked(path: Path, model: nn.Module, state: dict, weights: str = "model") -> None:
+    """``restore_model`` from a checkpoint's ``weights`` ("model", or "ema": the weights' moving average),
+    a mismatch reported as a ``ModelFileError`` naming the file."""
     try:
-        restore_model(model, state["model"], bool(state["compacted"]))
+        restore_model(model, state[weights], bool(state["compacted"]))
     except (KeyError, RuntimeError, ValueError, TypeError, IndexError, AttributeError) as err:
         raise ModelFileError(path, f"does not fit this run's model (another config or padnet version?): "
                                    f"{cut(err, 500)}") from None

@@ -181,6 +181,14 @@ class OptimConfig(Section):
         return self
 
 
+class EmaConfig(Section):
+    """An exponential moving average of the weights (timm's ``--model-ema``): after every optimizer step
+    ``ema = decay * ema + (1 - decay) * weights`` (``torch.optim.swa_utils``); buffers (BatchNorm
+    statistics, PAD masks) are copied. When set, the run evaluates, checkpoints and exports the average."""
+
+    decay: Annotated[Float, Field(gt=0, lt=1)] = 0.9998  # the share of the average kept at each step
+
+
 def _own_directory(run_dir: str) -> str:
     if Path(run_dir.strip()) == Path("."):  # also "" and "  "
         _refuse([f"run_dir={run_dir!r} must name a directory of its own (not empty, not the current directory); "
@@ -207,6 +215,16 @@ class RunConfig(Section):
     # rule, so the same seed gives the same metrics; "autotune" times the strategies per shape on this
     # machine (the picks go into the checkpoint, so a resumed run computes as before); or pin a strategy.
     conv_strategy: Annotated[str, one_of(STRATEGY_MODES)] = "heuristic"
+    # Mixed precision: torch.autocast on the run's device in training and evaluation, with float16 scaled
+    # by a GradScaler (its state in the checkpoint); padnet's routers and attention softmaxes run in
+    # float32 inside it (docs/usage.md#machines)
+    precision: Literal["fp32", "bf16", "fp16"] = "fp32"
+    # micro-batches of batch_size per optimizer step (the effective batch is batch_size x this x processes);
+    # the learning-rate and temperature schedules count optimizer steps
+    accumulate_steps: Annotated[int, Field(ge=1, le=4096)] = 1
+    compile: bool = False  # torch.compile the model for training and evaluation (Inductor)
+    channels_last: bool = False  # the model and its image batches in the channels_last memory format
+    ema: EmaConfig | None = None  # an exponential moving average of the weights; null: none
     progress: bool = True  # tqdm bars
     tensorboard: bool = True  # if tensorboard is importable
     log_every: Annotated[int, Field(ge=1)] = 50  # steps between loss lines in the log file
@@ -255,7 +273,11 @@ def problems_of(error: ValidationError, model: type[BaseModel], section: str = "
     for e in error.errors():
         loc, n = e["loc"], 0
         hint: Any = model
-        while n < len(loc) and loc[n] in getattr(hint, "model_fields", {}):  # not list indices, union members
+        while n < len(loc):  # not list indices, union members
+            hint = next((a for a in typing.get_args(hint) if a is not type(None)), hint) \
+                if type(None) in typing.get_args(hint) else hint  # an optional section: the section
+            if loc[n] not in getattr(hint, "model_fields", {}):
+                break
             hint, n = hint.model_fields[loc[n]].annotation, n + 1
         key = ".".join(map(str, (section, *loc[:n]) if section else loc[:n]))
         at = key + "".join(f"[{p}]" for p in loc[n:] if isinstance(p, int))

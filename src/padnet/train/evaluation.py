@@ -20,14 +20,17 @@ from .tasks import TaskParts
 
 
 # --------------------------------------------------------------------------------------- data
-def to_device(batch, device):
-    """Move tensors, and tensors inside dicts/lists/tuples, to ``device``."""
+def to_device(batch, device, memory_format: torch.memory_format | None = None):
+    """Move tensors, and tensors inside dicts/lists/tuples, to ``device``; with ``memory_format``
+    (``torch.channels_last``) the 4-d floating ones (image batches) take that memory format."""
     if isinstance(batch, torch.Tensor):
+        if memory_format is not None and batch.dim() == 4 and batch.is_floating_point():
+            return batch.to(device, non_blocking=True, memory_format=memory_format)
         return batch.to(device, non_blocking=True)
     if isinstance(batch, dict):
-        return type(batch)({k: to_device(v, device) for k, v in batch.items()})
+        return type(batch)({k: to_device(v, device, memory_format) for k, v in batch.items()})
     if isinstance(batch, (list, tuple)):
-        moved = [to_device(v, device) for v in batch]
+        moved = [to_device(v, device, memory_format) for v in batch]
         return type(batch)(*moved) if hasattr(batch, "_fields") else type(batch)(moved)
     if hasattr(batch, "to") and callable(batch.to):  # e.g. transformers.BatchEncoding
         return batch.to(device)
@@ -35,14 +38,14 @@ def to_device(batch, device):
 
 
 class DeviceLoader:
-    """A loader whose batches arrive on ``device``."""
+    """A loader whose batches arrive on ``device`` (image batches in ``memory_format``, if given)."""
 
-    def __init__(self, loader, device):
-        self.loader, self.device = loader, device
+    def __init__(self, loader, device, memory_format: torch.memory_format | None = None):
+        self.loader, self.device, self.memory_format = loader, device, memory_format
 
     def __iter__(self):
         for batch in self.loader:
-            yield to_device(batch, self.device)
+            yield to_device(batch, self.device, self.memory_format)
 
     def __len__(self):
         return len(self.loader)

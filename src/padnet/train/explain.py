@@ -89,6 +89,8 @@ def _walk(cls: type, prefix: str):
     for name, annotation, default, metadata in _fields(cls):
         inner = _section_type(annotation)
         if inner is not None:
+            if inner is not annotation:  # an optional section (``ema``): null leaves it off
+                yield KeyDoc(f"{prefix}{name}", _type_name(annotation), default, "", comments.get(name, ""))
             yield from _walk(inner, f"{prefix}{name}.")
             continue
         yield KeyDoc(f"{prefix}{name}", _type_name(annotation), default, _allowed(annotation, metadata),
@@ -108,6 +110,9 @@ def _fields(cls: type):
 
 
 def _section_type(annotation) -> type | None:
+    """The section class ``annotation`` holds (alone, or with None); None for a plain value."""
+    if type(None) in typing.get_args(annotation) and len(typing.get_args(annotation)) == 2:
+        annotation = next(a for a in typing.get_args(annotation) if a is not type(None))
     if isinstance(annotation, type) and (issubclass(annotation, BaseModel) or dataclasses.is_dataclass(annotation)):
         return annotation
     return None

@@ -16,6 +16,7 @@ from ..layers import dynamic_layers, pad_layers
 from ..models.transformers_models import local_files_only
 from ..serialization import load, save
 from ..temperature import set_temperature
+from ..train_step import autocast
 from .checkpoint import CHECKPOINT, make_dynamic, read_training_checkpoint, restore_checked, seed_everything
 from .config import RunConfig, config_from_dict
 from .evaluation import DeviceLoader, deployable_parameters, eval_loader, evaluate
@@ -38,8 +39,11 @@ class RebuiltRun(NamedTuple):
     model: nn.Module  # on the config's device
     loader: DeviceLoader  # the task's eval loader
 
-    def evaluate(self, model: nn.Module | None = None) -> dict:
-        return evaluate(self.model if model is None else model, self.parts, self.loader, self.config.task)
+    def evaluate(self, model: nn.Module | None = None, precision: str | None = None) -> dict:
+        """The eval metrics of the run's model (or ``model``), under autocast as the run evaluated
+        (``config.precision``) unless ``precision`` says otherwise."""
+        with autocast(self.loader.device.type, precision or self.config.precision):
+            return evaluate(self.model if model is None else model, self.parts, self.loader, self.config.task)
 
 
 def rebuild_run(run_dir: str | Path | None = None, checkpoint: str | Path | None = None,
@@ -67,7 +71,8 @@ def rebuild_run(run_dir: str | Path | None = None, checkpoint: str | Path | None
     with local_files_only(checkpoint):  # a hub model the checkpoint names comes from the local cache or not at all
         parts = get_task(config.task).builder(config)
     model = make_dynamic(parts.model, config)
-    restore_checked(checkpoint, model, state)
+    # A run with an EMA evaluated (and exports) the average of its weights.
+    restore_checked(checkpoint, model, state, "ema" if config.ema is not None and "ema" in state else "model")
     model.to(device)
     set_temperature(model, _run_temperature(config, state, len(parts.train_dataset)))
     return RebuiltRun(checkpoint, state, config, parts, model, DeviceLoader(eval_loader(config, parts), device))
@@ -147,7 +152,8 @@ def export_run(run_dir: str | Path | None = None, checkpoint: str | Path | None 
     out = Path(out) if out is not None else run.checkpoint.parent / "model.safetensors"
     if out.resolve() == run.checkpoint.resolve():
         raise RunError(f"--out {out} is the checkpoint being exported; export never writes over a run's files")
-    before = (stored_eval(run, overrides) or run.evaluate()) if check else stored_eval(run, overrides)
+    # The exported file holds float32 weights: the check compares both models in float32.
+    before = (stored_eval(run, overrides) or run.evaluate(precision="fp32")) if check else stored_eval(run, overrides)
     model.eval()
     form = "deployed" if pad_layers(model) else "training" if dynamic_layers(model) else "plain"
     if form == "deployed":
@@ -157,7 +163,7 @@ def export_run(run_dir: str | Path | None = None, checkpoint: str | Path | None 
     try:
         if check:
             exported = load(unchecked).to(resolve_device(run.config.device))
-            after = run.evaluate(exported)
+            after = run.evaluate(exported, precision="fp32")
             _check_reproduced(before, after, run.parts.main_metric, rtol, out)
         else:
             exported, after = model, None
@@ -179,10 +185,13 @@ def export_run(run_dir: str | Path | None = None, checkpoint: str | Path | None 
 def stored_eval(run: RebuiltRun, overrides: list[str] | None) -> dict | None:
     """The evaluation the run stored for its checkpoint's epoch, when it stands for a fresh one of the same
     weights: no config override, the checkpoint's last epoch evaluated, in one process, on the device type
-    the rebuilt model is on (the floats of another device differ). None otherwise."""
-    state, history = run.state, run.state.get("history") or []
+    the rebuilt model is on (the floats of another device differ), in float32, eagerly and in the default
+    memory format, as the rebuilt model evaluates. None otherwise."""
+    state, history, config = run.state, run.state.get("history") or [], run.config
     device = next(run.model.parameters()).device.type
     if overrides or not history or int(state.get("world_size", 1)) != 1 or state.get("eval_device") != device:
+        return None
+    if config.precision != "fp32" or config.compile or config.channels_last:
         return None
     last = history[-1]
     metrics = {k[len("eval_"):]: v for k, v in last.items() if k.startswith("eval_")}

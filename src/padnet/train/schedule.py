@@ -26,7 +26,8 @@ class RunSchedule(BaseModel):
 
     model_config = ConfigDict(strict=True, frozen=True, allow_inf_nan=False)
 
-    steps_per_epoch: Annotated[int, Field(ge=1)]  # optimizer steps per epoch, in each process
+    # optimizer steps per epoch, in each process (each of accumulate_steps micro-batches)
+    steps_per_epoch: Annotated[int, Field(ge=1)]
     epochs: Annotated[int, Field(ge=0)]
     warmup_steps: Annotated[int, Field(ge=0)]  # linear learning-rate warm-up
     lr_decay: LrScheduler  # after the warm-up: "cosine" (to 0 at the last step) or "constant"
@@ -34,6 +35,7 @@ class RunSchedule(BaseModel):
     temperature_end: Annotated[float, Field(gt=0)]
     temperature_epochs: Annotated[float, Field(ge=0)]
     world_size: Annotated[int, Field(ge=1)] = 1  # the number of processes the steps were counted for
+    accumulate_steps: Annotated[int, Field(ge=1)] = 1  # micro-batches per optimizer step
 
     @property
     def total_steps(self) -> int:
@@ -78,18 +80,20 @@ def derive_schedule(config: RunConfig, train_examples: int, world: int = 1) -> R
     Raises ``ConfigError`` when the batch size leaves an epoch without a single step.
     """
     per_rank = train_examples // world
-    steps_per_epoch = per_rank // config.batch_size
+    accumulate = config.accumulate_steps
+    steps_per_epoch = per_rank // config.batch_size // accumulate
     if steps_per_epoch < 1:
+        batch = f"batch_size={config.batch_size}" + (f" x accumulate_steps={accumulate}" if accumulate > 1 else "")
         if world > 1:
-            raise ConfigError([f"batch_size={config.batch_size} (per process) is larger than one process's share of "
-                               f"the training set ({train_examples} examples / {world} processes = {per_rank}); "
-                               f"allowed: <= {per_rank}, or fewer processes"])
-        raise ConfigError([f"batch_size={config.batch_size} is larger than the training set "
-                           f"({train_examples} examples); allowed: <= {train_examples}"])
+            raise ConfigError([f"{batch} (per process) is larger than one process's share of the training set "
+                               f"({train_examples} examples / {world} processes = {per_rank}); allowed: <= "
+                               f"{per_rank}, or fewer processes"])
+        raise ConfigError([f"{batch} is larger than the training set ({train_examples} examples); allowed: <= "
+                           f"{train_examples}"])
     d = config.dynamic
     return RunSchedule(
         steps_per_epoch=steps_per_epoch, epochs=config.epochs,
         warmup_steps=int(round(config.optim.warmup_epochs * steps_per_epoch)), lr_decay=config.optim.scheduler,
         temperature_start=d.temperature_start, temperature_end=d.temperature_end,
-        temperature_epochs=d.temperature_epochs, world_size=world,
+        temperature_epochs=d.temperature_epochs, world_size=world, accumulate_steps=accumulate,
     )

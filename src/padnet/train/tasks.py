@@ -100,7 +100,7 @@ def register_task(name: str, builder: Callable[[Any], TaskParts], sections: dict
     """Register (or replace) a task. ``sections`` maps config section names to dataclasses."""
     if not isinstance(name, str) or not name:
         raise UsageError(f"task name {name!r} must be a non-empty string")
-    reserved = {"dynamic", "partition", "optim", "sections"}
+    reserved = {"dynamic", "partition", "optim", "ema", "sections"}
     clash = reserved & set(sections or {})
     if clash:
         raise UsageError(f"task {name!r}: section names {sorted(clash)} are reserved for the trainer")

@@ -51,6 +51,7 @@ import torch
 import yaml
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from torch.utils.data import DataLoader, RandomSampler
 
 from .. import distributed
@@ -64,7 +65,7 @@ from ..layers.conv_strategy import conv_strategy, conv_strategy_picks, load_conv
 from ..partition import get_scorer, partition
 from ..summary import summary
 from ..temperature import set_temperature
-from ..train_step import StepRecipe, train_step, unwrap
+from ..train_step import StepRecipe, autocast, train_step, unwrap
 from .checkpoint import (
     CHECKPOINT,
     CHECKPOINT_FORMAT,
@@ -105,6 +106,10 @@ class _Run:
     step: StepRecipe | None = None
     eval_loader: DeviceLoader | None = None
     tb: object | None = None  # TensorBoard's SummaryWriter, when enabled and installed
+    scaler: torch.amp.GradScaler | None = None  # precision: fp16
+    ema: AveragedModel | None = None  # the weights' moving average (config.ema)
+    train_model: nn.Module | None = None  # what the steps call: ``model``, compiled when config.compile
+    eval_model: nn.Module | None = None  # what evaluation calls: the unwrapped model or its EMA, compiled or not
     partition_info: dict = field(default_factory=dict)
     compacted: bool = False
     history: list[dict] = field(default_factory=list)
@@ -285,19 +290,39 @@ class Trainer:
             self.logger.info(f"distributed: {run.world} processes ({distributed.backend_for(run.device)}), "
                              f"batch_size {self.config.batch_size} per process, "
                              f"effective batch {self.config.batch_size * run.world}")
+        config = self.config
         layers = pad_layers(run.model)
         run.compacted = bool(layers) and all(layer.compacted for _, layer in layers)
+        if config.channels_last:  # before the optimizer: its state takes the parameters' format
+            run.model.to(memory_format=torch.channels_last)
         run.optimizer = self._make_optimizer(run.model)
         schedule = run.schedule
         run.scheduler = torch.optim.lr_scheduler.LambdaLR(run.optimizer, lambda step: schedule.lr_factor(step))
+        if config.precision == "fp16":
+            run.scaler = torch.amp.GradScaler(run.device.type)
+        if config.ema is not None:
+            # A copy of the model (the partitioned, compacted one) whose parameters follow the weights'
+            # moving average; its buffers (BatchNorm statistics, masks) are copied at every update.
+            run.ema = AveragedModel(run.model, multi_avg_fn=get_ema_multi_avg_fn(config.ema.decay), use_buffers=False)
         if state is not None:
             self._restore_training(run, state)
         self._write_summary(run.model)
         run.step = StepRecipe.for_model(run.model, run.parts.loss_fn, run.optimizer, scheduler=run.scheduler,
-                                        grad_clip=self.config.optim.grad_clip)
+                                        grad_clip=config.optim.grad_clip, precision=config.precision,
+                                        device_type=run.device.type, scaler=run.scaler)
         run.model = self._wrap(run.model, run.device)
+        evaluated = unwrap(run.model) if run.ema is None else run.ema.module
+        # torch.compile wraps the modules the steps and the evaluation call; run.model stays the module whose
+        # state the checkpoint holds. A DDP model is compiled wrapped (DDP's hooks split the graph per bucket).
+        # dynamic=True: sizes and floats (the annealed temperature) are symbolic from the first compile, so
+        # the graphs do not depend on the values seen before (with the default, the first compile
+        # specializes them and a change recompiles: a resumed run would compute with other kernels than an
+        # uninterrupted one, and differ in the last bits).
+        run.train_model = torch.compile(run.model, dynamic=True) if config.compile else run.model
+        run.eval_model = torch.compile(evaluated, dynamic=True) if config.compile else evaluated
         run.tb = self._tensorboard(run.global_step)
-        run.eval_loader = DeviceLoader(self.eval_loader(run.parts), run.device)
+        run.eval_loader = DeviceLoader(self.eval_loader(run.parts), run.device,
+                                       torch.channels_last if config.channels_last else None)
         if self.bar is not None and is_main_process():
             self.bar.reset(total=self.config.epochs * schedule.steps_per_epoch)
             self.bar.update(run.global_step)
@@ -336,6 +361,11 @@ class Trainer:
         """Where the checkpoint left off: optimizer, learning-rate scheduler, history, step and RNG."""
         run.optimizer.load_state_dict(state["optimizer"])
         run.scheduler.load_state_dict(state["scheduler"])
+        if run.scaler is not None:
+            run.scaler.load_state_dict(state["scaler"])
+        if run.ema is not None:
+            run.ema.module.load_state_dict(state["ema"])
+            run.ema.n_averaged.fill_(int(state["ema_updates"]))
         run.history = list(state["history"])
         run.start_epoch, run.global_step = int(state["epoch"]), int(state["global_step"])
         run.last_eval = {k[5:]: v for k, v in run.history[-1].items() if k.startswith("eval_")} if run.history else {}
@@ -417,7 +447,7 @@ class Trainer:
         step = 0
         while step < total:
             for batch in self.train_loader(run.parts, epoch=-2 - step):
-                train_step(model, to_device(batch, run.device), recipe, temperature,
+                train_step(model, [to_device(batch, run.device)], recipe, temperature,
                            where=lambda: f"in partition warm-up step {step}")
                 step += 1
                 if step == total:
@@ -437,10 +467,20 @@ class Trainer:
                        f"epoch {epoch + 1}/{config.epochs}")
         self._bar_note(f"epoch {epoch + 1}/{config.epochs}")
         loss_sum, steps, started = 0.0, 0, time.perf_counter()
+        micro_batches: list = []
+        memory_format = torch.channels_last if config.channels_last else None
         for batch in bar:
-            batch = to_device(batch, run.device)
+            if steps == run.schedule.steps_per_epoch:  # micro-batches past the epoch's last whole step
+                break
+            micro_batches.append(to_device(batch, run.device, memory_format))
+            if len(micro_batches) < config.accumulate_steps:
+                continue
             temperature = run.schedule.temperature_at(run.global_step)
-            step_loss = train_step(run.model, batch, run.step, temperature, where=lambda: self._failed_step(run, epoch))
+            step_loss = train_step(run.train_model, micro_batches, run.step, temperature,
+                                   where=lambda: self._failed_step(run, epoch))
+            micro_batches = []
+            if run.ema is not None:
+                run.ema.update_parameters(unwrap(run.model))
             run.global_step += 1
             steps += 1
             loss_sum += float(step_loss)
@@ -481,10 +521,11 @@ class Trainer:
         if epoch % self.config.eval_every and epoch != self.config.epochs:
             return
         if run.step.has_dyconv:
-            set_temperature(run.model, row["temperature"])
+            set_temperature(run.eval_model, row["temperature"])
         # Every rank evaluates the whole eval set with the same weights (metrics such as MCC or Spearman
         # do not split into per-shard sums); rank 0's numbers are kept.
-        metrics = evaluate(unwrap(run.model), run.parts, run.eval_loader, self.config.task)
+        with autocast(run.device.type, self.config.precision):
+            metrics = evaluate(run.eval_model, run.parts, run.eval_loader, self.config.task)
         run.last_eval = distributed.broadcast_object(metrics)
         row.update({f"eval_{k}": v for k, v in run.last_eval.items()})
 
@@ -518,6 +559,10 @@ class Trainer:
             "conv_strategy_picks": conv_strategy_picks() if config.conv_strategy == "autotune" else {},
             "eval_device": run.device.type,  # the device type the history's evaluations ran on
         }
+        if run.scaler is not None:
+            checkpoint["scaler"] = run.scaler.state_dict()
+        if run.ema is not None:
+            checkpoint.update(ema=run.ema.module.state_dict(), ema_updates=int(run.ema.n_averaged))
         if run.world > 1:  # every rank's RNG (dropout, router noise), so a resumed run continues each
             checkpoint.update(world_size=run.world, rng_ranks=distributed.gather_objects(rng_state))
         self.writer.checkpoint(CHECKPOINT, checkpoint)
