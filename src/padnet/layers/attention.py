@@ -7,6 +7,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ._validate import check_choice, check_positive_int
+from .precision import as_input, widened, without_autocast
 
 ROUTINGS = ("softmax", "sigmoid")
 MIN_HIDDEN = 4  # docs/method.md#dynamic-layers: a floor for narrow layers, so C_in // r never collapses to 1 unit
@@ -30,7 +31,9 @@ class KernelAttention(nn.Module):
         nn.init.zeros_(self.fc2.bias)
 
     def forward(self, x: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
-        logits = self.fc2(F.relu(self.fc1(x.mean(dim=(2, 3)))))
+        with without_autocast(x):  # float32 (padnet.layers.precision): logits divided by up to tau = 30
+            hidden = F.relu(F.linear(widened(x.mean(dim=(2, 3))), widened(self.fc1.weight)))
+            logits = F.linear(hidden, widened(self.fc2.weight), widened(self.fc2.bias))
         if self.routing == "sigmoid":
-            return torch.sigmoid(logits)
-        return torch.softmax(logits / temperature, dim=1)
+            return as_input(torch.sigmoid(logits), x)
+        return as_input(torch.softmax(logits / temperature, dim=1), x)

@@ -10,6 +10,7 @@ from torch import nn
 
 from ..errors import UsageError
 from ._validate import check_positive_int
+from .precision import widened, without_autocast
 
 NOISE_FLOOR = 0.01  # added to softplus(x W_noise) so the noise never vanishes
 
@@ -51,16 +52,21 @@ class NoisyTopKRouter(nn.Module):
         self.w_noise = nn.Parameter(torch.zeros(in_features, num_experts)) if noisy_gating else None
 
     def forward(self, tokens: torch.Tensor) -> Routing:
+        with without_autocast(tokens):  # float32 (padnet.layers.precision): top-k of near-equal logits
+            return self._route(widened(tokens))
+
+    def _route(self, tokens: torch.Tensor) -> Routing:
         noisy_train = self.noisy_gating and self.training
         if noisy_train:
             # One (in, 2E) product instead of two (in, E) ones: such skinny products run far below the
             # CPU's matmul speed, so the pair costs about what one does (its backward likewise).
             assert self.w_noise is not None  # built with noisy_gating=True
-            clean, noise_logits = (tokens @ torch.cat([self.w_gate, self.w_noise], 1)).split(self.num_experts, 1)
+            weights = torch.cat([widened(self.w_gate), widened(self.w_noise)], 1)
+            clean, noise_logits = (tokens @ weights).split(self.num_experts, 1)
             noise_std = F.softplus(noise_logits) + NOISE_FLOOR
             logits = clean + torch.randn_like(clean) * noise_std
         else:
-            clean = logits = tokens @ self.w_gate
+            clean = logits = tokens @ widened(self.w_gate)
         k = self.top_k
         smooth_load = noisy_train and k < self.num_experts
         top_values, top_indices = logits.topk(k + 1 if smooth_load else k, dim=1)
