@@ -262,14 +262,16 @@ def bf16_autocast(layer, reference, shape):
     output sums at most ``fan_in`` products, each rounded to bf16 (unit roundoff 2^-9), so the error is
     below 2 * fan_in * 2^-8 of the terms' scale (twice the gamma_n bound)."""
     layer = copy.deepcopy(layer).float().eval()
-    x = _inputs(shape, 3).float()
-    with torch.no_grad():
-        expected = layer(x)
-        with torch.autocast("cpu", dtype=torch.bfloat16):
-            out = layer(x)
     fan_in = 4 * 9 if len(shape) == 3 else 8
-    scale = expected.abs().max().item()
-    torch.testing.assert_close(out.float(), expected, atol=2 * fan_in * 2**-8 * scale, rtol=0)
+    # Batch 1 takes the whole-kernel paths; a bf16 input is what a layer after another autocast layer gets.
+    for batch, dtype in ((3, torch.float32), (1, torch.float32), (1, torch.bfloat16), (3, torch.bfloat16)):
+        x = _inputs(shape, batch).float().to(dtype)
+        with torch.no_grad():
+            expected = layer(x.float())
+            with torch.autocast("cpu", dtype=torch.bfloat16):
+                out = layer(x)
+        scale = expected.abs().max().item()
+        torch.testing.assert_close(out.float(), expected, atol=2 * fan_in * 2**-8 * scale, rtol=0)
 
 
 MODES = {

@@ -110,7 +110,7 @@ def _whole_kernels(layer, x, static, dynamic, weights, bias, strategy, dynamic_r
     batch = weights.shape[0]
     mixed = _rows_of(mixed_kernels(weights, dynamic), dynamic_rows.numel(), width)  # workspace slot 0
     kernels = workspace_like((batch, rows, width), x, slot=1)
-    kernels.index_copy_(1, dynamic_rows, mixed)
+    kernels.index_copy_(1, dynamic_rows, mixed.to(kernels.dtype))  # autocast: mixed in float32, x in bf16
     kernels.index_copy_(1, static_rows, static.unsqueeze(0).expand(batch, -1, -1))
     return apply_per_sample_kernels(x, kernels.reshape(batch, rows * width), bias, *geometry,
                                     strategy="auto" if strategy == WHOLE else strategy)
