@@ -216,7 +216,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--kappa", type=float, default=0.3)
     p.add_argument("--precisions", nargs="+", default=["fp32", "bf16"], choices=["fp32", "bf16", "fp16"])
     p.add_argument("--compile-backend", default="inductor")
-    p.add_argument("--channels-last", action="store_true", default=True)
+    p.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=True,
+                   help="models and image batches in channels_last (default; --no-channels-last: contiguous)")
     p.add_argument("--min-run-time", type=float, default=1.0)
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--out", type=Path, default=REPO / "docs" / "results" / "gpu_check")

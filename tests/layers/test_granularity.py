@@ -277,3 +277,41 @@ def test_channel_moe_model_round_trips_deployed(tmp_path):
     x = torch.randn(2, 5, 16)
     with torch.no_grad():
         torch.testing.assert_close(loaded.eval()(x), model.eval()(x), atol=0, rtol=0)
+
+
+@pytest.mark.usefixtures("float64")
+def test_deployed_channel_batch1_kernel_keeps_its_static_rows_and_follows_their_changes():
+    """Inference at batch 1 writes a deployed channel layer's static rows once into a kernel kept for the
+    layer (padnet.layers.rows._whole_kernels): the outputs equal the dense-mask oracle's, the kernel is
+    reused, and a change to the stored rows (in place, or by load_state_dict) is seen by the next call."""
+    import copy as copy_module
+
+    from padnet.layers import assemble
+    from padnet.layers.deployed_conv import DeployedPADConv2d
+    from padnet.reference import DenseMaskPADConv2d
+    from tests.helpers import assert_close_f64
+
+    torch.manual_seed(0)
+    pad = PADConv2d(4, 6, 3, padding=1, num_kernels=3, granularity="channel")
+    rows = torch.tensor([True, False, False, True, False, False])
+    pad.set_mask(rows.reshape(-1, 1, 1, 1).expand(pad.mask.shape).clone())
+    layer = DeployedPADConv2d.from_pad(copy_module.deepcopy(pad).eval()).eval()
+    oracle = DenseMaskPADConv2d(pad).eval()
+    x = torch.randn(1, 4, 5, 5)
+    with torch.no_grad():
+        assert_close_f64(layer(x), oracle(x))
+        kept = assemble._local.prefilled[layer][2]
+        assert_close_f64(layer(x), oracle(x))
+        assert assemble._local.prefilled[layer][2] is kept  # written once, reused
+        layer.static_kernel.mul_(2)  # in place: its version changes
+        fresh = copy_module.deepcopy(layer)
+        assert_close_f64(layer(x), fresh(x))
+        for seed in (1, 2, 3):  # reloaded: a new tensor each time (an address may come back, the object not)
+            state = copy_module.deepcopy(layer.state_dict())
+            state["static_values"] = torch.randn(state["static_values"].shape,
+                                                 generator=torch.Generator().manual_seed(seed))
+            layer.load_state_dict(state)
+            fresh = copy_module.deepcopy(layer)
+            assert_close_f64(layer(x), fresh(x))
+        assert not torch.equal(layer(x), oracle(x))
+    assemble.release_workspace()

@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import math
 import threading
+import weakref
+from collections.abc import Callable
 
 import torch
 
@@ -134,10 +136,31 @@ def workspace_like(shape: tuple[int, ...], like: torch.Tensor, slot: int) -> tor
     return _workspace(math.prod(shape), like.dtype, slot).view(shape)
 
 
+def prefilled_workspace(owner: object, shape: tuple[int, ...], like: torch.Tensor, source: torch.Tensor,
+                        fill: Callable[[torch.Tensor], object]) -> torch.Tensor:
+    """This thread's buffer of ``shape`` (``like``'s dtype) kept for ``owner`` (a layer) between calls:
+    ``fill`` writes it from ``source`` when it is first taken and again whenever ``source`` is another
+    tensor object or was changed in place (its version); the caller writes the rest on every call. The
+    source is held by a weak reference: a pointer or an ``id`` could be reused by a new tensor after the
+    old one is freed (a reloaded layer), an object that is alive cannot. Only where ``workspace_allowed``."""
+    buffers = getattr(_local, "prefilled", None)
+    if buffers is None:
+        buffers = _local.prefilled = weakref.WeakKeyDictionary()
+    entry = buffers.get(owner)
+    key = (tuple(shape), like.dtype, source._version)
+    if entry is None or entry[0] != key or entry[1]() is not source:
+        buffer = torch.empty(shape, dtype=like.dtype, device=like.device)
+        fill(buffer)
+        buffers[owner] = entry = (key, weakref.ref(source), buffer)
+    return entry[2]
+
+
 def release_workspace() -> None:
     """Free this thread's inference workspace (it keeps the largest B x N seen, e.g. about 600 MB after
-    a batch-64 resnet50 forward); the next no-grad forward allocates it again."""
+    a batch-64 resnet50 forward, and the deployed channel layers' batch-1 kernels, about the static
+    model's size); the next no-grad forward allocates it again."""
     _local.buffers = None
+    _local.prefilled = None
 
 
 def capture_mode() -> str | None:

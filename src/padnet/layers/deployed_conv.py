@@ -77,7 +77,8 @@ class DeployedPADConv2d(DeployedPartiallyDynamic, DynamicConvCompute, nn.Module)
         if not self.computes_by_rows():
             return super().compute(x, alpha, bias, strategy)
         # Channel granularity: ``static_kernel`` holds the static rows compact, the static conv's weight.
-        return channel_conv(self, x, self.row_split(), self.static_kernel, self.dynamic_values, alpha, bias, strategy)
+        return channel_conv(self, x, self.row_split(), self.static_kernel, self.dynamic_values, alpha, bias, strategy,
+                            stored_static=True)
 
     def computes_by_rows(self) -> bool:
         return self.granularity == "channel"
