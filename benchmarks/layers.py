@@ -64,11 +64,19 @@ def moe_block(min_run_time: float, rounds: int, kappa: float = 0.5) -> list[str]
     moe = MoELinear(d_in, d_out, num_experts=8, top_k=2)
     pad = PADMoELinear(d_in, d_out, num_experts=8, top_k=2)
     pad.set_mask(exact_mask(pad.kernel_shape, kappa, torch.Generator().manual_seed(0)))
-    for layer in (moe, pad):  # a trained-looking router: tokens spread over the experts
-        torch.nn.init.normal_(layer.router.w_gate, std=0.05)
+    # A trained-looking router (tokens spread over the experts), the same one in both layers: with routers
+    # drawn apart the two layers split the tokens differently, and an expert's matmul costs by its tokens,
+    # which moved the PAD-MoE / MoE ratio between runs of different seeds.
+    torch.nn.init.normal_(moe.router.w_gate, std=0.05)
+    pad.router.load_state_dict(moe.router.state_dict())
     pad.compact()
     mods = {"dense": torch.nn.Linear(d_in, d_out), "MoELinear": moe, f"PADMoELinear {kappa}": pad}
     x = torch.randn(tokens, d_in)
+    with torch.no_grad():
+        counts = torch.bincount(moe.eval().router(x).top_indices.flatten(), minlength=8).tolist()
+    moe.train()
+    print(f"routing balance (eval, both layers): tokens per expert {counts}, max/mean "
+          f"{max(counts) / (sum(counts) / len(counts)):.2f}; training adds router noise per call", file=sys.stderr)
     rows = []
     for backward in (True, False):
         fns = {name: pass_fn(mod, x, backward) for name, mod in mods.items()}
