@@ -228,7 +228,7 @@ def test_export_of_a_static_run_and_errors(tmp_path, capsys, monkeypatch):
     assert not [p for p in (tmp_path / "pad").glob(".*") if p.name not in (".padnet-run", ".padnet-run.lock")]
 
 
-def test_demo_trains_three_methods_exports_times_and_plots(tmp_path, capsys):
+def test_demo_trains_four_runs_exports_times_and_plots(tmp_path, capsys):
     # Without Fashion-MNIST at --data the demo says so and runs on scikit-learn's digits (about 40 s).
     assert main(["demo", "--data", str(tmp_path / "no-fmnist"), "--out", str(tmp_path / "demo"), "--quiet"]) == 0
     captured = capsys.readouterr()
@@ -237,8 +237,8 @@ def test_demo_trains_three_methods_exports_times_and_plots(tmp_path, capsys):
     assert ("| run | test accuracy (%) | deployable params | model file | inference vs static "
             "| time / epoch (s) |") in lines
     rows = {line.split("|")[1].strip(): [c.strip() for c in line.split("|")[2:-1]]
-            for line in lines if line.startswith(("| static |", "| dy-conv |", "| pad-0.3 |"))}
-    assert list(rows) == ["static", "dy-conv", "pad-0.3"]
+            for line in lines if line.startswith(("| static |", "| dy-conv |", "| pad-0.3 |", "| pad-0.3-channel |"))}
+    assert list(rows) == ["static", "dy-conv", "pad-0.3", "pad-0.3-channel"]
     assert rows["static"][3] == "1.00x"
     for name, cells in rows.items():
         results = json.loads((tmp_path / "demo" / name / "seed0" / "results.json").read_text())
@@ -248,7 +248,11 @@ def test_demo_trains_three_methods_exports_times_and_plots(tmp_path, capsys):
         assert (tmp_path / "demo" / name / "seed0" / "model.safetensors").is_file()
     params = {name: int(cells[1].replace(",", "")) for name, cells in rows.items()}
     assert params["static"] < params["pad-0.3"] < params["dy-conv"]
-    assert any(line.startswith("PAD (kappa 0.3) ") and "of its parameters" in line for line in lines)
+    assert params["static"] < params["pad-0.3-channel"] < params["dy-conv"]
+    channel = yaml.safe_load((tmp_path / "demo" / "pad-0.3-channel" / "seed0" / "config.yaml").read_text())
+    assert channel["dynamic"]["granularity"] == "channel"
+    reading = [line for line in lines if line.startswith("PAD (kappa 0.3) ")]
+    assert len(reading) == 1 and "of its parameters" in reading[0] and "With channel masks PAD infers at" in reading[0]
     assert (tmp_path / "demo" / "demo.png").stat().st_size > 1000
     assert any(line.strip().startswith("padnet export --run ") for line in lines)
 
