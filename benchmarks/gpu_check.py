@@ -55,7 +55,8 @@ def model_variants(arch: str, kappa: float) -> dict[str, nn.Module]:
         torch.manual_seed(0)
         if hasattr(torchvision.models, arch):
             return getattr(torchvision.models, arch)(num_classes=10)
-        return padnet_models.build(arch, 10, 3, small_input=True, width=8, layers=[1, 1])  # the dry run's
+        width, layers = ((8, [1, 1]) if arch == "small_resnet" else (16, [1, 1, 1]))  # the dry run's; the demo's
+        return padnet_models.build("small_resnet", 10, 3, small_input=True, width=width, layers=layers)
 
     out = {"static": build(), "DY-Conv": padnet.convert(build(), dynamic="conv", pad=False)}
     for granularity in ("element", "channel"):
@@ -208,7 +209,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--cpu", action="store_true", help="the dry run: CPU, tiny shapes, aot_eager compile")
     p.add_argument("--sections", nargs="+", default=list(SECTIONS), choices=list(SECTIONS))
-    p.add_argument("--arch", default="resnet50")
+    p.add_argument("--arch", default="resnet50",
+                   help="a torchvision resnet, small_resnet (the dry run's) or demo_resnet (the demo's model)")
     p.add_argument("--size", type=int, default=224)
     p.add_argument("--batch", type=int, default=32)
     p.add_argument("--moe-shape", type=int, nargs=2, default=[3072, 768], metavar=("IN", "OUT"))  # BERT-base FFN out
