@@ -222,7 +222,9 @@ class RunConfig(Section):
     # micro-batches of batch_size per optimizer step (the effective batch is batch_size x this x processes);
     # the learning-rate and temperature schedules count optimizer steps
     accumulate_steps: Annotated[int, Field(ge=1, le=4096)] = 1
-    compile: bool = False  # torch.compile the model for training and evaluation (Inductor)
+    # torch.compile the model for training and evaluation (Inductor); on a CPU it slows dynamic layers
+    # (docs/results/efficiency.md)
+    compile: bool = False
     channels_last: bool = False  # the model and its image batches in the channels_last memory format
     ema: EmaConfig | None = None  # an exponential moving average of the weights; null: none
     progress: bool = True  # tqdm bars
