@@ -173,8 +173,8 @@ def test_export_reuses_the_runs_own_evaluation_and_can_skip_its_check(tmp_path, 
     assert rebuild.stored_eval(rebuilt, ["device=cpu"]) is None  # an override may change what is evaluated
     calls = []
     evaluate = rebuild.RebuiltRun.evaluate
-    monkeypatch.setattr(rebuild.RebuiltRun, "evaluate", lambda self, model=None: calls.append(model) or
-                        evaluate(self, model))
+    monkeypatch.setattr(rebuild.RebuiltRun, "evaluate", lambda self, model=None, **kwargs: calls.append(model) or
+                        evaluate(self, model, **kwargs))
     capsys.readouterr()
     assert main(["export", "--run", str(run)]) == 0
     out = json.loads(capsys.readouterr().out)
