@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import copy
 import os
 import platform
@@ -107,3 +108,10 @@ def environment() -> str:
 
 def ratio(t, base):
     return f"{t / base:.2f}x"
+
+
+def add_glue_dir(parser: argparse.ArgumentParser) -> None:
+    """``--glue-dir``: GLUE in its TSV layout, default ``$PADNET_GLUE_DIR`` (the MoE benchmarks' data)."""
+    parser.add_argument("--glue-dir", default=os.environ.get("PADNET_GLUE_DIR"),
+                        help="GLUE in its TSV layout (SST-2/, CoLA/); default $PADNET_GLUE_DIR")
+

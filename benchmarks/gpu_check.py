@@ -138,7 +138,7 @@ def moe_section(args, device) -> list[dict]:
 
 def ddp_section(args, device) -> list[dict]:
     gpus = torch.cuda.device_count() if device.type == "cuda" else 0
-    processes = max(gpus, 2) if gpus != 1 else 1
+    processes = gpus or 2  # one per GPU; two gloo processes on a CPU
     with tempfile.TemporaryDirectory() as tmp:
         config = Path(tmp) / "ddp.yaml"
         config.write_text(yaml.safe_dump({

@@ -35,7 +35,6 @@ import argparse
 import copy
 import json
 import math
-import os
 import sys
 import time
 from pathlib import Path
@@ -47,7 +46,7 @@ from tqdm import tqdm
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # the benchmark scripts are not a package
 import pretrained_moe as pm
-from common import time_variants
+from common import add_glue_dir, time_variants
 
 import padnet
 from padnet.files import atomic_write_bytes
@@ -872,8 +871,7 @@ def command_of(args) -> str:
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--glue-dir", default=os.environ.get("PADNET_GLUE_DIR"),
-                        help="GLUE in its TSV layout (SST-2/, CoLA/); default $PADNET_GLUE_DIR")
+    add_glue_dir(parser)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--seeds", type=int, default=3, help="seeds of the small model (seed, seed+1, ...)")
     parser.add_argument("--seed-kind", choices=["pretrain", "finetune"], default="pretrain",

@@ -18,13 +18,16 @@ import argparse
 import copy
 import json
 import math
-import os
+import sys
 import time
 from pathlib import Path
 
 import torch
 import transformers
 from tqdm import tqdm
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # the benchmark scripts are not a package
+from common import add_glue_dir
 
 import padnet
 from padnet.files import atomic_write_bytes
@@ -194,8 +197,7 @@ def reading(rows: list[dict]) -> list[str]:
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--glue-dir", default=os.environ.get("PADNET_GLUE_DIR"),
-                        help="GLUE in its TSV layout (SST-2/, CoLA/); default $PADNET_GLUE_DIR")
+    add_glue_dir(parser)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--minutes", type=float, default=3.0, help="pretraining time budget")
     parser.add_argument("--steps", type=int, default=None,

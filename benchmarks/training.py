@@ -62,7 +62,7 @@ def dynamic_variants(package, arch: str, kappa: float, suffix: str = "") -> dict
     dy = module.convert(build(), pad=False)
     pad = module.convert(build())
     g = torch.Generator().manual_seed(0)
-    for _, layer in module.pad_layers(pad):
+    for _, layer in importlib.import_module(f"{package.__name__}.layers").pad_layers(pad):
         layer.set_mask(exact_mask(layer.kernel_shape, kappa, g))
         layer.compact()
     return {f"DY-Conv{suffix}": dy, f"PAD {kappa}{suffix}": pad}

@@ -266,6 +266,14 @@ class RunConfig(Section):
 
 
 # ---------------------------------------------------------------------------------------- helpers
+def optional_member(annotation):
+    """``X`` for ``X | None``; any other annotation as it is."""
+    members = typing.get_args(annotation)
+    if len(members) == 2 and type(None) in members:
+        return next(m for m in members if m is not type(None))
+    return annotation
+
+
 def problems_of(error: ValidationError, model: type[BaseModel], section: str = "",
                 extra_keys: Iterable[str] = ()) -> tuple[list[str], list[tuple]]:
     """A line for each of pydantic's errors (``model`` validating the section ``section``) naming the key,
@@ -276,8 +284,7 @@ def problems_of(error: ValidationError, model: type[BaseModel], section: str = "
         loc, n = e["loc"], 0
         hint: Any = model
         while n < len(loc):  # not list indices, union members
-            hint = next((a for a in typing.get_args(hint) if a is not type(None)), hint) \
-                if type(None) in typing.get_args(hint) else hint  # an optional section: the section
+            hint = optional_member(hint)  # an optional section (ema): the section
             if loc[n] not in getattr(hint, "model_fields", {}):
                 break
             hint, n = hint.model_fields[loc[n]].annotation, n + 1

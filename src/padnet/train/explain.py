@@ -20,7 +20,7 @@ from typing import Any, Literal
 from pydantic import BaseModel
 
 from ..errors import UsageError
-from .config import RunConfig
+from .config import RunConfig, optional_member
 from .tasks import get_task, known_tasks
 
 
@@ -111,8 +111,7 @@ def _fields(cls: type):
 
 def _section_type(annotation) -> type | None:
     """The section class ``annotation`` holds (alone, or with None); None for a plain value."""
-    if type(None) in typing.get_args(annotation) and len(typing.get_args(annotation)) == 2:
-        annotation = next(a for a in typing.get_args(annotation) if a is not type(None))
+    annotation = optional_member(annotation)
     if isinstance(annotation, type) and (issubclass(annotation, BaseModel) or dataclasses.is_dataclass(annotation)):
         return annotation
     return None
