@@ -11,7 +11,7 @@ from torch import nn
 import padnet
 from padnet.errors import PadnetError, UsageError
 from padnet.layers import PADConv2d, PADMoELinear
-from padnet.partition import keep_count, round_targets
+from padnet.partition import keep_count, round_targets, top_entries
 
 
 def mse_loss(model, batch):
@@ -103,6 +103,20 @@ def test_ties_are_broken_towards_lower_indices():
         layer.static_weight.fill_(0.5)
     padnet.partition(layer, None, None, 0.5, rounds=1, scorer="magnitude")
     assert layer.mask.flatten().tolist() == [True] * 6 + [False] * 6
+
+
+@pytest.mark.parametrize("values", ["distinct", "ties", "one_value", "nan"])
+def test_top_entries_selects_what_a_stable_sort_selects(values):
+    # The selection (kthvalue + ties by index) against the oracle it replaced: a stable descending sort.
+    g = torch.Generator().manual_seed(0)
+    scores = {"distinct": torch.randn(997, generator=g),
+              "ties": torch.randint(0, 5, (997,), generator=g).float(),  # ~200 entries per value
+              "one_value": torch.zeros(997),
+              "nan": torch.randn(997, generator=g).masked_fill(torch.rand(997, generator=g) < 0.1, float("nan"))}[values]
+    for count in (0, 1, 199, 200, 201, 498, 996, 997):
+        oracle = torch.zeros(997, dtype=torch.bool)
+        oracle[torch.sort(scores, descending=True, stable=True).indices[:count]] = True
+        assert torch.equal(top_entries(scores, count), oracle), count
 
 
 def test_scoring_restores_mode_changes_no_weight_and_leaves_no_grad():
