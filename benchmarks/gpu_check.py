@@ -10,6 +10,8 @@ Sections (each a row group of the markdown table, all in one JSON):
 - ``moe``: the same for the FFN output block: dense / MoELinear / PADMoELinear (element and channel);
 - ``ddp``: a short ``padnet train`` under ``torchrun --nproc_per_node=<GPUs>`` (nccl; gloo with 2
   processes on the CPU), its exit status and wall time;
+- ``assembly``: the PAD kernel assembly, padnet's eager form against Inductor's fused kernels
+  (``benchmarks/fused_assembly.py``; on a CPU they lose, 0.9-5.2x slower; on a GPU Triton writes them);
 - ``onnx``: ``padnet.export_onnx`` of the deployed PAD channel model, checked in onnxruntime (the CUDA
   provider when installed), and its latency.
 
@@ -38,6 +40,7 @@ import yaml
 from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+import fused_assembly
 from common import environment, set_masks, time_variants
 
 import padnet
@@ -185,7 +188,15 @@ def onnx_section(args, device) -> list[dict]:
              "provider": session.get_providers()[0], "ms": latency * 1e3, "file_bytes": report["file_bytes"]}]
 
 
-SECTIONS = {"models": models_section, "moe": moe_section, "ddp": ddp_section, "onnx": onnx_section}
+def assembly_section(args, device) -> list[dict]:
+    shapes = ((8, 2),) if args.cpu else fused_assembly.SHAPES
+    with torch.enable_grad():
+        return [row for channels, kernels in shapes for row in fused_assembly.measure(
+            channels, kernels, device.type, args.min_run_time, args.rounds, args.compile_backend)]
+
+
+SECTIONS = {"models": models_section, "moe": moe_section, "assembly": assembly_section, "ddp": ddp_section,
+            "onnx": onnx_section}
 
 
 # ----------------------------------------------------------------------------- output
@@ -200,6 +211,9 @@ def markdown(rows: list[dict], header: str) -> str:
         if r["section"] == "ddp":
             lines.append(f"\nDDP: {r['processes']} processes ({r['backend']}), exit {r['returncode']}, "
                          f"{r['wall_s']:.0f} s")
+        if r["section"] == "assembly":
+            lines.append(f"\nPAD assembly {r['shape']} {r['pass']}: eager {r['eager_ms']:.2f} ms, fused "
+                         f"{r['fused_ms']:.2f} ms ({r['ratio']:.2f}x)")
         if r["section"] == "onnx":
             lines.append(f"\nONNX ({r['provider']}): deployed PAD channel {r['shape']}: {r['ms']:.2f} ms")
     return "\n".join(lines) + "\n"

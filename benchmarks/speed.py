@@ -101,12 +101,13 @@ def resnet_rows(before, compile_: bool, min_run_time: float, rounds: int, result
             t = time_variants(fns, min_run_time, rounds)
             results.setdefault("seconds", {})[f"resnet18 64x64 b32 {pass_}{tag}"] = t
             for suffix in ("", " (before)") if before is not None else ("",):
-                def ratio(a, b, suffix=suffix):
-                    return t[f"{a}{suffix}{tag}"] / t[f"{b}{'' if b == 'static' else suffix}{tag}"]
-                results["ratios"][f"resnet18 {pass_}: element PAD / DY-Conv{suffix}{tag}"] = ratio("PAD element",
-                                                                                                  "DY-Conv")
-                results["ratios"][f"resnet18 {pass_}: channel PAD / static{suffix}{tag}"] = ratio("PAD channel", "static")
-            print(f"resnet18 {pass_}{tag}: " + ", ".join(f"{k} {v * 1e3:.0f} ms" for k, v in t.items()), file=sys.stderr)
+                ratios = results["ratios"]
+                ratios[f"resnet18 {pass_}: element PAD / DY-Conv{suffix}{tag}"] = (
+                    t[f"PAD element{suffix}{tag}"] / t[f"DY-Conv{suffix}{tag}"])
+                ratios[f"resnet18 {pass_}: channel PAD / static{suffix}{tag}"] = (
+                    t[f"PAD channel{suffix}{tag}"] / t[f"static{tag}"])
+            print(f"resnet18 {pass_}{tag}: " + ", ".join(f"{k} {v * 1e3:.0f} ms" for k, v in t.items()),
+                  file=sys.stderr)
 
 
 def moe_layers(package, suffix: str = "") -> dict[str, torch.nn.Module]:
@@ -146,7 +147,8 @@ def moe_rows(before, compile_: bool, min_run_time: float, rounds: int, results: 
         t = time_variants(fns, min_run_time, rounds)
         results.setdefault("seconds", {})[f"MoE fwd+bwd{tag}"] = t
         for suffix in ("", " (before)") if before is not None else ("",):
-            results["ratios"][f"MoE fwd+bwd: MoELinear / dense{suffix}{tag}"] = t[f"MoELinear{suffix}{tag}"] / t[f"dense{tag}"]
+            results["ratios"][f"MoE fwd+bwd: MoELinear / dense{suffix}{tag}"] = (
+                t[f"MoELinear{suffix}{tag}"] / t[f"dense{tag}"])
             results["ratios"][f"MoE fwd+bwd: PADMoELinear / MoELinear{suffix}{tag}"] = (
                 t[f"PADMoELinear{suffix}{tag}"] / t[f"MoELinear{suffix}{tag}"])
         print(f"MoE fwd+bwd{tag}: " + ", ".join(f"{k} {v * 1e3:.1f} ms" for k, v in t.items()), file=sys.stderr)

@@ -1,5 +1,6 @@
 """``benchmarks/gpu_check.sh --cpu``: the GPU check's dry run on the CPU covers every section (models and
-MoE blocks: train and eval, fp32 and bf16, eager and compiled; a DDP run; an ONNX export) and writes its
+MoE blocks: train and eval, fp32 and bf16, eager and compiled; the fused PAD assembly; a DDP run; an
+ONNX export) and writes its
 JSON and markdown table, so the script is known to work the day a GPU is there."""
 
 import json
@@ -31,6 +32,8 @@ def test_the_dry_run_covers_every_section(tmp_path):
                         "PAD-MoE channel"}
     assert all(r["ms"] > 0 for r in timed)
     assert all(r["ratio"] == 1.0 for r in timed if r["variant"] in ("static", "dense"))
+    assembly = [r for r in rows if r["section"] == "assembly"]  # checked equal to padnet's before timing
+    assert {r["pass"] for r in assembly} == {"forward", "backward"} and all(r["fused_ms"] > 0 for r in assembly)
     (ddp,) = [r for r in rows if r["section"] == "ddp"]
     assert ddp["returncode"] == 0 and ddp["distributed"]["replicas_identical"]
     (onnx,) = [r for r in rows if r["section"] == "onnx"]
