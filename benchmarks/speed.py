@@ -41,6 +41,7 @@ from common import environment, exact_mask, set_masks, time_variants
 from training import eval_fn, train_step_fn
 
 import padnet
+from padnet.layers import conv_strategy
 from padnet.malloc import reuse_large_allocations
 
 ROWS = ("resnet18", "moe", "deployed", "partition")
@@ -227,19 +228,25 @@ def main(argv=None) -> None:
     p.add_argument("--min-run-time", type=float, default=4.0, help="seconds of timing per variant and row")
     p.add_argument("--rounds", type=int, default=4)
     p.add_argument("--json", type=Path, help="write the ratios, seconds and environment here")
+    p.add_argument("--conv-strategy", default="heuristic", choices=conv_strategy.STRATEGY_MODES,
+                   help="how dynamic convs compute (heuristic: the rule, as a run's default; autotune: timed per "
+                        "shape on first use, so the picks can differ between runs)")
     p.add_argument("--rows", nargs="+", choices=ROWS, default=list(ROWS), help="a subset of the rows")
     p.add_argument("--no-malloc-tuning", action="store_true",
                    help="leave glibc's allocation thresholds as they are (the padnet command raises them: "
                         "padnet.malloc)")
     args = p.parse_args(argv)
+    conv_strategy.set_conv_strategy(args.conv_strategy)
     if not args.no_malloc_tuning:
         reuse_large_allocations()  # as the padnet command does; without it, page faults vary run to run
     before = None
     if args.before is not None:
         sys.path.insert(0, str(args.before))
         before = importlib.import_module("padnet_before")
+        importlib.import_module("padnet_before.layers.conv_strategy").set_conv_strategy(args.conv_strategy)
     start = time.time()
-    results: dict = {"environment": environment(), "ratios": {}}
+    results: dict = {"environment": environment(), "conv_strategy": args.conv_strategy,
+                     "malloc_tuning": not args.no_malloc_tuning, "ratios": {}}
     if "resnet18" in args.rows:
         resnet_rows(before, args.compile, args.min_run_time, args.rounds, results)
     if "moe" in args.rows:
@@ -249,7 +256,8 @@ def main(argv=None) -> None:
     if "partition" in args.rows:
         partition_row(before, results)
     results["wall_s"] = time.time() - start
-    print(f"Speed report; {results['environment']}; {results['wall_s']:.0f} s.\n")
+    print(f"Speed report; {results['environment']}; conv strategy {args.conv_strategy}; "
+          f"{results['wall_s']:.0f} s.\n")
     print(table(results))
     if "moe" in args.rows:
         print(f"\nMoE routing (eval): tokens per expert {results['moe_tokens_per_expert']}")

@@ -1,7 +1,6 @@
 """``benchmarks/gpu_check.sh --cpu``: the GPU check's dry run on the CPU covers every section (models and
 MoE blocks: train and eval, fp32 and bf16, eager and compiled; the fused PAD assembly; a DDP run; an
-ONNX export) and writes its
-JSON and markdown table, so the script is known to work the day a GPU is there."""
+ONNX export) and writes its JSON and markdown table, so the script is known to work the day a GPU is there."""
 
 import json
 import subprocess

@@ -15,6 +15,7 @@ from padnet.layers.conv_strategy import (
     CONV_STRATEGIES,
     clear_conv_strategy_picks,
     conv_strategy_picks,
+    heuristic_strategy,
     load_conv_strategy_picks,
     set_conv_strategy,
 )
@@ -150,6 +151,17 @@ def test_whole_kernels_are_a_candidate_only_where_the_row_path_computes():
         layer.relaxed_mask = None
         layer.strategy = None
     assert "whole" not in DynamicConv2d(4, 6, 3).strategy_candidates(x)
+
+
+def test_the_rule_takes_whole_kernels_on_the_row_path_where_it_would_take_grouped_convs():
+    layer = PADConv2d(4, 6, 3, padding=1, granularity="channel")
+    layer.set_mask(layer.mask_from_units(torch.tensor([True, False, True, False, False, True])))
+    large, small = torch.randn(2, 4, 16, 16), torch.randn(2, 4, 8, 8)  # 256 and 64 output positions
+    assert heuristic_strategy(large.shape, (3, 3), (1, 1), (1, 1), (1, 1), 1) == "grouped"
+    assert layer.rule_strategy(large) == "whole"
+    assert layer.rule_strategy(small) == heuristic_strategy(small.shape, (3, 3), (1, 1), (1, 1), (1, 1), 1)
+    element = PADConv2d(4, 6, 3, padding=1)  # no row path: the plain rule
+    assert element.rule_strategy(large) == "grouped"
 
 
 def test_a_stored_pick_the_call_cannot_compute_is_tuned_again():

@@ -300,10 +300,17 @@ class DynamicConvCompute(ModuleMixin):
 
     def rule_strategy(self, x: torch.Tensor) -> str:
         """The deterministic rule's pick for a call on ``x`` (always one of ``strategy_candidates(x)``):
-        ``heuristic_strategy``, and whole kernels at batch 1 on the row path (one conv, one kernel)."""
-        if self.computes_by_rows() and x.shape[0] == 1:
+        ``heuristic_strategy``; on the row path, whole kernels at batch 1 (one conv, one kernel) and on maps
+        where the rule picks per-sample ``grouped`` convs. There the row split's grouped conv of the kappa
+        dynamic rows (19 of 64, say) is slower than one grouped conv of whole kernels: channel PAD kappa 0.3,
+        one thread, fwd + bwd / no-grad forward (ms): 3x3 64->64 at 16x16 batch 32, whole 50 / 17 against
+        grouped rows 69 / 20; at 56x56 batch 8, 88 / 26 against 154 / 42; 3x3 128->128 at 28x28 batch 8,
+        84 / 29 against 117 / 33. At 8x8 (unfold and mixtures) the rows win: 128->128, 48 / 19 against
+        whole 64 / 31."""
+        rule = heuristic_strategy(x.shape, self.kernel_size, self.stride, self.padding, self.dilation, self.groups)
+        if self.computes_by_rows() and (x.shape[0] == 1 or rule == "grouped"):
             return WHOLE
-        return heuristic_strategy(x.shape, self.kernel_size, self.stride, self.padding, self.dilation, self.groups)
+        return rule
 
     def structure_key(self) -> str:
         """What the strategy cache key adds for a layer on the row path: its dynamic row count (the
