@@ -112,7 +112,7 @@ def test_top_entries_selects_what_a_stable_sort_selects(values):
     scores = {"distinct": torch.randn(997, generator=g),
               "ties": torch.randint(0, 5, (997,), generator=g).float(),  # ~200 entries per value
               "one_value": torch.zeros(997),
-              "nan": torch.randn(997, generator=g).masked_fill(torch.rand(997, generator=g) < 0.1, float("nan"))}[values]
+              "nan": torch.randn(997, generator=g).masked_fill(torch.rand(997, generator=g) < 0.1, math.nan)}[values]
     for count in (0, 1, 199, 200, 201, 498, 996, 997):
         oracle = torch.zeros(997, dtype=torch.bool)
         oracle[torch.sort(scores, descending=True, stable=True).indices[:count]] = True
