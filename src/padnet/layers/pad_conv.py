@@ -58,7 +58,8 @@ class PADConv2d(PartiallyDynamic, DynamicConv2d):
             # kernels are one addmm, not five passes (the passes measured 29 % of a partition of resnet18).
             m = self.relaxed_mask.reshape(-1)
             static = lambda_s * self.static_weight.reshape(-1)
-            return torch.addmm((1 - m) * static, alpha.to(static.dtype), m * (lambda_d * self.weight))
+            dynamic = m * (lambda_d * self.weight)
+            return torch.addmm((1 - m) * static, alpha.to(dynamic.dtype), dynamic)
         # lambda_d scales the (B, K) attention, not the (B, nnz) aggregate; lambda_s is applied while
         # copying W_s per sample: the fewest passes over memory.
         return assemble_kernels(self.static_weight.reshape(-1), (lambda_d * alpha) @ self.dynamic_entries(),
