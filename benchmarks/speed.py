@@ -137,6 +137,7 @@ def moe_rows(before, compile_: bool, min_run_time: float, rounds: int, results: 
           file=sys.stderr)
     for tag in ("", " [compiled]") if compile_ else ("",):
         fns = {}
+        start = time.perf_counter()
         for name, mod in compiled(mods, bool(tag)).items():
             mod.train()
 
@@ -144,7 +145,10 @@ def moe_rows(before, compile_: bool, min_run_time: float, rounds: int, results: 
                 mod.zero_grad(set_to_none=True)
                 mod(x).sum().backward()
             fns[name] = step
-            step()
+            step()  # the compile, when compiling
+        if tag:  # compiled, the MoE layers take the dense dispatch (padnet.layers.moe.static_dispatch)
+            print(f"compile warm-up, MoE fwd+bwd, {len(fns)} layers: {time.perf_counter() - start:.0f} s",
+                  file=sys.stderr)
         t = time_variants(fns, min_run_time, rounds)
         results.setdefault("seconds", {})[f"MoE fwd+bwd{tag}"] = t
         for suffix in ("", " (before)") if before is not None else ("",):
