@@ -9,8 +9,9 @@ the scale's: its dot with W_s; the dynamic gradient: a gather). Eager: a scaled 
 (forward), a sum, a multiply by the keep mask, a dot and a gather (backward). Fused: the same math as
 one ``torch.compile``d function each way, ``out = where(keep, scale * static, dynamic[:, inverse])``
 (one pass that writes every entry once, reading each dynamic entry through an inverse index) and
-``summed = (grad * keep).sum(0)`` with the gather. Both are checked bit-equal first; the compile
-warm-up is printed. Shapes: resnet18's 3x3 256->256 and 512->512 kernels at batch 32 (the per-sample
+``summed = (grad * keep).sum(0)`` with the gather (``padnet.layers.fused``, which
+``padnet.layers.set_fused_assembly(True)`` switches the layers to). Both are checked equal first; the
+compile warm-up is printed. Shapes: resnet18's 3x3 256->256 and 512->512 kernels at batch 32 (the per-sample
 kernels) and at K = 4 (the mixture's stacked kernels, which the 64x64 train step assembles).
 """
 
@@ -27,17 +28,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import environment, time_variants
 
 from padnet.layers.assemble import assemble_kernels
+from padnet.layers.fused import fused_backward, fused_forward
 
 SHAPES = ((256, 4), (256, 32), (512, 4), (512, 32))  # (channels, kernels): K = 4 mixture, batch 32
-
-
-def fused_forward(static, keep, inverse, dynamic, scale):
-    return torch.where(keep, scale * static, dynamic[:, inverse])
-
-
-def fused_backward(grad, keep, static, index, scale):
-    summed = (grad * keep).sum(0)
-    return summed * scale, torch.dot(summed, static), grad[:, index]
 
 
 def eager_backward(grad, keep, static, index, scale):

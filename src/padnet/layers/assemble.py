@@ -22,6 +22,7 @@ from collections.abc import Callable
 import torch
 
 from ..errors import UsageError
+from .fused import FusedAssembleKernels, fused_assembly_enabled
 
 
 class _AssembleKernels(torch.autograd.Function):
@@ -80,6 +81,8 @@ def assemble_kernels(
         raise UsageError(f"keep must have static's shape {tuple(static.shape)}; got {tuple(keep.shape)}")
     dynamic = dynamic.to(static.dtype)
     if not workspace_allowed(static):
+        if keep is not None and fused_assembly_enabled() and not tracing():  # opt-in (padnet.layers.fused)
+            return FusedAssembleKernels.apply(static, dynamic, index, keep, scale)
         return _AssembleKernels.apply(static, dynamic, index, keep, scale)
     batch = dynamic.shape[0]
     out = _workspace(batch * static.numel(), static.dtype).view(batch, static.numel())

@@ -1,0 +1,81 @@
+"""Opt-in fused PAD kernel assembly, compiled by Inductor: ``set_fused_assembly(True)``.
+
+``padnet.layers.assemble.assemble_kernels`` builds ``out[b] = scale * static`` with ``out[b, index] =
+dynamic[b]`` in eager PyTorch: a scaled copy and one scatter (forward); a batch sum, a multiply by the keep
+mask, a dot for the scale and a gather (backward). With the fused assembly switched on, the training form
+(autograd recording, outside graph captures) runs the same math as one ``torch.compile``d function each
+way instead: ``where(keep, scale * static, dynamic[:, inverse])``, which writes every entry once, and
+``(grad * keep).sum(0)`` with the scale's dot and the gather. Eager layers get Inductor's kernels (Triton
+on a GPU) without compiling the model; inside ``torch.compile``, ``torch.jit.trace`` or ``torch.export``
+(and with autograd off, where the eager form writes into a reused workspace) the eager form runs.
+
+Off by default, because it is slower where it could be measured: on this project's CPU Inductor's
+kernels read every entry through the inverse index in a scalar loop, 1.8-5.2x the eager forward and
+0.9-2.1x its backward (``benchmarks/fused_assembly.py``; ``docs/results/efficiency.md``). On a GPU,
+``bash benchmarks/gpu_check.sh`` times both forms (section ``assembly``): switch it on where that shows a
+gain. The results equal the eager form's: the forward bit for bit, the gradients up to the order of
+their float sums (tests against ``padnet.reference``).
+"""
+
+from __future__ import annotations
+
+import functools
+
+import torch
+
+from ..errors import UsageError
+
+_state = {"enabled": False}
+
+
+def set_fused_assembly(enabled: bool) -> None:
+    """Switch the compiled (fused) kernel assembly on or off for every PAD layer (default off)."""
+    if not isinstance(enabled, bool):
+        raise UsageError(f"set_fused_assembly(enabled={enabled!r}): expected True or False")
+    _state["enabled"] = enabled
+
+
+def fused_assembly_enabled() -> bool:
+    return _state["enabled"]
+
+
+def fused_forward(static, keep, inverse, dynamic, scale):
+    """(B, N): ``scale * static`` where ``keep``, else ``dynamic[b, inverse[n]]`` (one pass)."""
+    return torch.where(keep, scale * static, dynamic[:, inverse])
+
+
+def fused_backward(grad, keep, static, index, scale):
+    """The gradients of ``fused_forward``: static's (the batch sum where kept, times the scale), the
+    scale's (that sum's dot with static) and dynamic's (the gather)."""
+    summed = (grad * keep).sum(0)
+    return summed * scale, torch.dot(summed, static), grad[:, index]
+
+
+@functools.cache
+def _compiled():
+    # dynamic=True: one kernel per layout serves every layer's N, nnz and batch (no recompile per shape).
+    return torch.compile(fused_forward, dynamic=True), torch.compile(fused_backward, dynamic=True)
+
+
+class FusedAssembleKernels(torch.autograd.Function):
+    """``_AssembleKernels`` (``padnet.layers.assemble``) computed by the compiled functions."""
+
+    @staticmethod
+    def forward(ctx, static, dynamic, index, keep, scale):
+        forward, _ = _compiled()
+        inverse = torch.zeros(static.shape[0], dtype=torch.long, device=static.device)
+        inverse.index_copy_(0, index, torch.arange(index.numel(), device=static.device))
+        one = torch.ones((), dtype=static.dtype, device=static.device)
+        factor = one if scale is None else scale.to(static.dtype)
+        ctx.save_for_backward(static, index, keep, factor)
+        ctx.has_scale = scale is not None
+        return forward(static, keep.bool(), inverse, dynamic, factor)
+
+    @staticmethod
+    def backward(ctx, grad):
+        static, index, keep, factor = ctx.saved_tensors
+        _, backward = _compiled()
+        grad_static, grad_scale, grad_dynamic = backward(grad.contiguous(), keep.to(grad.dtype), static, index, factor)
+        grad_scale = grad_scale.reshape(factor.shape) if ctx.has_scale and ctx.needs_input_grad[4] else None
+        return (grad_static if ctx.needs_input_grad[0] else None,
+                grad_dynamic if ctx.needs_input_grad[1] else None, None, None, grad_scale)
