@@ -76,6 +76,23 @@ def test_no_grad_and_graph_captures_take_the_eager_form(fused_on):
     assert fused_on == []
 
 
+def test_where_compiling_fails_the_same_functions_run_eagerly_after_one_warning(fused_on, monkeypatch):
+    def broken(*args):
+        raise RuntimeError("no C++ compiler found")
+    monkeypatch.setattr(fused, "_compiled", lambda: (broken, broken))
+    monkeypatch.setitem(fused._state, "compile_failed", None)
+    g = torch.Generator().manual_seed(1)
+    index = torch.tensor([1, 4, 5])
+    keep = torch.tensor([1, 0, 1, 1, 0, 0, 1], dtype=torch.uint8)
+    static, dynamic = torch.randn(7, generator=g), torch.randn(2, 3, generator=g, requires_grad=True)
+    with pytest.warns(RuntimeWarning, match=r"could not be compiled \(RuntimeError: no C\+\+ compiler found\)"):
+        out = assemble_kernels(static, dynamic, index, scale=torch.tensor(0.5), keep=keep)
+    out.sum().backward()  # the backward, too, runs eagerly (and warns no more)
+    set_fused_assembly(False)
+    assert torch.equal(out, assemble_kernels(static, dynamic.detach(), index, scale=torch.tensor(0.5), keep=keep))
+    assert torch.equal(dynamic.grad, torch.ones(2, 3)) and fused_on == [1]
+
+
 def test_a_setting_that_is_not_a_bool_is_refused():
     with pytest.raises(UsageError, match=r"set_fused_assembly\(enabled='yes'\): expected True or False"):
         set_fused_assembly("yes")

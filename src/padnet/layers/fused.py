@@ -6,7 +6,8 @@ mask, a dot for the scale and a gather (backward). With the fused assembly switc
 (autograd recording, outside graph captures) runs the same math as one ``torch.compile``d function each
 way instead: ``where(keep, scale * static, dynamic[:, inverse])``, which writes every entry once, and
 ``(grad * keep).sum(0)`` with the scale's dot and the gather. Eager layers get Inductor's kernels (Triton
-on a GPU) without compiling the model; inside ``torch.compile``, ``torch.jit.trace`` or ``torch.export``
+on a GPU) without compiling the model (where they cannot be compiled, the same functions run eagerly,
+after one warning); inside ``torch.compile``, ``torch.jit.trace`` or ``torch.export``
 (and with autograd off, where the eager form writes into a reused workspace) the eager form runs.
 
 Off by default, because it is slower where it could be measured: on this project's CPU Inductor's
@@ -20,12 +21,13 @@ their float sums (tests against ``padnet.reference``).
 from __future__ import annotations
 
 import functools
+import warnings
 
 import torch
 
-from ..errors import UsageError
+from ..errors import UsageError, cut
 
-_state = {"enabled": False}
+_state: dict = {"enabled": False, "compile_failed": None}  # the first compile error, if any
 
 
 def set_fused_assembly(enabled: bool) -> None:
@@ -57,25 +59,38 @@ def _compiled():
     return torch.compile(fused_forward, dynamic=True), torch.compile(fused_backward, dynamic=True)
 
 
+def _run(which: int, *args):
+    """The compiled function ``which`` (0: forward, 1: backward) on ``args``, or, where it cannot be
+    compiled (no C++ compiler, a toolchain Inductor cannot use), the same function run eagerly: the
+    first failure warns once and every later call runs eagerly."""
+    if _state["compile_failed"] is None:
+        try:
+            return _compiled()[which](*args)
+        except Exception as err:  # compile errors come as many types (BackendCompilerFailed, OSError, ...)
+            _state["compile_failed"] = f"{type(err).__name__}: {cut(err, 300)}"
+            warnings.warn(f"padnet.layers.fused: the fused assembly could not be compiled "
+                          f"({_state['compile_failed']}); computing the same function eagerly", RuntimeWarning,
+                          stacklevel=2)
+    return (fused_forward, fused_backward)[which](*args)
+
+
 class FusedAssembleKernels(torch.autograd.Function):
     """``_AssembleKernels`` (``padnet.layers.assemble``) computed by the compiled functions."""
 
     @staticmethod
     def forward(ctx, static, dynamic, index, keep, scale):
-        forward, _ = _compiled()
         inverse = torch.zeros(static.shape[0], dtype=torch.long, device=static.device)
         inverse.index_copy_(0, index, torch.arange(index.numel(), device=static.device))
         one = torch.ones((), dtype=static.dtype, device=static.device)
         factor = one if scale is None else scale.to(static.dtype)
         ctx.save_for_backward(static, index, keep, factor)
         ctx.has_scale = scale is not None
-        return forward(static, keep.bool(), inverse, dynamic, factor)
+        return _run(0, static, keep.bool(), inverse, dynamic, factor)
 
     @staticmethod
     def backward(ctx, grad):
         static, index, keep, factor = ctx.saved_tensors
-        _, backward = _compiled()
-        grad_static, grad_scale, grad_dynamic = backward(grad.contiguous(), keep.to(grad.dtype), static, index, factor)
+        grad_static, grad_scale, grad_dynamic = _run(1, grad.contiguous(), keep.to(grad.dtype), static, index, factor)
         grad_scale = grad_scale.reshape(factor.shape) if ctx.has_scale and ctx.needs_input_grad[4] else None
         return (grad_static if ctx.needs_input_grad[0] else None,
                 grad_dynamic if ctx.needs_input_grad[1] else None, None, None, grad_scale)
