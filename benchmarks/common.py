@@ -25,11 +25,12 @@ def exact_mask(shape, kappa: float, generator: torch.Generator) -> torch.Tensor:
     return (r <= r.kthvalue(nnz).values).reshape(shape) if nnz else torch.zeros(shape, dtype=torch.bool)
 
 
-def set_masks(model: nn.Module, kappa: float, seed: int = 0) -> nn.Module:
+def set_masks(model: nn.Module, kappa: float, seed: int = 0, find=pad_layers) -> nn.Module:
     """Random masks with exactly round(kappa n) dynamic units per layer (entries, or output channels of
-    channel-granular layers)."""
+    channel-granular layers). ``find``: the ``pad_layers`` of the padnet that converted ``model`` (an older
+    one imported under another name, to time before and after in one run)."""
     g = torch.Generator().manual_seed(seed)
-    for _, layer in pad_layers(model):
+    for _, layer in find(model):
         layer.set_mask(layer.mask_from_units(exact_mask((layer.num_units,), kappa, g)))
     return model
 

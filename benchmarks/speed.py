@@ -69,10 +69,8 @@ def resnet_variants(package, kappa: float, suffix: str = "") -> dict[str, torch.
         return torchvision.models.resnet18()
     out = {f"DY-Conv{suffix}": convert(build(), pad=False)}
     for granularity in ("element", "channel"):
-        model = convert(build(), granularity=granularity)
-        g = torch.Generator().manual_seed(0)
+        model = set_masks(convert(build(), granularity=granularity), kappa, find=layers.pad_layers)
         for _, layer in layers.pad_layers(model):
-            layer.set_mask(layer.mask_from_units(exact_mask((layer.num_units,), kappa, g)))
             layer.compact()
         out[f"PAD {granularity}{suffix}"] = model
     return out
