@@ -121,10 +121,11 @@ def test_missing_config_file_is_named(tmp_path):
 
 
 def test_exponent_floats_are_numbers_not_strings():
-    """PyYAML reads 1e-3 as a string (YAML 1.1); a learning rate written that way must still work."""
+    """YAML 1.1 (PyYAML) reads 1e-3 as a string; the config's YAML 1.2 reads the number it is."""
     config = config_from_dict(OK, ["optim.lr=1e-3", "optim.weight_decay=5E-4"])
     assert config.optim.lr == 0.001 and config.optim.weight_decay == 0.0005
-    assert config_from_dict({**OK, "optim": {"lr": "2.5e-2"}}).optim.lr == 0.025
+    with pytest.raises(ConfigError, match=r"optim.lr='2.5e-2' must be a valid number"):  # a string stays one
+        config_from_dict({**OK, "optim": {"lr": "2.5e-2"}})
 
 
 def test_unknown_task_does_not_also_call_its_sections_unknown():

@@ -9,8 +9,7 @@ from __future__ import annotations
 
 import math
 
-import yaml
-
+from ..strict_yaml import dump_yaml
 from .build import Group, Report
 from .stats import Stat, median
 
@@ -226,4 +225,4 @@ def _recipe(report: Report) -> list[str]:
         return []
     varies = f" (differing between runs: {', '.join(f'`{k}`' for k in report.varies)})" if report.varies else ""
     return ["", f"Shared recipe: the settings every run has in common{varies}.", "", "```yaml",
-            yaml.safe_dump(report.recipe, sort_keys=False).rstrip(), "```"]
+            dump_yaml(report.recipe).rstrip(), "```"]

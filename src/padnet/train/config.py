@@ -14,32 +14,30 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import re
 import typing
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Annotated, Any, ClassVar, Literal, TypeVar
 
 import pydantic
-import yaml
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, create_model, model_validator
 from pydantic_core import PydanticCustomError
+from ruamel.yaml import YAMLError
 
 from ..distributed import DEVICES
-from ..errors import ConfigError, cut, shorten
+from ..errors import ConfigError, shorten
 from ..layers import ConvertConfig, ConvertOptions
 from ..layers.conv_strategy import STRATEGY_MODES
 from ..layers.conversions import conversion_kinds, get_conversion
 from ..partition import SCHEDULES, SCOPES, scorer_names
 from ..plugins import PluginError, import_plugins
-from .strict_yaml import load_yaml
+from ..strict_yaml import load_yaml, read_yaml
 from .tasks import get_task
 
 T = TypeVar("T")
 M = TypeVar("M", bound=BaseModel)
 
 LrScheduler = Literal["cosine", "constant"]  # after the warm-up: per-step cosine decay to 0, or constant
-MAX_CONFIG_BYTES = 1024 * 1024
 # Upper bounds on sizes a config can set, checked before anything is built (a value past them is a typo
 # or an attack, and would otherwise surface as an out-of-memory kill or a raw RuntimeError).
 MAX_SEED = 2**32 - 1
@@ -49,10 +47,6 @@ MAX_KERNELS = 64
 MAX_EXPERTS = 1024
 MAX_WIDTH = 4096
 SECTIONS = ("dynamic", "partition", "optim")  # the trainer's sections; a task adds its own
-_YAML11_FLOAT = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+")
-# PyYAML (YAML 1.1) reads 1e-3 / 5E4 (no dot) as strings; a float key takes them as the numbers they are.
-Float = Annotated[float, pydantic.BeforeValidator(
-    lambda v: float(v) if isinstance(v, str) and _YAML11_FLOAT.fullmatch(v.strip()) else v)]
 
 
 class Section(BaseModel):
@@ -83,7 +77,7 @@ def one_of(allowed: Iterable[str] | Callable[[], Iterable[str]]) -> AfterValidat
 def _fields_of(cls: type) -> dict[str, Any]:
     """The fields of dataclass ``cls`` (types, defaults) as pydantic field definitions."""
     hints = typing.get_type_hints(cls)
-    return {f.name: (Float if hints[f.name] is float else hints[f.name], f.default if f.default_factory is
+    return {f.name: (hints[f.name], f.default if f.default_factory is
                      dataclasses.MISSING else Field(default_factory=f.default_factory))
             for f in dataclasses.fields(cls)}
 
@@ -106,10 +100,10 @@ class RunDynamicKeys(Section):
     # padnet.convert's ``dynamic``: conv (DY-Conv / CondConv in place of convolutions), moe (FFN outputs as
     # MoE), or another registered kind (padnet.layers.conversions)
     kind: Annotated[str, one_of(conversion_kinds)] = "conv"
-    dynamic_ratio: Annotated[Float, Field(gt=0, le=1)] = 0.3  # kappa, for mode=pad
-    temperature_start: Annotated[Float, Field(gt=0)] = 30.0  # DY-Conv softmax temperature, annealed linearly ...
-    temperature_end: Annotated[Float, Field(gt=0)] = 1.0  # ... to this temperature ...
-    temperature_epochs: Annotated[Float, Field(ge=0)] = 10.0  # ... over this many epochs
+    dynamic_ratio: Annotated[float, Field(gt=0, le=1)] = 0.3  # kappa, for mode=pad
+    temperature_start: Annotated[float, Field(gt=0)] = 30.0  # DY-Conv softmax temperature, annealed linearly ...
+    temperature_end: Annotated[float, Field(gt=0)] = 1.0  # ... to this temperature ...
+    temperature_epochs: Annotated[float, Field(ge=0)] = 10.0  # ... over this many epochs
 
     def options(self) -> dict:
         """The settings of ``padnet.convert`` (``ConvertOptions``' fields) and their values."""
@@ -164,16 +158,16 @@ class PartitionConfig(Section):
 
 class OptimConfig(Section):
     name: Literal["sgd", "adamw"] = "sgd"  # the optimizer
-    lr: Annotated[Float, Field(gt=0)] = 0.1  # base learning rate (after the warm-up)
-    momentum: Annotated[Float, Field(ge=0, lt=1)] = 0.9  # sgd
+    lr: Annotated[float, Field(gt=0)] = 0.1  # base learning rate (after the warm-up)
+    momentum: Annotated[float, Field(ge=0, lt=1)] = 0.9  # sgd
     nesterov: bool = False  # sgd
     # adamw
-    betas: Annotated[list[Annotated[Float, Field(ge=0, lt=1)]], Field(min_length=2, max_length=2)] = Field(
+    betas: Annotated[list[Annotated[float, Field(ge=0, lt=1)]], Field(min_length=2, max_length=2)] = Field(
         default_factory=lambda: [0.9, 0.999])
-    weight_decay: Annotated[Float, Field(ge=0)] = 5e-4  # L2 (sgd) or decoupled (adamw) weight decay
+    weight_decay: Annotated[float, Field(ge=0)] = 5e-4  # L2 (sgd) or decoupled (adamw) weight decay
     scheduler: LrScheduler = "cosine"  # after the warm-up: per-step cosine decay to 0, or constant
-    warmup_epochs: Annotated[Float, Field(ge=0)] = 0.0  # linear warm-up (fraction of epochs allowed)
-    grad_clip: Annotated[Float, Field(gt=0)] | None = None  # max gradient norm; None: no clipping
+    warmup_epochs: Annotated[float, Field(ge=0)] = 0.0  # linear warm-up (fraction of epochs allowed)
+    grad_clip: Annotated[float, Field(gt=0)] | None = None  # max gradient norm; None: no clipping
 
     @model_validator(mode="after")
     def _nesterov(self) -> OptimConfig:
@@ -186,7 +180,7 @@ class EmaConfig(Section):
     ``ema = decay * ema + (1 - decay) * weights`` (``torch.optim.swa_utils``); buffers (BatchNorm
     statistics, PAD masks) are copied. When set, the run evaluates, checkpoints and exports the average."""
 
-    decay: Annotated[Float, Field(gt=0, lt=1)] = 0.9998  # the share of the average kept at each step
+    decay: Annotated[float, Field(gt=0, lt=1)] = 0.9998  # the share of the average kept at each step
 
 
 def _own_directory(run_dir: str) -> str:
@@ -345,7 +339,7 @@ def parse_overrides(overrides: list[str] | None, problems: list[str]) -> dict:
             continue
         try:
             value = load_yaml(text) if text.strip() else ""
-        except yaml.YAMLError:
+        except YAMLError:
             value = text
         node = nested
         parts = key.strip().split(".")
@@ -368,33 +362,6 @@ def merge(base: dict, update: dict) -> dict:
         else:
             out[key] = value
     return out
-
-
-def read_yaml(path: str | Path) -> dict:
-    """The mapping in a YAML config file, read with the strict loader (``padnet.train.strict_yaml``:
-    duplicate keys refused, YAML 1.2 numbers, bounded aliases); every problem is a ``ConfigError``
-    naming the file (and the line)."""
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError([f"config file {path} does not exist"])
-    data = path.read_bytes()
-    if len(data) > MAX_CONFIG_BYTES:
-        raise ConfigError([f"config file {path} is {len(data):,} bytes; a config is at most {MAX_CONFIG_BYTES:,}"])
-    try:
-        text = data.decode("utf-8")
-    except UnicodeDecodeError as err:
-        line = data[:err.start].count(b"\n") + 1
-        raise ConfigError([f"{path}:{line}: not UTF-8 text ({err.reason} at byte {err.start}); save the file as "
-                           "UTF-8"]) from None
-    try:
-        raw = load_yaml(text)
-    except yaml.YAMLError as err:
-        raise ConfigError([f"{path} is not valid YAML: {cut(err, 2000, collapse=False)}"]) from None
-    if raw is None:
-        return {}
-    if not isinstance(raw, dict):
-        raise ConfigError([f"{path} must hold a mapping of keys to values; got {type(raw).__name__}"])
-    return raw
 
 
 def config_from_dict(raw: dict, overrides: list[str] | None = None, source: str | None = None,

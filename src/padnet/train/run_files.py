@@ -17,11 +17,11 @@ import json
 from pathlib import Path
 
 import torch
-import yaml
 
 from ..distributed import is_main_process
 from ..errors import ModelFileError, NonFiniteLossError, cut
 from ..files import atomic_write_bytes, remove_stale_temp_files
+from ..strict_yaml import dump_yaml
 
 
 def non_finite_tensors(obj, prefix: str = "") -> list[str]:
@@ -119,7 +119,7 @@ class RunWriter:
         self.text(name, json.dumps(obj, indent=2, sort_keys=False, default=_jsonable) + "\n")
 
     def yaml(self, name: str, obj) -> None:
-        self.text(name, yaml.safe_dump(obj, sort_keys=False))
+        self.text(name, dump_yaml(obj))
 
     def checkpoint(self, name: str, obj) -> None:
         """Save ``obj`` atomically, unless a tensor in it holds nan/inf: then raise

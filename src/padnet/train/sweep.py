@@ -29,7 +29,8 @@ from pathlib import Path
 
 from ..errors import ConfigError, shorten
 from ..plugins import PluginError, import_plugins
-from .config import RunConfig, config_from_dict, merge, parse_overrides, read_yaml
+from ..strict_yaml import read_yaml
+from .config import RunConfig, config_from_dict, merge, parse_overrides
 from .recipe import STALE, describe, recipe_changes
 from .rundir import lock_holder
 

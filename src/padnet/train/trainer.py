@@ -48,7 +48,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-import yaml
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
@@ -63,6 +62,7 @@ from ..files import open_append_nofollow, refuse_links
 from ..layers import dynamic_layers, pad_layers
 from ..layers.conv_strategy import conv_strategy, conv_strategy_picks, load_conv_strategy_picks
 from ..partition import get_scorer, partition
+from ..strict_yaml import read_yaml
 from ..summary import summary
 from ..temperature import set_temperature
 from ..train_step import StepRecipe, autocast, train_step, unwrap
@@ -664,7 +664,7 @@ class Trainer:
         saved = self.run_dir / "config.yaml"
         if not saved.is_file():
             return
-        differ = self._config_differences(yaml.safe_load(saved.read_text()) or {}, saved)
+        differ = self._config_differences(read_yaml(saved), saved)
         if differ:
             raise RunDirError(
                 f"{self.run_dir} holds a run with a different config (keys: {', '.join(differ)}); "
