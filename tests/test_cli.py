@@ -91,6 +91,10 @@ def test_run_dir_with_other_config_is_refused(tmp_path, capsys):
     assert main(["train", "--config", str(config)]) == 0
     assert main(["train", "--config", str(config), "--set", "optim.lr=0.01"]) == 2
     assert "different config (keys: optim.lr)" in capsys.readouterr().err
+    # config.yaml is read as strictly as a config the user passes (a run directory may come from elsewhere).
+    saved.write_text(saved.read_text() + "seed: 1\n")
+    assert main(["train", "--config", str(config)]) == 2
+    assert f"{saved} is not valid YAML: line" in capsys.readouterr().err
 
 
 def test_sweep_skips_finished_and_report_writes_table_and_plot(tmp_path, capsys):

@@ -17,6 +17,7 @@ from padnet.cli import main
 from padnet.data import Digits
 from padnet.errors import ConfigError, NonFiniteLossError
 from padnet.models import build
+from padnet.strict_yaml import dump_yaml, load_yaml
 from padnet.train import TaskParts, Trainer, config_from_dict, register_task
 from padnet.train.config import load_config
 from padnet.train.vision import loss_fn
@@ -169,3 +170,11 @@ def test_yaml_12_numbers_still_read(tmp_path):
     config = load_config(path, ["optim.lr=1e-3", "optim.weight_decay=5.0e-4"])
     assert config.seed == 10 and config.optim.lr == 0.001 and config.optim.weight_decay == 0.0005
     assert config.log_every == 16  # YAML 1.2's hexadecimal form
+
+
+def test_written_yaml_reads_back_as_it_was():
+    """PyYAML (YAML 1.1) writes the strings 1e5 and 0o10 unquoted, which YAML 1.2 reads as numbers."""
+    values = {"name": "1e5", "tag": "0o10", "flag": "yes", "when": "1:30", "lr": 1e-5, "inf": math.inf,
+              "nested": {"z": [1, "010", None], "a": {}}, "text": "é\nx", "yes": True}
+    text = dump_yaml(values)
+    assert load_yaml(text) == values and list(load_yaml(text)) == list(values)  # the key order kept
