@@ -37,6 +37,7 @@ class BoundedComposer(Composer):
 
     def compose_document(self):
         self.aliases, self.sizes = 0, {}  # id(node) -> its node count with every alias expanded
+        self.warn_double_anchors = False  # a reused anchor name is valid YAML: not a warning on the console
         return super().compose_document()
 
     def compose_node(self, parent, index):

@@ -6,10 +6,12 @@ import errno
 import json
 import math
 import os
+import warnings
 
 import pytest
 import torch
 import torch.nn.functional as F
+from hypothesis import given, settings, strategies as st
 
 import padnet
 from padnet import errors
@@ -17,7 +19,7 @@ from padnet.cli import main
 from padnet.data import Digits
 from padnet.errors import ConfigError, NonFiniteLossError
 from padnet.models import build
-from padnet.strict_yaml import dump_yaml, load_yaml
+from padnet.strict_yaml import dump_yaml, load_yaml, read_yaml
 from padnet.train import TaskParts, Trainer, config_from_dict, register_task
 from padnet.train.config import load_config
 from padnet.train.vision import loss_fn
@@ -178,3 +180,30 @@ def test_written_yaml_reads_back_as_it_was():
               "nested": {"z": [1, "010", None], "a": {}}, "text": "é\nx", "yes": True}
     text = dump_yaml(values)
     assert load_yaml(text) == values and list(load_yaml(text)) == list(values)  # the key order kept
+
+
+# Pieces of YAML syntax (tags, anchors, aliases, merges, directives, flow and block collections, bad bytes):
+# random sequences of them reach the scanner, parser, composer and constructor with what they do not expect.
+YAML_PIECES = ["a", "b", ": ", "\n", "  ", "- ", "[", "]", "{", "}", ",", "&x ", "*x", "&y ", "*y", "!!int ",
+               "!!float ", "!!bool ", "!!binary ", "!!timestamp ", "!!set ", "!!omap ", "!!pairs ", "!!map ", "!foo ",
+               "<<: ", "? ", "'", '"', "\\", "#", "%YAML 1.2\n", "---\n", "|\n", "1", "0x", ".5", "2001-12-14", "\t",
+               "\x00", "\ufeff"]
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.sampled_from(YAML_PIECES), max_size=30))
+def test_any_yaml_is_a_mapping_or_one_config_error(tmp_path_factory, pieces):
+    path = tmp_path_factory.mktemp("yaml") / "c.yaml"
+    path.write_text("".join(pieces), encoding="utf-8", errors="surrogatepass")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # nothing on the console either
+        try:
+            assert isinstance(read_yaml(path), dict)
+        except ConfigError as err:
+            assert len(err.problems) == 1 and str(path) in err.problems[0] and "\n" not in err.problems[0]
+
+
+def test_a_reused_anchor_is_valid_yaml_and_quiet():
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert load_yaml("a: &x 1\nb: &x 2\nc: *x\n") == {"a": 1, "b": 2, "c": 2}  # an alias names the latest
