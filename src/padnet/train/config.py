@@ -77,9 +77,8 @@ def one_of(allowed: Iterable[str] | Callable[[], Iterable[str]]) -> AfterValidat
 def _fields_of(cls: type) -> dict[str, Any]:
     """The fields of dataclass ``cls`` (types, defaults) as pydantic field definitions."""
     hints = typing.get_type_hints(cls)
-    return {f.name: (hints[f.name], f.default if f.default_factory is
-                     dataclasses.MISSING else Field(default_factory=f.default_factory))
-            for f in dataclasses.fields(cls)}
+    return {f.name: (hints[f.name], f.default if f.default_factory is dataclasses.MISSING else
+                     Field(default_factory=f.default_factory)) for f in dataclasses.fields(cls)}
 
 
 @functools.cache
