@@ -65,14 +65,29 @@ class BoundedComposer(Composer):
 
 
 class CheckedConstructor(SafeConstructor):
-    """ruamel.yaml's safe constructor; a scalar its tag cannot hold raises a ``ConstructorError`` at its line."""
+    """ruamel.yaml's safe constructor, where what it cannot build raises a ``ConstructorError`` (at its line
+    where known), not the bare ``ValueError``/``TypeError`` ruamel lets through (found by fuzzing)."""
 
     def construct_non_recursive_object(self, node, tag=None):
         try:
             return super().construct_non_recursive_object(node, tag)
-        except (ValueError, KeyError, IndexError, TypeError):
+        except (ValueError, KeyError, IndexError, TypeError):  # a scalar its tag cannot hold: !!int abc
             raise ConstructorError(None, None, f"{shorten(node.value, 80)} is not a valid {node.tag.split(':')[-1]}",
                                    node.start_mark) from None
+
+    def check_mapping_key(self, node, key_node, mapping, key, value):
+        try:
+            hash(key)
+        except TypeError:  # ruamel makes a sequence key a tuple, which a mapping inside leaves unhashable
+            raise ConstructorError(None, None, "found unhashable key (a mapping or list inside it)",
+                                   key_node.start_mark) from None
+        return super().check_mapping_key(node, key_node, mapping, key, value)
+
+    def construct_document(self, node):
+        try:
+            return super().construct_document(node)
+        except (ValueError, KeyError, IndexError, TypeError) as err:  # anything else ruamel lets through
+            raise ConstructorError(None, None, f"a value that cannot be built ({cut(err, 200)})", None) from None
 
 
 def load_yaml(text: str):

@@ -140,6 +140,9 @@ YAML_CASES = {
     "yaml-1.1-bool": ("progress: yes\n", "progress='yes' must be a valid boolean"),
     "explicit-int-tag": ("epochs: !!int abc\n", "line 1: 'abc' is not a valid int"),
     "explicit-bool-tag": ("progress: !!bool maybe\n", "line 1: 'maybe' is not a valid bool"),
+    # ruamel makes a sequence key a tuple; one holding a mapping stayed unhashable and raised a bare TypeError
+    "key-holding-a-mapping": ("? - : \n", "line 1: found unhashable key (a mapping or list inside it)"),
+    "merged-key-holding-a-mapping": ("<<: {a: 1}\n? [{b: 1}]\n: 2\n", "a value that cannot be built"),
     "object-tag": ("a: !!python/object/apply:os.system [ls]\n", "could not determine a constructor for the tag"),
     "alias-bomb": ("a: &a [x, x, x, x, x, x, x, x, x]\n" + "".join(
         f"{c}: &{c} [{', '.join(['*' + p] * 9)}]\n" for p, c in zip("abcdefgh", "bcdefghi")),
@@ -190,7 +193,7 @@ YAML_PIECES = ["a", "b", ": ", "\n", "  ", "- ", "[", "]", "{", "}", ",", "&x ",
                "\x00", "\ufeff"]
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=300, deadline=None, derandomize=True)  # the same examples on every run
 @given(st.lists(st.sampled_from(YAML_PIECES), max_size=30))
 def test_any_yaml_is_a_mapping_or_one_config_error(tmp_path_factory, pieces):
     path = tmp_path_factory.mktemp("yaml") / "c.yaml"
