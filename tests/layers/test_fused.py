@@ -93,6 +93,17 @@ def test_where_compiling_fails_the_same_functions_run_eagerly_after_one_warning(
     assert torch.equal(dynamic.grad, torch.ones(2, 3)) and fused_on == [1]
 
 
+def test_a_layer_without_dynamic_entries_takes_the_eager_form(fused_on):
+    """Nothing to gather: the fused forward's dynamic[:, inverse] would index an empty (B, 0)."""
+    static = torch.randn(5, requires_grad=True)
+    dynamic = torch.zeros(2, 0, requires_grad=True)
+    out = assemble_kernels(static, dynamic, torch.zeros(0, dtype=torch.long), scale=torch.tensor(0.5),
+                           keep=torch.ones(5, dtype=torch.uint8))
+    out.sum().backward()
+    assert torch.equal(out, (0.5 * static).expand(2, 5)) and torch.equal(static.grad, torch.ones(5))
+    assert fused_on == []
+
+
 def test_a_setting_that_is_not_a_bool_is_refused():
     with pytest.raises(UsageError, match=r"set_fused_assembly\(enabled='yes'\): expected True or False"):
         set_fused_assembly("yes")

@@ -81,7 +81,8 @@ def assemble_kernels(
         raise UsageError(f"keep must have static's shape {tuple(static.shape)}; got {tuple(keep.shape)}")
     dynamic = dynamic.to(static.dtype)
     if not workspace_allowed(static):
-        if keep is not None and fused_assembly_enabled() and not tracing():  # opt-in (padnet.layers.fused)
+        # opt-in (padnet.layers.fused); a layer without dynamic entries has nothing to gather
+        if keep is not None and fused_assembly_enabled() and index.numel() and not tracing():
             return FusedAssembleKernels.apply(static, dynamic, index, keep, scale)
         return _AssembleKernels.apply(static, dynamic, index, keep, scale)
     batch = dynamic.shape[0]
