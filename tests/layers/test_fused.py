@@ -107,3 +107,14 @@ def test_a_layer_without_dynamic_entries_takes_the_eager_form(fused_on):
 def test_a_setting_that_is_not_a_bool_is_refused():
     with pytest.raises(UsageError, match=r"set_fused_assembly\(enabled='yes'\): expected True or False"):
         set_fused_assembly("yes")
+
+
+def test_an_error_of_the_inputs_is_raised_as_the_eager_form_raises_it_not_taken_for_a_compile_failure(monkeypatch):
+    def broken(*args):
+        raise RuntimeError("compiled: some internal failure")
+    monkeypatch.setattr(fused, "_compiled", lambda: (broken, broken))
+    monkeypatch.setitem(fused._state, "compile_failed", None)
+    static, keep, inverse = torch.randn(7), torch.ones(7, dtype=torch.bool), torch.zeros(7, dtype=torch.long)
+    with pytest.raises(RuntimeError, match="size of tensor"):  # the eager error: a scale of 5 entries against 7
+        fused._run(0, static, keep, inverse, torch.randn(2, 3), torch.ones(5))
+    assert fused._state["compile_failed"] is None  # the next call still tries the compiled function

@@ -62,16 +62,20 @@ def _compiled():
 def _run(which: int, *args):
     """The compiled function ``which`` (0: forward, 1: backward) on ``args``, or, where it cannot be
     compiled (no C++ compiler, a toolchain Inductor cannot use), the same function run eagerly: the
-    first failure warns once and every later call runs eagerly."""
+    first failure warns once and every later call runs eagerly. A failure the eager function shares (the
+    inputs themselves are wrong) is raised as the eager function raises it, and is not a compile failure."""
+    eager = (fused_forward, fused_backward)[which]
     if _state["compile_failed"] is None:
         try:
             return _compiled()[which](*args)
         except Exception as err:  # compile errors come as many types (BackendCompilerFailed, OSError, ...)
+            out = eager(*args)  # the inputs' own error raises here, and compiling is tried again next time
             _state["compile_failed"] = f"{type(err).__name__}: {cut(err, 300)}"
             warnings.warn(f"padnet.layers.fused: the fused assembly could not be compiled "
                           f"({_state['compile_failed']}); computing the same function eagerly", RuntimeWarning,
                           stacklevel=2)
-    return (fused_forward, fused_backward)[which](*args)
+            return out
+    return eager(*args)
 
 
 class FusedAssembleKernels(torch.autograd.Function):
