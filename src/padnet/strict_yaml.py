@@ -4,8 +4,9 @@ its writer (``dump_yaml``).
 ruamel.yaml's safe loader reads YAML 1.2 (``010`` is ten, ``1:30`` and ``yes`` are strings, where PyYAML's
 YAML 1.1 reads 8, 90 and true), builds no objects from tags and refuses a duplicated key (which would silently
 replace the first: a whole section, for a duplicated ``optim:``). On top of it, ``BoundedComposer`` allows at
-most ``MAX_ALIASES`` aliases, ``MAX_NODES`` nodes once every alias is expanded (a 340-byte document of nested
-aliases expands to hundreds of megabytes), no recursive alias and no nesting deeper than ``MAX_DEPTH`` levels
+most ``MAX_ALIASES`` aliases, ``MAX_NODES`` values once every alias is expanded (a 340-byte document of
+nested aliases expands to hundreds of megabytes), counted as they are read so that a document past the bound
+is refused where it passes it, no recursive alias and no nesting deeper than ``MAX_DEPTH`` levels
 (composing is recursive: a few kilobytes of ``[[[[...`` would otherwise end in a ``RecursionError``); and a
 value its explicit tag cannot hold (``!!int abc``) is an error at its line, not a bare ``ValueError``.
 ``dump_yaml`` writes YAML 1.2 that ``load_yaml`` reads back as it was (PyYAML would write the string ``1e5``
@@ -17,7 +18,7 @@ from __future__ import annotations
 import io
 from pathlib import Path
 
-from ruamel.yaml import YAML, MappingNode, SequenceNode
+from ruamel.yaml import YAML
 from ruamel.yaml.composer import Composer, ComposerError
 from ruamel.yaml.constructor import ConstructorError, DuplicateKeyError, SafeConstructor
 from ruamel.yaml.error import MarkedYAMLError, YAMLError
@@ -27,16 +28,20 @@ from .errors import ConfigError, cut, shorten
 
 MAX_BYTES = 1024 * 1024  # a config file
 MAX_ALIASES = 100
-MAX_NODES = 100_000
+# Values (keys, values, list items) in a document, every alias expanded. The largest committed config has
+# 296 and a sweep run ~12, so 20,000 holds a sweep of 1,500 runs; ruamel's pure-Python parser reads about
+# 10,000 values a second here, so a hostile 1 MB file is refused in ~2 s (100,000 took 10-16 s).
+MAX_NODES = 20_000
 MAX_DEPTH = 64  # a run config is 3 levels deep; a sweep's runs 5
 
 
 class BoundedComposer(Composer):
-    """ruamel.yaml's composer with the aliases counted, the depth bounded and each node's size, aliases
-    expanded, bounded."""
+    """ruamel.yaml's composer with the aliases counted, the depth bounded and the document's size, every
+    alias expanded, counted as it is composed (so that a document past the bound is refused there, not
+    after the whole of it is read)."""
 
     def compose_document(self):
-        self.aliases, self.sizes = 0, {}  # id(node) -> its node count with every alias expanded
+        self.aliases, self.values, self.sizes = 0, 0, {}  # sizes: id(node) -> its values, aliases expanded
         self.warn_double_anchors = False  # a reused anchor name is valid YAML: not a warning on the console
         return super().compose_document()
 
@@ -45,22 +50,23 @@ class BoundedComposer(Composer):
         if self.depth >= MAX_DEPTH:
             raise ComposerError(None, None, f"nested more than {MAX_DEPTH} levels deep; a config never needs that "
                                 "many", mark)
-        if self.parser.check_event(AliasEvent):
+        alias, before = self.parser.check_event(AliasEvent), self.values
+        if alias:
             self.aliases += 1
             if self.aliases > MAX_ALIASES:
                 raise ComposerError(None, None, f"more than {MAX_ALIASES} aliases (*name); a config never needs "
                                     "that many", mark)
-            node = super().compose_node(parent, index)
-            if id(node) not in self.sizes:  # its anchor is still being composed: the node contains itself
-                raise ComposerError(None, None, "a recursive alias (a node that contains itself)", mark)
-            return node
         node = super().compose_node(parent, index)
-        children = [c for pair in node.value for c in pair] if isinstance(node, MappingNode) else \
-            node.value if isinstance(node, SequenceNode) else []
-        self.sizes[id(node)] = 1 + sum(self.sizes[id(c)] for c in children)
-        if self.sizes[id(node)] > MAX_NODES:
-            raise ComposerError(None, None, f"the document expands to more than {MAX_NODES} values once its aliases "
-                                "are expanded (an alias bomb?)", mark)
+        if not alias:
+            self.values += 1
+            self.sizes[id(node)] = self.values - before  # the node and all it holds, aliases expanded
+        elif id(node) in self.sizes:
+            self.values += self.sizes[id(node)]  # the alias expands to a copy of the node
+        else:  # its anchor is still being composed: the node contains itself
+            raise ComposerError(None, None, "a recursive alias (a node that contains itself)", mark)
+        if self.values > MAX_NODES:
+            raise ComposerError(None, None, f"more than {MAX_NODES:,} values (keys, values and items, every alias "
+                                "expanded); a config never needs that many", mark)
         return node
 
 

@@ -12,9 +12,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 from hypothesis import given, settings, strategies as st
+from ruamel.yaml import YAMLError
 
 import padnet
-from padnet import errors
+from padnet import errors, strict_yaml
 from padnet.cli import main
 from padnet.data import Digits
 from padnet.errors import ConfigError, NonFiniteLossError
@@ -146,7 +147,7 @@ YAML_CASES = {
     "object-tag": ("a: !!python/object/apply:os.system [ls]\n", "could not determine a constructor for the tag"),
     "alias-bomb": ("a: &a [x, x, x, x, x, x, x, x, x]\n" + "".join(
         f"{c}: &{c} [{', '.join(['*' + p] * 9)}]\n" for p, c in zip("abcdefgh", "bcdefghi")),
-        "more than 100000 values once its aliases are expanded"),
+        "line 5: more than 20,000 values (keys, values and items, every alias expanded)"),
     "many-aliases": ("a: &a 1\nb: [" + ", ".join(["*a"] * 150) + "]\n", "more than 100 aliases"),
     "recursive-alias": ("a: &a [*a]\n", "a recursive alias"),
     "long-value": ("name: [" + ", ".join(["'" + "x" * 1000 + "'"] * 300) + "]\n", "more characters)"),
@@ -204,6 +205,21 @@ def test_any_yaml_is_a_mapping_or_one_config_error(tmp_path_factory, pieces):
             assert isinstance(read_yaml(path), dict)
         except ConfigError as err:
             assert len(err.problems) == 1 and str(path) in err.problems[0] and "\n" not in err.problems[0]
+
+
+def test_a_document_past_the_size_bound_is_refused_where_it_passes_it(monkeypatch):
+    """Not after the whole of it is read: a 1 MB file of one-line keys took ~16 s to parse here."""
+    monkeypatch.setattr(strict_yaml, "MAX_NODES", 50)
+    text = "".join(f"k{i}: {i}\n" for i in range(100))
+    with pytest.raises(YAMLError) as err:
+        load_yaml(text)
+    assert strict_yaml.describe(err.value).startswith("line 26: more than 50 values")  # 25 pairs are 50
+    # Aliases count as the copies they expand to: 2 keys, [1, 2] (3 values), [[1, 2], [1, 2]] (7), the mapping.
+    monkeypatch.setattr(strict_yaml, "MAX_NODES", 13)
+    assert load_yaml("a: &a [1, 2]\nb: [*a, *a]\n") == {"a": [1, 2], "b": [[1, 2], [1, 2]]}
+    monkeypatch.setattr(strict_yaml, "MAX_NODES", 12)
+    with pytest.raises(YAMLError):
+        load_yaml("a: &a [1, 2]\nb: [*a, *a]\n")
 
 
 def test_a_reused_anchor_is_valid_yaml_and_quiet():
