@@ -30,6 +30,13 @@ def test_explain_states_type_default_and_what_is_allowed(capsys):
     assert mode.allowed == "one of 'static', 'dynamic', 'pad'" and mode.default == "static"
 
 
+def test_optional_keys_and_lists_state_their_bounds():
+    """A bound inside ``X | None`` (``Annotated[int, Field(ge=1)] | None``) and a list's item bounds."""
+    assert [k.allowed for k in explain("optim.grad_clip")] == ["> 0"]
+    assert [k.allowed for k in explain("threads")] == [">= 1, <= 1024"]
+    assert [k.allowed for k in explain("optim.betas")] == ["length 2, each >= 0, < 1"]
+
+
 def test_an_unknown_key_is_one_line_with_a_suggestion(capsys):
     assert main(["config", "--explain", "optim.learning_rate"]) == 2
     err = capsys.readouterr().err

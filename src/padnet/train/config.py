@@ -158,9 +158,9 @@ class PartitionConfig(Section):
 class OptimConfig(Section):
     name: Literal["sgd", "adamw"] = "sgd"  # the optimizer
     lr: Annotated[float, Field(gt=0)] = 0.1  # base learning rate (after the warm-up)
-    momentum: Annotated[float, Field(ge=0, lt=1)] = 0.9  # sgd
-    nesterov: bool = False  # sgd
-    # adamw
+    momentum: Annotated[float, Field(ge=0, lt=1)] = 0.9  # sgd: the momentum factor
+    nesterov: bool = False  # sgd: Nesterov momentum
+    # adamw: the decay rates of the running averages of the gradient and of its square
     betas: Annotated[list[Annotated[float, Field(ge=0, lt=1)]], Field(min_length=2, max_length=2)] = Field(
         default_factory=lambda: [0.9, 0.999])
     weight_decay: Annotated[float, Field(ge=0)] = 5e-4  # L2 (sgd) or decoupled (adamw) weight decay

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from pydantic import BaseModel
+from pydantic.fields import FieldInfo
 
 from ..errors import UsageError
 from .config import RunConfig, optional_member
@@ -136,15 +137,21 @@ _BOUNDS = {"gt": ">", "ge": ">=", "lt": "<", "le": "<=", "min_length": "length >
 
 def _allowed(annotation, metadata) -> str:
     """Literal choices and the bounds pydantic checks, found in the annotation and its metadata."""
+    items = [*metadata, *_annotated_metadata(annotation)]
     out = []
-    for item in [*metadata, *_annotated_metadata(annotation)]:
+    for item in items:
         for attr, sign in _BOUNDS.items():
             value = getattr(item, attr, None)
             if value is not None and f"{sign} {value}" not in out:
                 out.append(f"{sign} {value}")
+    lengths = [b for b in out if b.startswith("length")]
+    if len(lengths) == 2 and len({b.split()[-1] for b in lengths}) == 1:  # as short as it is long
+        out = [b for b in out if b not in lengths] + [f"length {lengths[0].split()[-1]}"]
+    if typing.get_origin(annotation) is list and typing.get_args(annotation):
+        each = _allowed(typing.get_args(annotation)[0], [])
+        out += [f"each {each}"] if each else []
     choices = _literal(annotation) or next((_names(getattr(item.func, "allowed"))
-                                             for item in [*metadata, *_annotated_metadata(annotation)]
-                                             if hasattr(getattr(item, "func", None), "allowed")), ())
+                                             for item in items if hasattr(getattr(item, "func", None), "allowed")), ())
     if choices:
         out.insert(0, "one of " + ", ".join(map(repr, choices)))
     return ", ".join(out)
@@ -155,12 +162,13 @@ def _names(allowed) -> tuple:
 
 
 def _annotated_metadata(annotation) -> list:
+    """The metadata of ``annotation`` and of its union members (``Annotated[int, Field(ge=1)] | None``),
+    with a ``Field(...)`` given there as the constraints it holds."""
     out = []
-    if typing.get_origin(annotation) is typing.Annotated:
-        out += list(annotation.__metadata__)
-    for arg in typing.get_args(annotation):
+    union = typing.get_origin(annotation) in (typing.Union, types.UnionType)
+    for arg in (annotation, *(typing.get_args(annotation) if union else ())):
         if typing.get_origin(arg) is typing.Annotated:
-            out += list(arg.__metadata__)
+            out += [m for item in arg.__metadata__ for m in (item.metadata if isinstance(item, FieldInfo) else [item])]
     return out
 
 
