@@ -3,6 +3,7 @@
 from pathlib import Path
 
 import numpy as np
+import pydantic
 import pytest
 import torch
 
@@ -142,3 +143,10 @@ def test_imagefolder_any_directory(tmp_path):
     assert image.shape == (3, 16, 16) and label == 1
     with pytest.raises(FileNotFoundError, match=r"nothing/train not found; expected"):
         build_datasets(DataConfig(name="imagefolder", root=str(tmp_path / "nothing")))
+
+
+@pytest.mark.parametrize("bad", [{"image_size": 4}, {"train_subset": 0}, {"channels": 2}, {"name": "cifar"}])
+def test_a_data_config_built_by_hand_is_held_to_the_bounds_a_config_is(bad):
+    """``build_datasets`` is called with hand-built configs too; the bounds are those of the ``data:`` section."""
+    with pytest.raises(pydantic.ValidationError, match=next(iter(bad))):
+        DataConfig(**{"name": "imagefolder", "root": "x"} | bad)

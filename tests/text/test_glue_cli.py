@@ -151,7 +151,7 @@ def test_static_init_dynamic_mean_keeps_the_warmed_up_experts(tmp_path, tiny_mod
         ({"glue__data_dir": "/nonexistent/glue"}, r"looked for /nonexistent/glue/RTE/train.tsv"),
         ({"partition__warmup_steps": 0}, r"partition.warmup_steps=0 with an upcycled MoE"),
         ({"dynamic__kind": "conv"}, r"dynamic.kind='conv': text models \(GLUE, text_classification\) are transformers"),
-        ({"glue__max_length": 4}, r"glue.max_length=4 must be an integer >= 8"),
+        ({"glue__max_length": 4}, r"glue.max_length=4 must be greater than or equal to 8"),
         ({"partition__static_init": "zeros"},
          r"partition.static_init='zeros' is not supported; allowed: 'keep', 'dynamic_mean'"),
     ],

@@ -45,7 +45,7 @@ def test_all_problems_reported_at_once():
         "dynamic.dynamic_ratio=1.5 must be less than or equal to 1",
         "dynamic.top_k=9 must be <= dynamic.num_experts=8",
         "dynamic.temperature_start=0 must be greater than 0",
-        "data.train_subset=0 must be >= 1",
+        "data.train_subset=0 must be greater than or equal to 1",
         "unknown key 'model.widht'",
     ]
     for fragment in expected:

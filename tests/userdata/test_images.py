@@ -100,7 +100,7 @@ def test_transform_keys_are_checked():
 
     assert "data.augment='mirror' is not supported for data.name='imagefolder'; allowed: none, flip, crop_flip, " \
            "randaugment" in problems(augment="mirror")
-    assert "data.channels=2 must be 1 (greyscale) or 3 (RGB)" in problems(channels=2)
+    assert "data.channels=2 is not supported; allowed: 1, 3" in problems(channels=2)
     assert "data.normalize=given needs data.mean and data.std, 3 number(s) each" in problems(normalize="given",
                                                                                             mean=[0.5])
     assert "data.mean/data.std are set but data.normalize='imagenet'" in problems(mean=[0.1, 0.2, 0.3])

@@ -10,11 +10,14 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Annotated, Literal, get_args
 
+import pydantic
 import torch
+from pydantic import Field
 from torch.utils.data import Dataset, Subset
 
-from ..errors import DataError, UsageError, shorten
+from ..errors import DataError, UsageError
 from .digits import Digits
 from .fashion_mnist import (
     CLASSES as FASHION_MNIST_CLASSES,
@@ -26,7 +29,7 @@ from .fashion_mnist import (
 from .idx import IDXError, read_idx, write_idx
 from .transforms import (
     AUGMENT,
-    NORMALIZE,
+    Normalize,
     dataset_stats,
     describe,
     eval_transform,
@@ -36,20 +39,24 @@ from .transforms import (
     train_transform,
 )
 
-DATASETS = ("fashion_mnist", "imagefolder", "image_csv", "digits")
+DatasetName = Literal["fashion_mnist", "imagefolder", "image_csv", "digits"]
+DATASETS = get_args(DatasetName)
 FILE_DATASETS = ("imagefolder", "image_csv")  # images in files: every transform key applies
 
 
-@dataclass
+# A pydantic dataclass: a DataConfig built by hand for ``build_datasets`` is held to the bounds its fields
+# declare, as a run config's ``data:`` section is.
+@pydantic.dataclasses.dataclass
 class DataConfig:
     """The ``data`` section of a run config."""
 
-    name: str = "fashion_mnist"  # fashion_mnist, digits, imagefolder (class folders) or image_csv (path,label)
+    name: DatasetName = "fashion_mnist"  # fashion_mnist, digits, imagefolder (class folders) or image_csv (path,label)
     root: str | None = None  # None: auto-detect (Fashion-MNIST); required for imagefolder
     download: bool = False  # Fashion-MNIST only: let torchvision download it when not found
-    train_subset: int | None = None  # use this many training images (a fixed seeded subset)
-    test_subset: int | None = None  # evaluate on this many test images (None: all)
-    subset_seed: int = 0  # draws the subsets and the digits split; independent of the run seed
+    train_subset: Annotated[int, Field(ge=1)] | None = None  # use this many training images (a fixed seeded subset)
+    test_subset: Annotated[int, Field(ge=1)] | None = None  # evaluate on this many test images (None: all)
+    # draws the subsets and the digits split; independent of the run seed
+    subset_seed: Annotated[int, Field(ge=0, le=2**32 - 2)] = 0
     # Training augmentation: none, flip, crop_flip or randaugment (padnet.data.transforms.AUGMENT);
     # null: the dataset's default (imagefolder/image_csv: crop_flip, the ImageNet recipe, or none when
     # orientation_sensitive; others: none). Fashion-MNIST knows none and crop_flip (true/false: the older
@@ -58,13 +65,13 @@ class DataConfig:
     # imagefolder / image_csv: images a mirror changes (digits, text, documents): no flip by default, and
     # an augment that flips is refused
     orientation_sensitive: bool = False
-    image_size: int = 224  # imagefolder / image_csv: the crop size
+    image_size: Annotated[int, Field(ge=8, le=2048)] = 224  # imagefolder / image_csv: the crop size
     # imagefolder / image_csv: the shorter side is resized to this before the center crop; null: the
     # ImageNet ratio (image_size * 256 / 224), or image_size itself when the first training images already
     # are image_size x image_size (a crop of an enlarged copy would cut their border)
     resize: int | None = None
-    channels: int = 3  # imagefolder / image_csv: 1 (greyscale) or 3 (RGB)
-    normalize: str = "imagenet"  # imagenet, dataset (the training set's mean/std), given (mean and std), none
+    channels: Literal[1, 3] = 3  # imagefolder / image_csv: 1 (greyscale) or 3 (RGB)
+    normalize: Normalize = "imagenet"  # imagenet, dataset (the training set's mean/std), given (mean and std), none
     mean: list[float] | None = None  # normalize=given: one per channel
     std: list[float] | None = None  # normalize=given: one per channel, > 0
     train_file: str | None = None  # image_csv: CSV with path,label columns (paths relative to the file)
@@ -82,22 +89,12 @@ class DataConfig:
 
     def problems(self) -> list[str]:
         out = []
-        if self.name not in DATASETS:
-            out.append(f"data.name={shorten(self.name)} is not supported; allowed: {', '.join(DATASETS)}")
         if self.name == "imagefolder" and not self.root:
             out.append("data.root=None: the imagefolder dataset needs data.root=DIR (holding train/ and val/)")
         if self.name == "image_csv":
             out += [f"data.{key}=None: the image_csv dataset needs data.{key}=FILE (a CSV with path,label columns)"
                     for key in ("train_file", "eval_file") if not getattr(self, key)]
         out += self._transform_problems()
-        for key in ("train_subset", "test_subset"):
-            value = getattr(self, key)
-            if value is not None and value < 1:
-                out.append(f"data.{key}={value!r} must be >= 1 or null (all)")
-        if not 8 <= self.image_size <= 2048:
-            out.append(f"data.image_size={self.image_size!r} must be an integer in [8, 2048]")
-        if not 0 <= self.subset_seed < 2**32 - 1:
-            out.append(f"data.subset_seed={self.subset_seed!r} must be an integer in [0, {2**32 - 2}]")
         return out
 
 
@@ -114,10 +111,6 @@ class DataConfig:
         if self.resize is not None and not self.image_size <= self.resize <= 4096:
             out.append(f"data.resize={self.resize!r} must be an integer from data.image_size={self.image_size} to "
                        "4096, or null (automatic)")
-        if self.channels not in (1, 3):
-            out.append(f"data.channels={self.channels!r} must be 1 (greyscale) or 3 (RGB)")
-        if self.normalize not in NORMALIZE:
-            out.append(f"data.normalize={shorten(self.normalize)} is not supported; allowed: {', '.join(NORMALIZE)}")
         given = self.mean is not None or self.std is not None
         if self.normalize == "given" and not (self.mean and self.std
                                               and len(self.mean) == len(self.std) == self.channels

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from typing import Literal, get_args
 
 import numpy as np
 import torch
@@ -26,7 +27,8 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 # them); crop_flip: torchvision's ImageNet recipe, RandomResizedCrop (scale 0.08-1) + flip; randaugment:
 # RandAugment (torchvision defaults) before the eval resize and crop, no flip.
 AUGMENT = ("none", "flip", "crop_flip", "randaugment")
-NORMALIZE = ("imagenet", "dataset", "given", "none")
+Normalize = Literal["imagenet", "dataset", "given", "none"]
+NORMALIZE = get_args(Normalize)
 
 
 def resize_for(image_size: int) -> int:

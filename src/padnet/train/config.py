@@ -76,7 +76,7 @@ def one_of(allowed: Iterable[str] | Callable[[], Iterable[str]]) -> AfterValidat
 
 def _fields_of(cls: type) -> dict[str, Any]:
     """The fields of dataclass ``cls`` (types, defaults) as pydantic field definitions."""
-    hints = typing.get_type_hints(cls)
+    hints = typing.get_type_hints(cls, include_extras=True)  # with the bounds of Annotated[int, Field(ge=1)]
     return {f.name: (hints[f.name], f.default if f.default_factory is dataclasses.MISSING else
                      Field(default_factory=f.default_factory)) for f in dataclasses.fields(cls)}
 
@@ -283,7 +283,8 @@ def problems_of(error: ValidationError, model: type[BaseModel], section: str = "
             hint, n = hint.model_fields[loc[n]].annotation, n + 1
         key = ".".join(map(str, (section, *loc[:n]) if section else loc[:n]))
         at = key + "".join(f"[{p}]" for p in loc[n:] if isinstance(p, int))
-        text = e["msg"].replace("Input should be", "must be")
+        text = e["msg"].replace("Input should be", "must be").replace("List should have", "must have").replace(
+            " after validation", "")
         if e["type"] == "literal_error":  # worded as every other choice (one_of, padnet.convert's)
             text = f"is not supported; allowed: {', '.join(map(repr, typing.get_args(hint)))}"
         if e["type"] == "padnet":

@@ -104,7 +104,7 @@ def _fields(cls: type):
         for name, info in cls.model_fields.items():
             yield name, info.annotation, info.get_default(call_default_factory=True), info.metadata
     else:
-        hints = typing.get_type_hints(cls)
+        hints = typing.get_type_hints(cls, include_extras=True)
         for f in dataclasses.fields(cls):
             default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
             yield f.name, hints[f.name], default, []
@@ -122,8 +122,8 @@ def _type_name(annotation) -> str:
     args = [a for a in typing.get_args(annotation) if a is not type(None)]
     if typing.get_origin(annotation) is typing.Annotated:
         return _type_name(args[0])
-    if typing.get_origin(annotation) is Literal:
-        return "str"
+    if typing.get_origin(annotation) is Literal:  # the type of its values: str, or int for Literal[1, 3]
+        return " | ".join(dict.fromkeys(type(a).__name__ for a in typing.get_args(annotation)))
     if typing.get_origin(annotation) in (typing.Union, types.UnionType):
         names = " | ".join(_type_name(a) for a in args)
         return names + (" | null" if type(None) in typing.get_args(annotation) else "")
@@ -147,8 +147,9 @@ def _allowed(annotation, metadata) -> str:
     lengths = [b for b in out if b.startswith("length")]
     if len(lengths) == 2 and len({b.split()[-1] for b in lengths}) == 1:  # as short as it is long
         out = [b for b in out if b not in lengths] + [f"length {lengths[0].split()[-1]}"]
-    if typing.get_origin(annotation) is list and typing.get_args(annotation):
-        each = _allowed(typing.get_args(annotation)[0], [])
+    base = typing.get_args(annotation)[0] if typing.get_origin(annotation) is typing.Annotated else annotation
+    if typing.get_origin(base) is list and typing.get_args(base):
+        each = _allowed(typing.get_args(base)[0], [])
         out += [f"each {each}"] if each else []
     choices = _literal(annotation) or next((_names(getattr(item.func, "allowed"))
                                              for item in items if hasattr(getattr(item, "func", None), "allowed")), ())

@@ -6,10 +6,10 @@ A task is registered once, by name, with a builder and the config sections it re
 
     @dataclass
     class GlueConfig:                      # becomes the ``glue:`` section of a run config
-        task_name: str = "sst2"
+        task_name: str = "sst2"            # the comment is the key's sentence in ``padnet config --explain``
         model: str = "bert-base-uncased"
-        max_length: int = 128
-        def problems(self) -> list[str]:   # optional: range checks, "glue.max_length=0 must be >= 1"
+        max_length: Annotated[int, Field(ge=8)] = 128   # bounds and choices (``Literal``) as pydantic reads them
+        def problems(self) -> list[str]:   # optional: rules across keys, each problem a line
             return []
 
     def build_glue(config) -> TaskParts:   # config: padnet.train.config.RunConfig

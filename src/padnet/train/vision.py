@@ -5,14 +5,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Annotated
 
 import torch
 import torch.nn.functional as F
+from pydantic import Field
 
 from .. import models
 from ..data import DataConfig, build_datasets, check_image_files, find_fashion_mnist
-from ..errors import shorten
-from .config import MAX_WIDTH, RunConfig
+from .config import MAX_WIDTH, RunConfig, one_of
 from .tasks import TaskParts, register_task
 
 
@@ -20,24 +21,12 @@ from .tasks import TaskParts, register_task
 class ModelConfig:
     """The ``model`` section: ``padnet.models.build`` arguments."""
 
-    name: str = "small_resnet"  # small_resnet, resnet18, resnet34, resnet50 or mobilenet_v2 (padnet.models)
-    width: int = 16  # small_resnet: channels of the first stage (doubling per stage)
-    layers: list[int] = field(default_factory=lambda: [1, 1, 1])  # small_resnet: blocks per stage
+    name: Annotated[str, one_of(models.MODELS)] = "small_resnet"  # a model of padnet.models
+    width: Annotated[int, Field(ge=1, le=MAX_WIDTH)] = 16  # small_resnet: the first stage's channels (doubling)
+    # small_resnet: blocks per stage
+    layers: Annotated[list[Annotated[int, Field(ge=1, le=64)]], Field(min_length=1, max_length=8)] = field(
+        default_factory=lambda: [1, 1, 1])
     small_input: bool | None = None  # None: decided by the dataset (True for 28x28 / 8x8 images)
-
-    def problems(self) -> list[str]:
-        out = []
-        if self.name not in models.MODELS:
-            out.append(f"model.name={self.name!r} is not supported; allowed: {', '.join(models.MODELS)}")
-        if self.width < 1:
-            out.append(f"model.width={self.width!r} must be an integer >= 1")
-        elif self.width > MAX_WIDTH:
-            out.append(f"model.width={self.width!r} must be an integer <= {MAX_WIDTH}")
-        if not self.layers or any(n < 1 for n in self.layers):
-            out.append(f"model.layers={shorten(self.layers)} must be a non-empty list of integers >= 1")
-        elif len(self.layers) > 8 or any(n > 64 for n in self.layers):
-            out.append(f"model.layers={shorten(self.layers)} must have at most 8 stages of at most 64 blocks each")
-        return out
 
 
 def loss_fn(model, batch):
