@@ -21,7 +21,9 @@ from torch import nn
 
 from .arch import detect_arch
 from .errors import UsageError
-from .layers.conversions import Conversion, get_conversion
+from .layers.attention import Routing
+from .layers.conversions import Conversion, Init, get_conversion
+from .layers.pad_base import Granularity, LambdaMode
 from .layers.settings import ConvertConfig
 
 
@@ -30,14 +32,14 @@ def convert(
     dynamic: str = "conv",
     pad: bool = True,
     num_kernels: int = 4,
-    routing: str = "softmax",
+    routing: Routing = "softmax",
     include: list[str] | str | None = None,
     exclude: list[str] | str | None = None,
     *,
     reduction: int = 16,
-    init: str = "fresh",
-    lambda_mode: str = "both",
-    granularity: str = "element",
+    init: Init = "fresh",
+    lambda_mode: LambdaMode = "both",
+    granularity: Granularity = "element",
     num_experts: int = 8,
     top_k: int = 2,
     noisy_gating: bool = True,

@@ -38,6 +38,12 @@ def test_optional_keys_and_lists_state_their_bounds():
     assert [k.allowed for k in explain("optim.betas")] == ["length 2, each >= 0, < 1"]
 
 
+def test_the_convert_settings_state_their_choices():
+    """They are declared once, in padnet.layers (ConvertOptions), which padnet.convert checks by hand."""
+    assert [k.allowed for k in explain("dynamic.routing")] == ["one of 'softmax', 'sigmoid'"]
+    assert [k.allowed for k in explain("dynamic.granularity")] == ["one of 'element', 'channel'"]
+
+
 def test_an_unknown_key_is_one_line_with_a_suggestion(capsys):
     assert main(["config", "--explain", "optim.learning_rate"]) == 2
     err = capsys.readouterr().err

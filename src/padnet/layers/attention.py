@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Literal, get_args
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -9,7 +11,8 @@ from torch import nn
 from ._validate import check_choice, check_positive_int
 from .precision import as_input, widened, without_autocast
 
-ROUTINGS = ("softmax", "sigmoid")
+Routing = Literal["softmax", "sigmoid"]
+ROUTINGS = get_args(Routing)
 MIN_HIDDEN = 4  # docs/method.md#dynamic-layers: a floor for narrow layers, so C_in // r never collapses to 1 unit
 
 

@@ -34,7 +34,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, NamedTuple
+from typing import TYPE_CHECKING, Any, Literal, NamedTuple, get_args
 
 import torch
 from torch import nn
@@ -50,7 +50,8 @@ if TYPE_CHECKING:  # settings.py checks a ConvertConfig against this registry, s
     from .settings import ConvertConfig
 
 
-INITS = ("fresh", "upcycle")  # ConvertConfig.init: how the "conv" kind starts its kernels
+Init = Literal["fresh", "upcycle"]
+INITS = get_args(Init)  # ConvertConfig.init: how the "conv" kind starts its kernels
 # ConvertConfig.target: which FFN projections the "moe" kind replaces ("down" is "output"; "gate" and "up"
 # are a SwiGLU's input projections, "up" a plain FFN's one input projection)
 MOE_TARGETS = ("output", "down", "gate", "up")

@@ -22,7 +22,7 @@ whole rows set); the partition ranks the layer's units (``num_units``, ``unit_sc
 from __future__ import annotations
 
 import math
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol, get_args
 
 import torch
 from torch import nn
@@ -31,8 +31,10 @@ from ..errors import UsageError
 from ._mixin import ModuleMixin
 from ._validate import check_choice
 
-LAMBDA_MODES = ("both", "static", "dynamic", "none")
-GRANULARITIES = ("element", "channel")
+LambdaMode = Literal["both", "static", "dynamic", "none"]
+LAMBDA_MODES = get_args(LambdaMode)
+Granularity = Literal["element", "channel"]
+GRANULARITIES = get_args(Granularity)
 
 
 def dense_dynamic_kernels(values: torch.Tensor, index: torch.Tensor, numel: int) -> torch.Tensor:

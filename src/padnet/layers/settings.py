@@ -9,9 +9,9 @@ from dataclasses import dataclass
 
 from ..errors import ConfigError
 from ._validate import choice_problem, int_problem
-from .attention import ROUTINGS
-from .conversions import INITS, conversion_kinds, get_conversion, target_problems
-from .pad_base import GRANULARITIES, LAMBDA_MODES
+from .attention import ROUTINGS, Routing
+from .conversions import INITS, Init, conversion_kinds, get_conversion, target_problems
+from .pad_base import GRANULARITIES, LAMBDA_MODES, Granularity, LambdaMode
 
 
 @dataclass(kw_only=True)
@@ -20,13 +20,13 @@ class ConvertOptions:
     config's ``dynamic`` section holds these keys too (``padnet.train.config.DynamicConfig``)."""
 
     num_kernels: int = 4  # conv: K, the dynamic kernels per conv
-    routing: str = "softmax"  # conv: softmax = DY-Conv (temperature-annealed), sigmoid = CondConv
+    routing: Routing = "softmax"  # conv: softmax = DY-Conv (temperature-annealed), sigmoid = CondConv
     reduction: int = 16  # conv: attention hidden width C_in // reduction (at least 4)
     # conv: fresh kernels (docs/method.md#dynamic-layers) or upcycle (every kernel from the existing weight)
-    init: str = "fresh"
-    lambda_mode: str = "both"  # PAD: which scale factors learn: both, static, dynamic or none
+    init: Init = "fresh"
+    lambda_mode: LambdaMode = "both"  # PAD: which scale factors learn: both, static, dynamic or none
     # PAD: mask per entry (the paper) or per output channel / row (docs/method.md#granularity)
-    granularity: str = "element"
+    granularity: Granularity = "element"
     num_experts: int = 8  # moe: experts per layer ...
     top_k: int = 2  # ... and how many each token uses
     noisy_gating: bool = True  # moe: noisy top-k routing while training

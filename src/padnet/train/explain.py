@@ -98,7 +98,7 @@ def _walk(cls: type, prefix: str):
                      comments.get(name, ""))
 
 
-def _fields(cls: type):
+def _fields(cls: Any):
     """(name, annotation, default, constraint metadata) of a pydantic model's or a dataclass's fields."""
     if isinstance(cls, type) and issubclass(cls, BaseModel):
         for name, info in cls.model_fields.items():
