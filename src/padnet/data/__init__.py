@@ -42,6 +42,7 @@ from .transforms import (
 DatasetName = Literal["fashion_mnist", "imagefolder", "image_csv", "digits"]
 DATASETS = get_args(DatasetName)
 FILE_DATASETS = ("imagefolder", "image_csv")  # images in files: every transform key applies
+SubsetSize = Annotated[int, Field(ge=1)] | None  # examples in a fixed random subset; null: all (every task's)
 
 
 # A pydantic dataclass: a DataConfig built by hand for ``build_datasets`` is held to the bounds its fields
@@ -53,8 +54,8 @@ class DataConfig:
     name: DatasetName = "fashion_mnist"  # fashion_mnist, digits, imagefolder (class folders) or image_csv (path,label)
     root: str | None = None  # None: auto-detect (Fashion-MNIST); required for imagefolder
     download: bool = False  # Fashion-MNIST only: let torchvision download it when not found
-    train_subset: Annotated[int, Field(ge=1)] | None = None  # use this many training images (a fixed seeded subset)
-    test_subset: Annotated[int, Field(ge=1)] | None = None  # evaluate on this many test images (None: all)
+    train_subset: SubsetSize = None  # use this many training images (a fixed seeded subset)
+    test_subset: SubsetSize = None  # evaluate on this many test images (None: all)
     # draws the subsets and the digits split; independent of the run seed
     subset_seed: Annotated[int, Field(ge=0, le=2**32 - 2)] = 0
     # Training augmentation: none, flip, crop_flip or randaugment (padnet.data.transforms.AUGMENT);

