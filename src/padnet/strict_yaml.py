@@ -130,7 +130,8 @@ def read_yaml(path: str | Path) -> dict:
 def dump_yaml(obj) -> str:
     """``obj`` (dicts, lists, scalars) as YAML block text, the keys in their order."""
     yaml = YAML(typ="safe", pure=True)
-    yaml.default_flow_style, yaml.sort_base_mapping_type_on_output, yaml.allow_unicode = False, False, True
+    yaml.default_flow_style, yaml.allow_unicode = False, True
+    yaml.sort_base_mapping_type_on_output = False  # type: ignore[assignment]  # ruamel declares it None
     out = io.StringIO()
     yaml.dump(obj, out)
     return out.getvalue()

@@ -142,11 +142,16 @@ def test_convert_lists_every_bad_setting_by_name():
         convert(tiny(), routing="relu", reduction=0, aux_loss_coef=-1.0)
     assert err.value.problems == [
         "routing='relu' is not supported; allowed: 'softmax', 'sigmoid'",
-        "reduction=0 must be an integer >= 1",
-        "aux_loss_coef=-1.0 must be >= 0",
+        "reduction=0 must be greater than or equal to 1",
+        "aux_loss_coef=-1.0 must be greater than or equal to 0",
     ]
     with pytest.raises(ConfigError, match=r"top_k=9 must be <= num_experts=8"):
         convert(tiny(), top_k=9)
+    # The sizes are bounded as in a run config (a typo of K would otherwise allocate K kernels per conv).
+    with pytest.raises(ConfigError, match=r"num_kernels=1000 must be less than or equal to 64"):
+        convert(tiny(), num_kernels=1000)
+    with pytest.raises(ConfigError, match=r"num_kernels=4.0 must be a valid integer"):
+        convert(tiny(), num_kernels=4.0)
     with pytest.raises(ConfigError, match=r"dynamic='lstm' is not supported; allowed: 'conv', 'moe'"):
         convert(tiny(), dynamic="lstm")
     with pytest.raises(ConfigError, match=r"init='upcycle' keeps the model's function only with routing='softmax'"):

@@ -34,12 +34,14 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Literal, NamedTuple, get_args
+from typing import TYPE_CHECKING, Annotated, Any, Literal, NamedTuple, get_args
 
 import torch
+from pydantic import BeforeValidator
+from pydantic_core import PydanticCustomError
 from torch import nn
 
-from ..errors import UsageError, shorten
+from ..errors import UsageError
 from .dynamic_conv import DynamicConv2d
 from .moe import MoELinear
 from .pad_conv import PADConv2d
@@ -295,15 +297,17 @@ def _find_ffn_targets(model: nn.Module, config: ConvertConfig) -> Targets:
     return Targets(by_order(eligible), by_order(default))
 
 
-def target_problems(targets, prefix: str = "") -> list[str]:
-    """What is wrong with a ``ConvertOptions.target`` value (empty when nothing)."""
-    if isinstance(targets, str) or (isinstance(targets, (list, tuple)) and targets
-                                    and all(isinstance(t, str) for t in targets)):
-        bad = [t for t in targets_of(targets) if t not in MOE_TARGETS]
-        if not bad:
-            return []
-    return [f"{prefix}target={shorten(targets)} is not supported; allowed: one of "
-            f"{', '.join(map(repr, MOE_TARGETS))} or a non-empty list of them"]
+def _moe_targets(value: Any) -> Any:
+    listed = isinstance(value, list) and value and all(isinstance(target, str) for target in value)
+    if (isinstance(value, str) or listed) and all(target in MOE_TARGETS for target in targets_of(value)):
+        return value
+    raise PydanticCustomError("choice", "is not supported; allowed: one of {names} or a non-empty list of them",
+                              {"names": ", ".join(map(repr, MOE_TARGETS))})
+
+
+# ``ConvertOptions.target``: one of ``MOE_TARGETS`` or a non-empty list of them (checked whole, before the
+# union's members are tried, so that a bad value is one line)
+MoeTarget = Annotated[str | list[str], BeforeValidator(_moe_targets)]
 
 
 def _found_linear(module: nn.Module) -> LinearView:

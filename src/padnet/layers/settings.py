@@ -6,49 +6,65 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
+from typing import Annotated
+
+from pydantic import AfterValidator, Field, ValidationInfo, create_model
+from pydantic_core import PydanticCustomError
 
 from ..errors import ConfigError
-from ._validate import choice_problem, int_problem
-from .attention import ROUTINGS, Routing
-from .conversions import INITS, Init, conversion_kinds, get_conversion, target_problems
-from .pad_base import GRANULARITIES, LAMBDA_MODES, Granularity, LambdaMode
+from ..validation import Section, fields_of, validate as validate_model
+from ._validate import choice_problem
+from .attention import Routing
+from .conversions import Init, MoeTarget, conversion_kinds, get_conversion
+from .pad_base import Granularity, LambdaMode
+
+# Upper bounds on the sizes (a value past them is a typo or an attack, and would otherwise surface as an
+# out-of-memory kill or a raw RuntimeError; the defaults are K = 4 kernels and 8 experts).
+MAX_KERNELS = 64
+MAX_EXPERTS = 1024
+MAX_REDUCTION = 4096
+
+
+def _at_most_num_experts(top_k: int, info: ValidationInfo) -> int:
+    experts = info.data.get("num_experts")  # absent when it is itself invalid
+    if experts is not None and top_k > experts:
+        raise PydanticCustomError("top_k", "must be <= num_experts={experts}", {"experts": experts})
+    return top_k
 
 
 @dataclass(kw_only=True)
 class ConvertOptions:
     """How layers are converted: every setting of a conversion but which kind and whether PAD. A run
-    config's ``dynamic`` section holds these keys too (``padnet.train.config.DynamicConfig``)."""
+    config's ``dynamic`` section holds these keys too (``padnet.train.config.DynamicConfig``); both are
+    checked by ``ConvertSettings``, the same fields as a pydantic model."""
 
-    num_kernels: int = 4  # conv: K, the dynamic kernels per conv
+    num_kernels: Annotated[int, Field(ge=1, le=MAX_KERNELS)] = 4  # conv: K, the dynamic kernels per conv
     routing: Routing = "softmax"  # conv: softmax = DY-Conv (temperature-annealed), sigmoid = CondConv
-    reduction: int = 16  # conv: attention hidden width C_in // reduction (at least 4)
+    # conv: attention hidden width C_in // reduction (at least 4)
+    reduction: Annotated[int, Field(ge=1, le=MAX_REDUCTION)] = 16
     # conv: fresh kernels (docs/method.md#dynamic-layers) or upcycle (every kernel from the existing weight)
     init: Init = "fresh"
     lambda_mode: LambdaMode = "both"  # PAD: which scale factors learn: both, static, dynamic or none
     # PAD: mask per entry (the paper) or per output channel / row (docs/method.md#granularity)
     granularity: Granularity = "element"
-    num_experts: int = 8  # moe: experts per layer ...
-    top_k: int = 2  # ... and how many each token uses
+    num_experts: Annotated[int, Field(ge=1, le=MAX_EXPERTS)] = 8  # moe: experts per layer ...
+    # ... and how many each token uses (<= num_experts)
+    top_k: Annotated[int, Field(ge=1), AfterValidator(_at_most_num_experts)] = 2
     noisy_gating: bool = True  # moe: noisy top-k routing while training
-    aux_loss_coef: float = 0.01  # moe: load-balancing loss coefficient
+    aux_loss_coef: Annotated[float, Field(ge=0)] = 0.01  # moe: load-balancing loss coefficient
     # moe: which FFN projections become MoEs: "output" (docs/method.md#placement; "down"), "gate", "up",
     # or a list
-    target: str | list[str] = "output"
+    target: MoeTarget = "output"
     include: list[str] | None = None  # fnmatch patterns of module names to convert (overrides the rule)
     exclude: list[str] | None = None  # ... and to leave as they are
 
     def problems(self, prefix: str = "") -> list[str]:
         """Every bad setting, each naming its key (after ``prefix``, e.g. ``"dynamic."``), the value and
         what is allowed."""
-        choices = {"routing": ROUTINGS, "init": INITS, "lambda_mode": LAMBDA_MODES, "granularity": GRANULARITIES}
-        picks = [choice_problem(f"{prefix}{key}", getattr(self, key), allowed) for key, allowed in choices.items()]
-        sizes = [int_problem(f"{prefix}{key}", getattr(self, key))
-                 for key in ("num_kernels", "reduction", "num_experts", "top_k")]
-        out = [p for p in picks + sizes if p] + target_problems(self.target, prefix)
-        if not (isinstance(self.aux_loss_coef, (int, float)) and self.aux_loss_coef >= 0):
-            out.append(f"{prefix}aux_loss_coef={self.aux_loss_coef!r} must be >= 0")
-        if not any(sizes) and self.top_k > self.num_experts:
-            out.append(f"{prefix}top_k={self.top_k!r} must be <= {prefix}num_experts={self.num_experts!r}")
+        out: list[str] = []
+        # a tuple is as good as a list here (pydantic's strict mode, which a config file needs, refuses it)
+        options = {key: list(v) if isinstance(v, tuple) else v for key, v in self.options().items()}
+        validate_model(ConvertSettings, options, out, prefix.removesuffix("."))
         return out
 
     def options(self) -> dict:
@@ -79,3 +95,7 @@ class ConvertConfig(ConvertOptions):
         problems = self.problems()
         if problems:
             raise ConfigError(problems, "padnet.convert settings")
+
+
+# ``ConvertOptions`` as a pydantic model: what checks it, and the base of a run config's ``dynamic`` section.
+ConvertSettings: type[Section] = create_model("ConvertSettings", __base__=Section, **fields_of(ConvertOptions))

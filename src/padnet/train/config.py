@@ -14,28 +14,26 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import typing
-from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Annotated, Any, ClassVar, Literal, TypeVar
 
 import pydantic
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, create_model, model_validator
-from pydantic_core import PydanticCustomError
+from pydantic import AfterValidator, Field, create_model, model_validator
 from ruamel.yaml import YAMLError
 
 from ..distributed import DEVICES
-from ..errors import ConfigError, shorten
+from ..errors import ConfigError
 from ..layers import ConvertConfig, ConvertOptions
 from ..layers.conv_strategy import STRATEGY_MODES
 from ..layers.conversions import conversion_kinds, get_conversion
+from ..layers.settings import ConvertSettings
 from ..partition import SCHEDULES, SCOPES, scorer_names
 from ..plugins import PluginError, import_plugins
 from ..strict_yaml import load_yaml, read_yaml
+from ..validation import Section, fields_of, one_of, refuse, validate
 from .tasks import get_task
 
 T = TypeVar("T")
-M = TypeVar("M", bound=BaseModel)
 
 LrScheduler = Literal["cosine", "constant"]  # after the warm-up: per-step cosine decay to 0, or constant
 # Upper bounds on sizes a config can set, checked before anything is built (a value past them is a typo
@@ -43,51 +41,17 @@ LrScheduler = Literal["cosine", "constant"]  # after the warm-up: per-step cosin
 MAX_SEED = 2**32 - 1
 MAX_BATCH = 2**20
 MAX_STEPS = 10**7
-MAX_KERNELS = 64
-MAX_EXPERTS = 1024
 MAX_WIDTH = 4096
 SECTIONS = ("dynamic", "partition", "optim")  # the trainer's sections; a task adds its own
-
-
-class Section(BaseModel):
-    """A config section: unknown keys refused, values taken as written (no "3" for 3, no 3.0 for 3, no
-    "yes" for true; an int is a fine float), every number finite."""
-
-    model_config = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False)
-
-
-def _refuse(problems: list[str]) -> None:
-    """Report what pydantic cannot state (rules across keys, a task's own checks), each line as written."""
-    if problems:
-        raise PydanticCustomError("padnet", "{problems}", {"problems": problems})
-
-
-def one_of(allowed: Iterable[str] | Callable[[], Iterable[str]]) -> AfterValidator:
-    """A choice among ``allowed``; a callable is asked at validation time (a registry that plug-ins extend)."""
-    def check(value: str) -> str:
-        names = tuple(allowed() if callable(allowed) else allowed)
-        if value not in names:
-            raise PydanticCustomError("choice", "is not supported; allowed: {names}",
-                                      {"names": ", ".join(map(repr, names))})
-        return value
-    check.allowed = allowed  # type: ignore[attr-defined]  # for padnet config --explain
-    return AfterValidator(check)
-
-
-def _fields_of(cls: type) -> dict[str, Any]:
-    """The fields of dataclass ``cls`` (types, defaults) as pydantic field definitions."""
-    hints = typing.get_type_hints(cls, include_extras=True)  # with the bounds of Annotated[int, Field(ge=1)]
-    return {f.name: (hints[f.name], f.default if f.default_factory is dataclasses.MISSING else
-                     Field(default_factory=f.default_factory)) for f in dataclasses.fields(cls)}
 
 
 @functools.cache
 def _model_of(cls: type) -> type[Section]:
     """A task section's dataclass as a ``Section`` with its fields, running its ``problems()`` if it has one."""
     def task_rules(section: Section) -> Section:
-        _refuse(getattr(cls(**dict(section)), "problems", list)())
+        refuse(getattr(cls(**dict(section)), "problems", list)())
         return section
-    return create_model(cls.__name__, __base__=Section, **_fields_of(cls),
+    return create_model(cls.__name__, __base__=Section, **fields_of(cls),
                         __validators__={"task_rules": model_validator(mode="after")(task_rules)})
 
 
@@ -114,19 +78,13 @@ class RunDynamicKeys(Section):
                                                                  **self.options())
 
     @model_validator(mode="after")
-    def _convert_rules(self) -> RunDynamicKeys:
-        out = ConvertOptions(**self.options()).problems("dynamic.")
-        if not out and self.mode != "static":
-            # The kind's own rules (e.g. conv: upcycle needs softmax), once the settings they read are valid.
-            out = get_conversion(self.kind).problems(self.convert_config(), "dynamic.")
-        limits = {"num_kernels": MAX_KERNELS, "reduction": MAX_WIDTH, "num_experts": MAX_EXPERTS}
-        _refuse(out + [f"dynamic.{key}={getattr(self, key)!r} must be an integer <= {high}"
-                       for key, high in limits.items() if getattr(self, key) > high])
+    def _kind_rules(self) -> RunDynamicKeys:
+        # The kind's own rules (e.g. conv: upcycle needs softmax), once the settings they read are valid.
+        refuse(get_conversion(self.kind).problems(self.convert_config(), "dynamic.") if self.mode != "static" else [])
         return self
 
 
-class DynamicConfig(create_model("ConvertSettings", __base__=Section, **_fields_of(ConvertOptions)),  # type: ignore[misc]
-                    RunDynamicKeys):
+class DynamicConfig(ConvertSettings, RunDynamicKeys):
     """How the model is made dynamic: every setting of ``padnet.convert`` under its name there, declared once
     (``padnet.layers.ConvertOptions``), and the run's keys, the base listed last so that they come first
     in config.yaml and in messages."""
@@ -170,7 +128,7 @@ class OptimConfig(Section):
 
     @model_validator(mode="after")
     def _nesterov(self) -> OptimConfig:
-        _refuse(["optim.nesterov=true needs optim.momentum > 0"] if self.nesterov and self.momentum == 0 else [])
+        refuse(["optim.nesterov=true needs optim.momentum > 0"] if self.nesterov and self.momentum == 0 else [])
         return self
 
 
@@ -184,7 +142,7 @@ class EmaConfig(Section):
 
 def _own_directory(run_dir: str) -> str:
     if Path(run_dir.strip()) == Path("."):  # also "" and "  "
-        _refuse([f"run_dir={run_dir!r} must name a directory of its own (not empty, not the current directory); "
+        refuse([f"run_dir={run_dir!r} must name a directory of its own (not empty, not the current directory); "
                  "e.g. runs/my-run"])
     return run_dir
 
@@ -256,77 +214,6 @@ class RunConfig(Section):
     def to_dict(self) -> dict:
         """Plain values (config.yaml, checkpoints): the run's keys, then the task's sections."""
         return {**self.model_dump(), **{name: dataclasses.asdict(s) for name, s in self.sections.items()}}
-
-
-# ---------------------------------------------------------------------------------------- helpers
-def optional_member(annotation):
-    """``X`` for ``X | None``; any other annotation as it is."""
-    members = typing.get_args(annotation)
-    if len(members) == 2 and type(None) in members:
-        return next(m for m in members if m is not type(None))
-    return annotation
-
-
-def problems_of(error: ValidationError, model: type[BaseModel], section: str = "",
-                extra_keys: Iterable[str] = ()) -> tuple[list[str], list[tuple]]:
-    """A line for each of pydantic's errors (``model`` validating the section ``section``) naming the key,
-    the value given and what is allowed; and the locations of the keys at fault."""
-    out: dict[str, str] = {}  # a line by the key (or the problem) it is about
-    paths = []
-    for e in error.errors():
-        loc, n = e["loc"], 0
-        hint: Any = model
-        while n < len(loc):  # not list indices, union members
-            hint = optional_member(hint)  # an optional section (ema): the section
-            if loc[n] not in getattr(hint, "model_fields", {}):
-                break
-            hint, n = hint.model_fields[loc[n]].annotation, n + 1
-        key = ".".join(map(str, (section, *loc[:n]) if section else loc[:n]))
-        at = key + "".join(f"[{p}]" for p in loc[n:] if isinstance(p, int))
-        text = e["msg"].replace("Input should be", "must be").replace("List should have", "must have").replace(
-            " after validation", "")
-        if e["type"] == "literal_error":  # worded as every other choice (one_of, padnet.convert's)
-            text = f"is not supported; allowed: {', '.join(map(repr, typing.get_args(hint)))}"
-        if e["type"] == "padnet":
-            out.update({problem: problem for problem in e["ctx"]["problems"]})
-        elif e["type"] == "extra_forbidden":
-            paths.append(loc)
-            unknown = ".".join(map(str, (section, *loc) if section else loc))
-            out[unknown] = (f"unknown key {shorten(unknown)}; allowed keys{' in ' + key if key else ''}: "
-                            f"{', '.join([*hint.model_fields, *(() if n else extra_keys)])}")
-        elif at in out:  # another member of a union
-            out[at] += " or " + text.removeprefix("must be ")
-        else:
-            paths.append(loc[:n])
-            value = shorten(None if e["type"] == "missing" else e["input"])
-            out[at] = f"{at}={value}{' ' if text[0].islower() else ': '}{text}"
-    return list(out.values()), paths
-
-
-def validate(model: type[M], raw, problems: list[str], section: str = "", extra_keys: Iterable[str] = ()) -> M | None:
-    """``model`` from ``raw``, every problem added to ``problems``. The rules across keys (a section's
-    validators, a task's ``problems()``) run once a section's keys are valid; so that one message lists
-    every problem, a ``raw`` with bad keys is validated again without them, defaults in their place, and
-    that model is returned (for the task's pre-flight check; None when even it cannot be built)."""
-    try:
-        return model.model_validate(raw)
-    except ValidationError as err:
-        found, paths = problems_of(err, model, section, extra_keys)
-    problems.extend(found)
-    if not (isinstance(raw, dict) and paths and all(paths)):
-        return None
-    rest = dict(raw)
-    for path in paths:  # drop each bad key, copying the dicts on its way (raw stays as it is)
-        node = rest
-        for part in path[:-1]:
-            node[part] = node = dict(node[part])
-        node.pop(path[-1], None)
-    try:
-        return model.model_validate(rest)
-    except ValidationError as err:
-        problems.extend(p for e in err.errors() if e["type"] == "padnet" for p in e["ctx"]["problems"]
-                        if p not in problems)
-    return None
 
 
 def parse_overrides(overrides: list[str] | None, problems: list[str]) -> dict:

@@ -21,7 +21,8 @@ from pydantic import BaseModel
 from pydantic.fields import FieldInfo
 
 from ..errors import UsageError
-from .config import RunConfig, optional_member
+from ..validation import optional_member
+from .config import RunConfig
 from .tasks import get_task, known_tasks
 
 

@@ -18,7 +18,8 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from ..errors import ConfigError, UsageError
 from ..temperature import TemperatureSchedule
-from .config import LrScheduler, RunConfig, validate
+from ..validation import validate
+from .config import LrScheduler, RunConfig
 
 
 class RunSchedule(BaseModel):

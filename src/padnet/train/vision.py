@@ -13,7 +13,8 @@ from pydantic import Field
 
 from .. import models
 from ..data import DataConfig, build_datasets, check_image_files, find_fashion_mnist
-from .config import MAX_WIDTH, RunConfig, one_of
+from ..validation import one_of
+from .config import MAX_WIDTH, RunConfig
 from .tasks import TaskParts, register_task
 
 
