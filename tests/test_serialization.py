@@ -4,6 +4,8 @@ import json
 import os
 import pickle
 import struct
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -64,6 +66,33 @@ def test_round_trip(tmp_path, form):
         assert load_file(path)["layer1.0.conv1.dynamic_index"].dtype == torch.int32
         assert loaded.layer1[0].conv1.dynamic_index.dtype == torch.long
     assert not [p for p in os.listdir(tmp_path) if p != "m.safetensors"]  # no temp file left behind
+
+
+@pytest.mark.slow
+def test_loading_on_meta_imports_neither_sympy_nor_dynamo(tmp_path):
+    """``padnet.load`` builds a file's model on the meta device before it takes any tensor; PAD layers,
+    compacted and deployed, skip their value arithmetic there, whose meta kernels (Python registrations)
+    would import sympy and torch._dynamo: about half of what ``padnet predict`` of a padnet model takes
+    here. (A torchvision model imports both with torchvision itself.)"""
+    files = []
+    for name, form in (("c", padnet.compact), ("d", padnet.deploy)):
+        torch.manual_seed(0)
+        model = convert(padnet.build_arch("padnet.small_resnet", num_classes=3, width=4, layers=[1, 1]),
+                        include=["layer2.*"])
+        for i, (_, layer) in enumerate(pad_layers(model)):
+            layer.set_mask(random_mask(layer.kernel_shape, 0.3, seed=i))
+        files.append(padnet.save(form(model), tmp_path / f"{name}.safetensors"))
+    code = ("import json, sys, torch, padnet\n"
+            "heavy = lambda: [m for m in ('sympy', 'torch._dynamo') if m in sys.modules]\n"
+            "before = heavy()\n"
+            f"models = [padnet.load(path) for path in {[str(f) for f in files]!r}]\n"
+            "assert models[0].layer2[0].conv1.compacted and hasattr(models[1].layer2[0].conv1, 'static_kernel')\n"
+            "print(json.dumps([before, heavy()]))")
+    before, after = json.loads(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                                              check=True).stdout)
+    if before:
+        pytest.skip(f"importing padnet already imports {before} with this torch")
+    assert after == []
 
 
 def deployed_moe_encoder():

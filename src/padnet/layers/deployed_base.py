@@ -25,7 +25,7 @@ from torch import nn
 
 from ..errors import UsageError
 from ._validate import check_choice
-from .pad_base import GRANULARITIES, DynamicEntries
+from .pad_base import GRANULARITIES, DynamicEntries, PartiallyDynamic, all_positions
 
 
 class DeployedPartiallyDynamic(DynamicEntries):
@@ -44,7 +44,7 @@ class DeployedPartiallyDynamic(DynamicEntries):
         self.kernel_shape = tuple(kernel_shape)
         numel = math.prod(self.kernel_shape)
         if dynamic_index is None:
-            dynamic_index = torch.arange(numel)
+            dynamic_index = all_positions(numel)
         dynamic_index = self._check_index(dynamic_index, numel)
         nnz = dynamic_index.numel()
         self.dynamic_values = nn.Parameter(torch.zeros(num_kernels, nnz), requires_grad=False)
@@ -96,6 +96,15 @@ class DeployedPartiallyDynamic(DynamicEntries):
         self.static_kernel = kernel
 
     @torch.no_grad()
+    def take_entries(self, layer: PartiallyDynamic) -> None:
+        """Take the PAD layer ``layer``'s device, dtype and entries, its scales folded in
+        (``folded_entries``). On the meta device there are no values to take (and torch's meta kernels
+        for that arithmetic import torch._dynamo: 1.4 s of every ``padnet predict``)."""
+        dynamic = layer.dynamic_entries()
+        self.to(device=dynamic.device, dtype=dynamic.dtype)
+        if not dynamic.is_meta:
+            self.load_folded(*layer.folded_entries())
+
     def load_folded(self, static_values: torch.Tensor, dynamic_values: torch.Tensor) -> None:
         """Set the stored entries (lambdas already folded in): the dynamic values, and the static ones
         into the dense static kernel."""

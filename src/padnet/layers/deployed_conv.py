@@ -63,11 +63,7 @@ class DeployedPADConv2d(DeployedPartiallyDynamic, DynamicConvCompute, nn.Module)
         # Attention unchanged: a copy, whatever reduction built it.
         new.attention = copy.deepcopy(layer.attention)
         new.temperature = layer.temperature
-        ref = layer.dynamic_entries()
-        new.to(device=ref.device, dtype=ref.dtype)
-        lambda_s, lambda_d = layer.scales
-        static = layer.masked_static_kernel().index_select(0, layer.static_index.to(ref.device))
-        new.load_folded(lambda_s * static, lambda_d * layer.dynamic_entries())
+        new.take_entries(layer)
         if layer.bias is not None:
             assert new.bias is not None  # built with bias=True above
             new.bias.copy_(layer.bias)

@@ -52,11 +52,7 @@ class DeployedPADMoELinear(DeployedPartiallyDynamic, MoECompute, nn.Module):
             granularity=layer.granularity,
         )
         new.router = copy.deepcopy(layer.router)
-        ref = layer.dynamic_entries()
-        new.to(device=ref.device, dtype=ref.dtype)
-        lambda_s, lambda_d = layer.scales
-        static = layer.masked_static_kernel().index_select(0, layer.static_index.to(ref.device))
-        new.load_folded(lambda_s * static, lambda_d * ref)
+        new.take_entries(layer)
         if layer.bias is not None:
             assert new.bias is not None  # built with bias=True above
             new.bias.copy_(layer.bias)

@@ -43,6 +43,15 @@ def dense_dynamic_kernels(values: torch.Tensor, index: torch.Tensor, numel: int)
     return values.new_zeros(values.shape[0], numel).scatter(1, wide_index, values)
 
 
+
+def all_positions(numel: int) -> torch.Tensor:
+    """``torch.arange(numel)`` on the default device; on the meta device, where a tensor holds no values, an
+    empty tensor of its size, because torch's meta ``arange`` is a Python registration whose first call
+    imports sympy (0.8 s of every ``padnet predict``, which builds the model on meta first)."""
+    if torch.get_default_device().type == "meta":
+        return torch.empty(numel, dtype=torch.long)
+    return torch.arange(numel)
+
 class Upcyclable(Protocol):
     """A training-form dynamic layer (DY-Conv, MoE, or their PAD forms): its full kernels and bias."""
 
@@ -197,7 +206,7 @@ class PartiallyDynamic(DynamicEntries):
         # phi is unused in mode "none"; it stays a (frozen) parameter so state dicts keep one layout.
         self.phi = nn.Parameter(torch.zeros(()), requires_grad=lambda_mode != "none")
         self.register_buffer("mask", torch.ones(self.kernel_shape, dtype=torch.bool))
-        self.register_buffer("dynamic_index", torch.arange(self.kernel_numel), persistent=False)
+        self.register_buffer("dynamic_index", all_positions(self.kernel_numel), persistent=False)
         # 1 - M as uint8, flattened: zeroes the static gradient at the dynamic entries in one multiply.
         self.register_buffer("static_keep", torch.zeros(self.kernel_numel, dtype=torch.uint8), persistent=False)
         # Set by the partition while it scores: a float copy of the mask that carries gradient.
@@ -289,6 +298,14 @@ class PartiallyDynamic(DynamicEntries):
             return self.dynamic_values
         return self.weight.reshape(self.weight.shape[0], -1).index_select(1, self.dynamic_index)
 
+    def folded_entries(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """What a deployed form stores, the scales folded in: lambda_s times W_s at the static entries
+        (N - nnz, in position order) and lambda_d times the dynamic entries (K, nnz)."""
+        dynamic = self.dynamic_entries()
+        lambda_s, lambda_d = self.scales
+        static = self.static_weight.reshape(-1).index_select(0, self.static_index.to(dynamic.device))
+        return lambda_s * static, lambda_d * dynamic
+
     def masked_static_kernel(self, scale: torch.Tensor | None = None) -> torch.Tensor:
         """``scale`` (default 1) times (1 - M) (.) W_s, flattened to (N,): zero at the dynamic entries,
         which get no gradient. Always a new tensor the caller may write into."""
@@ -331,7 +348,8 @@ class PartiallyDynamic(DynamicEntries):
         dynamic = self.dynamic_entries().detach().clone()
         del self.weight
         self.dynamic_values = nn.Parameter(dynamic)
-        self.static_weight.copy_(self.masked_static_kernel().reshape(self.static_weight.shape))
+        if not self.static_weight.is_meta:  # no values to zero (and torch's meta where imports dynamo: 1.4 s)
+            self.static_weight.copy_(self.masked_static_kernel().reshape(self.static_weight.shape))
         self.compacted = True
         return self
 

@@ -97,11 +97,7 @@ class DeployedExpertWeights(ExpertWeights, DeployedPartiallyDynamic, nn.Module):
     @torch.no_grad()
     def from_pad(cls, layer: PADExpertWeights) -> "DeployedExpertWeights":
         new = cls(layer.num_experts, layer.out_features, layer.in_features, layer.dynamic_index.detach().cpu())
-        dynamic = layer.dynamic_entries()
-        new.to(device=dynamic.device, dtype=dynamic.dtype)
-        lambda_s, lambda_d = layer.scales
-        static = layer.static_weight.reshape(-1).index_select(0, layer.static_index.to(dynamic.device))
-        new.load_folded(lambda_s * static, lambda_d * dynamic)
+        new.take_entries(layer)
         return new.train(layer.training)
 
     def expert_weights(self) -> torch.Tensor:
