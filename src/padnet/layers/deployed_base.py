@@ -105,6 +105,7 @@ class DeployedPartiallyDynamic(DynamicEntries):
         if not dynamic.is_meta:
             self.load_folded(*layer.folded_entries())
 
+    @torch.no_grad()
     def load_folded(self, static_values: torch.Tensor, dynamic_values: torch.Tensor) -> None:
         """Set the stored entries (lambdas already folded in): the dynamic values, and the static ones
         into the dense static kernel."""

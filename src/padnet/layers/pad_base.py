@@ -43,7 +43,6 @@ def dense_dynamic_kernels(values: torch.Tensor, index: torch.Tensor, numel: int)
     return values.new_zeros(values.shape[0], numel).scatter(1, wide_index, values)
 
 
-
 def all_positions(numel: int) -> torch.Tensor:
     """``torch.arange(numel)`` on the default device; on the meta device, where a tensor holds no values, an
     empty tensor of its size, because torch's meta ``arange`` is a Python registration whose first call
@@ -51,6 +50,7 @@ def all_positions(numel: int) -> torch.Tensor:
     if torch.get_default_device().type == "meta":
         return torch.empty(numel, dtype=torch.long)
     return torch.arange(numel)
+
 
 class Upcyclable(Protocol):
     """A training-form dynamic layer (DY-Conv, MoE, or their PAD forms): its full kernels and bias."""
