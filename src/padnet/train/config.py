@@ -51,8 +51,8 @@ def _model_of(cls: type) -> type[Section]:
     def task_rules(section: Section) -> Section:
         refuse(getattr(cls(**dict(section)), "problems", list)())
         return section
-    return create_model(cls.__name__, __base__=Section, **fields_of(cls),
-                        __validators__={"task_rules": model_validator(mode="after")(task_rules)})
+    validators: dict[str, Any] = {"task_rules": model_validator(mode="after")(task_rules)}
+    return create_model(cls.__name__, __base__=Section, **fields_of(cls), __validators__=validators)
 
 
 class RunDynamicKeys(Section):
@@ -80,11 +80,12 @@ class RunDynamicKeys(Section):
     @model_validator(mode="after")
     def _kind_rules(self) -> RunDynamicKeys:
         # The kind's own rules (e.g. conv: upcycle needs softmax), once the settings they read are valid.
-        refuse(get_conversion(self.kind).problems(self.convert_config(), "dynamic.") if self.mode != "static" else [])
+        config = self.convert_config()
+        refuse(get_conversion(self.kind).problems(config, "dynamic.") if config is not None else [])
         return self
 
 
-class DynamicConfig(ConvertSettings, RunDynamicKeys):
+class DynamicConfig(ConvertSettings, RunDynamicKeys):  # type: ignore[misc, valid-type]  # a pydantic create_model
     """How the model is made dynamic: every setting of ``padnet.convert`` under its name there, declared once
     (``padnet.layers.ConvertOptions``), and the run's keys, the base listed last so that they come first
     in config.yaml and in messages."""
@@ -275,8 +276,9 @@ def config_from_dict(raw: dict, overrides: list[str] | None = None, source: str 
     config = validate(RunConfig, top, problems, extra_keys=section_types)
     sections = {name: validate(_model_of(cls), {} if raw.get(name) is None else raw[name], problems, name)
                 for name, cls in section_types.items()}
-    if config is not None and None not in sections.values():
-        config.sections.update({name: cls(**dict(sections[name])) for name, cls in section_types.items()})
+    valid = {name: section for name, section in sections.items() if section is not None}
+    if config is not None and len(valid) == len(sections):
+        config.sections.update({name: section_types[name](**dict(section)) for name, section in valid.items()})
         if task is not None and task.check is not None and preflight:
             try:
                 problems.extend(task.check(config))
