@@ -47,7 +47,7 @@ def test_gpt2_conv1d_mlp_output_is_upcycled_exactly():
 
 @pytest.mark.parametrize("target, names", [
     ("output", ["down_proj"]), ("down", ["down_proj"]), ("gate", ["gate_proj"]), ("up", ["up_proj"]),
-    (["gate", "down"], ["gate_proj", "down_proj"]),
+    (["gate", "down"], ["gate_proj", "down_proj"]), (("gate", "down"), ["gate_proj", "down_proj"]),  # a tuple too
 ])
 def test_swiglu_projections_chosen_by_target_are_upcycled_exactly(target, names):
     model = tiny_llama()
