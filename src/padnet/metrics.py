@@ -12,10 +12,12 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 
 import numpy as np
-from scipy.stats import pearsonr, spearmanr
-from sklearn.metrics import f1_score, matthews_corrcoef as _sklearn_mcc
 
 from .errors import UsageError
+
+# scipy.stats and sklearn.metrics are imported where a metric is computed: together they take 1.5 s to
+# import here, which a command that only reads the text tasks' settings (`padnet config --explain`, a GLUE
+# sweep's `--dry-run`) would otherwise pay.
 
 TASK_METRICS: dict[str, tuple[str, ...]] = {
     "cola": ("mcc",),
@@ -59,6 +61,8 @@ def _constant(v: np.ndarray) -> bool:
 def f1(y_true, y_pred, positive=1) -> float:
     """F1 of the class ``positive`` (one against the rest, so labels may have more classes); 0 when there
     are no true and no predicted positives (sklearn's ``zero_division=0``)."""
+    from sklearn.metrics import f1_score
+
     a, b = _pair(y_true, y_pred)
     return float(f1_score(a, b, labels=[positive], average="macro", zero_division=0.0))
 
@@ -66,14 +70,18 @@ def f1(y_true, y_pred, positive=1) -> float:
 def matthews_corrcoef(y_true, y_pred) -> float:
     """Matthews correlation for binary or multi-class labels (Gorodkin's R_K); 0 when undefined
     (a constant prediction or a constant truth), as sklearn and GLUE report it."""
+    from sklearn.metrics import matthews_corrcoef as sklearn_mcc
+
     a, b = _pair(y_true, y_pred)
     if _constant(a) or _constant(b):
         return 0.0  # what sklearn returns, without its warning about a single label in both
-    return float(_sklearn_mcc(a, b))
+    return float(sklearn_mcc(a, b))
 
 
 def pearson(x, y) -> float:
     """Pearson's r; 0 when undefined (a constant input), where scipy warns and returns nan."""
+    from scipy.stats import pearsonr
+
     a, b = _floats(x, y)
     return 0.0 if _constant(a) or _constant(b) else float(pearsonr(a, b).statistic)
 
@@ -81,12 +89,16 @@ def pearson(x, y) -> float:
 def spearman(x, y) -> float:
     """Spearman's rho (ties get their average rank); 0 when undefined (a constant input), where scipy
     warns and returns nan."""
+    from scipy.stats import spearmanr
+
     a, b = _floats(x, y)
     return 0.0 if _constant(a) or _constant(b) else float(spearmanr(a, b).statistic)
 
 
 def macro_f1(y_true, y_pred) -> float:
     """The unweighted mean over the classes present in ``y_true`` or ``y_pred`` of each class's F1."""
+    from sklearn.metrics import f1_score
+
     a, b = _pair(y_true, y_pred)
     return float(f1_score(a, b, average="macro"))
 

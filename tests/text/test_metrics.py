@@ -1,6 +1,9 @@
 """GLUE metrics against values computed by hand, and against scikit-learn/scipy called directly."""
 
+import json
 import math
+import subprocess
+import sys
 import warnings
 
 import numpy as np
@@ -124,3 +127,20 @@ def test_against_sklearn_and_scipy_on_random_data():
         x, y = rng.normal(size=100), rng.integers(0, 6, 100).astype(float)  # ties in y
         assert pearson(x, y) == pytest.approx(stats.pearsonr(x, y)[0])
         assert spearman(x, y) == pytest.approx(stats.spearmanr(x, y)[0])
+
+
+@pytest.mark.slow  # a fresh interpreter
+def test_importing_the_metrics_leaves_scipy_and_sklearn_for_when_a_metric_is_computed():
+    """1.5 s of imports that `padnet config --explain` would otherwise pay for the text tasks' settings."""
+    code = ("import json, sys, padnet\n"
+            "heavy = lambda: [m for m in ('scipy.stats', 'sklearn.metrics') if m in sys.modules]\n"
+            "before = heavy()\n"
+            "import padnet.metrics, padnet.text\n"
+            "after = heavy()\n"
+            "padnet.metrics.matthews_corrcoef([0, 1, 1], [0, 1, 0])\n"
+            "print(json.dumps([before, after, heavy()]))")
+    before, after, used = json.loads(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                                                    check=True).stdout)
+    if before:
+        pytest.skip(f"importing padnet already imports {before}")
+    assert after == [] and "sklearn.metrics" in used
