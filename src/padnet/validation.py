@@ -24,8 +24,9 @@ M = TypeVar("M", bound=BaseModel)
 
 
 class Section(BaseModel):
-    """A config section: unknown keys refused, values taken as written (no "3" for 3, no 3.0 for 3, no
-    "yes" for true; an int is a fine float), every number finite."""
+    """A group of settings (a run config's section, ``padnet.convert``'s keywords): unknown keys refused,
+    values taken as written (no "3" for 3, no 3.0 for 3, no "yes" for true; an int is a fine float), every
+    number finite."""
 
     model_config = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False)
 

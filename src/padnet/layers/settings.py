@@ -26,7 +26,8 @@ MAX_REDUCTION = 4096
 
 
 def _at_most_num_experts(top_k: int, info: ValidationInfo) -> int:
-    experts = info.data.get("num_experts")  # absent when it is itself invalid
+    # num_experts is declared before top_k, so pydantic has validated it; absent when it is itself invalid
+    experts = info.data.get("num_experts")
     if experts is not None and top_k > experts:
         raise PydanticCustomError("top_k", "must be <= num_experts={experts}", {"experts": experts})
     return top_k
