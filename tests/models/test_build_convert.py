@@ -154,6 +154,9 @@ def test_convert_lists_every_bad_setting_by_name():
         convert(tiny(), num_kernels=4.0)
     with pytest.raises(ConfigError, match=r"dynamic='lstm' is not supported; allowed: 'conv', 'moe'"):
         convert(tiny(), dynamic="lstm")
+    # pad is a bool as written (a string was truthy, so pad="no" made the model PAD)
+    with pytest.raises(ConfigError, match=r"pad='no' must be a valid boolean"):
+        convert(tiny(), pad="no")
     with pytest.raises(ConfigError, match=r"init='upcycle' keeps the model's function only with routing='softmax'"):
         convert(tiny(), init="upcycle", routing="sigmoid")
     with pytest.raises(ValueError, match=r"found no nn.Conv2d to convert in SmallResNet .*include=\['nothing'\]"):

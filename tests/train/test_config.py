@@ -8,6 +8,7 @@ import yaml
 from padnet.data import DataConfig
 from padnet.errors import ConfigError
 from padnet.layers import ConvertOptions
+from padnet.layers.settings import convert_options
 from padnet.train import config_from_dict, load_config
 from padnet.train.sweep import load_sweep
 from padnet.train.vision import ModelConfig
@@ -128,7 +129,7 @@ def test_every_convert_option_is_reachable_from_yaml(tmp_path):
     # Every setting padnet.convert has is a key of the dynamic section, and reaches convert as it is.
     keys = {f.name for f in dataclasses.fields(ConvertOptions)}
     assert keys <= set(config.to_dict()["dynamic"])
-    assert {k: model.padnet_config[k] for k in keys} == config.dynamic.options()
+    assert {k: model.padnet_config[k] for k in keys} == convert_options(config.dynamic)
     assert model.padnet_config["dynamic"] == "conv" and model.padnet_config["pad"] is False
     with pytest.raises(ValueError, match=r"dynamic.aux_loss_coef=-1.0 must be greater than or equal to 0"):
         config_from_dict({"dynamic": {"aux_loss_coef": -1.0}})

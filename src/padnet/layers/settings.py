@@ -12,8 +12,7 @@ from pydantic import AfterValidator, Field, ValidationInfo, create_model
 from pydantic_core import PydanticCustomError
 
 from ..errors import ConfigError
-from ..validation import Section, fields_of, validate as validate_model
-from ._validate import choice_problem
+from ..validation import Section, fields_of, one_of, validate as validate_model
 from .attention import Routing
 from .conversions import Init, MoeTarget, conversion_kinds, get_conversion
 from .pad_base import Granularity, LambdaMode
@@ -62,15 +61,27 @@ class ConvertOptions:
     def problems(self, prefix: str = "") -> list[str]:
         """Every bad setting, each naming its key (after ``prefix``, e.g. ``"dynamic."``), the value and
         what is allowed."""
-        out: list[str] = []
-        # a tuple is as good as a list here (pydantic's strict mode, which a config file needs, refuses it)
-        options = {key: list(v) if isinstance(v, tuple) else v for key, v in self.options().items()}
-        validate_model(ConvertSettings, options, out, prefix.removesuffix("."))
-        return out
+        return _problems(ConvertSettings, self, prefix)
 
     def options(self) -> dict:
         """The ``ConvertOptions`` fields and their values (a subclass's own fields left out)."""
-        return {f.name: getattr(self, f.name) for f in dataclasses.fields(ConvertOptions)}
+        return convert_options(self)
+
+
+def convert_options(settings) -> dict:
+    """The settings ``ConvertOptions`` declares, by name, read from ``settings`` (a ``ConvertOptions``, or a
+    run config's ``dynamic`` section, which holds them beside the run's own keys)."""
+    return {f.name: getattr(settings, f.name) for f in dataclasses.fields(ConvertOptions)}
+
+
+def _problems(model: type[Section], settings, prefix: str) -> list[str]:
+    """Every problem ``model`` finds in the dataclass ``settings`` (its keys after ``prefix``)."""
+    out: list[str] = []
+    # a tuple is as good as a list here (pydantic's strict mode, which a config file needs, refuses it)
+    values = {key: list(v) if isinstance(v, tuple) else v for key, v in dataclasses.asdict(settings).items()
+              if key in model.model_fields}
+    validate_model(model, values, out, prefix.removesuffix("."))
+    return out
 
 
 @dataclass(kw_only=True)
@@ -80,16 +91,12 @@ class ConvertConfig(ConvertOptions):
     ``convert`` stores it on the model as ``model.padnet_config`` (a plain dict, plus ``converted``: the
     names of the replaced modules)."""
 
-    dynamic: str = "conv"
+    dynamic: Annotated[str, one_of(conversion_kinds)] = "conv"
     pad: bool = True
 
     def problems(self, prefix: str = "") -> list[str]:
-        out = super().problems(prefix)
-        kind = choice_problem(f"{prefix}dynamic", self.dynamic, conversion_kinds())
-        if kind:
-            return [kind, *out]
         # The kind's own rules (e.g. conv: upcycle needs softmax), once the settings they read are valid.
-        return out or get_conversion(self.dynamic).problems(self, prefix)
+        return _problems(ConvertConfigSettings, self, prefix) or get_conversion(self.dynamic).problems(self, prefix)
 
     def validate(self) -> None:
         """Raise ``ConfigError`` (a ``ValueError``) listing every problem."""
@@ -98,5 +105,8 @@ class ConvertConfig(ConvertOptions):
             raise ConfigError(problems, "padnet.convert settings")
 
 
-# ``ConvertOptions`` as a pydantic model: what checks it, and the base of a run config's ``dynamic`` section.
+# ``ConvertOptions`` as a pydantic model: what checks it, and the base of a run config's ``dynamic`` section;
+# and ``ConvertConfig`` (the kind and PAD too).
 ConvertSettings: type[Section] = create_model("ConvertSettings", __base__=Section, **fields_of(ConvertOptions))
+ConvertConfigSettings: type[Section] = create_model("ConvertConfigSettings", __base__=Section,
+                                                    **fields_of(ConvertConfig))

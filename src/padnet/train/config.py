@@ -26,7 +26,7 @@ from ..errors import ConfigError
 from ..layers import ConvertConfig, ConvertOptions
 from ..layers.conv_strategy import STRATEGY_MODES
 from ..layers.conversions import conversion_kinds, get_conversion
-from ..layers.settings import ConvertSettings
+from ..layers.settings import ConvertSettings, convert_options
 from ..partition import SCHEDULES, SCOPES, scorer_names
 from ..plugins import PluginError, import_plugins
 from ..strict_yaml import load_yaml, read_yaml
@@ -68,14 +68,10 @@ class RunDynamicKeys(Section):
     temperature_end: Annotated[float, Field(gt=0)] = 1.0  # ... to this temperature ...
     temperature_epochs: Annotated[float, Field(ge=0)] = 10.0  # ... over this many epochs
 
-    def options(self) -> dict:
-        """The settings of ``padnet.convert`` (``ConvertOptions``' fields) and their values."""
-        return {f.name: getattr(self, f.name) for f in dataclasses.fields(ConvertOptions)}
-
     def convert_config(self) -> ConvertConfig | None:
         """What ``padnet.convert`` is given for this run; None for mode=static (nothing is converted)."""
         return None if self.mode == "static" else ConvertConfig(dynamic=self.kind, pad=self.mode == "pad",
-                                                                 **self.options())
+                                                                 **convert_options(self))
 
     @model_validator(mode="after")
     def _kind_rules(self) -> RunDynamicKeys:
