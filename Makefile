@@ -69,7 +69,7 @@ lock: venv
 	$(PY) -m pip freeze --exclude-editable --all | sort > $(LOCK).new
 	mv $(LOCK).new $(LOCK)
 
-# ruff (lint and import order in src, benchmarks and tests), mypy (the modules listed in pyproject.toml)
+# ruff (lint and import order in src, benchmarks and tests), mypy (the whole package)
 # and the import-layering contract (pyproject.toml [tool.importlinter]); each exits non-zero on a finding.
 lint: venv
 	$(PY) -m ruff check src benchmarks tests

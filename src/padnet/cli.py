@@ -113,9 +113,10 @@ def _sweep_runs(args, configs, print) -> int:  # noqa: A002 - print: rank 0's pr
             print(f"  {s:<11} {c.run_dir}")
         _print_preprocessing(configs, print)
         return 0
-    statuses = _changed_runs(args, configs, statuses, print)
-    if statuses is None:
+    settled = _changed_runs(args, configs, statuses, print)
+    if settled is None:
         return 2
+    statuses = settled
     clock = SweepClock(statuses.count("pending") + statuses.count("interrupted"))
     skipped = []
     for i, (config, status) in enumerate(zip(configs, statuses)):

@@ -18,6 +18,7 @@ import json
 import warnings
 from collections.abc import Callable, Iterable
 from pathlib import Path
+from typing import Any, cast
 
 import torch
 from torch import nn
@@ -114,8 +115,11 @@ class PadnetTrainer(Trainer):
     """``transformers.Trainer`` whose training loss adds ``padnet.aux_loss(model)``: the load-balancing
     losses of the MoE layers' last forward (each times its ``aux_loss_coef``; zero without MoE layers)."""
 
-    def compute_loss(self, model, inputs, return_outputs=False, **kwargs):
-        loss, outputs = super().compute_loss(model, inputs, return_outputs=True, **kwargs)
+    def compute_loss(self, model: nn.Module, inputs: dict[str, torch.Tensor | Any], return_outputs: bool = False,
+                     num_items_in_batch: torch.Tensor | int | None = None,
+                     **kwargs: Any) -> torch.Tensor | tuple[torch.Tensor, Any]:
+        loss, outputs = super().compute_loss(model, inputs, return_outputs=True, num_items_in_batch=num_items_in_batch,
+                                             **kwargs)  # and whatever a later transformers adds
         loss = loss + aux_loss(model).to(loss.device)
         return (loss, outputs) if return_outputs else loss
 
@@ -170,7 +174,10 @@ class PartitionCallback(TrainerCallback):
         if not pad_layers(model):
             raise UsageError(f"PartitionCallback: {type(model).__name__} has no PAD layer "
                              "(padnet.convert(..., pad=True))")
-        self.report = partition(model, self._batches(model, loader), self.loss_fn, self.dynamic_ratio,
+        # partition calls loss_fn only with the batches it is given, which _batches makes dicts; its
+        # annotation (any batch: object) cannot say that.
+        loss_fn = cast("Callable[[nn.Module, object], torch.Tensor]", self.loss_fn)
+        self.report = partition(model, self._batches(model, loader), loss_fn, self.dynamic_ratio,
                                 rounds=self.rounds, scorer=self.scorer, seed=self.seed)
         if self.static_init == "dynamic_mean":
             for _, layer in pad_layers(model):

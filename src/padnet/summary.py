@@ -17,9 +17,11 @@ import torch
 from torch import nn
 
 from .cost import cost, stored_numel
+from .errors import UsageError
 from .layers import dynamic_layers
 from .layers.deployed_base import DeployedPartiallyDynamic
-from .layers.protocol import PartiallyDynamic
+from .layers.pad_experts import ExpertWeights
+from .layers.protocol import DynamicConvCompute, MoECompute, PartiallyDynamic
 
 
 @dataclass
@@ -107,13 +109,19 @@ class ModelSummary:
 
 
 def _layer_summary(name: str, layer: nn.Module) -> LayerSummary:
-    is_conv = hasattr(layer, "attention")  # DY-Conv, CondConv and their PAD and deployed forms
-    kernels = layer.num_kernels if is_conv else layer.num_experts
-    shape = layer.weight_shape if is_conv else (layer.out_features, layer.in_features)
+    shape: tuple[int, ...]
+    router: nn.Module
+    if isinstance(layer, DynamicConvCompute):  # DY-Conv, CondConv and their PAD and deployed forms
+        kernels, shape, router, bias_param = layer.num_kernels, layer.weight_shape, layer.attention, layer.bias
+    elif isinstance(layer, (MoECompute, ExpertWeights)):  # the MoE forms and the fused experts' weights
+        kernels, shape, router = layer.num_experts, (layer.out_features, layer.in_features), layer.router
+        bias_param = layer.bias
+    else:
+        raise UsageError(f"{name}: {type(layer).__name__} is neither a dynamic conv nor an MoE form; "
+                         "padnet.summary cannot count it (docs/extending.md)")
     entries = math.prod(shape)
-    router = layer.attention if is_conv else layer.router
     router_params = sum(p.numel() for p in router.parameters())
-    bias = layer.bias.numel() if layer.bias is not None else 0
+    bias = bias_param.numel() if bias_param is not None else 0
     one_bias = bias // kernels
     if isinstance(layer, DeployedPartiallyDynamic):
         # The scales are folded into the stored values: report them as 1.

@@ -13,11 +13,14 @@ from padnet.data import (
     FashionMNIST,
     IDXError,
     build_datasets,
+    check_image_files,
     find_fashion_mnist,
+    preprocessing_words,
     read_idx,
     write_idx,
 )
 from padnet.data.fashion_mnist import load_arrays
+from padnet.errors import UsageError
 from tests.helpers import FASHION_MNIST
 
 REAL = FASHION_MNIST
@@ -150,3 +153,13 @@ def test_a_data_config_built_by_hand_is_held_to_the_bounds_a_config_is(bad):
     """``build_datasets`` is called with hand-built configs too; the bounds are those of the ``data:`` section."""
     with pytest.raises(pydantic.ValidationError, match=next(iter(bad))):
         DataConfig(**{"name": "imagefolder", "root": "x"} | bad)
+
+
+@pytest.mark.parametrize("check", [check_image_files, preprocessing_words])
+def test_image_file_checks_name_the_missing_key_of_a_hand_built_config(check):
+    """The pre-flight checks are public; a config built by hand without its files names the key (was a
+    TypeError on None from inside the file reader)."""
+    with pytest.raises(UsageError, match=r"data.root=None: the imagefolder dataset needs data.root=DIR"):
+        check(DataConfig(name="imagefolder"))
+    with pytest.raises(UsageError, match=r"data.train_file=None: the image_csv dataset needs data.train_file"):
+        check(DataConfig(name="image_csv"))

@@ -91,6 +91,7 @@ def test_hf_record_naming_a_hub_model_is_refused_without_network(tmp_path, monke
 @pytest.mark.parametrize("config_update, pattern", [
     ({"auto_map": {"AutoModelForSequenceClassification": "evil.Model"}}, "sets auto_map"),
     ({"model_type": "not-a-model"}, "is not a model type built into transformers"),
+    ({"model_type": ["bert"]}, "is not a model type built into transformers"),  # was: unhashable type
     ({"num_hidden_layers": 10**6}, r"num_hidden_layers=1000000 is larger than padnet allows"),
 ])
 def test_hf_stored_config_is_checked(tmp_path, config_update, pattern):

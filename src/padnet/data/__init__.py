@@ -9,6 +9,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sized
 from dataclasses import dataclass
 from typing import Annotated, Literal, get_args
 
@@ -144,7 +145,10 @@ class DataInfo:
 
 
 def _subset(dataset: Dataset, size: int | None, seed: int) -> Dataset:
-    if size is None or size >= len(dataset):
+    if size is None:
+        return dataset
+    assert isinstance(dataset, Sized)  # torch's Dataset declares no __len__; every dataset built here has one
+    if size >= len(dataset):
         return dataset
     order = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(seed))
     return Subset(dataset, sorted(order[:size].tolist()))
@@ -155,6 +159,8 @@ def build_datasets(config: DataConfig) -> tuple[Dataset, Dataset, DataInfo]:
     problems = config.problems()
     if problems:
         raise UsageError("; ".join(problems))
+    train: Dataset
+    test: Dataset
     if config.name == "fashion_mnist":
         train = FashionMNIST(config.root, train=True, download=config.download,
                              augment=config.augment_preset() == "crop_flip")
@@ -174,10 +180,12 @@ def build_datasets(config: DataConfig) -> tuple[Dataset, Dataset, DataInfo]:
 def _image_files(config: DataConfig, train: bool, transform, class_to_idx=None):
     from .folder import ImageCSV, image_folder
 
+    source = config.root if config.name == "imagefolder" else config.train_file if train else config.eval_file
+    if source is None:  # refused by DataConfig.problems(), which a DataConfig built by hand has not been through
+        raise UsageError("; ".join(config.problems()))
     if config.name == "imagefolder":
-        return image_folder(config.root, train, config.image_size, transform)
-    return ImageCSV(config.train_file if train else config.eval_file, transform, class_to_idx,
-                    allow_outside=config.allow_outside_paths)
+        return image_folder(source, train, config.image_size, transform)
+    return ImageCSV(source, transform, class_to_idx, allow_outside=config.allow_outside_paths)
 
 
 def _resize(config: DataConfig, train) -> int:
@@ -243,6 +251,8 @@ def _normalisation(config: DataConfig, train, resize: int) -> tuple[list[float],
     if config.normalize == "imagenet":
         return imagenet_stats(config.channels)
     if config.normalize == "given":
+        if config.mean is None or config.std is None:  # refused by DataConfig.problems(), as in _image_files
+            raise UsageError("; ".join(config.problems()))
         return list(config.mean), list(config.std)
     if config.normalize == "none":
         return [], []

@@ -153,7 +153,9 @@ def read_tsv(task: str | GlueTask, split: str, data_dir: str | Path, on_error: s
     lines = _tsv_lines(path)
     columns, width = _columns(spec, path, lines)
     start = 1 if spec.header else 0
-    text_a, text_b, labels = [], [] if spec.text_b is not None else None, []
+    text_a: list[str] = []
+    text_b: list[str] | None = [] if spec.text_b is not None else None
+    labels: list[int | float] = []
     for lineno, line in enumerate(lines[start:], start=start + 1):
         fields = line.rstrip("\r").split("\t")
         label, problem = _parse_row(spec, fields, columns, width)
@@ -189,6 +191,8 @@ def _columns(spec: GlueTask, path: Path, lines: list[str]) -> tuple[dict[str, in
     """({role: column index} for text_a, text_b and label, the number of fields a row must have), from
     the header line; without a header (CoLA) the spec's fixed columns, and None (rows have 4 fields)."""
     if not spec.header:
+        if not isinstance(spec.text_a, int) or not isinstance(spec.label, int):
+            raise UsageError(f"GLUE task {spec.name!r} has no header line, so its columns must be indices")
         return {"text_a": spec.text_a, "label": spec.label}, None
     if not lines:
         raise DataError(f"{path}: empty file; expected a header line")
@@ -215,7 +219,7 @@ def _parse_row(spec: GlueTask, fields: list[str], columns: dict[str, int], width
     if len(fields) < need:
         return None, f"has {len(fields)} fields; need at least {need}"
     raw = fields[columns["label"]].strip()
-    if not spec.is_regression:
+    if spec.tsv_labels is not None:  # classification: only the regression task (STS-B) has no TSV labels
         if raw not in spec.tsv_labels:
             return None, f"label {raw!r} is out of range; allowed: {', '.join(map(repr, spec.tsv_labels))}"
         return spec.tsv_labels.index(raw), None

@@ -10,7 +10,7 @@ from __future__ import annotations
 import csv
 import json
 import stat
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from pathlib import Path
 
 from ..errors import DataError
@@ -30,7 +30,7 @@ MAX_LINE_BYTES = 1 << 20  # 1 MiB: a sentence, a review, an article fits; a 1 GB
 MAX_COLUMNS = 1000
 
 
-def read_lines(path: Path) -> Iterator[tuple[int, str]]:
+def read_lines(path: Path) -> Generator[tuple[int, str], None, None]:
     """(line number, line with its newline) of a UTF-8 text file, read a line at a time: memory stays
     bounded by ``MAX_LINE_BYTES`` per line whatever the file holds (a FIFO or device is refused)."""
     try:

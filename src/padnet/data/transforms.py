@@ -100,7 +100,7 @@ class EvalTransform:
     def __init__(self, record: dict):
         from PIL import Image  # imported once here, not for every image
 
-        self._bilinear = Image.BILINEAR
+        self._bilinear = Image.Resampling.BILINEAR  # == Image.BILINEAR, which Pillow sets dynamically, unseen by mypy
         check_record(record)
         self.record = record
         self.mean = torch.tensor(record["mean"], dtype=torch.float32).view(-1, 1, 1)

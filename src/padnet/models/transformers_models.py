@@ -77,20 +77,28 @@ def local_files_only(named_by):
     from the user. A model missing from the cache raises ``RunError`` naming it and how to get it."""
     token = _NAMED_BY.set(str(named_by))
     try:
+        with _hub_offline():
+            yield
+    finally:
+        _NAMED_BY.reset(token)
+
+
+@contextlib.contextmanager
+def _hub_offline():
+    """huggingface_hub's offline mode within the block (nothing to do without huggingface_hub)."""
+    try:
         # local_files_only alone is not enough: huggingface_hub (2.x) still fetches a registry from the hub
         # while it builds request headers, unless it is in offline mode.
         from huggingface_hub import constants
     except ImportError:
-        constants = None
-    offline = getattr(constants, "HF_HUB_OFFLINE", None)
-    if constants is not None:
-        constants.HF_HUB_OFFLINE = True
+        yield
+        return
+    offline = constants.HF_HUB_OFFLINE
+    constants.HF_HUB_OFFLINE = True
     try:
         yield
     finally:
-        _NAMED_BY.reset(token)
-        if constants is not None:
-            constants.HF_HUB_OFFLINE = offline
+        constants.HF_HUB_OFFLINE = offline
 
 
 def _source(name_or_path: str | None) -> tuple[str, bool]:
@@ -140,7 +148,7 @@ def load_sequence_classifier(name_or_path: str | None = None, num_labels: int = 
     source, local = _source(name_or_path)
     if local and Path(source).exists():
         os.environ.setdefault("HF_HUB_OFFLINE", "1")  # a local model must never reach for the hub
-    overrides = {"num_labels": num_labels}
+    overrides: dict[str, int | float | str] = {"num_labels": num_labels}
     if num_labels == 1:
         overrides["problem_type"] = "regression"
     if dropout is not None:
@@ -209,7 +217,7 @@ def _hf_config(config: dict):
     if refused:
         raise UsageError(f"the stored config sets {', '.join(refused)}; padnet.load never imports or runs model code")
     model_type = config.get("model_type")
-    if model_type not in CONFIG_MAPPING:
+    if not isinstance(model_type, str) or model_type not in CONFIG_MAPPING:
         raise UsageError(f"model_type={str(model_type)[:100]!r} is not a model type built into transformers")
     kwargs = {k: v for k, v in config.items() if k not in REFUSED_CONFIG_KEYS and k != "model_type"}
     return AutoConfig.for_model(model_type, **kwargs)
@@ -227,6 +235,8 @@ def auto_class(config_class: type, architecture: str):
 
     for name in sorted(n for n in dir(modeling_auto) if n.startswith("AutoModel")):
         mapping = getattr(getattr(modeling_auto, name), "_model_mapping", None)
+        if mapping is None:
+            continue
         try:
             found = mapping[config_class]
         except (KeyError, TypeError, ValueError, ImportError, AttributeError):

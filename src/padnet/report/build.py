@@ -217,7 +217,7 @@ def _variant(result: dict) -> str:
 
 def _ordered_labels(groups: list[Group]) -> list[str]:
     """Static first, then fully dynamic (DY-Conv before CondConv), then PAD by scorer (random last) and ratio."""
-    first = {}
+    first: dict[str, Group] = {}
     for g in groups:
         first.setdefault(g.label, g)
     return sorted(first, key=lambda label: (MODE_ORDER.get(first[label].mode, 9), first[label].routing == "sigmoid",
@@ -239,12 +239,14 @@ def _baseline(groups: list[Group], labels: list[str], chosen: str | None) -> str
     dynamic = [g for g in groups if g.mode == "dynamic"]
     if len({g.label for g in dynamic}) > 1:  # DY-Conv beside CondConv: the paper's baseline is DY-Conv
         dynamic = [g for g in dynamic if g.routing != "sigmoid"]
-    chosen = [label for label in labels if any(g.label == label for g in dynamic)]
-    return chosen[0] if len(chosen) == 1 else None
+    candidates = [label for label in labels if any(g.label == label for g in dynamic)]
+    return candidates[0] if len(candidates) == 1 else None
 
 
 def _differences(groups: list[Group], labels: list[str], subtasks: list[str | None], baseline: str | None,
                  metric: str) -> list[Difference]:
+    if baseline is None:  # no baseline: nothing to subtract
+        return []
     out = []
     by_key = {(g.subtask, g.label): g for g in groups}
     for subtask in subtasks:
@@ -270,7 +272,8 @@ def _averages(groups: list[Group], labels: list[str], subtasks: list[str | None]
     covered = {label: [t for t in subtasks if (t, label) in by_key] for label in labels}
     most = max(len(ts) for ts in covered.values())
     leaders = [label for label in labels if len(covered[label]) == most]
-    common = [t for t in subtasks if all((t, label) in by_key for label in leaders)]
+    # Named sub-tasks only: a view names every run's sub-task or none (then None is the only one, no average).
+    common = [t for t in subtasks if t is not None and all((t, label) in by_key for label in leaders)]
     averages = {label: sum(by_key[t, label].stat(metric).mean for t in common) / len(common)
                 for label in labels if common and all((t, label) in by_key for t in common)}
     return common, averages

@@ -44,10 +44,11 @@ def plot(report: Report, path: str | Path, no_links_under: str | Path | None = N
 
 
 def _lines(report: Report, axes) -> None:
-    scale = metric_scale(report.main_metric)
+    scale, subtask = metric_scale(report.main_metric), report.subtasks[0]
     families: dict[str, list] = {}
     for label in report.labels:
-        g = report.group(report.subtasks[0], label)
+        g = report.group(subtask, label)
+        assert g is not None  # one sub-task: every label's runs are on it
         families.setdefault(g.family, []).append(g)
     for family, groups in families.items():
         groups.sort(key=lambda g: g.dynamic_ratio or 0)
@@ -58,7 +59,7 @@ def _lines(report: Report, axes) -> None:
                       (axes[1], [g.parameters["deployable"] for g in groups])):
             ax.errorbar(x, y, yerr=err, marker=MARKERS.get(family, _marker(family)), capsize=3,
                         label=family, linestyle="-" if len(groups) > 1 else "none")
-    floor = report.floors.get(report.subtasks[0])
+    floor = report.floors.get(subtask) if subtask is not None else None  # floors are per named sub-task
     for ax in axes:
         if floor is not None:
             ax.axhline(floor * scale, color="k", linestyle="dashed", linewidth=1, label=report.view.floor_name)

@@ -118,6 +118,7 @@ def _single(report: Report) -> list[str]:
              "|---|---|---:|" + "---:|" * (len(metrics) + len(heads))]
     for label in report.labels:
         g = report.group(subtask, label)
+        assert g is not None  # one sub-task: every label's runs are on it
         mode = g.mode + g.pad_detail
         ratio = "" if g.dynamic_ratio is None else f"{g.dynamic_ratio:.3f}"
         scores = [_cell(g.values[m], m, v.decimals) if m in g.values else "—" for m in metrics]
@@ -143,8 +144,8 @@ def _matrix(report: Report) -> list[str]:
             row = [_sub(subtask) if i == 0 else "", SHORT_NAMES.get(metric, METRIC_NAMES.get(metric, metric))]
             row += [_cell(g.values[metric], metric, v.decimals) if g else "—" for g in groups]
             if floors:
-                shown = subtask in floors and metric == floor_row
-                row.append(f"{floors[subtask] * metric_scale(report.main_metric):.{v.decimals}f}" if shown else "")
+                row.append(f"{floors[subtask] * metric_scale(report.main_metric):.{v.decimals}f}"
+                           if subtask in floors and metric == floor_row else "")
             lines.append(_row(row))
     if report.averages and len(report.average_over) > 1:  # an average of one sub-task repeats it
         lines += _average(report)
@@ -179,8 +180,8 @@ def _resources(report: Report) -> list[str]:
     lines += ["", f"Time per epoch per {v.subtask_name} (s, median over seeds):", "",
               _row([v.subtask_name] + report.labels), "|---|" + "---:|" * len(report.labels)]
     for subtask in report.subtasks:
-        groups = [report.group(subtask, label) for label in report.labels]
-        lines.append(_row([_sub(subtask)] + [_num(median(g.times), 1) if g and g.times else "—" for g in groups]))
+        on_subtask = [report.group(subtask, label) for label in report.labels]
+        lines.append(_row([_sub(subtask)] + [_num(median(g.times), 1) if g and g.times else "—" for g in on_subtask]))
     return lines
 
 
@@ -188,6 +189,7 @@ def _differences(report: Report) -> list[str]:
     if not report.differences:
         return []
     v, base = report.view, report.baseline_group
+    assert base is not None  # differences are to the baseline's runs
     scale, decimals = metric_scale(report.main_metric), v.decimals
     first = [v.subtask_name] if len(report.subtasks) > 1 else []
     what = f"the fully dynamic {base.method}" if base.mode == "dynamic" else "baseline"

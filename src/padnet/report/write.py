@@ -97,7 +97,7 @@ def write_report(sources: Sequence[str | Path], out: str | Path | None = None, p
     return report, text
 
 
-def _link_root(path: Path, dest: Path | None) -> Path:
+def _link_root(path: str | Path, dest: Path | None) -> Path:
     """Where the no-links check of ``path`` stops: the copy directory for a file inside it (no link on the
     way down from it), else the file itself."""
     return dest if dest is not None and dest in Path(path).parents else Path(path)

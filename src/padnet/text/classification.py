@@ -186,7 +186,7 @@ def text_parts(config: RunConfig, setup: TextSetup, train: glue_data.GlueExample
     tokenizer = load_tokenizer(setup.model)
     train_ds = glue_data.tokenize(train, tokenizer, setup.max_length, regression)
     dev_ds = glue_data.tokenize(dev, tokenizer, setup.max_length, regression)
-    num_labels = 1 if regression else len(setup.label_names)
+    num_labels = 1 if setup.label_names is None else len(setup.label_names)
     model = load_sequence_classifier(setup.model, num_labels, seed=config.seed, dropout=setup.dropout)
     problem = "regression" if regression else "classification"
     return TaskParts(
@@ -209,13 +209,15 @@ def _read(t: TextClassificationConfig, split: str):
     files = {"train": t.train_file, "validation": t.validation_file, "test": t.test_file}
     splits = {"train": t.train_split, "validation": t.validation_split, "test": t.test_split}
     if t.dataset is None:
-        if files[split] is None:
+        path = files[split]
+        if path is None:
             return None
-        file_format(files[split])
-        return L.read_file(files[split], split, t.text_column, t.text_pair_column, t.label_column)
-    if splits[split] is None:
+        file_format(path)
+        return L.read_file(path, split, t.text_column, t.text_pair_column, t.label_column)
+    dataset_split = splits[split]
+    if dataset_split is None:
         return None
-    return L.read_dataset(t.dataset, t.dataset_config, splits[split], t.text_column, t.text_pair_column,
+    return L.read_dataset(t.dataset, t.dataset_config, dataset_split, t.text_column, t.text_pair_column,
                           t.label_column)
 
 
@@ -230,7 +232,7 @@ def load_splits(t: TextClassificationConfig) -> tuple[glue_data.GlueExamples, gl
     train_read = _read(t, "train")
     regression = L.is_regression(train_read[1], t.problem, train_read[0].source)
     names = None if regression else L.label_names(train_read[1], t.labels, train_read[0].source)
-    if not regression and len(names) < 2:
+    if names is not None and len(names) < 2:  # names is None exactly for regression
         raise DataError(f"{train_read[0].source}: the labels in column {t.label_column!r} have {len(names)} value(s) "
                         f"({', '.join(map(repr, names))}); classification needs at least 2")
     # labels: [negative, positive] on a 0/1 column names the class ids (0 -> negative) instead of listing them.

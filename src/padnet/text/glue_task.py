@@ -58,7 +58,7 @@ class GlueConfig:
 def check_glue(config: RunConfig) -> list[str]:
     """Pre-flight checks: the data and the model exist, and the dynamic settings make sense for text."""
     g = config.section("glue", GlueConfig)
-    out = []
+    out: list[str] = []
     try:
         spec = glue_data.get_task(g.task_name)
     except ValueError:

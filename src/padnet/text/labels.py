@@ -80,9 +80,9 @@ def id_names(raw: list, names: list[str]) -> list:
 def encode_labels(raw: list, lines: list, names: list[str] | None, source: str) -> list:
     """Class ids (``names`` given) or floats (regression, ``names`` None); DataError names the line."""
     out = []
-    index = {n: i for i, n in enumerate(names)} if names is not None else None
+    index = {n: i for i, n in enumerate(names or [])}
     for value, line in zip(raw, lines):
-        if index is None:
+        if names is None:
             number = _number(value)
             if number is None or not math.isfinite(number):
                 raise DataError(f"{source}:{line}: label {value!r} is not a finite number (a regression task)")

@@ -76,7 +76,10 @@ def seed_everything(seed: int) -> None:
 
 def get_rng_state() -> dict:
     """RNG states as tensors and plain values (loadable with weights_only=True)."""
-    np_state = np.random.get_state()
+    # legacy=True (the default) named: numpy's annotations give a dict for get_state() without it. The global
+    # RandomState is an MT19937, whose legacy state is the tuple (name, keys, pos, has_gauss, cached_gaussian).
+    np_state = np.random.get_state(legacy=True)
+    assert isinstance(np_state, tuple)
     state = {
         "torch": torch.get_rng_state(),
         "numpy": {"keys": torch.from_numpy(np_state[1].astype(np.int64)), "pos": int(np_state[2]),

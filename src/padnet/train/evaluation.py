@@ -6,10 +6,11 @@ eval loader, the progress bar, and moving batches to the run's device. The train
 from __future__ import annotations
 
 import math
+from collections.abc import Sized
 
 import torch
 from torch import nn
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
 from ..errors import NonFiniteLossError
@@ -49,6 +50,14 @@ class DeviceLoader:
 
     def __len__(self):
         return len(self.loader)
+
+
+def dataset_size(dataset: Dataset) -> int:
+    """The number of examples of a task's dataset. torch's ``Dataset`` declares no ``__len__``, but the
+    trainer's datasets are map-style (its samplers draw indices), so they have one; a ``TypeError`` otherwise."""
+    if not isinstance(dataset, Sized):
+        raise TypeError(f"a task's datasets must be map-style, with a length: {type(dataset).__name__} has none")
+    return len(dataset)
 
 
 def eval_loader(config: RunConfig, parts: TaskParts) -> DataLoader:

@@ -19,7 +19,7 @@ from ..temperature import set_temperature
 from ..train_step import autocast
 from .checkpoint import CHECKPOINT, make_dynamic, read_training_checkpoint, restore_checked, seed_everything
 from .config import RunConfig, config_from_dict
-from .evaluation import DeviceLoader, deployable_parameters, eval_loader, evaluate
+from .evaluation import DeviceLoader, dataset_size, deployable_parameters, eval_loader, evaluate
 from .rundir import RUN_FILES
 from .schedule import RunSchedule, derive_schedule
 from .tasks import TaskParts, get_task
@@ -74,7 +74,7 @@ def rebuild_run(run_dir: str | Path | None = None, checkpoint: str | Path | None
     # A run with an EMA evaluated (and exports) the average of its weights.
     restore_checked(checkpoint, model, state, "ema" if config.ema is not None and "ema" in state else "model")
     model.to(device)
-    set_temperature(model, _run_temperature(config, state, len(parts.train_dataset)))
+    set_temperature(model, _run_temperature(config, state, dataset_size(parts.train_dataset)))
     return RebuiltRun(checkpoint, state, config, parts, model, DeviceLoader(eval_loader(config, parts), device))
 
 
@@ -158,12 +158,15 @@ def export_run(run_dir: str | Path | None = None, checkpoint: str | Path | None 
     form = "deployed" if pad_layers(model) else "training" if dynamic_layers(model) else "plain"
     if form == "deployed":
         deploy(model, allow_unpartitioned=True)  # the run partitioned it (kappa = 1 keeps every entry)
-    model.padnet_predict = run.parts.predict  # recorded in the file: padnet predict needs nothing else
+    # Recorded in the file: padnet predict needs nothing else. (setattr: nn.Module's __setattr__ is typed for
+    # parameters and submodules, not this plain attribute.)
+    setattr(model, "padnet_predict", run.parts.predict)
     unchecked = save(model.cpu(), out.with_name(f".{out.stem}.unchecked{out.suffix}"))
     try:
         if check:
             exported = load(unchecked).to(resolve_device(run.config.device))
             after = run.evaluate(exported, precision="fp32")
+            assert before is not None  # with check, the run's evaluation or a fresh one (above)
             _check_reproduced(before, after, run.parts.main_metric, rtol, out)
         else:
             exported, after = model, None

@@ -107,7 +107,7 @@ class RunLock:
         self.path = Path(run_dir) / LOCK
         flags = os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0)
         try:
-            self.fd = os.open(self.path, flags, 0o666)
+            self.fd: int | None = os.open(self.path, flags, 0o666)  # None once released
         except OSError as err:
             if err.errno == errno.ELOOP:
                 raise RunError(f"{self.path} is a symbolic link; padnet does not write through links") from None

@@ -68,15 +68,16 @@ def load_sweep(path: str | Path, overrides: list[str] | None = None) -> list[Run
         problems.append(f"runs={runs!r} must be a non-empty list of {{name: ..., set: {{key: value}}}}")
         runs = []
     names: list[str] = []
-    configs: list[RunConfig] = []
+    configs: list[tuple[str, RunConfig]] = []  # (run name, config): a config's name is optional in its type
     for i, run in enumerate(runs):
         update = _run_settings(i, run, names, problems)
         if update is not None:
-            configs += _seed_configs(i, run["name"], merge(base, update), seeds, output_dir, problems)
+            for config in _seed_configs(i, run["name"], merge(base, update), seeds, output_dir, problems):
+                configs.append((run["name"], config))
     if problems:
         raise ConfigError(problems, str(path))
     # Seed-major order.
-    return sorted(configs, key=lambda c: (seeds.index(c.seed), names.index(c.name)))
+    return [c for _, c in sorted(configs, key=lambda named: (seeds.index(named[1].seed), names.index(named[0])))]
 
 
 def _base(base, path: Path, problems: list[str]) -> dict:
@@ -118,7 +119,7 @@ def _seed_configs(i: int, name: str, run_raw: dict, seeds: list[int], output_dir
     """``runs[i]``'s config for each seed; the first invalid one adds its problems and ends the list. The
     task's checks of the data (files, columns) run for each run's first seed: a run's ``set`` may change
     the data, the seed does not."""
-    configs = []
+    configs: list[RunConfig] = []
     for seed in seeds:
         raw = dict(run_raw, name=name, seed=seed, run_dir=str(Path(output_dir) / name / f"seed{seed}"))
         try:

@@ -46,6 +46,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING, cast, overload
 
 import torch
 from torch import nn
@@ -77,12 +78,15 @@ from .checkpoint import (
     seed_everything,
 )
 from .config import RunConfig
-from .evaluation import DeviceLoader, deployable_parameters, eval_loader, evaluate, progress, to_device
+from .evaluation import DeviceLoader, dataset_size, deployable_parameters, eval_loader, evaluate, progress, to_device
 from .recipe import recipe_changes
 from .run_files import RunWriter
 from .rundir import check_run_dir_name, claim, padnet_version, remove_unused
 from .schedule import RunSchedule, derive_schedule
 from .tasks import TaskParts, get_task
+
+if TYPE_CHECKING:  # TensorBoard is optional (the vision extra): imported where the writer opens
+    from torch.utils.tensorboard import SummaryWriter
 
 RESULTS = "results.json"
 
@@ -101,15 +105,16 @@ class _Run:
     world: int  # the number of processes
     schedule: RunSchedule
     model: nn.Module  # wrapped in DistributedDataParallel by ``_set_up`` under torchrun
-    optimizer: torch.optim.Optimizer | None = None
-    scheduler: torch.optim.lr_scheduler.LRScheduler | None = None
-    step: StepRecipe | None = None
-    eval_loader: DeviceLoader | None = None
-    tb: object | None = None  # TensorBoard's SummaryWriter, when enabled and installed
+    # Set by ``_set_up``, before any epoch reads them (unset until then: no None for every reader to rule out).
+    optimizer: torch.optim.Optimizer = field(init=False, repr=False)
+    scheduler: torch.optim.lr_scheduler.LRScheduler = field(init=False, repr=False)
+    step: StepRecipe = field(init=False, repr=False)
+    eval_loader: DeviceLoader = field(init=False, repr=False)
+    train_model: nn.Module = field(init=False, repr=False)  # what the steps call: ``model``, compiled or not
+    eval_model: nn.Module = field(init=False, repr=False)  # evaluation calls: the unwrapped model or its EMA
+    tb: SummaryWriter | None = None  # TensorBoard's writer, when enabled and installed
     scaler: torch.amp.GradScaler | None = None  # precision: fp16
     ema: AveragedModel | None = None  # the weights' moving average (config.ema)
-    train_model: nn.Module | None = None  # what the steps call: ``model``, compiled when config.compile
-    eval_model: nn.Module | None = None  # what evaluation calls: the unwrapped model or its EMA, compiled or not
     partition_info: dict = field(default_factory=dict)
     compacted: bool = False
     history: list[dict] = field(default_factory=list)
@@ -166,6 +171,12 @@ class Trainer:
         return eval_loader(self.config, parts)
 
     # ------------------------------------------------------------------ run
+    @overload
+    def train(self, stop_after_epoch: None = None) -> dict: ...
+
+    @overload
+    def train(self, stop_after_epoch: int | None) -> dict | None: ...
+
     def train(self, stop_after_epoch: int | None = None) -> dict | None:
         """Run (or resume, or skip if finished) and return the results dict.
 
@@ -250,8 +261,8 @@ class Trainer:
         seed_everything(config.seed)
         parts = get_task(config.task).builder(config)
         model = make_dynamic(parts.model, config)
-        schedule = derive_schedule(config, len(parts.train_dataset), world)
-        per_rank = len(parts.train_dataset) // world
+        schedule = derive_schedule(config, dataset_size(parts.train_dataset), world)
+        per_rank = dataset_size(parts.train_dataset) // world
         scoring = config.partition.batch_size
         if config.dynamic.mode == "pad" and scoring is not None and scoring > per_rank:
             raise ConfigError([f"partition.batch_size={scoring} is larger than the training set "
@@ -318,8 +329,8 @@ class Trainer:
         # the graphs do not depend on the values seen before (with the default, the first compile
         # specializes them and a change recompiles: a resumed run would compute with other kernels than an
         # uninterrupted one, and differ in the last bits).
-        run.train_model = torch.compile(run.model, dynamic=True) if config.compile else run.model
-        run.eval_model = torch.compile(evaluated, dynamic=True) if config.compile else evaluated
+        run.train_model = _compiled(run.model) if config.compile else run.model
+        run.eval_model = _compiled(evaluated) if config.compile else evaluated
         run.tb = self._tensorboard(run.global_step)
         run.eval_loader = DeviceLoader(self.eval_loader(run.parts), run.device,
                                        torch.channels_last if config.channels_last else None)
@@ -331,7 +342,8 @@ class Trainer:
         """A fresh run: the model on its device, the same on every rank, partitioned for a PAD run."""
         config = self.config
         self.logger.info(f"run {config.label} -> {self.run_dir}  (task {config.task}, seed {config.seed}, "
-                         f"{len(run.parts.train_dataset)} train / {len(run.parts.eval_dataset)} eval examples)")
+                         f"{dataset_size(run.parts.train_dataset)} train / "
+                         f"{dataset_size(run.parts.eval_dataset)} eval examples)")
         record = run.parts.info.get("preprocessing")
         if record is not None and record.get("kind") == "image":
             self.logger.info(f"preprocessing: {describe_preprocessing(record, run.parts.info.get('augment'))}")
@@ -378,7 +390,7 @@ class Trainer:
         if o.name == "sgd":
             return torch.optim.SGD(params, lr=o.lr, momentum=o.momentum, nesterov=o.nesterov,
                                    weight_decay=o.weight_decay)
-        return torch.optim.AdamW(params, lr=o.lr, betas=tuple(o.betas), weight_decay=o.weight_decay)
+        return torch.optim.AdamW(params, lr=o.lr, betas=(o.betas[0], o.betas[1]), weight_decay=o.weight_decay)
 
     def _wrap(self, model: nn.Module, device: torch.device) -> nn.Module:
         """DistributedDataParallel around the converted, partitioned and compacted model (the
@@ -647,7 +659,7 @@ class Trainer:
         if self.bar is not None and is_main_process():
             self.bar.set_postfix_str(text)
 
-    def _tensorboard(self, global_step: int):
+    def _tensorboard(self, global_step: int) -> SummaryWriter | None:
         if not (self.config.tensorboard and is_main_process()):
             return None
         try:
@@ -711,3 +723,8 @@ class Trainer:
             for entry in tb_dir.iterdir():
                 refuse_links(entry)
 
+
+def _compiled(model: nn.Module) -> nn.Module:
+    """``torch.compile(model, dynamic=True)``: a module (``OptimizedModule``, around ``model``)."""
+    # torch.compile's annotations return the callable type it was given in general; a module gives a module.
+    return cast(nn.Module, torch.compile(model, dynamic=True))

@@ -15,6 +15,7 @@ from .. import models
 from ..data import DataConfig, build_datasets, check_image_files, find_fashion_mnist
 from ..validation import one_of
 from .config import MAX_WIDTH, RunConfig
+from .evaluation import dataset_size
 from .tasks import TaskParts, register_task
 
 
@@ -65,8 +66,8 @@ def build(config: RunConfig) -> TaskParts:
             "dataset": data.name,
             "data_source": info.source,
             "num_classes": info.num_classes,
-            "train_examples": len(train),
-            "eval_examples": len(test),
+            "train_examples": dataset_size(train),
+            "eval_examples": dataset_size(test),
             "image_size": info.image_size,
             "label_names": info.label_names,
             "preprocessing": info.preprocessing,
