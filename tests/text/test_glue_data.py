@@ -4,7 +4,8 @@ from pathlib import Path
 
 import pytest
 
-from padnet.data.glue import TASKS, get_task, read_tsv, tsv_path
+from padnet.data.glue import TASKS, GlueTask, get_task, read_tsv, tsv_path
+from padnet.errors import UsageError
 from tests.helpers import SHARED_DATA
 
 GLUE = SHARED_DATA / "glue"
@@ -193,3 +194,12 @@ def test_online_path_maps_the_datasets_columns(monkeypatch):
     ex = load_glue("MNLI", "dev_mismatched")
     assert calls == [("glue", "mnli", "validation_mismatched")]
     assert (ex.text_a, ex.text_b, ex.labels) == (["p1", "p2"], ["h1", "h2"], [2, 0])
+
+
+def test_a_task_spec_with_class_names_but_no_tsv_labels_is_refused():
+    """Either both label tables (classification) or neither (regression): one alone would read a classification
+    task's labels as scores."""
+    with pytest.raises(UsageError, match=r"GLUE task 'mine': label_names and tsv_labels are both given"):
+        GlueTask("mine", "Mine", "sentence", None, "label", ("no", "yes"), None)
+    with pytest.raises(UsageError, match=r"GLUE task 'mine'"):
+        GlueTask("mine", "Mine", "sentence", None, "label", None, ("0", "1"))

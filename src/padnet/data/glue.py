@@ -44,6 +44,11 @@ class GlueTask:
     hf_fields: tuple[str, str | None] = ("sentence", None)  # text columns of datasets' glue
     dev_splits: tuple[str, ...] = ("dev",)
 
+    def __post_init__(self):
+        if (self.label_names is None) != (self.tsv_labels is None):
+            raise UsageError(f"GLUE task {self.name!r}: label_names and tsv_labels are both given (classification) "
+                             "or both None (regression)")
+
     @property
     def num_labels(self) -> int:
         return 1 if self.label_names is None else len(self.label_names)
