@@ -101,7 +101,7 @@ class Report:
     subtasks: list[str | None]
     baseline: str | None
     differences: list[Difference]
-    average_over: list[str]
+    average_over: list[str | None]  # [None] for a view without sub-tasks
     averages: dict[str, float]
     floors: dict[str, float]
     recipe: dict
@@ -262,7 +262,7 @@ def _differences(groups: list[Group], labels: list[str], subtasks: list[str | No
 
 
 def _averages(groups: list[Group], labels: list[str], subtasks: list[str | None],
-              metric: str) -> tuple[list[str], dict[str, float]]:
+              metric: str) -> tuple[list[str | None], dict[str, float]]:
     """The mean over sub-tasks of each configuration's mean, over the sub-tasks that the configurations
     with the most finished sub-tasks share; one missing one of them (an ablation still running) gets no
     average rather than one over other sub-tasks."""
@@ -272,8 +272,7 @@ def _averages(groups: list[Group], labels: list[str], subtasks: list[str | None]
     covered = {label: [t for t in subtasks if (t, label) in by_key] for label in labels}
     most = max(len(ts) for ts in covered.values())
     leaders = [label for label in labels if len(covered[label]) == most]
-    # Named sub-tasks only: a view names every run's sub-task or none (then None is the only one, no average).
-    common = [t for t in subtasks if t is not None and all((t, label) in by_key for label in leaders)]
+    common = [t for t in subtasks if all((t, label) in by_key for label in leaders)]
     averages = {label: sum(by_key[t, label].stat(metric).mean for t in common) / len(common)
                 for label in labels if common and all((t, label) in by_key for t in common)}
     return common, averages

@@ -157,12 +157,12 @@ def _average(report: Report) -> list[str]:
     row = ["**average**", METRIC_NAMES.get(report.main_metric, report.main_metric)]
     row += [f"**{report.averages[label] * scale:.{v.decimals}f}**" if label in report.averages else "—"
             for label in report.labels]
+    over = [t for t in report.average_over if t is not None]  # all of them: an average is over named sub-tasks
     if report.floors:
-        over = report.average_over
         known = all(t in report.floors for t in over)
         row.append(f"{sum(report.floors[t] for t in over) / len(over) * scale:.{v.decimals}f}" if known else "")
     return [_row(row), "", f"Average of the {METRIC_NAMES.get(report.main_metric, report.main_metric)} over the "
-            f"{v.subtask_name}s the most complete {v.label_name}s share: {', '.join(report.average_over)} "
+            f"{v.subtask_name}s the most complete {v.label_name}s share: {', '.join(over)} "
             f"(— = a {v.label_name} has not finished all of them)."]
 
 
