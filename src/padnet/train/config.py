@@ -4,7 +4,7 @@ One config = one run. The top level holds the run settings (seed, epochs, batch 
 sections ``dynamic``, ``partition`` and ``optim``; the task named by ``task`` adds its own sections
 (``image_classification``: ``data`` and ``model``), dataclasses declared where the task is registered
 (``padnet.train.tasks``) and read with ``config.section(name, cls)``. The ``dynamic`` section holds
-every setting of ``padnet.convert`` (``padnet.convert.ConvertOptions``) beside the run's own keys.
+every setting of ``padnet.convert`` (``padnet.layers.ConvertOptions``) beside the run's own keys.
 ``load_config`` validates every key before any work starts (unknown keys, wrong types, out-of-range
 values, cross-field rules, and the task's own pre-flight checks such as "is the data there") and raises
 one ``ConfigError`` listing all problems, each naming the key, the value and what is allowed.
