@@ -18,7 +18,7 @@ import json
 import warnings
 from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
 
 import torch
 from torch import nn
@@ -174,10 +174,7 @@ class PartitionCallback(TrainerCallback):
         if not pad_layers(model):
             raise UsageError(f"PartitionCallback: {type(model).__name__} has no PAD layer "
                              "(padnet.convert(..., pad=True))")
-        # partition calls loss_fn only with the batches it is given, which _batches makes dicts; its
-        # annotation (any batch: object) cannot say that.
-        loss_fn = cast("Callable[[nn.Module, object], torch.Tensor]", self.loss_fn)
-        self.report = partition(model, self._batches(model, loader), loss_fn, self.dynamic_ratio,
+        self.report = partition(model, self._batches(model, loader), self.loss_fn, self.dynamic_ratio,
                                 rounds=self.rounds, scorer=self.scorer, seed=self.seed)
         if self.static_init == "dynamic_mean":
             for _, layer in pad_layers(model):

@@ -18,6 +18,7 @@ import math
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
+from typing import Any, TypeVar
 
 import torch
 import torch.distributed as dist
@@ -31,6 +32,7 @@ from .train_step import StepRecipe, train_step
 
 SCHEDULES = ("exponential", "linear")
 SCOPES = ("global", "local")
+Batch = TypeVar("Batch")  # whatever the scoring batches are: loss_fn takes them as they come
 
 
 @dataclass(frozen=True)
@@ -41,7 +43,7 @@ class ScoringContext:
     model: nn.Module
     layers: list[tuple[str, PartiallyDynamic]]
     batches: list
-    loss_fn: Callable[[nn.Module, object], torch.Tensor] | None
+    loss_fn: Callable[[nn.Module, Any], torch.Tensor] | None  # takes the batches (any type) it is given
     seed: int
     generator: torch.Generator
 
@@ -171,8 +173,8 @@ def top_entries(scores: torch.Tensor, count: int) -> torch.Tensor:
 
 def partition(
     model: nn.Module,
-    batches: Iterable | None,
-    loss_fn: Callable[[nn.Module, object], torch.Tensor] | None,
+    batches: Iterable[Batch] | None,
+    loss_fn: Callable[[nn.Module, Batch], torch.Tensor] | None,
     dynamic_ratio: float,
     rounds: int = 5,
     schedule: str = "exponential",
