@@ -50,6 +50,8 @@ def atomic_write_bytes(path: str | Path, data: bytes, no_links_under: str | Path
     path = Path(path)
     if no_links_under is not None:
         refuse_links(path, no_links_under)
+    if path.is_dir():  # else the rename fails, naming the temp file (padnet.save(model, "runs/"))
+        raise IsADirectoryError(errno.EISDIR, "a directory; give the path of a file (in it)", str(path))
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:

@@ -97,6 +97,17 @@ def test_atomic_write_keeps_old_file_when_writing_fails(tmp_path, monkeypatch):
     assert [p.name for p in tmp_path.iterdir()] == ["f.json"]  # no temp file left behind
 
 
+def test_atomic_write_to_a_directory_names_it_and_leaves_nothing(tmp_path):
+    (tmp_path / "runs").mkdir()
+    with pytest.raises(IsADirectoryError, match=r"a directory; give the path of a file") as err:
+        atomic_write_bytes(tmp_path / "runs", b"{}")
+    assert [p.name for p in tmp_path.iterdir()] == ["runs"] and not any((tmp_path / "runs").iterdir())
+    # what the command line prints: the path and why (was the temp file's name -> the path: Is a directory)
+    from padnet.cli import _one_line
+
+    assert _one_line(err.value) == f"{tmp_path / 'runs'}: a directory; give the path of a file (in it)"
+
+
 def test_checkpoint_refuses_code_execution(tmp_path):
     marker = tmp_path / "pwned"
 
