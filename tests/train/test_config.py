@@ -111,6 +111,22 @@ def test_sweep_validates_every_run_before_starting(tmp_path):
     assert "runs[1] (bad2, seed 0): optim.lr=0 must be greater than 0" in text
 
 
+def test_a_run_config_given_as_a_sweep_and_the_reverse_say_which_command_reads_them(tmp_path):
+    """One line naming the right command, instead of every key of one kind called unknown to the other."""
+    run = tmp_path / "run.yaml"
+    run.write_text(yaml.safe_dump({"data": {"name": "digits"}, "epochs": 1, "optim": {"lr": 0.1}}))
+    with pytest.raises(ConfigError) as err:
+        load_sweep(run)
+    assert err.value.problems == [f"this is a run config, not a sweep (no base: or runs:); train it with padnet "
+                                  f"train --config {run}, or make it the base: of a sweep"]
+    sweep = tmp_path / "sweep.yaml"
+    sweep.write_text(yaml.safe_dump({"base": "run.yaml", "runs": [{"name": "a", "set": {"seed": 1}}]}))
+    with pytest.raises(ConfigError) as err:
+        load_config(sweep)
+    assert err.value.problems == [f"this is a sweep config (base: and runs:), not a run config; run it with "
+                                  f"padnet sweep --config {sweep}"]
+
+
 def test_every_convert_option_is_reachable_from_yaml(tmp_path):
     """Every padnet.convert setting (aux_loss_coef, noisy_gating, include, exclude, ...) reaches convert from a
     run config."""

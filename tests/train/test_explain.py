@@ -5,6 +5,7 @@ from pathlib import Path
 import pytest
 
 from padnet.cli import main
+from padnet.errors import UsageError
 from padnet.train.explain import config_keys, explain, markdown
 from padnet.train.tasks import TASK_MODULES
 
@@ -39,7 +40,7 @@ def test_optional_keys_and_lists_state_their_bounds():
 
 
 def test_the_convert_settings_state_their_choices():
-    """They are declared once, in padnet.layers (ConvertOptions), which padnet.convert checks by hand."""
+    """They are declared once, in padnet.layers (ConvertOptions), which padnet.convert is checked against too."""
     assert [k.allowed for k in explain("dynamic.routing")] == ["one of 'softmax', 'sigmoid'"]
     assert [k.allowed for k in explain("dynamic.granularity")] == ["one of 'element', 'channel'"]
 
@@ -48,6 +49,13 @@ def test_an_unknown_key_is_one_line_with_a_suggestion(capsys):
     assert main(["config", "--explain", "optim.learning_rate"]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "no config key 'optim.learning_rate'" in err
+
+
+@pytest.mark.parametrize("typo, meant", [("optim.lrr", "optim.lr"), ("dynamic.num_kernel", "dynamic.num_kernels"),
+                                         ("lr", "optim.lr")])
+def test_a_typo_gets_the_key_it_is_close_to(typo, meant):
+    with pytest.raises(UsageError, match=rf"no config key '{typo}'; did you mean {meant}\?$"):
+        explain(typo)
 
 
 @pytest.mark.parametrize("key", ["data.augment", "text_classification.labels"])

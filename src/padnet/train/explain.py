@@ -8,6 +8,7 @@ above it), so the reference cannot drift from the code that reads the key."""
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import inspect
 import io
 import re
@@ -53,7 +54,9 @@ def explain(key: str | None = None) -> list[KeyDoc]:
         return keys
     found = [k for k in keys if k.key == key or k.key.startswith(key + ".")]
     if not found:
-        near = [k.key for k in keys if key.split(".")[-1] in k.key][:8]
+        names = [k.key for k in keys]  # a typo (optim.lrr), else keys holding the name (lr: optim.lr, ...)
+        near = (difflib.get_close_matches(key, names, n=3, cutoff=0.8)
+                or [n for n in names if key.split(".")[-1] in n][:8])
         raise UsageError(f"no config key {key!r}" + (f"; did you mean {', '.join(near)}?" if near else
                                                      "; padnet config --explain lists every key"))
     return found

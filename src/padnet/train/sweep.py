@@ -47,6 +47,9 @@ def load_sweep(path: str | Path, overrides: list[str] | None = None) -> list[Run
     """
     path = Path(path)
     raw = read_yaml(path)
+    if not any(key in raw for key in SWEEP_KEYS) and any(key in RunConfig.model_fields for key in raw):
+        raise ConfigError([f"this is a run config, not a sweep (no base: or runs:); train it with padnet train "
+                           f"--config {path}, or make it the base: of a sweep"], str(path))
     problems = [f"unknown sweep key {key!r}; allowed: {', '.join(SWEEP_KEYS)}" for key in raw if key not in SWEEP_KEYS]
     base = merge(_base(raw.get("base", {}), path, problems), parse_overrides(overrides, problems))
     if isinstance(base.get("imports"), list):
