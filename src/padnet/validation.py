@@ -11,6 +11,7 @@ conversion settings (``padnet.layers.settings``) are both built on it.
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import typing
 from collections.abc import Callable, Iterable
 from typing import Any, TypeVar
@@ -89,8 +90,10 @@ def problems_of(error: ValidationError, model: type[BaseModel], section: str = "
         elif e["type"] == "extra_forbidden":
             paths.append(loc)
             unknown = ".".join(map(str, (section, *loc) if section else loc))
-            out[unknown] = (f"unknown key {shorten(unknown)}; allowed keys{' in ' + key if key else ''}: "
-                            f"{', '.join([*hint.model_fields, *(() if n else extra_keys)])}")
+            allowed = [*hint.model_fields, *(() if n else extra_keys)]
+            close = difflib.get_close_matches(str(loc[-1]), allowed, n=1, cutoff=0.8)  # a typo: widht -> width
+            out[unknown] = (f"unknown key {shorten(unknown)}{f' (did you mean {close[0]}?)' if close else ''}; "
+                            f"allowed keys{' in ' + key if key else ''}: {', '.join(allowed)}")
         elif at in out:  # another member of a union
             out[at] += " or " + text.removeprefix("must be ")
         else:

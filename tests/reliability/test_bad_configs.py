@@ -16,7 +16,8 @@ BAD = {
     "unknown-top": (["bogus=1"], "unknown key 'bogus'; allowed keys: task, name, run_dir"),
     "unknown-optim": (["optim.learning_rate=0.1"],
                       "unknown key 'optim.learning_rate'; allowed keys in optim: name, lr,"),
-    "unknown-model": (["model.widht=8"], "unknown key 'model.widht'; allowed keys in model: name, width, layers"),
+    "unknown-model": (["model.widht=8"],
+                      "unknown key 'model.widht' (did you mean width?); allowed keys in model: name, width, layers"),
     # wrong types
     "int-as-str": (["epochs=three"], "epochs='three' must be a valid integer"),
     "int-as-float": (["batch_size=16.5"], "batch_size=16.5 must be a valid integer"),

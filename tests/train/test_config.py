@@ -57,7 +57,8 @@ def test_all_problems_reported_at_once():
 
 def test_unknown_key_lists_allowed_keys_and_wrong_types():
     problems, _ = problems_of({"data": {"name": "digits"}, "optim": {"momentom": 0.9}, "seed": 1.5, "progress": "yes"})
-    assert any("unknown key 'optim.momentom'; allowed keys in optim: name, lr, momentum" in p for p in problems)
+    assert any("unknown key 'optim.momentom' (did you mean momentum?); allowed keys in optim: name, lr, momentum"
+               in p for p in problems)
     assert "seed=1.5 must be a valid integer" in problems
     assert "progress='yes' must be a valid boolean" in problems
 
