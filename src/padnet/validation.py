@@ -65,6 +65,12 @@ def optional_member(annotation):
     return annotation
 
 
+def did_you_mean(name: str, allowed: Iterable[str]) -> str:
+    """`` (did you mean width?)`` for a key ``name`` close to one of ``allowed`` (a typo: widht), else ``""``."""
+    close = difflib.get_close_matches(name, list(allowed), n=1, cutoff=0.8)
+    return f" (did you mean {close[0]}?)" if close else ""
+
+
 def problems_of(error: ValidationError, model: type[BaseModel], section: str = "",
                 extra_keys: Iterable[str] = ()) -> tuple[list[str], list[tuple]]:
     """A line for each of pydantic's errors (``model`` validating the section ``section``) naming the key,
@@ -91,8 +97,7 @@ def problems_of(error: ValidationError, model: type[BaseModel], section: str = "
             paths.append(loc)
             unknown = ".".join(map(str, (section, *loc) if section else loc))
             allowed = [*hint.model_fields, *(() if n else extra_keys)]
-            close = difflib.get_close_matches(str(loc[-1]), allowed, n=1, cutoff=0.8)  # a typo: widht -> width
-            out[unknown] = (f"unknown key {shorten(unknown)}{f' (did you mean {close[0]}?)' if close else ''}; "
+            out[unknown] = (f"unknown key {shorten(unknown)}{did_you_mean(str(loc[-1]), allowed)}; "
                             f"allowed keys{' in ' + key if key else ''}: {', '.join(allowed)}")
         elif at in out:  # another member of a union
             out[at] += " or " + text.removeprefix("must be ")
@@ -129,4 +134,4 @@ def validate(model: type[M], raw, problems: list[str], section: str = "", extra_
     return None
 
 
-__all__ = ["Section", "fields_of", "one_of", "optional_member", "problems_of", "refuse", "validate"]
+__all__ = ["Section", "did_you_mean", "fields_of", "one_of", "optional_member", "problems_of", "refuse", "validate"]

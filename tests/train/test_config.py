@@ -101,13 +101,14 @@ def test_sweep_validates_every_run_before_starting(tmp_path):
     assert [(c.name, c.seed) for c in configs] == [("static", 0), ("pad", 0), ("static", 1), ("pad", 1)]
     assert configs[1].run_dir == str(tmp_path / "out" / "pad" / "seed0")
     sweep.write_text(yaml.safe_dump({
-        "base": "base.yaml", "seeds": [0], "extra": 1,
+        "base": "base.yaml", "seeds": [0], "extra": 1, "seed": 0,
         "runs": [{"name": "bad", "set": {"dynamic.dynamic_ratio": 2}}, {"name": "bad2", "set": {"optim.lr": 0}}],
     }))
     with pytest.raises(ConfigError) as err:
         load_sweep(sweep)
     text = str(err.value)
-    assert "unknown sweep key 'extra'" in text
+    assert "unknown sweep key 'extra'; allowed: base, output_dir, seeds, runs" in text
+    assert "unknown sweep key 'seed' (did you mean seeds?); allowed" in text
     assert "runs[0] (bad, seed 0): dynamic.dynamic_ratio=2 must be less than or equal to 1" in text
     assert "runs[1] (bad2, seed 0): optim.lr=0 must be greater than 0" in text
 

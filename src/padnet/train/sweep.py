@@ -30,6 +30,7 @@ from pathlib import Path
 from ..errors import ConfigError, shorten
 from ..plugins import PluginError, import_plugins
 from ..strict_yaml import read_yaml
+from ..validation import did_you_mean
 from .config import RunConfig, config_from_dict, merge, parse_overrides
 from .recipe import STALE, describe, recipe_changes
 from .rundir import lock_holder
@@ -50,7 +51,8 @@ def load_sweep(path: str | Path, overrides: list[str] | None = None) -> list[Run
     if not any(key in raw for key in SWEEP_KEYS) and any(key in RunConfig.model_fields for key in raw):
         raise ConfigError([f"this is a run config, not a sweep (no base: or runs:); train it with padnet train "
                            f"--config {path}, or make it the base: of a sweep"], str(path))
-    problems = [f"unknown sweep key {key!r}; allowed: {', '.join(SWEEP_KEYS)}" for key in raw if key not in SWEEP_KEYS]
+    problems = [f"unknown sweep key {key!r}{did_you_mean(str(key), SWEEP_KEYS)}; allowed: {', '.join(SWEEP_KEYS)}"
+                for key in raw if key not in SWEEP_KEYS]
     base = merge(_base(raw.get("base", {}), path, problems), parse_overrides(overrides, problems))
     if isinstance(base.get("imports"), list):
         try:  # relative to the sweep file, as in a run config
