@@ -152,7 +152,7 @@ def test_dropping_renormalises_the_router_over_kept_experts(bench, setup):
         probs = torch.softmax(x @ block.gate.weight[kept].t(), -1)
         experts = block.experts
         want = sum(probs[:, j, None] * _expert(experts, e, x) for j, e in enumerate(kept))
-        with torch.no_grad():  # float32 sums of <= 24 products in another order: a few eps of |want| ~ 1
+        with torch.no_grad():  # float32 sums of <= 24 products in another order: |want| <= 2, measured 4e-7
             torch.testing.assert_close(small(x.unsqueeze(0))[0], want, atol=1e-5, rtol=1e-5)
 
 
