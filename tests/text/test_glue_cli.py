@@ -87,7 +87,6 @@ def test_pad_moe_run_partitions_after_warmup_and_resumes(tmp_path, tiny_model_di
     partition = json.loads((full / "partition.json").read_text())
     assert partition["dynamic_ratio"] == pytest.approx(0.5) and partition["num_batches"] == 2
     log = (full / "train.log").read_text()
-    # The warm-up ran before the partition (without it, the upcycled experts give all-zero scores).
     # The warm-up ran before the partition (without it, the upcycled experts give all-zero scores), at
     # the base learning rate, not at the first step of the training schedule's ramp.
     assert log.index("partition warm-up: 3 fully dynamic steps at lr 0.001\n") < log.index("partition (taylor")
@@ -110,8 +109,7 @@ def test_pad_moe_run_partitions_after_warmup_and_resumes(tmp_path, tiny_model_di
     assert cli.main(["train", "--config", str(config)]) == 0
     resumed = json.loads((part / "results.json").read_text())
     assert "resuming" in (part / "train.log").read_text()
-    for key in ("accuracy", "loss"):
-        assert resumed["test"][key] == pytest.approx(results["test"][key], abs=1e-6)
+    assert resumed["test"] == results["test"]  # a resumed run is bit-identical to an uninterrupted one
 
     # padnet eval rebuilds the partitioned, compacted model from the checkpoint and gets the same numbers.
     capsys.readouterr()

@@ -134,6 +134,8 @@ def test_folder_to_predict_matches_the_run(image_tree, tmp_path, capsys):
     assert padnet.predict(model_file, [image_tree / "val"]) == results
     again = padnet.predict(padnet.load(model_file), [image_tree / "val"], batch_size=3)
     assert [r["label"] for r in again] == [r["label"] for r in results]
+    # Batches of 3, not 32: the convolutions may block the batch another way, so a float32 probability can
+    # differ in its last bits (one ulp, 6e-8, measured); 1e-5 bounds rounding through the few layers with margin.
     assert [r["probability"] for r in again] == pytest.approx([r["probability"] for r in results], abs=1e-5)
     assert cli.main(["predict", "--model", str(model_file), results[0]["input"], "--csv", "--quiet"]) == 0
     lines = capsys.readouterr().out.splitlines()
