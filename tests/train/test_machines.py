@@ -171,6 +171,8 @@ def test_bf16_accumulated_compiled_channels_last_ema_run_resumes_after_a_kill(tm
     saved = yaml.safe_load((killed / "config.yaml").read_text())
     assert (saved["precision"], saved["compile"], saved["channels_last"]) == ("bf16", True, True)
     results = json.loads((killed / "results.json").read_text())
+    # padnet eval runs the rebuilt model eagerly (the run evaluated it compiled, channels_last): other bf16
+    # kernels, whose rounding (2**-8) may move an example or two of the 60 across the decision boundary.
     assert evaluate_run(killed)["accuracy"] == pytest.approx(results["test"]["accuracy"], abs=2 / 60)
     exported = export_run(killed)
     assert exported["exported"]["accuracy"] == exported["run"]["accuracy"]
