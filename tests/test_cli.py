@@ -7,6 +7,7 @@ import pytest
 import torch
 import yaml
 
+import padnet
 from padnet.cli import main
 from padnet.train import Trainer, load_config
 from padnet.train.run_files import load_checkpoint
@@ -68,6 +69,13 @@ def test_same_seed_same_metrics_other_seed_differs(tmp_path):
         runs[name + "mask"] = json.loads((tmp_path / name / "partition.json").read_text())["layers"]
     assert runs["a"] == runs["b"] and runs["amask"] == runs["bmask"]
     assert runs["a"] != runs["c"]
+
+
+def test_version_names_padnet_and_torch(capsys):
+    with pytest.raises(SystemExit) as done:
+        main(["--version"])
+    assert done.value.code == 0
+    assert capsys.readouterr().out == f"padnet {padnet.__version__} (torch {torch.__version__})\n"
 
 
 def test_config_errors_exit_2_with_all_problems(tmp_path, capsys):

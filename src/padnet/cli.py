@@ -26,6 +26,8 @@ import sys
 import time
 from pathlib import Path
 
+from ._version import __version__
+
 # Each command imports its modules when it runs: a command pays only for what it uses (`padnet report` does
 # not import transformers), and no import cycle hides behind the parser. `import padnet` itself imports torch
 # (about 2.5 s of `padnet --help` here): the package's API is imported eagerly, so that importing it registers
@@ -288,9 +290,17 @@ def _add_predict_parser(sub) -> None:
     p.set_defaults(func=_predict)
 
 
+def _torch_version() -> str:
+    """torch's version with its build (``2.14.1+cu130``); importing it costs nothing here, `import padnet` has."""
+    import torch
+
+    return torch.__version__
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="padnet", description="Partially dynamic networks (PAD-Net): train, "
                                      "evaluate, sweep and report.")
+    parser.add_argument("--version", action="version", version=f"padnet {__version__} (torch {_torch_version()})")
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("train", help="train one run from a YAML config (resumes if its run_dir holds a checkpoint)")
