@@ -4,8 +4,9 @@ and what is allowed, and every problem of a config in one message.
 ``Section`` is a group of settings (unknown keys refused, values taken as written); ``one_of`` a choice
 among names a registry may extend; ``refuse`` reports the rules pydantic cannot state (across keys);
 ``fields_of`` gives a plain dataclass's fields, bounds included, to ``pydantic.create_model``; ``validate``
-builds a model and adds each of its problems to a list. The run config (``padnet.train.config``) and the
-conversion settings (``padnet.layers.settings``) are both built on it.
+builds a model and adds each of its problems to a list; ``did_you_mean`` names the key a typo is close to.
+The run config (``padnet.train.config``) and the conversion settings (``padnet.layers.settings``) are both
+built on it.
 """
 
 from __future__ import annotations

@@ -125,7 +125,7 @@ def test_a_run_config_given_as_a_sweep_and_the_reverse_say_which_command_reads_t
     sweep.write_text(yaml.safe_dump({"base": "run.yaml", "runs": [{"name": "a", "set": {"seed": 1}}]}))
     with pytest.raises(ConfigError) as err:
         load_config(sweep)
-    assert err.value.problems == [f"this is a sweep config (base: and runs:), not a run config; run it with "
+    assert err.value.problems == [f"this is a sweep config (it has runs:), not a run config; run it with "
                                   f"padnet sweep --config {sweep}"]
 
 

@@ -255,8 +255,8 @@ def config_from_dict(raw: dict, overrides: list[str] | None = None, source: str 
     of bad values. ``stored``: ``raw`` is a stored run's config (eval, export): its ``imports`` are never looked for
     as files (a run directory from elsewhere could carry code that its own config imports); ``source``'s
     directory resolves them only for a config the user passes."""
-    if isinstance(raw, dict) and "runs" in raw and "base" in raw:
-        raise ConfigError([f"this is a sweep config (base: and runs:), not a run config; run it with padnet sweep "
+    if isinstance(raw, dict) and "runs" in raw:  # a sweep's key, no run config's
+        raise ConfigError([f"this is a sweep config (it has runs:), not a run config; run it with padnet sweep "
                            f"--config {source or 'FILE'}"], source)
     problems: list[str] = []
     raw = merge(raw or {}, parse_overrides(overrides, problems))
