@@ -21,6 +21,7 @@ import functools
 import json
 import sys
 from collections.abc import Callable
+from typing import TypeVar, overload
 
 import torch
 from torch import nn
@@ -43,6 +44,17 @@ HOW_TO_RECORD = (
 # A builder: builder(**kwargs) -> nn.Module; a prefix's resolver: resolver(rest) -> the builder of prefix + rest.
 Builder = Callable[..., nn.Module]
 Resolver = Callable[[str], Builder]
+
+
+F = TypeVar("F", Builder, Resolver)
+
+
+@overload
+def register_arch(name: str, builder: F) -> F: ...
+
+
+@overload
+def register_arch(name: str, builder: None = None) -> Callable[[F], F]: ...
 
 
 def register_arch(name: str, builder: Builder | Resolver | None = None):

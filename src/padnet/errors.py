@@ -17,6 +17,8 @@ the built-in classes catches these too. Import them from ``padnet`` or ``padnet.
 
 from __future__ import annotations
 
+import os
+
 MAX_SHOWN = 200  # characters of a value quoted in a message
 
 
@@ -57,7 +59,7 @@ class DataError(PadnetError, ValueError):
 class ModelFileError(PadnetError, ValueError):
     """A model file that cannot be loaded: not a padnet safetensors file, damaged, or not matching."""
 
-    def __init__(self, path, problem: str):
+    def __init__(self, path: str | os.PathLike[str], problem: str):
         super().__init__(f"{path}: {problem}")
         self.path = str(path)
         self.problem = problem

@@ -39,7 +39,8 @@ def prediction_spec(model: nn.Module, where: str = "the model") -> dict:
     return spec
 
 
-def predict(model_or_path, inputs, batch_size: int = 32, device: str = "cpu", progress: bool = False,
+def predict(model_or_path: nn.Module | str | os.PathLike[str], inputs: Iterable | str | os.PathLike[str],
+            batch_size: int = 32, device: str = "cpu", progress: bool = False,
             tokenizer: str | None = None) -> list[dict]:
     """Predict a label (and its probability) or, for regression, a value per input.
 

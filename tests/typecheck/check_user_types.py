@@ -57,3 +57,13 @@ def deployment_paths(model: nn.Module, example: torch.Tensor) -> list[dict]:
     callback = PartitionCallback(dynamic_ratio=0.5, warmup_steps=10)
     print(reloaded, callback.report)
     return padnet.predict("model.safetensors", ["image.png"], batch_size=8)
+
+
+@padnet.register_arch("mine.tiny")
+def tiny(num_classes: int = 2) -> nn.Module:
+    return nn.Linear(4, num_classes)
+
+
+def registered_builders() -> list[nn.Module]:
+    builder = padnet.register_arch("mine.other", lambda: nn.Linear(2, 2))  # returns the builder it was given
+    return [tiny(3), builder()]

@@ -36,6 +36,9 @@ def check_positive_int(name: str, value, minimum: int = 1) -> None:
         raise UsageError(problem)
 
 
+IntPair = int | tuple[int, ...]  # a conv size, stride, padding or dilation: both sides, or (h, w) (pair checks)
+
+
 def pair(name: str, value, minimum: int) -> tuple[int, int]:
     """An int or a pair of ints, each >= minimum, as a pair."""
     values = (value, value) if isinstance(value, int) and not isinstance(value, bool) else tuple(value)

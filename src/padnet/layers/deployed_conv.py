@@ -8,6 +8,7 @@ import torch
 from torch import nn
 
 from ..errors import UsageError
+from ._validate import IntPair
 from .assemble import assemble_kernels
 from .deployed_base import DeployedPartiallyDynamic
 from .dynamic_conv import DynamicConvCompute, append_kernel_weight, init_dynamic_conv_geometry
@@ -29,10 +30,10 @@ class DeployedPADConv2d(DeployedPartiallyDynamic, DynamicConvCompute, nn.Module)
         self,
         in_channels: int,
         out_channels: int,
-        kernel_size,
-        stride=1,
-        padding=0,
-        dilation=1,
+        kernel_size: IntPair,
+        stride: IntPair = 1,
+        padding: IntPair = 0,
+        dilation: IntPair = 1,
         groups: int = 1,
         bias: bool = False,
         num_kernels: int = 4,

@@ -11,7 +11,7 @@ from torch import nn
 
 from ..errors import UsageError
 from ._mixin import ModuleMixin
-from ._validate import check_positive_int, pair
+from ._validate import IntPair, check_positive_int, pair
 from .attention import KernelAttention
 from .conv_strategy import (
     MIXTURE_STRATEGIES,
@@ -402,10 +402,10 @@ class DynamicConv2d(DynamicConvCompute, nn.Module):
         self,
         in_channels: int,
         out_channels: int,
-        kernel_size,
-        stride=1,
-        padding=0,
-        dilation=1,
+        kernel_size: IntPair,
+        stride: IntPair = 1,
+        padding: IntPair = 0,
+        dilation: IntPair = 1,
         groups: int = 1,
         bias: bool = False,
         num_kernels: int = 4,

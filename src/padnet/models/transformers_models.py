@@ -17,6 +17,7 @@ import sys
 from pathlib import Path
 
 import torch
+from torch import nn
 
 from ..arch import register_arch, register_arch_detector, tag_arch
 from ..errors import RunError, UsageError
@@ -137,7 +138,7 @@ def load_tokenizer(name_or_path: str | None = None):
 
 
 def load_sequence_classifier(name_or_path: str | None = None, num_labels: int = 2, seed: int = 0,
-                             dropout: float | None = None):
+                             dropout: float | None = None) -> nn.Module:
     """A ``transformers`` ``AutoModelForSequenceClassification`` with a fresh head of ``num_labels``
     outputs (1 = regression with MSE loss, as transformers does for STS-B), initialised under ``seed``."""
     from transformers import AutoConfig, AutoModelForSequenceClassification

@@ -29,9 +29,11 @@ Modules, one concern each: ``record`` (the JSON record: written, then checked an
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Callable
 from pathlib import Path
 
+import torch
 from safetensors.torch import save as safetensors_bytes
 from torch import nn
 
@@ -45,7 +47,7 @@ from .replay import restore_pad_layers
 __all__ = ["check_build_memory", "load", "read_record", "restore_pad_layers", "save"]
 
 
-def save(model: nn.Module, path, arch: dict | str | None = None) -> Path:
+def save(model: nn.Module, path: str | os.PathLike[str], arch: dict | str | None = None) -> Path:
     """Write ``model`` (training or deployed form) to ``path`` as one safetensors file, atomically.
 
     ``arch`` overrides ``model.padnet_arch``: a registered name or ``{"name": ..., "kwargs": {...}}``.
@@ -87,7 +89,8 @@ def read_record(path) -> dict:
         return file.record
 
 
-def load(path, model_factory: Callable[[], nn.Module] | None = None, map_location="cpu") -> nn.Module:
+def load(path: str | os.PathLike[str], model_factory: Callable[[], nn.Module] | None = None,
+         map_location: str | torch.device = "cpu") -> nn.Module:
     """Rebuild the model saved at ``path`` (training or deployed form) and load its weights strictly.
 
     ``model_factory()`` builds the base model when the file's arch is not registered (or to override
