@@ -110,12 +110,16 @@ class PartitionReport:
     warmup_steps: int = 0  # fully dynamic training steps run before scoring
 
     def to_dict(self) -> dict:
+        """The report as plain values (``partition.json`` of a run)."""
         return asdict(self)
 
     def to_json(self, **kwargs) -> str:
+        """``to_dict`` as indented JSON (``kwargs`` go to ``json.dumps``)."""
         return json.dumps(self.to_dict(), indent=2, **kwargs)
 
     def table(self) -> str:
+        """A text table: the settings and round targets, a row per PAD layer (entries, dynamic, ratio), the
+        total, and the scoring-set loss before and after (when measured)."""
         width = max([len("layer")] + [len(n) for n in self.layers])
         lines = [
             f"Iterative Mode Partition: scorer={self.scorer} scope={self.scope} schedule={self.schedule} "

@@ -67,14 +67,18 @@ class ModelSummary:
         return self.dynamic_entries / self.entries if self.entries else 0.0
 
     def to_dict(self) -> dict:
+        """The counts as plain values, every layer's and the overall dynamic ratio included."""
         out = asdict(self)
         out["dynamic_ratio"] = self.dynamic_ratio
         return out
 
     def to_json(self) -> str:
+        """``to_dict`` as indented JSON."""
         return json.dumps(self.to_dict(), indent=2)
 
     def table(self) -> str:
+        """A text table: a row per dynamic layer (kind, shape, K, kappa, the scales, parameter counts), then
+        the totals."""
         head = ("layer", "kind", "shape", "K", "kappa", "l_s", "l_d", "static", "dynamic", "router")
         rows = [
             (

@@ -56,6 +56,7 @@ class TemperatureSchedule:
         return float(self.start + (self.end - self.start) * progress / self.epochs)
 
     def at_step(self, step: int, steps_per_epoch: int) -> float:
+        """The temperature at optimizer step ``step`` of a run with ``steps_per_epoch`` steps an epoch."""
         if steps_per_epoch < 1:
             raise UsageError(f"steps_per_epoch={steps_per_epoch!r} must be >= 1")
         return self(step / steps_per_epoch)

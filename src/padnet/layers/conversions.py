@@ -100,6 +100,7 @@ class Conversion:
         return (self.pad if config.pad else self.dynamic)(module, config)
 
     def problems(self, config: ConvertConfig, prefix: str = "") -> list[str]:
+        """The kind's own rules that ``config`` breaks (``check``), each naming its key after ``prefix``."""
         return self.check(config, prefix) if self.check is not None else []
 
 
@@ -135,6 +136,7 @@ def register_conversion(kind: str, find: Find, dynamic: Build, pad: Build,
 
 
 def get_conversion(kind: str) -> Conversion:
+    """The registered conversion ``kind`` (``register_conversion``); ``UsageError`` naming the kinds there are."""
     if kind not in _CONVERSIONS:
         raise UsageError(f"dynamic={kind!r} is not supported; allowed: {', '.join(map(repr, conversion_kinds()))}")
     return _CONVERSIONS[kind]

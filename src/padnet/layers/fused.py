@@ -38,6 +38,7 @@ def set_fused_assembly(enabled: bool) -> None:
 
 
 def fused_assembly_enabled() -> bool:
+    """Whether PAD layers assemble their kernels with the compiled (fused) kernel (``set_fused_assembly``)."""
     return _state["enabled"]
 
 
