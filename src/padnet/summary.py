@@ -20,8 +20,13 @@ from .cost import cost, stored_numel
 from .errors import UsageError
 from .layers import dynamic_layers
 from .layers.deployed_base import DeployedPartiallyDynamic
-from .layers.pad_experts import ExpertWeights
-from .layers.protocol import DynamicConvCompute, MoECompute, PartiallyDynamic
+from .layers.protocol import (
+    DeployedExpertWeights,
+    DynamicConvCompute,
+    MoECompute,
+    PADExpertWeights,
+    PartiallyDynamic,
+)
 
 
 @dataclass
@@ -117,7 +122,7 @@ def _layer_summary(name: str, layer: nn.Module) -> LayerSummary:
     router: nn.Module
     if isinstance(layer, DynamicConvCompute):  # DY-Conv, CondConv and their PAD and deployed forms
         kernels, shape, router, bias_param = layer.num_kernels, layer.weight_shape, layer.attention, layer.bias
-    elif isinstance(layer, (MoECompute, ExpertWeights)):  # the MoE forms and the fused experts' weights
+    elif isinstance(layer, (MoECompute, PADExpertWeights, DeployedExpertWeights)):  # MoE forms, the experts' weights
         kernels, shape, router = layer.num_experts, (layer.out_features, layer.in_features), layer.router
         bias_param = layer.bias
     else:
