@@ -63,10 +63,6 @@ class ConvertOptions:
         what is allowed."""
         return _problems(ConvertSettings, self, prefix)
 
-    def options(self) -> dict:
-        """The ``ConvertOptions`` fields and their values (a subclass's own fields left out)."""
-        return convert_options(self)
-
 
 def convert_options(settings) -> dict:
     """The settings ``ConvertOptions`` declares, by name, read from ``settings`` (a ``ConvertOptions``, or a

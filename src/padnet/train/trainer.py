@@ -261,8 +261,9 @@ class Trainer:
         seed_everything(config.seed)
         parts = get_task(config.task).builder(config)
         model = make_dynamic(parts.model, config)
-        schedule = derive_schedule(config, dataset_size(parts.train_dataset), world)
-        per_rank = dataset_size(parts.train_dataset) // world
+        train_examples = dataset_size(parts.train_dataset)
+        schedule = derive_schedule(config, train_examples, world)
+        per_rank = train_examples // world
         scoring = config.partition.batch_size
         if config.dynamic.mode == "pad" and scoring is not None and scoring > per_rank:
             raise ConfigError([f"partition.batch_size={scoring} is larger than the training set "
